@@ -1,0 +1,75 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	nodefast "sigs.k8s.io/kwok/kustomize/stage/node/fast"
+	nodeheartbeat "sigs.k8s.io/kwok/kustomize/stage/node/heartbeat-with-lease"
+	podfast "sigs.k8s.io/kwok/kustomize/stage/pod/fast"
+	"sigs.k8s.io/kwok/pkg/config"
+	kwokcmd "sigs.k8s.io/kwok/pkg/kwok/cmd"
+	"sigs.k8s.io/kwok/pkg/log"
+	"sigs.k8s.io/kwok/pkg/utils/signals"
+)
+
+// runKwok is the kwok controller, wired as upstream's cmd/kwok does.
+func runKwok(args []string) int {
+	flagset := pflag.NewFlagSet("global", pflag.ContinueOnError)
+	flagset.ParseErrorsAllowlist.UnknownFlags = true
+	flagset.Usage = func() {}
+
+	ctx := signals.SetupSignalContext()
+	ctx, logger := log.InitFlags(ctx, flagset)
+
+	// config.InitFlags reads --config from os.Args (already rewritten by main).
+	ctx, err := config.InitFlags(ctx, flagset)
+	if err != nil {
+		_, _ = os.Stderr.Write([]byte(flagset.FlagUsages()))
+		logger.Error("Init config flags", "err", err)
+		return 1
+	}
+
+	command := kwokcmd.NewCommand(ctx)
+	command.PersistentFlags().AddFlagSet(flagset)
+	command.SetArgs(args)
+	if err := command.ExecuteContext(ctx); err != nil {
+		logger.Error("Execute exit", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// runKwokStages prints kwok's stock "fast" Stage objects as one YAML stream,
+// for kwok --config. Nodes become Ready at once and keep a heartbeat lease;
+// Pods bound to a kwok node go Running and Ready at once and are removed
+// when deleted. Pods owned by a Job stay Running unless --job-complete is
+// given (then they succeed at once), so tests can drive Job outcomes by
+// patching pod status themselves.
+func runKwokStages(args []string) int {
+	fs := flag.NewFlagSet("kwok-stages", flag.ContinueOnError)
+	jobComplete := fs.Bool("job-complete", false, "also move Running pods owned by a Job to Succeeded")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	docs := []string{
+		nodefast.DefaultNodeInit,
+		nodeheartbeat.DefaultNodeHeartbeatWithLease,
+		podfast.DefaultPodReady,
+		podfast.DefaultPodDelete,
+	}
+	if *jobComplete {
+		docs = append(docs, podfast.DefaultPodComplete)
+	}
+	for i, d := range docs {
+		if i > 0 {
+			fmt.Println("---")
+		}
+		fmt.Println(strings.TrimSpace(d))
+	}
+	return 0
+}
