@@ -1,0 +1,56 @@
+//! Affine projection with either weight layout used by Hugging Face checkpoints.
+
+use tch::Tensor;
+
+use crate::error::Result;
+
+/// How a projection's weight matrix is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[out, in]`, as `torch.nn.Linear` stores it (Llama, every `lm_head`).
+    OutIn,
+    /// `[in, out]`, as GPT-2's `Conv1D` stores it. Keeping the checkpoint's layout
+    /// (instead of transposing on load) makes parameter names and shapes map 1:1 to
+    /// the safetensors file, so saving needs no conversion either.
+    InOut,
+}
+
+/// A projection `y = x W + b` whose tensors are variables of the model's `VarStore`.
+///
+/// Fields are public so fine-tuning code can wrap a projection (e.g. add a low-rank
+/// adapter next to `weight`) without this crate knowing about it.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub layout: WeightLayout,
+}
+
+impl Linear {
+    /// Input features.
+    pub fn in_features(&self) -> i64 {
+        let size = self.weight.size();
+        match self.layout {
+            WeightLayout::OutIn => size[1],
+            WeightLayout::InOut => size[0],
+        }
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> i64 {
+        let size = self.weight.size();
+        match self.layout {
+            WeightLayout::OutIn => size[0],
+            WeightLayout::InOut => size[1],
+        }
+    }
+
+    /// Applies the projection to the last dimension of `xs`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(match self.layout {
+            WeightLayout::OutIn => xs.f_linear(&self.weight, self.bias.as_ref())?,
+            // A transposed view costs nothing; `linear` then runs a plain matmul.
+            WeightLayout::InOut => xs.f_linear(&self.weight.f_tr()?, self.bias.as_ref())?,
+        })
+    }
+}

@@ -1,0 +1,31 @@
+//! Decoder-only transformer models on libtorch, shared by the trainer and the server.
+//!
+//! - [`Config`]: architecture from/to a Hugging Face `config.json` (GPT-2, Llama).
+//! - [`Model`]: the network; parameters live in a `tch::nn::VarStore` under their HF
+//!   safetensors names, so an optimiser, [`io::load`] and [`io::save`] see the same
+//!   tensors. [`Model::forward_t`] trains, [`Model::forward`] decodes with a [`KvCache`].
+//! - [`sampling`], [`stop`], [`generation`]: turning logits into text.
+//!
+//! Models load in `transformers` and `transformers` models load here; the parity
+//! tests in `tests/` hold the two implementations to the same logits.
+
+pub mod config;
+pub mod error;
+pub mod generation;
+mod gpt2;
+pub mod io;
+pub mod kv_cache;
+pub mod layers;
+mod llama;
+pub mod model;
+pub mod sampling;
+pub mod stop;
+
+pub use config::{Activation, Config, Dtype, Family};
+pub use error::{Error, Result};
+pub use generation::{FinishReason, Generation, GenerationConfig, generate};
+pub use io::LoadedModel;
+pub use kv_cache::KvCache;
+pub use model::{Block, Model};
+pub use sampling::{LogitsProcessor, Sampling};
+pub use stop::{StopMatch, StopSequences};
