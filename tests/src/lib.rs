@@ -1,0 +1,1 @@
+//! Support for tests that run against a real Kubernetes control plane.
