@@ -98,6 +98,16 @@ func writeCerts(dir, server, serviceIP string) error {
 		}
 	}
 
+	// Client certificate the aggregator presents to extension apiservers
+	// (requestheader authentication); the same CA verifies it.
+	if !exists(p("front-proxy-client.crt")) {
+		if err := issue(ca, caKey, p("front-proxy-client.crt"), p("front-proxy-client.key"),
+			pkix.Name{CommonName: "front-proxy-client"}, nil, nil,
+			[]x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}); err != nil {
+			return err
+		}
+	}
+
 	if !exists(p("sa.key")) {
 		k, err := rsa.GenerateKey(rand.Reader, 2048)
 		if err != nil {

@@ -5,11 +5,15 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/spf13/pflag"
+
 	helmcmd "helm.sh/helm/v4/pkg/cmd"
 	"helm.sh/helm/v4/pkg/kube"
 )
 
 func runHelm(args []string) int {
+	// Hide the global flags that Kubernetes packages in this binary register.
+	pflag.CommandLine = pflag.NewFlagSet("helm", pflag.ExitOnError)
 	// Keep the field manager "helm" whatever the binary is called.
 	kube.ManagedFieldsManager = "helm"
 	cmd, err := helmcmd.NewRootCmd(os.Stdout, args, helmcmd.SetupLogging)

@@ -19,6 +19,11 @@ import (
 
 // runKwok is the kwok controller, wired as upstream's cmd/kwok does.
 func runKwok(args []string) int {
+	// Kubernetes packages linked into this binary register global flags
+	// (e.g. a non-bool "version") that cobra would merge into kwok's own
+	// and that clash with kwok's --version; give kwok a clean global set.
+	pflag.CommandLine = pflag.NewFlagSet("kwok", pflag.ExitOnError)
+
 	flagset := pflag.NewFlagSet("global", pflag.ContinueOnError)
 	flagset.ParseErrorsAllowlist.UnknownFlags = true
 	flagset.Usage = func() {}
