@@ -1,0 +1,22 @@
+//! Artifact and source access shared by the trainer and the server.
+//!
+//! Every artifact is a plain directory at a URI (`s3://`, `gs://`, `az://`,
+//! `file://`, `pvc://<claim>/<path>`); sources may also be read-only `http(s)://`
+//! URLs. This crate parses those URIs, resolves credentials from the environment
+//! the operator sets up, streams bytes in and out, publishes directories so that a
+//! half-written artifact is never visible, and computes artifact digests.
+
+pub mod credentials;
+pub mod digest;
+mod error;
+mod store;
+pub mod uri;
+
+pub use credentials::{CREDENTIAL_KEYS, Credentials, credential_env_prefix, credential_env_var};
+pub use digest::{FileDigest, artifact_digest, digest_dir, sha256_file};
+pub use error::StoreError;
+pub use store::{ByteStream, ObjectEntry, Store, verify_sha256};
+pub use uri::ArtifactUri;
+
+/// The file that marks an artifact as complete; it is always written last.
+pub const MANIFEST_FILE: &str = "manifest.json";
