@@ -1,0 +1,16 @@
+//! Integration tests against a real Kubernetes control plane: the one `$KUBECONFIG`
+//! names when it answers, else the loopback cluster of `tests/cluster`, started on
+//! demand and left running for the next run. Each test works in its own namespace.
+//!
+//! ```sh
+//! cargo test -p llmops-tests --test integration
+//! LLMOPS_SKIP_CLUSTER_TESTS=1 cargo test -p llmops-tests   # skip them
+//! ```
+
+mod chart;
+mod crds;
+mod examples;
+mod helm;
+mod invalid;
+mod rbac;
+mod scheduling;
