@@ -155,6 +155,7 @@ pub struct PvcSource {
     pub claim_name: String,
     /// File or directory inside the volume; a directory is read in name order.
     #[serde(default = "root_path")]
+    #[schemars(length(max = 4096))]
     #[x_kube(validation = Rule::new("!self.contains('..')").message("path must not contain '..'"))]
     pub path: String,
 }
@@ -445,14 +446,19 @@ pub enum PiiKind {
     Card,
 }
 
-/// The tokenizer. Set exactly one of `train` or `uri`.
+/// The tokenizer. Set exactly one of `train`, `datasetRef` or `uri`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.train) != has(self.uri)").message("set exactly one of train or uri"))]
+#[x_kube(validation = Rule::new("[has(self.train), has(self.datasetRef), has(self.uri)].filter(x, x).size() == 1")
+    .message("set exactly one of train, datasetRef or uri"))]
 pub struct TokenizerSpec {
     /// Train a tokenizer on this corpus.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<TokenizerTraining>,
+    /// Reuse the tokenizer of another Dataset in this namespace (for example the one
+    /// a base model was pretrained on), so token ids match the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_ref: Option<LocalObjectRef>,
     /// Reuse a `tokenizer.json`, given as its URI or the URI of a model directory
     /// containing one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -545,6 +551,7 @@ pub struct Labeling {
     /// Prompt template; `{prompt}` is replaced by the prompt text and the response
     /// follows the rendered template.
     #[serde(default = "default_template")]
+    #[schemars(length(min = 1, max = 8192))]
     #[x_kube(validation = Rule::new("self.contains('{prompt}')").message("template must contain {prompt}"))]
     pub template: String,
     /// Exclude prompt tokens from the loss (only response tokens are targets).

@@ -8,6 +8,7 @@ pub mod common;
 pub mod dataset;
 pub mod deployment;
 pub mod finetune;
+pub mod manifest;
 pub mod pretrain;
 
 pub use common::*;
