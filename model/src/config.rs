@@ -280,7 +280,7 @@ impl Config {
                 self.num_kv_heads()
             ));
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return invalid(format!(
                 "norm epsilon must be positive, got {}",
                 self.norm_eps
@@ -335,7 +335,7 @@ impl Config {
                         self.head_dim()
                     ));
                 }
-                if !(self.rope_theta > 0.0) {
+                if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
                     return invalid(format!(
                         "rope_theta must be positive, got {}",
                         self.rope_theta

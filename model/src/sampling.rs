@@ -33,12 +33,12 @@ impl Sampling {
         if top_k == Some(0) {
             return Err(Error::InvalidInput("top_k must be at least 1".into()));
         }
-        if let Some(p) = top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(Error::InvalidInput(format!(
-                    "top_p must be in (0, 1], got {p}"
-                )));
-            }
+        if let Some(p) = top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(Error::InvalidInput(format!(
+                "top_p must be in (0, 1], got {p}"
+            )));
         }
         if temperature == 0.0 || top_k == Some(1) {
             return Ok(Sampling::Greedy);
