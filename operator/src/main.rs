@@ -1,1 +1,125 @@
-fn main() {}
+//! `operator`: run the llmops controllers, or print the CRDs they serve.
+
+use std::io::Write as _;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use llmops_operator::config::{OperatorConfig, TrainerResources, normalize_store_uri};
+use llmops_operator::runtime::controller::Scope;
+use llmops_operator::runtime::{LeaderElection, Settings};
+use llmops_operator::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "operator", version, about = "The llmops Kubernetes operator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers.
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions of every kind as YAML.
+    Crd,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Port of /metrics, /healthz and /readyz.
+    #[arg(long, default_value_t = 8080)]
+    metrics_port: u16,
+    /// Log level (trace, debug, info, warn, error) or a full filter (`info,kube=debug`).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+    /// Image of the trainer pods.
+    #[arg(long)]
+    trainer_image: String,
+    /// Image of the inference pods.
+    #[arg(long)]
+    server_image: String,
+    /// Default artifact store: s3://, gs://, az://, file:// or pvc://<claim>/<path>.
+    #[arg(long, value_name = "URI")]
+    artifact_store: String,
+    /// Secret (in each namespace using the default store) with its credentials.
+    #[arg(long, value_name = "NAME")]
+    artifact_store_secret: Option<String>,
+    /// Extended resource requested for GPUs when a resource names none.
+    #[arg(long, default_value = "nvidia.com/gpu")]
+    gpu_resource_name: String,
+    /// Namespaces to manage, comma-separated; empty manages every namespace.
+    #[arg(long, value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Elect a leader on a Lease in $POD_NAMESPACE, held as $POD_NAME.
+    #[arg(long)]
+    leader_election: bool,
+    /// OTLP gRPC endpoint for traces, e.g. http://otel-collector:4317.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Crd => print_crds(),
+        Command::Run(args) => run(args).await,
+    }
+}
+
+fn print_crds() -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for crd in llmops_crds::all_crds() {
+        writeln!(out, "---\n{}", llmops_crds::render_crd(&crd)?)?;
+    }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let telemetry = telemetry::init(
+        &args.log_level,
+        args.log_format,
+        args.otlp_endpoint.as_deref(),
+    )?;
+    let pod_name = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty());
+    let leader_election = if args.leader_election {
+        Some(LeaderElection {
+            namespace: std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty())
+                .context("--leader-election needs POD_NAMESPACE (the namespace of the Lease)")?,
+            identity: pod_name
+                .clone()
+                .context("--leader-election needs POD_NAME (this replica's identity)")?,
+        })
+    } else {
+        None
+    };
+    let settings = Settings {
+        config: OperatorConfig {
+            trainer_image: args.trainer_image,
+            server_image: args.server_image,
+            artifact_store: normalize_store_uri(&args.artifact_store),
+            artifact_store_secret: args.artifact_store_secret.filter(|s| !s.is_empty()),
+            gpu_resource_name: args.gpu_resource_name,
+            trainer_resources: TrainerResources::default(),
+        },
+        scope: Scope::new(
+            args.namespaces
+                .into_iter()
+                .filter(|n| !n.is_empty())
+                .collect(),
+        ),
+        metrics_port: args.metrics_port,
+        leader_election,
+        instance: pod_name,
+    };
+    let result =
+        llmops_operator::runtime::run(settings, llmops_operator::controller::start_all).await;
+    if let Err(err) = &result {
+        tracing::error!(error = format!("{err:#}"), "operator failed");
+    }
+    telemetry.shutdown();
+    result
+}

@@ -1,0 +1,109 @@
+//! Operator-wide settings: images, the default artifact store, and the defaults a
+//! resource falls back to when it sets none.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+/// Settings shared by every controller; built once from the command line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperatorConfig {
+    /// Image of the `trainer` binary (prepare, pretrain, finetune, evaluate, clean).
+    pub trainer_image: String,
+    /// Image of the `server` binary (inference).
+    pub server_image: String,
+    /// Root URI of the default artifact store, without a trailing slash.
+    pub artifact_store: String,
+    /// Secret, in each namespace using the default store, holding its credentials.
+    pub artifact_store_secret: Option<String>,
+    /// Extended resource requested for GPUs when a resource names none.
+    pub gpu_resource_name: String,
+    /// Requests (and the memory limit) of CPU-only trainer pods such as `prepare`.
+    pub trainer_resources: TrainerResources,
+}
+
+/// CPU and memory for trainer pods whose resource has no `resources` field.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainerResources {
+    pub cpu: Quantity,
+    pub memory: Quantity,
+}
+
+impl Default for TrainerResources {
+    fn default() -> Self {
+        Self {
+            cpu: Quantity("1".into()),
+            memory: Quantity("2Gi".into()),
+        }
+    }
+}
+
+impl TrainerResources {
+    /// Requests for CPU and memory, and a memory limit equal to the request: the
+    /// trainer streams with bounded memory, so exceeding it is a bug worth an OOM
+    /// kill rather than a node under pressure. CPU is not limited (throttling only
+    /// slows the job).
+    pub fn requirements(&self) -> k8s_openapi::api::core::v1::ResourceRequirements {
+        k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), self.cpu.clone()),
+                ("memory".to_string(), self.memory.clone()),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                self.memory.clone(),
+            )])),
+            ..Default::default()
+        }
+    }
+}
+
+impl OperatorConfig {
+    /// The default artifact URI of an object: `<store>/<plural>/<namespace>/<name>`.
+    pub fn default_artifact_uri(&self, plural: &str, namespace: &str, name: &str) -> String {
+        format!("{}/{plural}/{namespace}/{name}", self.artifact_store)
+    }
+
+    /// A config for unit tests.
+    #[cfg(test)]
+    pub fn example() -> Self {
+        Self {
+            trainer_image: "ghcr.io/llmops-dev/trainer:test".into(),
+            server_image: "ghcr.io/llmops-dev/server:test".into(),
+            artifact_store: "s3://llmops-artifacts".into(),
+            artifact_store_secret: Some("store-creds".into()),
+            gpu_resource_name: "nvidia.com/gpu".into(),
+            trainer_resources: TrainerResources::default(),
+        }
+    }
+}
+
+/// Normalise a store root: no trailing slash, so joined paths have exactly one.
+pub fn normalize_store_uri(uri: &str) -> String {
+    uri.trim_end_matches('/').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_artifact_uri_joins_with_single_slashes() {
+        let mut config = OperatorConfig::example();
+        config.artifact_store = normalize_store_uri("s3://bucket/prefix/");
+        assert_eq!(
+            config.default_artifact_uri("datasets", "ml", "chats"),
+            "s3://bucket/prefix/datasets/ml/chats"
+        );
+    }
+
+    #[test]
+    fn trainer_resources_limit_memory_but_not_cpu() {
+        let req = TrainerResources::default().requirements();
+        assert_eq!(req.requests.as_ref().unwrap()["cpu"].0, "1");
+        assert_eq!(req.requests.as_ref().unwrap()["memory"].0, "2Gi");
+        let limits = req.limits.unwrap();
+        assert_eq!(limits["memory"].0, "2Gi");
+        assert!(!limits.contains_key("cpu"));
+    }
+}

@@ -1,0 +1,203 @@
+//! Build: the children of a Dataset, as a pure function of the resolved Dataset and
+//! the operator's settings.
+//!
+//! For generation G of Dataset `<name>`:
+//! - ConfigMap `<name>-prepare`, key `resource.yaml`: the resolved Dataset;
+//! - ServiceAccount, Role and RoleBinding `<name>-trainer`: get the Dataset, get and
+//!   patch its status, by resourceName;
+//! - Job `<name>-prepare-g<G>`: `trainer prepare --resource /etc/llmops/resource.yaml`.
+//!
+//! On deletion with `output.deletionPolicy: Delete`, Job `<name>-clean` runs
+//! `trainer clean --uri <output>`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, KeyToPath, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+use llmops_crds::Dataset;
+
+use super::resolve::Resolved;
+use crate::config::OperatorConfig;
+use crate::runtime::apply::{child_labels, child_meta};
+use crate::workload::credentials::credential_env;
+use crate::workload::job::{RESOURCE_KEY, RESOURCE_PATH, TrainerJob, env, resource_file};
+use crate::workload::rbac::{TrainerRbac, trainer_rbac};
+use crate::workload::storage::{PVC_ROOT, PvcMounts, pvc_claim};
+
+/// `app.kubernetes.io/component` of the preparation children.
+pub const PREPARE_COMPONENT: &str = "prepare";
+/// `app.kubernetes.io/component` of the artifact cleanup Job.
+pub const CLEAN_COMPONENT: &str = "clean";
+/// Where ConfigMap sources are mounted: `<dir>/<source index>/<key>`.
+pub const SOURCES_DIR: &str = "/etc/llmops/sources";
+/// Seconds a finished cleanup Job is kept. It has no owner (it must outlive the
+/// Dataset's deletion), so the TTL controller removes it.
+pub const CLEAN_JOB_TTL_SECONDS: i32 = 600;
+
+pub fn job_name(name: &str, generation: i64) -> String {
+    format!("{name}-prepare-g{generation}")
+}
+
+pub fn config_map_name(name: &str) -> String {
+    format!("{name}-prepare")
+}
+
+pub fn trainer_name(name: &str) -> String {
+    format!("{name}-trainer")
+}
+
+pub fn clean_job_name(name: &str) -> String {
+    format!("{name}-clean")
+}
+
+/// Everything one pass produces for a Dataset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    pub config_map: ConfigMap,
+    pub rbac: TrainerRbac,
+    pub job: Job,
+}
+
+pub fn build(
+    resolved: &Resolved,
+    config: &OperatorConfig,
+) -> Result<Children, serde_yaml_ng::Error> {
+    let ds = &resolved.dataset;
+    let name = ds.name_any();
+    let generation = ds.metadata.generation.unwrap_or(0);
+    Ok(Children {
+        config_map: build_config_map(ds)?,
+        rbac: trainer_rbac(ds, &trainer_name(&name), PREPARE_COMPONENT),
+        job: build_prepare_job(resolved, config, generation),
+    })
+}
+
+fn build_config_map(ds: &Dataset) -> Result<ConfigMap, serde_yaml_ng::Error> {
+    let resource = serde_yaml_ng::to_string(ds)?;
+    Ok(ConfigMap {
+        metadata: child_meta(ds, config_map_name(&ds.name_any()), PREPARE_COMPONENT),
+        data: Some(BTreeMap::from([(RESOURCE_KEY.to_string(), resource)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The distinct credential Secrets the trainer needs, sources first, then output.
+pub fn credential_secrets(ds: &Dataset) -> Vec<String> {
+    let sources = ds
+        .spec
+        .sources
+        .iter()
+        .filter_map(|s| s.object_store.as_ref()?.credentials_secret_ref.as_ref());
+    let mut secrets: Vec<String> = Vec::new();
+    for secret in sources.chain(ds.spec.output.credentials_secret_ref.as_ref()) {
+        if !secrets.contains(&secret.name) {
+            secrets.push(secret.name.clone());
+        }
+    }
+    secrets
+}
+
+fn build_prepare_job(resolved: &Resolved, config: &OperatorConfig, generation: i64) -> Job {
+    let ds = &resolved.dataset;
+    let name = ds.name_any();
+    let (resource_volume, resource_mount) = resource_file(&config_map_name(&name));
+    let mut volumes = vec![resource_volume];
+    let mut mounts = vec![resource_mount];
+
+    for (index, source) in ds.spec.sources.iter().enumerate() {
+        if let Some(cm) = &source.config_map {
+            let volume = format!("source-{index}");
+            volumes.push(Volume {
+                name: volume.clone(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: cm.name.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: cm.key.clone(),
+                        path: cm.key.clone(),
+                        ..KeyToPath::default()
+                    }]),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mounts.push(VolumeMount {
+                name: volume,
+                mount_path: format!("{SOURCES_DIR}/{index}"),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+    }
+
+    let mut claims = PvcMounts::default();
+    for source in &ds.spec.sources {
+        if let Some(pvc) = &source.pvc {
+            claims.read(&pvc.claim_name);
+        }
+    }
+    if let Some(claim) = ds.spec.tokenizer.uri.as_deref().and_then(pvc_claim) {
+        claims.read(claim);
+    }
+    if let Some(claim) = pvc_claim(&resolved.output_uri) {
+        claims.write(claim);
+    }
+    let (pvc_volumes, pvc_mounts) = claims.volumes_and_mounts();
+    volumes.extend(pvc_volumes);
+    mounts.extend(pvc_mounts);
+
+    let secrets = credential_secrets(ds);
+    let mut job_env = vec![
+        env("LLMOPS_OUTPUT_URI", resolved.output_uri.clone()),
+        env("LLMOPS_PVC_ROOT", PVC_ROOT),
+        env("LLMOPS_SOURCES_DIR", SOURCES_DIR),
+    ];
+    job_env.extend(credential_env(secrets.iter().map(String::as_str)));
+
+    TrainerJob {
+        meta: child_meta(ds, job_name(&name, generation), PREPARE_COMPONENT),
+        image: config.trainer_image.clone(),
+        args: vec!["prepare".into(), "--resource".into(), RESOURCE_PATH.into()],
+        service_account: Some(trainer_name(&name)),
+        env: job_env,
+        volumes,
+        mounts,
+        resources: config.trainer_resources.requirements(),
+        ttl_seconds_after_finished: None,
+    }
+    .into_job()
+}
+
+/// The Job deleting the artifact directory. It has no owner reference: it runs
+/// while the Dataset is being deleted and must not be collected with it.
+pub fn build_clean_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
+    let ds = &resolved.dataset;
+    let mut claims = PvcMounts::default();
+    if let Some(claim) = pvc_claim(&resolved.output_uri) {
+        claims.write(claim);
+    }
+    let (volumes, mounts) = claims.volumes_and_mounts();
+    let mut job_env = vec![env("LLMOPS_PVC_ROOT", PVC_ROOT)];
+    let output_secret = ds.spec.output.credentials_secret_ref.as_ref();
+    job_env.extend(credential_env(output_secret.map(|s| s.name.as_str())));
+    TrainerJob {
+        meta: ObjectMeta {
+            name: Some(clean_job_name(&ds.name_any())),
+            namespace: ds.namespace(),
+            labels: Some(child_labels(ds, CLEAN_COMPONENT)),
+            ..ObjectMeta::default()
+        },
+        image: config.trainer_image.clone(),
+        args: vec!["clean".into(), "--uri".into(), resolved.output_uri.clone()],
+        service_account: None,
+        env: job_env,
+        volumes,
+        mounts,
+        resources: config.trainer_resources.requirements(),
+        ttl_seconds_after_finished: Some(CLEAN_JOB_TTL_SECONDS),
+    }
+    .into_job()
+}

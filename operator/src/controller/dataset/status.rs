@@ -1,0 +1,355 @@
+//! Status: what the prepare Job and its pod say, turned into the Dataset's
+//! conditions and operator-owned status fields; and the decision whether anything
+//! needs writing at all.
+//!
+//! The operator owns `observedGeneration`, `conditions`, `artifact`, `job`,
+//! `startTime` and `completionTime`. `stats` belongs to the trainer (field manager
+//! `llmops-trainer`) and is never part of the operator's apply.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use llmops_crds::dataset::DatasetStats;
+use llmops_crds::{Artifact, Dataset, DatasetStatus, LocalObjectRef};
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::conditions::{Outcome, next_conditions, owned_conditions_equal};
+use crate::workload::job::TRAINER_CONTAINER;
+
+/// Reasons of the Dataset's conditions.
+pub mod reason {
+    pub const PREPARING: &str = "Preparing";
+    pub const PREPARED: &str = "Prepared";
+    pub const PREPARE_FAILED: &str = "PrepareFailed";
+    pub const POD_BLOCKED: &str = "PodBlocked";
+    pub const INVALID_RESULT: &str = "InvalidTrainerResult";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const DELETING: &str = "Deleting";
+    pub const CLEANUP_FAILED: &str = "CleanupFailed";
+}
+
+/// Waiting reasons that never resolve by themselves: the pod needs a Secret,
+/// ConfigMap or image name fixed.
+const BLOCKING_WAIT_REASONS: [&str; 4] = [
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+];
+
+/// What `trainer prepare` writes to its termination message on success.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainerResult {
+    pub artifact: Artifact,
+    #[serde(default)]
+    pub stats: Option<DatasetStats>,
+}
+
+/// Where a Job stands, read from its conditions and its newest pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobState {
+    Running {
+        /// The pod's waiting reason and message while it cannot start.
+        waiting: Option<(String, String)>,
+    },
+    Succeeded {
+        /// The termination message of the trainer container.
+        message: Option<String>,
+    },
+    Failed {
+        /// The trainer's one-line error, or why the pod or Job failed.
+        error: String,
+    },
+}
+
+/// The state of `job`, given its pods.
+pub fn job_state(job: &Job, pods: &[Pod]) -> JobState {
+    let pod = newest(pods);
+    let container = pod.and_then(|p| {
+        p.status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == TRAINER_CONTAINER)
+    });
+    let terminated_message = container
+        .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+        .filter(|m| !m.trim().is_empty());
+
+    if job_condition(job, "Complete").is_some() {
+        return JobState::Succeeded {
+            message: terminated_message,
+        };
+    }
+    if let Some(failed) = job_condition(job, "Failed") {
+        let error = terminated_message
+            .as_deref()
+            .map(trainer_error)
+            .or_else(|| {
+                let status = pod?.status.as_ref()?;
+                let reason = status.reason.as_deref()?;
+                Some(format!(
+                    "pod {reason}: {}",
+                    status.message.as_deref().unwrap_or_default()
+                ))
+            })
+            .unwrap_or_else(|| {
+                format!(
+                    "{}: {}",
+                    failed.reason.as_deref().unwrap_or("JobFailed"),
+                    failed
+                        .message
+                        .as_deref()
+                        .unwrap_or("the prepare Job failed")
+                )
+            });
+        return JobState::Failed { error };
+    }
+    let waiting = container
+        .and_then(|c| c.state.as_ref()?.waiting.as_ref())
+        .and_then(|w| Some((w.reason.clone()?, w.message.clone().unwrap_or_default())));
+    JobState::Running { waiting }
+}
+
+fn job_condition<'a>(
+    job: &'a Job,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::batch::v1::JobCondition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+}
+
+fn newest(pods: &[Pod]) -> Option<&Pod> {
+    pods.iter()
+        .max_by_key(|p| p.metadata.creation_timestamp.clone())
+}
+
+/// The one-line error of a failed trainer: the `error: ...` line it wrote, or the
+/// last line of its log when it died before writing one.
+pub fn trainer_error(message: &str) -> String {
+    let line = message
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_default();
+    let line = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| {
+            ["error", "message"]
+                .iter()
+                .find_map(|k| v.get(k).and_then(|m| m.as_str()).map(str::to_string))
+        })
+        .unwrap_or_else(|| line.to_string());
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    crate::runtime::events::truncate(line, 1024)
+}
+
+/// Parse the trainer's success message.
+pub fn parse_result(message: &str) -> Result<TrainerResult, serde_json::Error> {
+    serde_json::from_str(message.trim())
+}
+
+/// The Ready message of a prepared Dataset: `41,220 docs (3.1% dup), 12.4M tok`.
+pub fn summary(stats: &DatasetStats) -> String {
+    let duplicates = stats.exact_duplicates + stats.near_duplicates;
+    let dup_percent = if stats.documents_in > 0 {
+        100.0 * duplicates as f64 / stats.documents_in as f64
+    } else {
+        0.0
+    };
+    let tokens = stats.train_tokens + stats.validation_tokens + stats.test_tokens;
+    format!(
+        "{} docs ({dup_percent:.1}% dup), {} tok",
+        thousands(stats.documents_out),
+        si(tokens)
+    )
+}
+
+fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+fn si(n: i64) -> String {
+    let x = n as f64;
+    match n.abs() {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}K", x / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}M", x / 1e6),
+        _ => format!("{:.1}B", x / 1e9),
+    }
+}
+
+/// The fields of `status` the operator writes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorStatus {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub conditions: Vec<Condition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<LocalObjectRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+/// The Job-derived fields of a status, apart from conditions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobFields {
+    pub artifact: Option<Artifact>,
+    pub job: Option<String>,
+    pub start_time: Option<Time>,
+    pub completion_time: Option<Time>,
+}
+
+impl JobFields {
+    /// The times and name of `job`.
+    pub fn of(job: &Job) -> Self {
+        let status = job.status.as_ref();
+        let finished = status
+            .and_then(|s| s.completion_time.clone())
+            .or_else(|| job_condition(job, "Failed").and_then(|c| c.last_transition_time.clone()));
+        Self {
+            artifact: None,
+            job: Some(job.name_any()),
+            start_time: status
+                .and_then(|s| s.start_time.clone())
+                .or_else(|| job.metadata.creation_timestamp.clone()),
+            completion_time: finished,
+        }
+    }
+}
+
+/// The outcome and Job fields of a Dataset whose current Job is in `state`.
+pub fn observe(
+    state: &JobState,
+    job: &Job,
+    current_stats: Option<&DatasetStats>,
+) -> (Outcome, JobFields) {
+    let mut fields = JobFields::of(job);
+    let job_name = fields.job.clone().unwrap_or_default();
+    let outcome = match state {
+        JobState::Running { waiting: None } => {
+            fields.completion_time = None;
+            Outcome::progressing(reason::PREPARING, format!("preparing (Job {job_name})"))
+        }
+        JobState::Running {
+            waiting: Some((why, detail)),
+        } => {
+            fields.completion_time = None;
+            let message = if detail.is_empty() {
+                why.clone()
+            } else {
+                format!("{why}: {detail}")
+            };
+            if BLOCKING_WAIT_REASONS.contains(&why.as_str()) {
+                Outcome::stalled(reason::POD_BLOCKED, message)
+            } else {
+                Outcome::progressing(reason::PREPARING, format!("pod waiting: {message}"))
+            }
+        }
+        JobState::Succeeded { message } => match message.as_deref().map(parse_result) {
+            Some(Ok(result)) => {
+                let stats = result.stats.as_ref().or(current_stats);
+                let message = stats.map_or_else(|| "prepared".to_string(), summary);
+                fields.artifact = Some(result.artifact);
+                Outcome::ready(reason::PREPARED, message)
+            }
+            Some(Err(err)) => Outcome::stalled(
+                reason::INVALID_RESULT,
+                format!("trainer prepare succeeded but its result is not valid JSON: {err}"),
+            ),
+            None => Outcome::stalled(
+                reason::INVALID_RESULT,
+                "trainer prepare succeeded but wrote no result to its termination message",
+            ),
+        },
+        JobState::Failed { error } => Outcome::stalled(reason::PREPARE_FAILED, error.clone()),
+    };
+    (outcome, fields)
+}
+
+/// The operator's status for `outcome`, keeping condition times from `current`.
+pub fn desired_status(
+    ds: &Dataset,
+    outcome: &Outcome,
+    fields: JobFields,
+    now: &Time,
+) -> OperatorStatus {
+    let current = ds
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = ds.metadata.generation;
+    OperatorStatus {
+        observed_generation: generation,
+        conditions: next_conditions(current, outcome, generation, now),
+        artifact: fields.artifact,
+        job: fields.job.map(|name| LocalObjectRef { name }),
+        start_time: fields.start_time,
+        completion_time: fields.completion_time,
+    }
+}
+
+/// Whether writing `desired` would change anything the operator owns.
+pub fn needs_write(current: Option<&DatasetStatus>, desired: &OperatorStatus) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    current.observed_generation != desired.observed_generation
+        || !owned_conditions_equal(&current.conditions, &desired.conditions)
+        || current.artifact != desired.artifact
+        || current.job.as_ref().map(|j| &j.name) != desired.job.as_ref().map(|j| &j.name)
+        || current.start_time != desired.start_time
+        || current.completion_time != desired.completion_time
+}
+
+/// Copy what was written into the local copy of the status, keeping the
+/// trainer's fields and conditions owned by others.
+pub fn record(status: &mut DatasetStatus, written: OperatorStatus) {
+    status.observed_generation = written.observed_generation;
+    status
+        .conditions
+        .retain(|c| !crate::runtime::conditions::OWNED_TYPES.contains(&c.type_.as_str()));
+    status.conditions.extend(written.conditions);
+    status.artifact = written.artifact;
+    status.job = written.job;
+    status.start_time = written.start_time;
+    status.completion_time = written.completion_time;
+}
+
+/// Whether the current generation already finished (succeeded or failed), so its
+/// Job must not be created again if it was removed.
+pub fn finished_for_generation(ds: &Dataset) -> bool {
+    ds.status.as_ref().is_some_and(|s| {
+        s.observed_generation == ds.metadata.generation && s.completion_time.is_some()
+    })
+}
+
+/// The server-side apply body for the status subresource.
+pub fn apply_body(desired: &OperatorStatus) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "llmops.dev/v1alpha1",
+        "kind": "Dataset",
+        "status": desired,
+    })
+}

@@ -1,0 +1,148 @@
+//! Validate: what the API accepts but the operator or trainer cannot carry out.
+//! Each problem names the field to change and becomes a Stalled condition.
+
+use kube::ResourceExt;
+
+use super::build::{credential_secrets, job_name};
+use super::resolve::Resolved;
+use crate::workload::credentials::colliding_secrets;
+use crate::workload::storage::pvc_claim;
+
+/// Longest name of an object whose name is also a label value (Jobs label their pods).
+const MAX_LABEL_VALUE: usize = 63;
+
+/// A spec the operator cannot act on, and the field to change.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Result<(), Invalid> {
+    Err(Invalid {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+pub fn validate(resolved: &Resolved) -> Result<(), Invalid> {
+    let ds = &resolved.dataset;
+    let name = ds.name_any();
+    let generation = ds.metadata.generation.unwrap_or(0);
+
+    let job = job_name(&name, generation);
+    if job.len() > MAX_LABEL_VALUE {
+        return invalid(
+            "metadata.name",
+            format!(
+                "the name is too long for its prepare Job {job:?} ({} characters, at most {MAX_LABEL_VALUE}); use a shorter name",
+                job.len()
+            ),
+        );
+    }
+
+    if ds
+        .spec
+        .tokenizer
+        .dataset_ref
+        .as_ref()
+        .is_some_and(|r| r.name == name)
+    {
+        return invalid(
+            "spec.tokenizer.datasetRef",
+            "a Dataset cannot reuse its own tokenizer",
+        );
+    }
+
+    if resolved.output_uri.starts_with("pvc://") && pvc_claim(&resolved.output_uri).is_none() {
+        return invalid(
+            "spec.output.uri",
+            "a pvc:// URI needs a claim name: pvc://<claim>/<path>",
+        );
+    }
+    if let Some(uri) = &ds.spec.tokenizer.uri
+        && uri.starts_with("pvc://")
+        && pvc_claim(uri).is_none()
+    {
+        return invalid(
+            "spec.tokenizer.uri",
+            "a pvc:// URI needs a claim name: pvc://<claim>/<path>",
+        );
+    }
+
+    let secrets = credential_secrets(ds);
+    if let Some((a, b)) = colliding_secrets(&secrets.iter().map(String::as_str).collect::<Vec<_>>())
+    {
+        return invalid(
+            "credentialsSecretRef",
+            format!(
+                "Secrets {a:?} and {b:?} map to the same environment variables; rename one of them"
+            ),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OperatorConfig;
+    use crate::controller::dataset::resolve::resolve_with;
+    use crate::controller::dataset::tests::fixture;
+
+    fn check(yaml: &str) -> Result<(), Invalid> {
+        validate(&resolve_with(
+            &fixture(yaml),
+            &OperatorConfig::example(),
+            None,
+        ))
+    }
+
+    #[test]
+    fn the_fixture_is_valid() {
+        assert_eq!(check("metadata: {name: chats}"), Ok(()));
+    }
+
+    #[test]
+    fn a_name_too_long_for_the_job_names_metadata_name() {
+        let err = check(&format!(
+            "metadata: {{name: {}, generation: 1}}",
+            "a".repeat(60)
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "metadata.name");
+    }
+
+    #[test]
+    fn self_referencing_tokenizer_is_rejected() {
+        let err = check(
+            "metadata: {name: chats}\nspec:\n  tokenizer: {train: null, datasetRef: {name: chats}}",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.tokenizer.datasetRef");
+    }
+
+    #[test]
+    fn colliding_secret_names_are_rejected() {
+        let err = check(
+            r#"
+metadata: {name: chats}
+spec:
+  sources:
+    - objectStore: {uri: "s3://b/x", credentialsSecretRef: {name: s3-creds}}
+    - objectStore: {uri: "s3://b/y", credentialsSecretRef: {name: s3.creds}}
+"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "credentialsSecretRef");
+        assert!(err.message.contains("s3-creds"));
+    }
+
+    #[test]
+    fn pvc_output_without_claim_is_rejected() {
+        let err =
+            check("metadata: {name: chats}\nspec:\n  output: {uri: \"pvc:///data\"}").unwrap_err();
+        assert_eq!(err.field, "spec.output.uri");
+    }
+}

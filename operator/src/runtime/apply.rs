@@ -1,0 +1,181 @@
+//! Server-side apply of children, their labels and owner references, and deletion of
+//! children that the current pass no longer produces.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The one field manager the operator applies with.
+pub const FIELD_MANAGER: &str = "llmops-operator";
+
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
+
+/// `llmops.dev/<kind lowercase>`: the label naming a child's parent, used to find
+/// a parent's children and to map child events back to the parent.
+pub fn parent_label_key<K: Resource<DynamicType = ()>>() -> String {
+    format!("llmops.dev/{}", K::kind(&()).to_lowercase())
+}
+
+/// The labels every child of `parent` carries.
+pub fn child_labels<K: Resource<DynamicType = ()>>(
+    parent: &K,
+    component: &str,
+) -> BTreeMap<String, String> {
+    let name = parent.name_any();
+    BTreeMap::from([
+        (NAME_LABEL.into(), "llmops".into()),
+        (INSTANCE_LABEL.into(), name.clone()),
+        (COMPONENT_LABEL.into(), component.into()),
+        (MANAGED_BY_LABEL.into(), FIELD_MANAGER.into()),
+        (PART_OF_LABEL.into(), "llmops".into()),
+        (parent_label_key::<K>(), name),
+    ])
+}
+
+/// Label selector matching every child of `parent`.
+pub fn children_selector<K: Resource<DynamicType = ()>>(parent: &K) -> String {
+    format!(
+        "{MANAGED_BY_LABEL}={FIELD_MANAGER},{}={}",
+        parent_label_key::<K>(),
+        parent.name_any()
+    )
+}
+
+/// An owner reference making `parent` the controller of a child, so the garbage
+/// collector deletes the child with its parent.
+pub fn controller_owner_ref<K: Resource<DynamicType = ()>>(parent: &K) -> OwnerReference {
+    OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: parent.name_any(),
+        uid: parent.meta().uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Metadata of a child: name, the parent's namespace, labels and owner reference.
+pub fn child_meta<K: Resource<DynamicType = ()>>(
+    parent: &K,
+    name: String,
+    component: &str,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: parent.namespace(),
+        labels: Some(child_labels(parent, component)),
+        owner_references: Some(vec![controller_owner_ref(parent)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Server-side apply `child` (forcing ownership of its fields) and return the live object.
+pub async fn apply<C>(client: &Client, child: &C) -> Result<C, kube::Error>
+where
+    C: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let api: Api<C> = Api::namespaced(
+        client.clone(),
+        child.meta().namespace.as_deref().unwrap_or_default(),
+    );
+    api.patch(
+        &child.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(child),
+    )
+    .await
+}
+
+/// Delete the children of type `C` matching `selector` whose names are not in
+/// `keep`. Dependents (a Job's pods) go with them in the background.
+pub async fn delete_orphans<C>(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    keep: &[String],
+) -> Result<Vec<String>, kube::Error>
+where
+    C: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api: Api<C> = Api::namespaced(client.clone(), namespace);
+    let mut deleted = Vec::new();
+    for child in api
+        .list_metadata(&ListParams::default().labels(selector))
+        .await?
+    {
+        let name = child.name_any();
+        if keep.contains(&name) || child.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted.push(name),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmops_crds::Dataset;
+
+    fn dataset() -> Dataset {
+        serde_yaml_ng::from_str(
+            r#"
+apiVersion: llmops.dev/v1alpha1
+kind: Dataset
+metadata: {name: chats, namespace: ml, uid: 1234-abcd, generation: 2}
+spec:
+  sources: [{inline: {content: "hello"}}]
+  tokenizer: {train: {vocabSize: 512}}
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn children_carry_the_standard_labels() {
+        let labels = child_labels(&dataset(), "prepare");
+        assert_eq!(labels[NAME_LABEL], "llmops");
+        assert_eq!(labels[INSTANCE_LABEL], "chats");
+        assert_eq!(labels[COMPONENT_LABEL], "prepare");
+        assert_eq!(labels[MANAGED_BY_LABEL], "llmops-operator");
+        assert_eq!(labels[PART_OF_LABEL], "llmops");
+        assert_eq!(labels["llmops.dev/dataset"], "chats");
+        assert_eq!(
+            children_selector(&dataset()),
+            "app.kubernetes.io/managed-by=llmops-operator,llmops.dev/dataset=chats"
+        );
+    }
+
+    #[test]
+    fn owner_reference_marks_the_parent_as_controller() {
+        let meta = child_meta(&dataset(), "chats-prepare".into(), "prepare");
+        let owner = &meta.owner_references.unwrap()[0];
+        assert_eq!(owner.api_version, "llmops.dev/v1alpha1");
+        assert_eq!(owner.kind, "Dataset");
+        assert_eq!(owner.name, "chats");
+        assert_eq!(owner.uid, "1234-abcd");
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(meta.namespace.as_deref(), Some("ml"));
+    }
+}

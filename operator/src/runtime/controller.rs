@@ -1,0 +1,143 @@
+//! Running a kube-runtime `Controller` the same way for every kind: metrics and
+//! tracing around each reconcile, backoff on errors, a stop signal, and a future
+//! that resolves once the controller's cache has synced.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, StreamExt as _};
+use k8s_openapi::NamespaceResourceScope;
+use kube::runtime::controller::{Action, Controller, Error as ControllerError};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
+
+use super::Context;
+use super::stop::Stop;
+
+/// An error a reconcile can end with. Every such error is transient (the API, the
+/// network): the object is retried with backoff. Problems only the user can fix are
+/// not errors but a Stalled condition.
+pub trait ReconcileError: std::error::Error + Send + Sync + 'static {
+    /// A short, stable name for the errors metric, e.g. `ApplyChild`.
+    fn reason(&self) -> &'static str;
+}
+
+/// The namespaces the operator manages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    namespaces: Vec<String>,
+}
+
+impl Scope {
+    /// `namespaces` empty means every namespace.
+    pub fn new(namespaces: Vec<String>) -> Self {
+        Self { namespaces }
+    }
+
+    /// One entry per controller to run: each listed namespace, or `None` for all.
+    pub fn targets(&self) -> Vec<Option<String>> {
+        if self.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.namespaces.iter().cloned().map(Some).collect()
+        }
+    }
+}
+
+/// An API handle for `K` in `namespace`, or across all namespaces.
+pub fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A controller started for one kind in one namespace (or all).
+pub struct ControllerRun {
+    /// Runs until the stop signal, then until in-flight reconciles finish.
+    pub run: BoxFuture<'static, ()>,
+    /// Resolves once the controller's cache holds the initial list.
+    pub synced: BoxFuture<'static, ()>,
+}
+
+/// Start `controller` for `kind`, calling `reconcile` for each object.
+pub fn start<K, E, Fut>(
+    kind: &'static str,
+    controller: Controller<K>,
+    ctx: Arc<Context>,
+    stop: Stop,
+    reconcile: fn(Arc<K>, Arc<Context>) -> Fut,
+) -> ControllerRun
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    E: ReconcileError,
+{
+    let store = controller.store();
+    let synced = async move {
+        // Only fails if the controller is dropped before syncing; then nothing waits.
+        let _ = store.wait_until_ready().await;
+    }
+    .boxed();
+
+    let run = controller
+        .graceful_shutdown_on(async move { stop.wait().await })
+        .run(
+            move |obj, ctx: Arc<Context>| {
+                let key = ObjectRef::from_obj(obj.as_ref()).to_string();
+                let span = tracing::info_span!("reconcile", kind, object = %key);
+                async move {
+                    let started = Instant::now();
+                    let result = reconcile(obj, ctx.clone()).await;
+                    ctx.metrics.reconciled(kind, started.elapsed());
+                    if result.is_ok() {
+                        ctx.backoff.succeeded(&key);
+                    }
+                    result
+                }
+                .instrument(span)
+            },
+            move |obj, err: &E, ctx| {
+                let key = ObjectRef::from_obj(obj.as_ref()).to_string();
+                ctx.metrics.failed(kind, err.reason());
+                let wait = ctx.backoff.failed(&key);
+                tracing::warn!(kind, object = %key, reason = err.reason(), error = %err, retry_in = ?wait, "reconcile failed");
+                Action::requeue(wait)
+            },
+            ctx,
+        )
+        .for_each(move |result| async move {
+            match result {
+                Ok(_) | Err(ControllerError::ReconcilerFailed(..)) => {}
+                Err(ControllerError::ObjectNotFound(obj)) => {
+                    tracing::debug!(kind, object = %obj, "object gone before it was reconciled");
+                }
+                Err(err) => tracing::warn!(kind, error = %err, "controller stream error"),
+            }
+        })
+        .boxed();
+
+    ControllerRun { run, synced }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_scope_is_one_cluster_wide_controller() {
+        assert_eq!(Scope::new(vec![]).targets(), vec![None]);
+        assert_eq!(
+            Scope::new(vec!["a".into(), "b".into()]).targets(),
+            vec![Some("a".to_string()), Some("b".to_string())]
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! Object-store credentials reach pods only as `secretKeyRef` environment variables;
+//! the operator never reads a Secret (the chart grants it no access to them).
+//!
+//! Contract with the trainer and server: for a URI whose resource names a credentials
+//! Secret `<secret>`, key `<KEY>` of that Secret is in `LLMOPS_CRED_<SECRET>_<KEY>`,
+//! where `<SECRET>` is the Secret's name upper-cased with every other character than
+//! A-Z and 0-9 replaced by `_`. Every reference is optional: a missing key is simply
+//! absent, and the program says which credential it lacked.
+
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+
+/// The Secret keys passed through, covering S3, GCS and Azure in `object_store`.
+pub const CREDENTIAL_KEYS: [&str; 9] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_ENDPOINT",
+    "AWS_ALLOW_HTTP",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+];
+
+/// `LLMOPS_CRED_<SECRET>_`: the prefix of the variables carrying `secret`'s keys.
+pub fn env_prefix(secret: &str) -> String {
+    let normalized: String = secret
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("LLMOPS_CRED_{normalized}_")
+}
+
+/// Optional `secretKeyRef` variables for every credential key of each Secret, in
+/// the order given (callers pass distinct names).
+pub fn credential_env<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Vec<EnvVar> {
+    secrets
+        .into_iter()
+        .flat_map(|secret| {
+            let prefix = env_prefix(secret);
+            CREDENTIAL_KEYS.iter().map(move |key| EnvVar {
+                name: format!("{prefix}{key}"),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.to_string(),
+                        key: (*key).to_string(),
+                        optional: Some(true),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            })
+        })
+        .collect()
+}
+
+/// Two distinct Secrets whose variables would collide (`a-b` and `a.b`), if any.
+pub fn colliding_secrets<'a>(secrets: &[&'a str]) -> Option<(&'a str, &'a str)> {
+    secrets.iter().enumerate().find_map(|(i, a)| {
+        secrets[i + 1..]
+            .iter()
+            .find(|b| a != *b && env_prefix(a) == env_prefix(b))
+            .map(|b| (*a, *b))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_upper_cases_and_replaces_non_alphanumerics() {
+        assert_eq!(env_prefix("s3-creds.v2"), "LLMOPS_CRED_S3_CREDS_V2_");
+    }
+
+    #[test]
+    fn every_key_is_an_optional_secret_key_ref() {
+        let env = credential_env(["s3-creds"]);
+        assert_eq!(env.len(), CREDENTIAL_KEYS.len());
+        let first = &env[0];
+        assert_eq!(first.name, "LLMOPS_CRED_S3_CREDS_AWS_ACCESS_KEY_ID");
+        assert!(first.value.is_none());
+        let selector = first
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(selector.name, "s3-creds");
+        assert_eq!(selector.key, "AWS_ACCESS_KEY_ID");
+        assert_eq!(selector.optional, Some(true));
+        assert!(
+            env.iter()
+                .any(|e| e.name == "LLMOPS_CRED_S3_CREDS_AZURE_STORAGE_ACCOUNT_KEY")
+        );
+    }
+
+    #[test]
+    fn detects_names_that_normalise_alike() {
+        assert_eq!(
+            colliding_secrets(&["a-b", "c", "a.b"]),
+            Some(("a-b", "a.b"))
+        );
+        assert_eq!(colliding_secrets(&["a-b", "c"]), None);
+    }
+}

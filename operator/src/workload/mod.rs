@@ -1,0 +1,8 @@
+//! Pieces of the pods the operator runs for every kind: Pod Security `restricted`
+//! settings, credentials from Secrets, volumes for URIs on PVCs, and trainer Jobs.
+
+pub mod credentials;
+pub mod job;
+pub mod rbac;
+pub mod security;
+pub mod storage;
