@@ -295,19 +295,6 @@ impl Config {
                 return invalid(format!("{name} must be in [0, 1), got {p}"));
             }
         }
-        let ids = self
-            .bos_token_id
-            .iter()
-            .chain(&self.eos_token_id)
-            .chain(&self.pad_token_id);
-        for &id in ids {
-            if id < 0 || id >= self.vocab_size {
-                return invalid(format!(
-                    "special token id {id} is outside the vocabulary (size {})",
-                    self.vocab_size
-                ));
-            }
-        }
         match self.family {
             Family::Gpt2 => {
                 if self.num_kv_heads() != self.num_heads {

@@ -126,9 +126,8 @@ pub fn generate(
     let mut input = Tensor::f_from_slice(prompt)?.f_unsqueeze(0)?;
     let mut used = prompt.len() as i64;
     while tokens.len() < max_new_tokens {
-        let logits = model.forward(&input, &mut cache)?;
-        let last = logits.f_get(0)?.f_get(-1)?;
-        let token = sampler.sample(&last)?;
+        let logits = model.forward_last(&input, None, &mut cache)?;
+        let token = sampler.sample(&logits.f_get(0)?)?;
         if stop_token_ids.contains(&token) {
             return Ok(Generation {
                 tokens,

@@ -10,7 +10,9 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::config::{Config, Family};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::layers::{Attention, AttentionMask, Linear, Mlp, Norm, Rope, WeightLayout};
+use crate::layers::{
+    Attention, AttentionMask, Linear, Mlp, Norm, Rope, RotaryTables, WeightLayout,
+};
 
 /// One transformer block: pre-norm attention and pre-norm MLP, each residual.
 #[derive(Debug)]
@@ -27,16 +29,13 @@ impl Block {
     fn forward(
         &self,
         xs: &Tensor,
-        positions: &Tensor,
-        rope: Option<&Rope>,
+        rope: Option<&RotaryTables>,
         mask: &AttentionMask,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         train: bool,
     ) -> Result<Tensor> {
         let normed = self.attn_norm.forward(xs)?;
-        let attn = self
-            .attn
-            .forward(&normed, positions, rope, mask, cache, train)?;
+        let attn = self.attn.forward(&normed, rope, mask, cache, train)?;
         let xs = xs.f_add(&dropout(&attn, self.resid_dropout, train)?)?;
         let mlp = self.mlp.forward(&self.mlp_norm.forward(&xs)?)?;
         Ok(xs.f_add(&dropout(&mlp, self.resid_dropout, train)?)?)
@@ -176,16 +175,21 @@ impl Model {
     /// With `train` set, dropout is active; gradients flow unless the caller runs this
     /// under `tch::no_grad`.
     pub fn forward_t(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_impl(ids, None, None, train)
+        self.lm_head
+            .forward(&self.hidden_states(ids, None, None, train)?)
     }
 
     /// Inference step: runs `ids` `[batch, seq]` after the tokens already in `cache`,
     /// appends their keys/values, and returns logits `[batch, seq, vocab]`.
     ///
     /// Use it for the prompt (prefill) and then for each new token. Runs without
-    /// gradient tracking and without dropout.
+    /// gradient tracking and without dropout. If it fails, clear the cache: layers
+    /// that already ran may have appended their keys and values.
     pub fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        tch::no_grad(|| self.forward_impl(ids, None, Some(cache), false))
+        tch::no_grad(|| {
+            self.lm_head
+                .forward(&self.hidden_states(ids, None, Some(cache), false)?)
+        })
     }
 
     /// Like [`Model::forward`] for a batch whose rows contain padding: `mask`
@@ -198,10 +202,30 @@ impl Model {
         mask: &Tensor,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        tch::no_grad(|| self.forward_impl(ids, Some(mask), Some(cache), false))
+        tch::no_grad(|| {
+            self.lm_head
+                .forward(&self.hidden_states(ids, Some(mask), Some(cache), false)?)
+        })
     }
 
-    fn forward_impl(
+    /// A decoding step that returns only the logits of each row's last slot,
+    /// `[batch, vocab]`, sparing the `seq × vocab` logits of a long prompt that
+    /// sampling never looks at. With a `mask`, rows must be left-padded so that the
+    /// last slot holds a real token.
+    pub fn forward_last(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        tch::no_grad(|| {
+            let hidden = self.hidden_states(ids, mask, Some(cache), false)?;
+            self.lm_head.forward(&hidden.f_select(1, -1)?)
+        })
+    }
+
+    /// Final-normed hidden states `[batch, seq, hidden]`; appends to `cache` if given.
+    fn hidden_states(
         &self,
         ids: &Tensor,
         mask: Option<&Tensor>,
@@ -280,6 +304,10 @@ impl Model {
             xs = xs.f_add(&Tensor::f_embedding(wpe, &positions, -1, false, false)?)?;
         }
         let mut xs = dropout(&xs, self.embd_dropout, train)?;
+        let rope = match &self.rope {
+            Some(rope) => Some(rope.tables(&positions, xs.kind())?),
+            None => None,
+        };
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = match cache.as_deref_mut() {
                 Some(c) => Some(c.layer_mut(i).ok_or_else(|| {
@@ -287,7 +315,7 @@ impl Model {
                 })?),
                 None => None,
             };
-            xs = block.forward(&xs, &positions, self.rope.as_ref(), &attn_mask, slot, train)?;
+            xs = block.forward(&xs, rope.as_ref(), &attn_mask, slot, train)?;
         }
         if let Some(c) = cache {
             let valid = match all_valid {
@@ -296,8 +324,7 @@ impl Model {
             };
             c.set_valid(valid, input_padded);
         }
-        let xs = self.final_norm.forward(&xs)?;
-        self.lm_head.forward(&xs)
+        self.final_norm.forward(&xs)
     }
 
     /// Validates token ids and moves them to the model's device as int64.

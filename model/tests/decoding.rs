@@ -75,6 +75,10 @@ fn padded_batch_decoding_matches_single_sequences() {
         );
         let mut cache = model.new_cache();
         let prefill = model.forward_padded(&batch, &mask, &mut cache).unwrap();
+        let mut other = model.new_cache();
+        let last = model.forward_last(&batch, Some(&mask), &mut other).unwrap();
+        assert_eq!(last.size(), [2, 101]);
+        assert!(max_abs_diff(&last, &prefill.select(1, -1)) < TOL);
         assert_eq!(
             cache.lengths().unwrap(),
             vec![a.len() as i64, b.len() as i64]

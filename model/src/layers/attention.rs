@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::{Linear, Rope};
+use super::{Linear, RotaryTables};
 use crate::error::Result;
 
 /// How queries, keys and values are projected from the hidden states.
@@ -47,13 +47,12 @@ pub struct Attention {
 impl Attention {
     /// Attends over `xs` `[batch, seq, hidden]`.
     ///
-    /// `positions` `[batch, seq]` feed RoPE when present. When `cache` is given, the new
+    /// `rope` rotates queries and keys when present. When `cache` is given, the new
     /// keys/values are appended to it and the queries attend over the whole cache.
     pub fn forward(
         &self,
         xs: &Tensor,
-        positions: &Tensor,
-        rope: Option<&Rope>,
+        rope: Option<&RotaryTables>,
         mask: &AttentionMask,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         train: bool,
@@ -88,8 +87,8 @@ impl Attention {
         let mut k = heads(k, self.num_kv_heads)?;
         let mut v = heads(v, self.num_kv_heads)?;
         if let Some(rope) = rope {
-            q = rope.apply(&q, positions)?;
-            k = rope.apply(&k, positions)?;
+            q = rope.apply(&q)?;
+            k = rope.apply(&k)?;
         }
         if let Some(slot) = cache {
             if let Some((past_k, past_v)) = slot.as_ref() {

@@ -12,4 +12,4 @@ pub use attention::{Attention, AttentionMask, QkvProjection};
 pub use linear::{Linear, WeightLayout};
 pub use mlp::Mlp;
 pub use norm::Norm;
-pub use rope::Rope;
+pub use rope::{Rope, RotaryTables};

@@ -22,23 +22,35 @@ impl Rope {
         Ok(Rope { inv_freq })
     }
 
-    /// Rotates `xs` `[batch, heads, seq, head_dim]` by `positions` `[batch, seq]`.
-    pub fn apply(&self, xs: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let (cos, sin) = self.cos_sin(positions, xs.kind())?;
-        let half = xs.size()[3] / 2;
-        let x1 = xs.f_narrow(3, 0, half)?;
-        let x2 = xs.f_narrow(3, half, half)?;
-        let rotated = Tensor::f_cat(&[x2.f_neg()?, x1], 3)?;
-        Ok(xs.f_mul(&cos)?.f_add(&rotated.f_mul(&sin)?)?)
-    }
-
-    /// cos/sin tables `[batch, 1, seq, head_dim]`, computed in fp32 then cast, as HF does.
-    fn cos_sin(&self, positions: &Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
+    /// cos/sin tables for `positions` `[batch, seq]`, computed once per forward pass
+    /// and shared by every layer. Computed in fp32 then cast to `kind`, as HF does.
+    pub fn tables(&self, positions: &Tensor, kind: Kind) -> Result<RotaryTables> {
         let freqs = positions
             .f_to_kind(Kind::Float)?
             .f_unsqueeze(-1)?
             .f_mul(&self.inv_freq)?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(1)?;
-        Ok((emb.f_cos()?.f_to_kind(kind)?, emb.f_sin()?.f_to_kind(kind)?))
+        Ok(RotaryTables {
+            cos: emb.f_cos()?.f_to_kind(kind)?,
+            sin: emb.f_sin()?.f_to_kind(kind)?,
+        })
+    }
+}
+
+/// cos/sin `[batch, 1, seq, head_dim]` for the positions of one forward pass.
+#[derive(Debug)]
+pub struct RotaryTables {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RotaryTables {
+    /// Rotates `xs` `[batch, heads, seq, head_dim]`.
+    pub fn apply(&self, xs: &Tensor) -> Result<Tensor> {
+        let half = xs.size()[3] / 2;
+        let x1 = xs.f_narrow(3, 0, half)?;
+        let x2 = xs.f_narrow(3, half, half)?;
+        let rotated = Tensor::f_cat(&[x2.f_neg()?, x1], 3)?;
+        Ok(xs.f_mul(&self.cos)?.f_add(&rotated.f_mul(&self.sin)?)?)
     }
 }
