@@ -1,5 +1,7 @@
 //! Logs (JSON or text) and optional OTLP trace export.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
@@ -49,7 +51,8 @@ pub fn init(
             .with_current_span(true)
             .with_span_list(false)
     });
-    let text = (format == LogFormat::Text).then(tracing_subscriber::fmt::layer);
+    let text = (format == LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()));
 
     let tracer_provider = otlp_endpoint.map(otlp_tracer_provider).transpose()?;
     let otel = tracer_provider.as_ref().map(|provider| {

@@ -110,7 +110,8 @@ pub fn job_state(job: &Job, pods: &[Pod]) -> JobState {
     }
     let waiting = container
         .and_then(|c| c.state.as_ref()?.waiting.as_ref())
-        .and_then(|w| Some((w.reason.clone()?, w.message.clone().unwrap_or_default())));
+        .and_then(|w| Some((w.reason.clone()?, w.message.clone().unwrap_or_default())))
+        .or_else(|| unschedulable(pod?));
     JobState::Running { waiting }
 }
 
@@ -124,6 +125,24 @@ fn job_condition<'a>(
         .as_ref()?
         .iter()
         .find(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Why a pending pod has no node yet (a missing PVC, no capacity), if it has none.
+fn unschedulable(pod: &Pod) -> Option<(String, String)> {
+    let condition = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    Some((
+        condition
+            .reason
+            .clone()
+            .unwrap_or_else(|| "Unschedulable".into()),
+        condition.message.clone().unwrap_or_default(),
+    ))
 }
 
 fn newest(pods: &[Pod]) -> Option<&Pod> {

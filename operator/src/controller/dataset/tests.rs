@@ -525,6 +525,28 @@ status:
     }
 
     #[test]
+    fn an_unschedulable_pod_says_why() {
+        let job = job(RUNNING);
+        let pending: Pod = serde_yaml_ng::from_str(
+            r#"
+metadata: {name: p, creationTimestamp: "2026-01-01T00:00:01Z"}
+status:
+  phase: Pending
+  conditions: [{type: PodScheduled, status: "False", reason: Unschedulable, message: "persistentvolumeclaim \"raw\" not found"}]
+"#,
+        )
+        .unwrap();
+        let (outcome, _) = status::observe(&status::job_state(&job, &[pending]), &job, None);
+        assert_eq!(
+            outcome,
+            Outcome::progressing(
+                "Preparing",
+                "pod waiting: Unschedulable: persistentvolumeclaim \"raw\" not found"
+            )
+        );
+    }
+
+    #[test]
     fn success_without_a_result_is_stalled_not_ready() {
         let job = job(SUCCEEDED);
         let state = status::job_state(&job, &[pod("{terminated: {exitCode: 0}}")]);
