@@ -90,6 +90,9 @@ impl Cluster {
 
     /// The client configuration of the admin user.
     pub async fn config(&self) -> anyhow::Result<Config> {
+        // A workspace build may enable both of rustls's providers, and then rustls
+        // picks none by itself; choose one (a no-op once one is installed).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
         Ok(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
     }
