@@ -232,80 +232,20 @@ impl Model {
         mut cache: Option<&mut KvCache>,
         train: bool,
     ) -> Result<Tensor> {
-        let ids = self.check_ids(ids)?;
-        let (batch, seq) = (ids.size()[0], ids.size()[1]);
-        let input_valid = match mask {
-            Some(m) => {
-                if m.size() != [batch, seq] {
-                    return Err(Error::InvalidInput(format!(
-                        "attention mask has shape {:?}, expected [{batch}, {seq}]",
-                        m.size()
-                    )));
-                }
-                Some(m.f_to(self.device)?.f_ne(0)?)
-            }
-            None => None,
-        };
-        let past = match cache.as_deref() {
-            Some(c) => self.check_cache(c, batch)?,
-            None => None,
-        };
-        let past_slots = past.map_or(0, |v| v.size()[1]);
-        let past_len = match past {
-            Some(v) => v.f_sum_dim_intlist(1, true, Kind::Int64)?,
-            None => Tensor::f_zeros([batch, 1], (Kind::Int64, self.device))?,
-        };
-        let positions = match &input_valid {
-            Some(m) => past_len
-                .f_add(&m.f_cumsum(1, Kind::Int64)?)?
-                .f_sub_scalar(1)?
-                .f_clamp_min(0)?,
-            None => past_len
-                .f_add(&Tensor::f_arange(seq, (Kind::Int64, self.device))?.f_unsqueeze(0)?)?,
-        };
-        let needed = positions.f_max()?.f_int64_value(&[])? + 1;
-        if needed > self.config.max_position_embeddings {
-            return Err(Error::ContextOverflow {
-                needed,
-                max: self.config.max_position_embeddings,
-            });
-        }
-        let input_padded = match &input_valid {
-            Some(m) => m.f_all()?.f_to_kind(Kind::Int64)?.f_int64_value(&[])? == 0,
-            None => false,
-        };
-        let cache_padded = cache.as_deref().is_some_and(KvCache::is_padded);
-        let all_valid = match (past, &input_valid) {
-            (None, None) => None,
-            (past, input) => {
-                let input = match input {
-                    Some(m) => m.shallow_clone(),
-                    None => Tensor::f_ones([batch, seq], (Kind::Bool, self.device))?,
-                };
-                Some(match past {
-                    Some(p) => Tensor::f_cat(&[p, &input], 1)?,
-                    None => input,
-                })
-            }
-        };
-        let attn_mask = if past_slots == 0 && !input_padded {
-            AttentionMask::Causal
-        } else if seq == 1 && !input_padded && !cache_padded {
-            AttentionMask::Full
-        } else {
-            let valid = all_valid.as_ref().ok_or_else(|| {
-                Error::InvalidInput("internal: padded attention without a validity mask".into())
-            })?;
-            AttentionMask::Explicit(explicit_mask(valid, past_slots, seq)?)
-        };
-
-        let mut xs = Tensor::f_embedding(&self.embed_tokens, &ids, -1, false, false)?;
+        let step = self.plan(ids, mask, cache.as_deref())?;
+        let mut xs = Tensor::f_embedding(&self.embed_tokens, &step.ids, -1, false, false)?;
         if let Some(wpe) = &self.embed_positions {
-            xs = xs.f_add(&Tensor::f_embedding(wpe, &positions, -1, false, false)?)?;
+            xs = xs.f_add(&Tensor::f_embedding(
+                wpe,
+                &step.positions,
+                -1,
+                false,
+                false,
+            )?)?;
         }
         let mut xs = dropout(&xs, self.embd_dropout, train)?;
         let rope = match &self.rope {
-            Some(rope) => Some(rope.tables(&positions, xs.kind())?),
+            Some(rope) => Some(rope.tables(&step.positions, xs.kind())?),
             None => None,
         };
         for (i, block) in self.blocks.iter().enumerate() {
@@ -315,16 +255,69 @@ impl Model {
                 })?),
                 None => None,
             };
-            xs = block.forward(&xs, rope.as_ref(), &attn_mask, slot, train)?;
+            xs = block.forward(&xs, rope.as_ref(), &step.mask, slot, train)?;
         }
         if let Some(c) = cache {
-            let valid = match all_valid {
-                Some(v) => v,
-                None => Tensor::f_ones([batch, seq], (Kind::Bool, self.device))?,
-            };
-            c.set_valid(valid, input_padded);
+            c.set_valid(step.valid, step.new_padding);
         }
         self.final_norm.forward(&xs)
+    }
+
+    /// Works out positions, the attention mask and slot validity for `ids` following
+    /// whatever `cache` already holds.
+    fn plan(&self, ids: &Tensor, mask: Option<&Tensor>, cache: Option<&KvCache>) -> Result<Step> {
+        let ids = self.check_ids(ids)?;
+        let (batch, seq) = (ids.size()[0], ids.size()[1]);
+        let opts = (Kind::Bool, self.device);
+        let input_valid = match mask {
+            Some(m) if m.size() != [batch, seq] => {
+                return Err(Error::InvalidInput(format!(
+                    "attention mask has shape {:?}, expected [{batch}, {seq}]",
+                    m.size()
+                )));
+            }
+            Some(m) => m.f_to(self.device)?.f_ne(0)?,
+            None => Tensor::f_ones([batch, seq], opts)?,
+        };
+        let new_padding = mask.is_some() && !all_true(&input_valid)?;
+        let past = match cache {
+            Some(c) => self.check_cache(c, batch)?,
+            None => None,
+        };
+        let past_slots = past.map_or(0, |v| v.size()[1]);
+        // Positions count real tokens only, so padding never shifts a sequence.
+        let past_len = match past {
+            Some(v) => v.f_sum_dim_intlist(1, true, Kind::Int64)?,
+            None => Tensor::f_zeros([batch, 1], (Kind::Int64, self.device))?,
+        };
+        let positions = past_len
+            .f_add(&input_valid.f_cumsum(1, Kind::Int64)?)?
+            .f_sub_scalar(1)?
+            .f_clamp_min(0)?;
+        let needed = positions.f_max()?.f_int64_value(&[])? + 1;
+        let max = self.config.max_position_embeddings;
+        if needed > max {
+            return Err(Error::ContextOverflow { needed, max });
+        }
+        let valid = match past {
+            Some(p) => Tensor::f_cat(&[p, &input_valid], 1)?,
+            None => input_valid,
+        };
+        let cache_padded = cache.is_some_and(KvCache::is_padded);
+        let mask = if past_slots == 0 && !new_padding {
+            AttentionMask::Causal
+        } else if seq == 1 && !new_padding && !cache_padded {
+            AttentionMask::Full
+        } else {
+            AttentionMask::Explicit(explicit_mask(&valid, past_slots, seq)?)
+        };
+        Ok(Step {
+            ids,
+            positions,
+            mask,
+            valid,
+            new_padding,
+        })
     }
 
     /// Validates token ids and moves them to the model's device as int64.
@@ -395,6 +388,23 @@ impl Model {
         }
         out
     }
+}
+
+/// What one forward pass needs besides the weights.
+struct Step {
+    /// Token ids `[batch, seq]`, int64 on the model's device.
+    ids: Tensor,
+    /// Position of every token `[batch, seq]`.
+    positions: Tensor,
+    mask: AttentionMask,
+    /// `[batch, past + seq]`: which slots hold real tokens after this pass.
+    valid: Tensor,
+    /// Whether this pass adds padding slots.
+    new_padding: bool,
+}
+
+fn all_true(t: &Tensor) -> Result<bool> {
+    Ok(t.f_all()?.f_to_kind(Kind::Int64)?.f_int64_value(&[])? != 0)
 }
 
 /// `[batch, 1, seq, past + seq]` bool: query `j` (slot `past + j`) may attend to slot
