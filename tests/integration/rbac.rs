@@ -211,17 +211,21 @@ async fn expect(client: &Client, allow: &[Ask], deny: &[Ask]) -> anyhow::Result<
     Ok(())
 }
 
-/// The RBAC authorizer sees new bindings a moment after they are created.
-async fn wait_for_binding(client: &Client, probe: &Ask) -> anyhow::Result<()> {
-    eventually(
-        &format!("{probe} to be allowed"),
-        Duration::from_secs(30),
-        || async {
-            ensure!(allowed(client, probe).await?, "still denied");
-            Ok(())
-        },
-    )
-    .await
+/// The RBAC authorizer sees new bindings a moment after they are created: wait
+/// until one permission of each binding is granted.
+async fn wait_for_bindings(client: &Client, probes: &[Ask]) -> anyhow::Result<()> {
+    for probe in probes {
+        eventually(
+            &format!("{probe} to be allowed"),
+            Duration::from_secs(30),
+            || async {
+                ensure!(allowed(client, probe).await?, "still denied");
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 #[tokio::test]
@@ -237,11 +241,16 @@ async fn chart_rbac_is_enough_and_no_more() -> anyhow::Result<()> {
     let operator = cluster
         .service_account_client(release_ns.name(), &account)
         .await?;
-    wait_for_binding(
-        &operator,
-        &ask("get", "llmops.dev", "datasets", Some(work_ns.name())),
-    )
-    .await?;
+    let probes = [
+        ask("get", "llmops.dev", "datasets", Some(work_ns.name())),
+        ask(
+            "get",
+            "coordination.k8s.io",
+            "leases",
+            Some(release_ns.name()),
+        ),
+    ];
+    wait_for_bindings(&operator, &probes).await?;
 
     let mut allow = operator_access(Some(work_ns.name()));
     allow.extend(operator_access(None));
@@ -270,11 +279,17 @@ async fn chart_rbac_with_watch_namespaces_stays_in_them() -> anyhow::Result<()> 
     let operator = cluster
         .service_account_client(release_ns.name(), &account)
         .await?;
-    wait_for_binding(
-        &operator,
-        &ask("get", "llmops.dev", "datasets", Some(b.name())),
-    )
-    .await?;
+    let probes = [
+        ask("get", "llmops.dev", "datasets", Some(a.name())),
+        ask("get", "llmops.dev", "datasets", Some(b.name())),
+        ask(
+            "get",
+            "coordination.k8s.io",
+            "leases",
+            Some(release_ns.name()),
+        ),
+    ];
+    wait_for_bindings(&operator, &probes).await?;
 
     let mut allow = operator_access(Some(a.name()));
     allow.extend(operator_access(Some(b.name())));

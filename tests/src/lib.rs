@@ -19,6 +19,13 @@
 //!
 //! The tests skip, passing, only when `LLMOPS_SKIP_CLUSTER_TESTS=1` is set; without
 //! it a control plane that cannot be reached or started fails them.
+//!
+//! | environment | effect |
+//! | --- | --- |
+//! | `KUBECONFIG` (one file) | use that cluster when `/readyz` answers; the tests create and delete namespaces, CRDs and ClusterRoles there |
+//! | `LLMOPS_SKIP_CLUSTER_TESTS=1` | skip every test that needs a control plane |
+//! | `LLMOPS_KEEP_NAMESPACES=1` | keep test namespaces for inspection |
+//! | `LLMOPS_CLUSTER_DIR`, `LLMOPS_*_PORT` | passed on to `tests/cluster/up` (a second cluster beside the default one) |
 
 mod cluster;
 mod namespace;
