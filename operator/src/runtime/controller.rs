@@ -5,12 +5,12 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::NamespaceResourceScope;
-use kube::runtime::controller::{Action, Controller, Error as ControllerError};
+use kube::runtime::controller::{Action, Config, Controller, Error as ControllerError};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -18,6 +18,10 @@ use tracing::Instrument as _;
 
 use super::Context;
 use super::stop::Stop;
+
+/// Requests for the same object within this window become one reconcile: a Job,
+/// its pod and the trainer's live stats often change together.
+const DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// An error a reconcile can end with. Every such error is transient (the API, the
 /// network): the object is retried with backoff. Problems only the user can fix are
@@ -89,6 +93,7 @@ where
     .boxed();
 
     let run = controller
+        .with_config(Config::default().debounce(DEBOUNCE))
         .graceful_shutdown_on(async move { stop.wait().await })
         .run(
             move |obj, ctx: Arc<Context>| {
