@@ -71,7 +71,7 @@ impl Config {
             Some(Value::Null) | None => None,
             Some(other) => {
                 return Err(Error::InvalidConfig(format!(
-                    "torch_dtype must be a string, got {other}"
+                    "dtype must be a string, got {other}"
                 )));
             }
         };

@@ -79,7 +79,9 @@ impl Activation {
     }
 }
 
-/// Floating-point storage types a checkpoint may use (`torch_dtype` in `config.json`).
+/// Floating-point storage types a checkpoint may use (`dtype`, formerly `torch_dtype`,
+/// in `config.json`; written as `dtype`, which `transformers` 5 reads without a
+/// deprecation warning).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dtype {
     F32,
@@ -122,7 +124,7 @@ impl Dtype {
             "float16" => Ok(Dtype::F16),
             "bfloat16" => Ok(Dtype::Bf16),
             other => Err(Error::UnsupportedConfig(format!(
-                "torch_dtype `{other}` (supported: float32, float16, bfloat16)"
+                "dtype `{other}` (supported: float32, float16, bfloat16)"
             ))),
         }
     }
