@@ -125,6 +125,12 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
         return finalize::on_deletion(&ds, &api, &ctx).await;
     }
     finalize::sync_finalizer(&ds, &api).await?;
+    if status::finished_for_generation(&ds) {
+        // A finished Job is final, and so is the status written from it: nothing to
+        // do until the spec changes (not even resolving references again, whose
+        // targets may have moved on since).
+        return Ok(Action::requeue(RESYNC));
+    }
     // Status writes below update this copy, so later steps compare against them.
     let mut ds = (*ds).clone();
 
@@ -163,10 +169,6 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
     let job = apply_children(&ctx.client, &ds, &children).await?;
     delete_children(&ctx.client, &ds, &Kept::of(&children)).await?;
 
-    let Some(job) = job else {
-        // Finished earlier and its Job was removed since: the status stands.
-        return Ok(Action::requeue(RESYNC));
-    };
     let pods = job_pods(&ctx.client, &job).await?;
     let state = status::job_state(&job, &pods);
     let current_stats = ds.status.as_ref().and_then(|s| s.stats.as_ref());
@@ -178,13 +180,8 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
     })
 }
 
-/// Apply the RBAC, ConfigMap and (unless this generation already finished) the Job.
-/// Returns the current generation's Job, if it exists.
-async fn apply_children(
-    client: &Client,
-    ds: &Dataset,
-    children: &Children,
-) -> Result<Option<Job>, Error> {
+/// Apply the RBAC and ConfigMap, and create the Job unless it exists.
+async fn apply_children(client: &Client, ds: &Dataset, children: &Children) -> Result<Job, Error> {
     let failed =
         |kind: &'static str, name: String| move |source| Error::ApplyChild { kind, name, source };
     let rbac = &children.rbac;
@@ -209,15 +206,11 @@ async fn apply_children(
         name: name.clone(),
         source,
     })? {
-        return Ok(Some(job));
+        return Ok(job);
     }
-    if status::finished_for_generation(ds) {
-        return Ok(None);
-    }
-    let job = apply(client, &children.job)
+    apply(client, &children.job)
         .await
-        .map_err(failed("Job", name))?;
-    Ok(Some(job))
+        .map_err(failed("Job", name))
 }
 
 /// Names of the children the current pass produced; everything else labelled as
