@@ -363,6 +363,50 @@ mod tests {
         assert_eq!(spec.lease_transitions, Some(0));
     }
 
+    /// Two candidates share one Lease on a simulated clock (100 ms ticks), each
+    /// acting whenever its own schedule says so. The leader renews until it dies at
+    /// 30 s; the standby must lead no later than the lease duration after that.
+    #[test]
+    fn a_standby_takes_over_within_the_lease_duration_after_the_leader_dies() {
+        let timing = LeaseTiming::default();
+        let tick = 100i64;
+        let dies_at_ms = 30_000i64;
+        let mut lease: Option<LeaseSpec> = None;
+        let mut next_look = [0i64, 50]; // A looks first.
+        let mut taken_over_at = None;
+        for now_ms in (0..60_000).step_by(tick as usize) {
+            let now = t(0)
+                .checked_add(SignedDuration::from_millis(now_ms))
+                .unwrap();
+            for (i, identity) in ["a", "b"].into_iter().enumerate() {
+                if (identity == "a" && now_ms >= dies_at_ms) || now_ms < next_look[i] {
+                    continue;
+                }
+                match decide(lease.as_ref(), identity, now, &timing) {
+                    Decision::Wait { retry_after, .. } => {
+                        next_look[i] = now_ms + retry_after.as_millis() as i64
+                    }
+                    _ => {
+                        if identity == "b" && taken_over_at.is_none() {
+                            taken_over_at = Some(now_ms);
+                        }
+                        lease = Some(claimed(lease.as_ref(), identity, now, &timing));
+                        next_look[i] = now_ms + timing.renew_every.as_millis() as i64;
+                    }
+                }
+            }
+        }
+        let taken_over_at = taken_over_at.expect("b never took over");
+        assert!(taken_over_at > dies_at_ms, "b took over while a was alive");
+        let within = timing.duration.as_millis() as i64;
+        assert!(
+            taken_over_at - dies_at_ms <= within,
+            "took {} ms",
+            taken_over_at - dies_at_ms
+        );
+        assert_eq!(lease.unwrap().lease_transitions, Some(1));
+    }
+
     #[test]
     fn the_renew_deadline_ends_before_the_lease_expires() {
         let timing = LeaseTiming::default();

@@ -648,3 +648,22 @@ status:
         assert!(!status::finished_for_generation(&ds));
     }
 }
+
+mod watch_tests {
+    use super::*;
+    use kube::runtime::reflector::ObjectRef;
+
+    #[test]
+    fn labelled_children_map_back_to_their_dataset() {
+        let pod: Pod = serde_yaml_ng::from_str(
+            "metadata: {name: chats-prepare-g1-x, namespace: ml, labels: {llmops.dev/dataset: chats}}",
+        )
+        .unwrap();
+        assert_eq!(
+            super::super::parent_of(pod),
+            Some(ObjectRef::new("chats").within("ml"))
+        );
+        let unrelated: Pod = serde_yaml_ng::from_str("metadata: {name: x, namespace: ml}").unwrap();
+        assert_eq!(super::super::parent_of(unrelated), None);
+    }
+}
