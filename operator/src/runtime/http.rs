@@ -61,17 +61,21 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Serve on `0.0.0.0:port` until `stop` fires.
+/// Listen on `0.0.0.0:port`; separate from serving so a taken port fails at start.
+pub async fn bind(port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .with_context(|| format!("failed to listen on port {port} for /metrics"))
+}
+
+/// Serve on `listener` until `stop` fires.
 pub async fn serve(
-    port: u16,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     readiness: Readiness,
     stop: Stop,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
-        .await
-        .with_context(|| format!("failed to listen on port {port} for /metrics"))?;
-    tracing::info!(port, "serving /metrics, /healthz and /readyz");
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, router(metrics, readiness))
         .with_graceful_shutdown(async move { stop.wait().await })
         .await

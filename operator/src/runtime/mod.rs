@@ -74,9 +74,10 @@ pub async fn run(settings: Settings, start_controllers: StartControllers) -> any
         metrics: metrics.clone(),
         backoff: Backoff::default(),
     });
+    let listener = http::bind(settings.metrics_port).await?;
     let shutdown = stop::on_termination_signal();
     let server = tokio::spawn(http::serve(
-        settings.metrics_port,
+        listener,
         metrics.clone(),
         readiness.clone(),
         shutdown.clone(),
