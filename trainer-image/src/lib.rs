@@ -4,10 +4,14 @@
 //! shards and their reader live in [`artifact`]; [`progress`] reports live
 //! progress into the resource's status; [`resource`] and [`termination`] are the
 //! contract with the operator (the CR file in, one line or a JSON result out).
+//! `pretrain` trains a PretrainJob's model ([`pretrain`]) with the training
+//! machinery in [`train`] (data loader, AdamW, checkpoints, data parallelism).
 
 pub mod artifact;
 pub mod bench;
 pub mod prepare;
+pub mod pretrain;
 pub mod progress;
 pub mod resource;
 pub mod termination;
+pub mod train;

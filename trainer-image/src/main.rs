@@ -4,8 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use llmops_crds::Dataset;
+use llmops_crds::{Dataset, PretrainJob};
+use llmops_trainer::pretrain::{self, Outcome};
+use llmops_trainer::train::interrupt::Interrupt;
 use llmops_trainer::{bench, prepare, progress::Reporter, resource, termination};
+
+/// Exit status after SIGTERM once the checkpoint is saved (128 + 15, as a shell
+/// reports a process killed by SIGTERM), so the operator can tell an
+/// interruption from a failure.
+const EXIT_INTERRUPTED: u8 = 143;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +37,19 @@ enum Command {
         #[arg(long)]
         output: Option<String>,
     },
+    /// Pretrain a PretrainJob's model from scratch, resuming from the newest checkpoint.
+    Pretrain {
+        /// The PretrainJob resource (YAML or JSON).
+        #[arg(long, env = "LLMOPS_RESOURCE")]
+        resource: PathBuf,
+        /// Dataset artifact URI (default: the resource's status.dataset.uri).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Output URI when the resource has no spec.output.uri
+        /// (default file://./out/pretrainjobs/<name>).
+        #[arg(long)]
+        output: Option<String>,
+    },
     /// Benchmarks against the Python reference implementations.
     Bench {
         #[command(subcommand)]
@@ -41,6 +61,8 @@ enum Command {
 enum BenchCommand {
     /// Tokenization MB/s and dedup docs/s, next to Python tokenizers and datasketch.
     Prepare(bench::Options),
+    /// Training step ms and tokens/s, next to PyTorch eager on the same model and threads.
+    Pretrain(pretrain::bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +85,75 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&format!("{e:#}")),
         },
+        Command::Pretrain {
+            resource,
+            dataset,
+            output,
+        } => runtime.block_on(run_pretrain(
+            resource,
+            pretrain::Options { dataset, output },
+        )),
+        Command::Bench {
+            what: BenchCommand::Pretrain(options),
+        } => match pretrain::bench::run(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("{e:#}")),
+        },
+    }
+}
+
+async fn run_pretrain(resource: PathBuf, options: pretrain::Options) -> ExitCode {
+    let job: PretrainJob = match resource::load(&resource, "PretrainJob") {
+        Ok(j) => j,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let interrupt = match Interrupt::on_signals() {
+        Ok(i) => i,
+        Err(e) => return fail(&format!("cannot handle termination signals: {e}")),
+    };
+    let name = job.metadata.name.clone().unwrap_or_default();
+    // Only rank 0 writes the job's status.
+    let rank0 = std::env::var("RANK").map_or(true, |r| r.is_empty() || r == "0");
+    let reporter = if rank0 {
+        Some(
+            Reporter::start::<PretrainJob>(job.metadata.namespace.as_deref(), &name, "progress")
+                .await,
+        )
+    } else {
+        None
+    };
+    match pretrain::pretrain(&job, &options, reporter.clone(), interrupt).await {
+        Ok(Outcome::Finished(result)) => {
+            if let Some(result) = result {
+                let line = serde_json::to_string(&result).unwrap_or_default();
+                termination::write(&line);
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Interrupted { step, checkpoint }) => {
+            if let Some(r) = &reporter {
+                r.abandon();
+            }
+            let at = checkpoint
+                .as_ref()
+                .map_or_else(String::new, |c| format!(", checkpoint {}", c.uri));
+            let message = format!("interrupted at step {step}{at}; a restart resumes from it");
+            let line = serde_json::json!({
+                "interrupted": {"step": step, "checkpoint": checkpoint},
+                "message": message,
+            })
+            .to_string();
+            eprintln!("{message}");
+            termination::write(&line);
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
+        Err(e) => {
+            if let Some(r) = &reporter {
+                r.abandon();
+            }
+            fail(&e.to_string())
+        }
     }
 }
 

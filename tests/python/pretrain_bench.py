@@ -1,0 +1,82 @@
+"""PyTorch eager reference for `trainer bench pretrain`: a nanoGPT-style training
+loop (forward, mean next-token cross-entropy, backward, clip_grad_norm_, AdamW)
+over a `transformers` model of the same shape. Prints {"ms_per_step": ...}."""
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+
+def build(args):
+    if args.family == "gpt2":
+        config = GPT2Config(
+            vocab_size=args.vocab,
+            n_embd=args.hidden,
+            n_layer=args.layers,
+            n_head=args.heads,
+            n_positions=args.sequence_length,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            resid_pdrop=0.0,
+            tie_word_embeddings=True,
+        )
+        return GPT2LMHeadModel(config)
+    # Same default MLP width as the trainer: ceil(8/3 * hidden) rounded up to 64.
+    intermediate = ((8 * args.hidden + 2) // 3 + 63) // 64 * 64
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=args.sequence_length,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--family", default="llama")
+    for name, default in [
+        ("layers", 4), ("hidden", 256), ("heads", 4), ("vocab", 4096),
+        ("sequence-length", 256), ("batch", 8), ("steps", 10), ("warmup", 2), ("threads", 0),
+    ]:
+        p.add_argument(f"--{name}", type=int, default=default)
+    args = p.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build(args).train()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=3e-4,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
+    tokens = torch.randint(args.vocab, (args.batch, args.sequence_length + 1))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    start = time.perf_counter()
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        logits = model(input_ids=x).logits
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss.item()
+    ms = (time.perf_counter() - start) * 1000 / args.steps
+    print(json.dumps({"ms_per_step": ms, "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()

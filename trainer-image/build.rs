@@ -1,0 +1,10 @@
+//! Record libtorch's library directory as an rpath so the trainer and its test
+//! binaries load the libtorch they were built against, without LD_LIBRARY_PATH
+//! (a build script's link arguments only reach its own package's targets).
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    if let Ok(dir) = std::env::var("LIBTORCH") {
+        let lib = std::path::Path::new(&dir).join("lib");
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    }
+}

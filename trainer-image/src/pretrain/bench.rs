@@ -1,0 +1,171 @@
+//! `trainer bench pretrain`: milliseconds per training step and tokens/s of our
+//! loop (forward, masked loss, backward, clipping, AdamW) next to PyTorch eager
+//! running the same model shape, batch and thread count in Python
+//! (`tests/python/pretrain_bench.py`, a nanoGPT-style loop over a `transformers`
+//! model), measured in the same run. A benchmark, not a test.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use llmops_crds::pretrain::{ModelArchitecture, ModelFamily};
+use tch::{Device, Kind, Tensor, nn};
+
+use super::plan::model_config;
+use crate::train::loss::summed_loss;
+use crate::train::optimizer::{AdamW, AdamWConfig};
+
+/// Options of `trainer bench pretrain`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Options {
+    /// Model family: llama or gpt2.
+    #[arg(long, default_value = "llama")]
+    pub family: String,
+    #[arg(long, default_value_t = 4)]
+    pub layers: i32,
+    #[arg(long, default_value_t = 256)]
+    pub hidden: i32,
+    #[arg(long, default_value_t = 4)]
+    pub heads: i32,
+    #[arg(long, default_value_t = 4096)]
+    pub vocab: u32,
+    /// Tokens per row.
+    #[arg(long, default_value_t = 256)]
+    pub sequence_length: i64,
+    /// Rows per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: i64,
+    /// Timed steps (after two warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Threads for both sides (default: libtorch's default).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Python with torch and transformers.
+    #[arg(long, env = "LLMOPS_PYTHON", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python"))]
+    pub python: PathBuf,
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/pretrain_bench.py"))]
+    pub script: PathBuf,
+}
+
+const WARMUP: usize = 2;
+
+fn architecture(o: &Options) -> anyhow::Result<ModelArchitecture> {
+    let family = match o.family.as_str() {
+        "llama" => ModelFamily::Llama,
+        "gpt2" => ModelFamily::Gpt2,
+        other => bail!("unknown family {other:?} (llama or gpt2)"),
+    };
+    Ok(ModelArchitecture {
+        family,
+        layers: o.layers,
+        heads: o.heads,
+        kv_heads: None,
+        hidden: o.hidden,
+        intermediate: None,
+        context_length: o.sequence_length as i32,
+        dropout: 0.0,
+        rope_theta: None,
+        tied_embeddings: true,
+    })
+}
+
+/// Milliseconds per step of our training step.
+fn ours(o: &Options) -> anyhow::Result<f64> {
+    let config = model_config(&architecture(o)?, o.vocab, 0, 0);
+    tch::manual_seed(0);
+    let device = super::device();
+    let vs = nn::VarStore::new(device);
+    let model = llmops_model::Model::new(&vs.root(), &config)?;
+    let mut opt = AdamW::new(
+        &vs,
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        },
+    )?;
+    let tokens = Tensor::randint(
+        o.vocab as i64,
+        [o.batch, o.sequence_length + 1],
+        (Kind::Int64, device),
+    );
+    let inputs = tokens.narrow(1, 0, o.sequence_length);
+    let targets = tokens.narrow(1, 1, o.sequence_length);
+    let count = (o.batch * o.sequence_length) as f64;
+    let mut started = Instant::now();
+    for i in 0..WARMUP + o.steps {
+        if i == WARMUP {
+            started = Instant::now();
+        }
+        opt.zero_grad();
+        let logits = model.forward_t(&inputs, true)?;
+        let loss = summed_loss(&logits, &targets)?.f_div_scalar(count)?;
+        loss.backward();
+        opt.clip_grad_norm(1.0)?;
+        opt.update(3e-4)?;
+        loss.f_double_value(&[])?;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0 / o.steps as f64)
+}
+
+/// Milliseconds per step of the PyTorch reference.
+fn reference(o: &Options, threads: i32) -> anyhow::Result<f64> {
+    let out = Command::new(&o.python)
+        .arg(&o.script)
+        .args(["--family", &o.family])
+        .args(["--layers", &o.layers.to_string()])
+        .args(["--hidden", &o.hidden.to_string()])
+        .args(["--heads", &o.heads.to_string()])
+        .args(["--vocab", &o.vocab.to_string()])
+        .args(["--sequence-length", &o.sequence_length.to_string()])
+        .args(["--batch", &o.batch.to_string()])
+        .args(["--steps", &o.steps.to_string()])
+        .args(["--warmup", &WARMUP.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {}", o.python.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            o.script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{} printed no JSON", o.script.display()))?;
+    v["ms_per_step"]
+        .as_f64()
+        .context("the reference printed no ms_per_step")
+}
+
+/// Runs both sides and prints the comparison.
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    if let Some(t) = o.threads {
+        tch::set_num_threads(t);
+    }
+    let threads = tch::get_num_threads();
+    let tokens = (o.batch * o.sequence_length) as f64;
+    let device = super::device();
+    if device != Device::Cpu {
+        println!("device: {device:?} (the reference runs on the same device only for CPU)");
+    }
+    let ours = ours(o)?;
+    let theirs = reference(o, threads)?;
+    println!(
+        "{} {}L h{} heads{} vocab{} batch {}×{} threads {threads}",
+        o.family, o.layers, o.hidden, o.heads, o.vocab, o.batch, o.sequence_length
+    );
+    println!(
+        "trainer (tch):    {ours:8.1} ms/step {:10.0} tokens/s",
+        tokens * 1000.0 / ours
+    );
+    println!(
+        "pytorch eager:    {theirs:8.1} ms/step {:10.0} tokens/s",
+        tokens * 1000.0 / theirs
+    );
+    println!("speed ratio (pytorch ms / ours ms): {:.2}x", theirs / ours);
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! `trainer pretrain`: trains a PretrainJob's model from scratch on its dataset.
+//!
+//! [`plan`] resolves the spec against the dataset, [`run`] is the training loop
+//! (built from [`crate::train`]), [`export`] writes the Hugging Face model with
+//! its lineage, and [`bench`] times a training step against PyTorch.
+
+pub mod bench;
+mod error;
+pub mod export;
+pub mod plan;
+pub mod run;
+
+use std::path::{Path, PathBuf};
+
+use llmops_crds::PretrainJob;
+use llmops_crds::common::{Artifact, CheckpointInfo, TrainingProgress};
+use llmops_store::{Credentials, Store};
+use serde::Serialize;
+use tch::Device;
+
+pub use error::PretrainError;
+pub use plan::{Plan, plan};
+
+use crate::artifact::DatasetArtifact;
+use crate::progress::Reporter;
+use crate::train::checkpoint::Checkpoints;
+use crate::train::distributed;
+use crate::train::interrupt::Interrupt;
+
+/// Command-line overrides of the resource.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Dataset artifact URI (else `status.dataset.uri`).
+    pub dataset: Option<String>,
+    /// Output URI (else `spec.output.uri`, else `file://./out/pretrainjobs/<name>`).
+    pub output: Option<String>,
+}
+
+/// The result of a finished run: the termination message.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pretrained {
+    pub artifact: Artifact,
+    pub progress: TrainingProgress,
+}
+
+/// How a run ended without error.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// Trained to the end and exported (rank 0; other ranks get no artifact).
+    Finished(Option<Pretrained>),
+    /// Stopped by a signal after saving a checkpoint.
+    Interrupted {
+        step: i64,
+        checkpoint: Option<CheckpointInfo>,
+    },
+}
+
+/// Where the model goes.
+pub fn output_uri(job: &PretrainJob, override_uri: Option<&str>) -> Result<String, PretrainError> {
+    if let Some(uri) = override_uri.or(job.spec.output.uri.as_deref()) {
+        return Ok(uri.to_string());
+    }
+    let name = job
+        .metadata
+        .name
+        .as_deref()
+        .ok_or_else(|| PretrainError::InvalidSpec("metadata.name is required".into()))?;
+    Ok(format!("file://./out/pretrainjobs/{name}"))
+}
+
+/// The device of this rank: its GPU (`LOCAL_RANK`) when CUDA is available.
+pub fn device() -> Device {
+    if tch::Cuda::is_available() {
+        let local = std::env::var("LOCAL_RANK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Device::Cuda(local)
+    } else {
+        Device::Cpu
+    }
+}
+
+/// Runs `job` to completion or to an interruption.
+pub async fn pretrain(
+    job: &PretrainJob,
+    options: &Options,
+    reporter: Option<Reporter>,
+    interrupt: Interrupt,
+) -> Result<Outcome, PretrainError> {
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let recorded = job.status.as_ref().and_then(|s| s.dataset.as_ref());
+    let dataset_uri = options
+        .dataset
+        .clone()
+        .or_else(|| recorded.map(|d| d.uri.clone()))
+        .ok_or(PretrainError::NoDataset)?;
+    let output = output_uri(job, options.output.as_deref())?;
+    let secret = job
+        .spec
+        .output
+        .credentials_secret_ref
+        .as_ref()
+        .map(|s| s.name.as_str());
+    let store = Store::open(&output, &Credentials::from_secret(secret))?;
+
+    let cache = tempfile::tempdir().map_err(PretrainError::io("create a dataset cache"))?;
+    let dataset = DatasetArtifact::fetch(&dataset_uri, &Credentials::Ambient, cache.path())
+        .await
+        .map_err(PretrainError::dataset(&dataset_uri))?;
+    if let Some(expected) = recorded.filter(|d| {
+        d.uri == dataset_uri && !d.digest.is_empty() && d.digest != dataset.manifest.digest
+    }) {
+        return Err(PretrainError::DatasetDigest {
+            uri: dataset_uri,
+            expected: expected.digest.clone(),
+            actual: dataset.manifest.digest.clone(),
+        });
+    }
+
+    // Checkpoints live beside the model for file:// and pvc:// outputs; other
+    // stores checkpoint to local disk (`LLMOPS_WORK_DIR`).
+    let (checkpoint_root, checkpoints_uri) = match store.local_root() {
+        Some(root) => (
+            run::checkpoint_dir(root),
+            format!("{}/checkpoints", output.trim_end_matches('/')),
+        ),
+        None => {
+            let work = std::env::var_os("LLMOPS_WORK_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new("out/pretrainjobs").join(&name));
+            let dir = run::checkpoint_dir(&work);
+            let uri = format!("file://{}", dir.display());
+            (dir, uri)
+        }
+    };
+
+    let collective = tokio::task::spawn_blocking(distributed::from_env)
+        .await
+        .map_err(|e| PretrainError::Io {
+            op: "join the data-parallel group".into(),
+            source: std::io::Error::other(e),
+        })??;
+    let world = collective.world_size();
+    let plan = plan(job, &dataset.manifest, world)?;
+    let rank = collective.rank();
+    tracing::info!(
+        rank,
+        world,
+        steps = plan.total_steps,
+        accumulation = plan.accumulation,
+        "training {} on {dataset_uri}",
+        name
+    );
+
+    let session_reporter = if rank == 0 { reporter.clone() } else { None };
+    let checkpoints = Checkpoints::new(checkpoint_root, plan.checkpoints_kept);
+    let (trained, dataset) = {
+        let plan = plan.clone();
+        tokio::task::spawn_blocking(move || {
+            let session = run::Session {
+                plan: &plan,
+                dataset: &dataset,
+                checkpoints,
+                checkpoints_uri,
+                device: device(),
+                collective,
+                reporter: session_reporter,
+                interrupt,
+            };
+            run::train(session).map(|t| (t, dataset))
+        })
+        .await
+        .map_err(|e| PretrainError::Io {
+            op: "run the training loop".into(),
+            source: std::io::Error::other(e),
+        })??
+    };
+    if trained.interrupted {
+        return Ok(Outcome::Interrupted {
+            step: trained.state.step,
+            checkpoint: trained.progress.last_checkpoint.clone(),
+        });
+    }
+    if rank != 0 {
+        return Ok(Outcome::Finished(None));
+    }
+    let staging = tempfile::tempdir_in(
+        store
+            .local_root()
+            .and_then(Path::parent)
+            .filter(|p| !p.as_os_str().is_empty() && p.exists())
+            .unwrap_or(&std::env::temp_dir()),
+    )
+    .map_err(PretrainError::io("create a staging directory"))?;
+    let lineage = export::Lineage {
+        job: &name,
+        namespace: job.metadata.namespace.as_deref(),
+        dataset_uri: &dataset_uri,
+        dataset_digest: &dataset.manifest.digest,
+        tokenizer: &dataset.dir().join(&dataset.manifest.tokenizer),
+        progress: &trained.progress,
+    };
+    let files = export::write(staging.path(), &trained.vs, &trained.model, &lineage)?;
+    let digest = export::publish(&store, staging.path(), &files).await?;
+    let finished = Pretrained {
+        artifact: Artifact {
+            uri: output,
+            digest,
+        },
+        progress: trained.progress,
+    };
+    if let Some(reporter) = &reporter {
+        reporter
+            .finish(
+                serde_json::to_value(&finished.progress).unwrap_or_default(),
+                &format!("done: {}", run::summary(&finished.progress)),
+            )
+            .await;
+    }
+    Ok(Outcome::Finished(Some(finished)))
+}

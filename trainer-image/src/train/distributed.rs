@@ -1,0 +1,321 @@
+//! Data parallelism: every rank runs the same model on its own slice of each
+//! global batch, and the ranks average their gradients before every update.
+//!
+//! The [`Collective`] trait is all the training loop needs. [`Single`] is the
+//! one-process case; [`TcpCollective`] connects the ranks of `torchrun`-style
+//! environment variables (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`) in a
+//! star around rank 0, which reduces in rank order so every run is reproducible.
+//! Tensors on a GPU go through host memory.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind, Tensor};
+
+/// Why ranks could not talk to each other.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectiveError {
+    #[error("invalid data-parallel environment: {0}")]
+    Environment(String),
+    #[error("cannot reach rank 0 at {addr} within {secs}s: {source}")]
+    Connect {
+        addr: String,
+        secs: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data-parallel connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("ranks disagree: {0}")]
+    Mismatch(String),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// The operations data-parallel training needs.
+pub trait Collective: Send {
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// Replaces `data` on every rank with the element-wise mean over all ranks.
+    fn all_reduce_mean(&mut self, data: &mut [f32]) -> Result<(), CollectiveError>;
+    /// Replaces `data` on every rank with rank 0's.
+    fn broadcast(&mut self, data: &mut [f32]) -> Result<(), CollectiveError>;
+    /// Returns once every rank has called it.
+    fn barrier(&mut self) -> Result<(), CollectiveError> {
+        self.all_reduce_mean(&mut [0.0])
+    }
+}
+
+/// One process: every operation is the identity.
+pub struct Single;
+
+impl Collective for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_mean(&mut self, _: &mut [f32]) -> Result<(), CollectiveError> {
+        Ok(())
+    }
+    fn broadcast(&mut self, _: &mut [f32]) -> Result<(), CollectiveError> {
+        Ok(())
+    }
+}
+
+/// Rank and world size from the environment, defaulting to a single process.
+pub fn from_env() -> Result<Box<dyn Collective>, CollectiveError> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let parse = |name: &str, value: String| {
+        value
+            .parse::<usize>()
+            .map_err(|_| CollectiveError::Environment(format!("{name}={value} is not a number")))
+    };
+    let world = match var("WORLD_SIZE") {
+        Some(v) => parse("WORLD_SIZE", v)?,
+        None => 1,
+    };
+    if world <= 1 {
+        return Ok(Box::new(Single));
+    }
+    let rank = parse(
+        "RANK",
+        var("RANK")
+            .ok_or_else(|| CollectiveError::Environment("WORLD_SIZE set without RANK".into()))?,
+    )?;
+    let addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
+    let port = var("MASTER_PORT").unwrap_or_else(|| "29500".into());
+    let timeout = var("LLMOPS_DIST_TIMEOUT_SECONDS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    Ok(Box::new(TcpCollective::connect(
+        rank,
+        world,
+        &format!("{addr}:{port}"),
+        Duration::from_secs(timeout),
+    )?))
+}
+
+/// Ranks connected to rank 0 over TCP.
+pub struct TcpCollective {
+    rank: usize,
+    world: usize,
+    /// On rank 0: the streams of ranks 1.., in rank order. Elsewhere: rank 0.
+    peers: Vec<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl TcpCollective {
+    /// Rank 0 listens on `addr` and waits for the others; the others connect,
+    /// retrying until `timeout` (pods start in any order).
+    pub fn connect(
+        rank: usize,
+        world: usize,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Self, CollectiveError> {
+        if rank >= world {
+            return Err(CollectiveError::Environment(format!(
+                "RANK {rank} is not below WORLD_SIZE {world}"
+            )));
+        }
+        let peers = if rank == 0 {
+            let port = addr.rsplit(':').next().unwrap_or("29500");
+            let listener = TcpListener::bind(format!("0.0.0.0:{port}"))?;
+            let mut slots: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
+            for _ in 1..world {
+                let (mut stream, _) = listener.accept()?;
+                stream.set_nodelay(true)?;
+                let mut hello = [0u8; 8];
+                stream.read_exact(&mut hello)?;
+                let (peer, peer_world) = (
+                    u32::from_le_bytes(hello[..4].try_into().unwrap_or_default()) as usize,
+                    u32::from_le_bytes(hello[4..].try_into().unwrap_or_default()) as usize,
+                );
+                if peer_world != world || peer == 0 || peer >= world || slots[peer - 1].is_some() {
+                    return Err(CollectiveError::Mismatch(format!(
+                        "rank 0 of {world} got a connection from rank {peer} of {peer_world}"
+                    )));
+                }
+                slots[peer - 1] = Some(stream);
+            }
+            slots.into_iter().flatten().collect()
+        } else {
+            let started = Instant::now();
+            let mut stream = loop {
+                match TcpStream::connect(addr) {
+                    Ok(s) => break s,
+                    Err(e) if started.elapsed() >= timeout => {
+                        return Err(CollectiveError::Connect {
+                            addr: addr.into(),
+                            secs: timeout.as_secs(),
+                            source: e,
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            };
+            stream.set_nodelay(true)?;
+            let mut hello = (rank as u32).to_le_bytes().to_vec();
+            hello.extend((world as u32).to_le_bytes());
+            stream.write_all(&hello)?;
+            vec![stream]
+        };
+        Ok(Self {
+            rank,
+            world,
+            peers,
+            buf: Vec::new(),
+        })
+    }
+
+    fn send(stream: &mut TcpStream, data: &[f32], buf: &mut Vec<u8>) -> std::io::Result<()> {
+        buf.clear();
+        buf.extend((data.len() as u64).to_le_bytes());
+        for x in data {
+            buf.extend(x.to_le_bytes());
+        }
+        stream.write_all(buf)
+    }
+
+    fn recv(
+        stream: &mut TcpStream,
+        into: &mut [f32],
+        buf: &mut Vec<u8>,
+        mut combine: impl FnMut(&mut f32, f32),
+    ) -> Result<(), CollectiveError> {
+        let mut len = [0u8; 8];
+        stream.read_exact(&mut len)?;
+        let len = u64::from_le_bytes(len) as usize;
+        if len != into.len() {
+            return Err(CollectiveError::Mismatch(format!(
+                "a peer sent {len} values where {} were expected (different models or settings?)",
+                into.len()
+            )));
+        }
+        buf.resize(len * 4, 0);
+        stream.read_exact(buf)?;
+        for (slot, bytes) in into.iter_mut().zip(buf.chunks_exact(4)) {
+            combine(
+                slot,
+                f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Collective for TcpCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_mean(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
+        if self.rank == 0 {
+            for peer in &mut self.peers {
+                Self::recv(peer, data, &mut self.buf, |acc, x| *acc += x)?;
+            }
+            let scale = 1.0 / self.world as f32;
+            data.iter_mut().for_each(|x| *x *= scale);
+            for peer in &mut self.peers {
+                Self::send(peer, data, &mut self.buf)?;
+            }
+        } else {
+            Self::send(&mut self.peers[0], data, &mut self.buf)?;
+            Self::recv(&mut self.peers[0], data, &mut self.buf, |slot, x| *slot = x)?;
+        }
+        Ok(())
+    }
+
+    fn broadcast(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
+        if self.rank == 0 {
+            for peer in &mut self.peers {
+                Self::send(peer, data, &mut self.buf)?;
+            }
+        } else {
+            Self::recv(&mut self.peers[0], data, &mut self.buf, |slot, x| *slot = x)?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies `tensors` (any device, any float kind) into one host fp32 vector.
+pub fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>, CollectiveError> {
+    let flat: Vec<Tensor> = tensors
+        .iter()
+        .map(|t| {
+            t.f_to_device(Device::Cpu)?
+                .f_to_kind(Kind::Float)?
+                .f_reshape([-1])
+        })
+        .collect::<Result<_, _>>()?;
+    let flat = Tensor::f_cat(&flat, 0)?;
+    let n = flat.numel();
+    let mut out = vec![0f32; n];
+    flat.f_copy_data(&mut out, n)?;
+    Ok(out)
+}
+
+/// Writes `data` back into `tensors` (the inverse of [`flatten`]).
+pub fn unflatten(data: &[f32], tensors: &[Tensor]) -> Result<(), CollectiveError> {
+    let mut offset = 0;
+    for t in tensors {
+        let n = t.numel();
+        let part = Tensor::f_from_slice(&data[offset..offset + n])?.f_reshape(t.size())?;
+        tch::no_grad(|| t.shallow_clone().f_copy_(&part))?;
+        offset += n;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_ranks_average_and_broadcast() {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let handles: Vec<_> = (0..3)
+            .map(|rank| {
+                let addr = addr.clone();
+                std::thread::spawn(move || {
+                    let mut c =
+                        TcpCollective::connect(rank, 3, &addr, Duration::from_secs(20)).unwrap();
+                    let mut data = vec![rank as f32, 10.0 * rank as f32];
+                    c.all_reduce_mean(&mut data).unwrap();
+                    let mut b = vec![rank as f32 + 5.0];
+                    c.broadcast(&mut b).unwrap();
+                    c.barrier().unwrap();
+                    (data, b)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (data, b) = h.join().unwrap();
+            assert_eq!(data, vec![1.0, 10.0]);
+            assert_eq!(b, vec![5.0]);
+        }
+    }
+
+    #[test]
+    fn flatten_round_trips() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
+        let b = Tensor::from_slice(&[5.0f32]);
+        let mut flat = flatten(&[a.shallow_clone(), b.shallow_clone()]).unwrap();
+        assert_eq!(flat, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        flat.iter_mut().for_each(|x| *x *= 2.0);
+        unflatten(&flat, &[a.shallow_clone(), b.shallow_clone()]).unwrap();
+        assert_eq!(a.double_value(&[1, 1]), 8.0);
+        assert_eq!(b.double_value(&[0]), 10.0);
+    }
+}
