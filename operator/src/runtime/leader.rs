@@ -155,6 +155,7 @@ impl Elector {
 
     /// Wait until this candidate leads; `false` when `stop` fired first.
     pub async fn acquire(&self, stop: &Stop) -> bool {
+        tracing::info!(identity = %self.identity, lease = %self.name, "standing by for the leader Lease");
         loop {
             let retry_after = match self.try_claim().await {
                 Ok(None) => return true,

@@ -103,38 +103,58 @@ pub async fn run(settings: Settings, start_controllers: StartControllers) -> any
                 &election.identity,
                 LeaseTiming::default(),
             );
-            loop {
-                readiness.set(true);
-                tracing::info!(identity = %election.identity, "standing by for the leader Lease");
-                if !elector.acquire(&shutdown).await {
-                    break;
-                }
-                metrics.set_leader(true);
-                let (stop_controllers, controllers_stop) = stop_signal();
-                let controllers = tokio::spawn(lead(
-                    &ctx,
-                    &settings.scope,
-                    &readiness,
-                    controllers_stop,
-                    start_controllers,
-                ));
-                let reign = elector.hold(&shutdown).await;
-                stop_controllers.fire();
-                let _ = controllers.await;
-                metrics.set_leader(false);
-                match reign {
-                    Reign::Shutdown => {
-                        if let Err(err) = elector.release().await {
-                            tracing::warn!(error = %err, "failed to release the leader Lease; a standby takes over when it expires");
-                        }
-                        break;
-                    }
-                    Reign::Lost => tracing::warn!("lost the leader Lease; controllers stopped"),
-                }
-            }
+            lead_while_elected(
+                &ctx,
+                &settings.scope,
+                &readiness,
+                &shutdown,
+                &elector,
+                start_controllers,
+            )
+            .await;
         }
     }
     server.await.context("the metrics server panicked")?
+}
+
+/// Stand by until elected, lead until shutdown or until the Lease is lost, and
+/// stand by again after a loss. On shutdown the Lease is released.
+async fn lead_while_elected(
+    ctx: &Arc<Context>,
+    scope: &Scope,
+    readiness: &Readiness,
+    shutdown: &Stop,
+    elector: &Elector,
+    start_controllers: StartControllers,
+) {
+    loop {
+        readiness.set(true);
+        if !elector.acquire(shutdown).await {
+            return;
+        }
+        ctx.metrics.set_leader(true);
+        let (stop_controllers, controllers_stop) = stop_signal();
+        let controllers = tokio::spawn(lead(
+            ctx,
+            scope,
+            readiness,
+            controllers_stop,
+            start_controllers,
+        ));
+        let reign = elector.hold(shutdown).await;
+        stop_controllers.fire();
+        let _ = controllers.await;
+        ctx.metrics.set_leader(false);
+        match reign {
+            Reign::Shutdown => {
+                if let Err(err) = elector.release().await {
+                    tracing::warn!(error = %err, "failed to release the leader Lease; a standby takes over when it expires");
+                }
+                return;
+            }
+            Reign::Lost => tracing::warn!("lost the leader Lease; controllers stopped"),
+        }
+    }
 }
 
 /// Run every controller until `stop`, marking readiness once their caches synced.
