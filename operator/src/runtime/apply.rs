@@ -100,6 +100,33 @@ where
     .await
 }
 
+/// The server-side apply body for the status subresource of a `K`: only the
+/// fields in `status`, so fields other writers own (the trainer's) stay theirs.
+pub fn status_body<K: Resource<DynamicType = ()>>(status: &impl Serialize) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    })
+}
+
+/// Server-side apply `status` to the status subresource of `obj`.
+pub async fn apply_status<K>(
+    api: &Api<K>,
+    obj: &K,
+    status: &impl Serialize,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+{
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(status_body::<K>(status)),
+    )
+    .await
+}
+
 /// Delete the children of type `C` matching `selector` whose names are not in
 /// `keep`. Dependents (a Job's pods) go with them in the background.
 pub async fn delete_orphans<C>(
@@ -164,6 +191,19 @@ spec:
         assert_eq!(
             children_selector(&dataset()),
             "app.kubernetes.io/managed-by=llmops-operator,llmops.dev/dataset=chats"
+        );
+    }
+
+    #[test]
+    fn the_status_body_names_the_kind_and_holds_only_the_given_fields() {
+        let body = status_body::<Dataset>(&serde_json::json!({"observedGeneration": 2}));
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "apiVersion": "llmops.dev/v1alpha1",
+                "kind": "Dataset",
+                "status": {"observedGeneration": 2},
+            })
         );
     }
 

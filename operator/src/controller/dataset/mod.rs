@@ -19,7 +19,7 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -28,7 +28,8 @@ use llmops_crds::Dataset;
 
 use crate::runtime::Context;
 use crate::runtime::apply::{
-    FIELD_MANAGER, MANAGED_BY_LABEL, apply, children_selector, delete_orphans, parent_label_key,
+    FIELD_MANAGER, MANAGED_BY_LABEL, apply, apply_status, children_selector, delete_orphans,
+    parent_label_key,
 };
 use crate::runtime::conditions::{self, Outcome, transitions};
 use crate::runtime::controller::{ControllerRun, ReconcileError, Scope, scoped_api, start};
@@ -285,13 +286,9 @@ async fn write_status(
     if !status::needs_write(ds.status.as_ref(), &desired) {
         return Ok(());
     }
-    api.patch_status(
-        &ds.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(status::apply_body(&desired)),
-    )
-    .await
-    .map_err(|source| Error::WriteStatus { source })?;
+    apply_status(api, &*ds, &desired)
+        .await
+        .map_err(|source| Error::WriteStatus { source })?;
     let current = ds
         .status
         .as_ref()

@@ -363,12 +363,3 @@ pub fn finished_for_generation(ds: &Dataset) -> bool {
         s.observed_generation == ds.metadata.generation && s.completion_time.is_some()
     })
 }
-
-/// The server-side apply body for the status subresource.
-pub fn apply_body(desired: &OperatorStatus) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "llmops.dev/v1alpha1",
-        "kind": "Dataset",
-        "status": desired,
-    })
-}

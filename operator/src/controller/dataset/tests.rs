@@ -585,8 +585,10 @@ status:
         assert!(status::needs_write(ds.status.as_ref(), &first));
 
         // What the API server holds after the write, plus the trainer's stats.
-        let mut written: llmops_crds::DatasetStatus =
-            serde_json::from_value(status::apply_body(&first)["status"].clone()).unwrap();
+        let mut written: llmops_crds::DatasetStatus = serde_json::from_value(
+            crate::runtime::apply::status_body::<Dataset>(&first)["status"].clone(),
+        )
+        .unwrap();
         written.stats = Some(Default::default());
         ds.status = Some(written);
 
@@ -611,7 +613,7 @@ status:
             Default::default(),
             &now(),
         );
-        let body = status::apply_body(&desired);
+        let body = crate::runtime::apply::status_body::<Dataset>(&desired);
         assert_eq!(body["apiVersion"], "llmops.dev/v1alpha1");
         assert_eq!(body["kind"], "Dataset");
         let status = body["status"].as_object().unwrap();
