@@ -11,6 +11,10 @@ use crate::workload::storage::pvc_claim;
 /// Longest name of an object whose name is also a label value (Jobs label their pods).
 const MAX_LABEL_VALUE: usize = 63;
 
+/// Inline content travels to the trainer in a ConfigMap, which holds at most 1 MiB;
+/// leave room for the rest of the resource.
+const MAX_INLINE_BYTES: usize = 900 * 1024;
+
 /// A spec the operator cannot act on, and the field to change.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -68,6 +72,22 @@ pub fn validate(resolved: &Resolved) -> Result<(), Invalid> {
         return invalid(
             "spec.tokenizer.uri",
             "a pvc:// URI needs a claim name: pvc://<claim>/<path>",
+        );
+    }
+
+    let inline_bytes: usize = ds
+        .spec
+        .sources
+        .iter()
+        .filter_map(|s| s.inline.as_ref())
+        .map(|inline| inline.content.len())
+        .sum();
+    if inline_bytes > MAX_INLINE_BYTES {
+        return invalid(
+            "spec.sources[].inline",
+            format!(
+                "inline sources hold {inline_bytes} bytes, more than the {MAX_INLINE_BYTES} that fit the trainer's ConfigMap; move the larger ones to a configMap, pvc or objectStore source"
+            ),
         );
     }
 
@@ -137,6 +157,30 @@ spec:
         .unwrap_err();
         assert_eq!(err.field, "credentialsSecretRef");
         assert!(err.message.contains("s3-creds"));
+    }
+
+    #[test]
+    fn inline_sources_too_large_for_a_config_map_are_rejected() {
+        let big = "x".repeat(200 * 1024);
+        let sources: Vec<String> = (0..5)
+            .map(|_| format!("{{inline: {{content: {big}}}}}"))
+            .collect();
+        let err = check(&format!(
+            "metadata: {{name: chats}}\nspec:\n  sources: [{}]",
+            sources.join(", ")
+        ))
+        .unwrap_err();
+        assert_eq!(err.field, "spec.sources[].inline");
+        let fits: Vec<String> = (0..4)
+            .map(|_| format!("{{inline: {{content: {big}}}}}"))
+            .collect();
+        assert_eq!(
+            check(&format!(
+                "metadata: {{name: chats}}\nspec:\n  sources: [{}]",
+                fits.join(", ")
+            )),
+            Ok(())
+        );
     }
 
     #[test]
