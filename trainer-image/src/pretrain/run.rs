@@ -183,17 +183,11 @@ impl Loop<'_> {
             )));
         }
         let saved = Config::from_file(dir.join(io::CONFIG_FILE))?;
-        let mut ours = self.s.plan.model.clone();
-        ours.dtype = saved.dtype;
-        if saved != ours {
+        let differences = architecture_differences(&saved, &self.s.plan.model);
+        if !differences.is_empty() {
             return Err(foreign(format!(
-                "its model (vocab {}, hidden {}, layers {}) differs from spec.model (vocab {}, hidden {}, layers {})",
-                saved.vocab_size,
-                saved.hidden_size,
-                saved.num_layers,
-                ours.vocab_size,
-                ours.hidden_size,
-                ours.num_layers
+                "its model differs from spec.model in {}",
+                differences.join(", ")
             )));
         }
         io::load_weights(&self.vs, &self.s.plan.model, &dir)?;
@@ -438,6 +432,78 @@ impl Loop<'_> {
             reporter.report(serde_json::to_value(&*p).unwrap_or_default(), &summary);
         }
     }
+}
+
+/// The architecture settings in which two configs differ, as `name a → b`.
+/// Token ids and dtype may differ: they do not change the parameters.
+fn architecture_differences(saved: &Config, ours: &Config) -> Vec<String> {
+    let fields: [(&str, String, String); 12] = [
+        (
+            "family",
+            format!("{:?}", saved.family),
+            format!("{:?}", ours.family),
+        ),
+        (
+            "vocab",
+            saved.vocab_size.to_string(),
+            ours.vocab_size.to_string(),
+        ),
+        (
+            "hidden",
+            saved.hidden_size.to_string(),
+            ours.hidden_size.to_string(),
+        ),
+        (
+            "intermediate",
+            saved.intermediate_size().to_string(),
+            ours.intermediate_size().to_string(),
+        ),
+        (
+            "layers",
+            saved.num_layers.to_string(),
+            ours.num_layers.to_string(),
+        ),
+        (
+            "heads",
+            saved.num_heads.to_string(),
+            ours.num_heads.to_string(),
+        ),
+        (
+            "kvHeads",
+            saved.num_kv_heads().to_string(),
+            ours.num_kv_heads().to_string(),
+        ),
+        (
+            "contextLength",
+            saved.max_position_embeddings.to_string(),
+            ours.max_position_embeddings.to_string(),
+        ),
+        (
+            "tiedEmbeddings",
+            saved.tie_word_embeddings.to_string(),
+            ours.tie_word_embeddings.to_string(),
+        ),
+        (
+            "ropeTheta",
+            saved.rope_theta.to_string(),
+            ours.rope_theta.to_string(),
+        ),
+        (
+            "dropout",
+            saved.attn_dropout.to_string(),
+            ours.attn_dropout.to_string(),
+        ),
+        (
+            "normEps",
+            saved.norm_eps.to_string(),
+            ours.norm_eps.to_string(),
+        ),
+    ];
+    fields
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, a, b)| format!("{name} {a} → {b}"))
+        .collect()
 }
 
 /// One human line of progress.

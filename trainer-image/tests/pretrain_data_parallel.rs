@@ -1,0 +1,74 @@
+//! Data parallelism over TCP: two ranks with half of every global batch each
+//! train the same model as one process with the whole batch (fp32, CPU).
+
+mod pretrain_common;
+
+use pretrain_common::*;
+use serde_json::json;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn two_ranks_track_one_rank_with_the_whole_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = prepare_dataset(tmp.path(), 32);
+    let job = job(
+        "dp",
+        "llama",
+        json!({"maxSteps": 12, "batchSize": 8, "microBatchSize": 2, "evalEvery": 6}),
+    );
+    let single = pretrain(tmp.path(), &job, &dataset, "one");
+    assert_ok(&single);
+
+    let port = free_port().to_string();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            command(tmp.path(), &job, &dataset, "two")
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env(
+                    "LLMOPS_TERMINATION_LOG",
+                    tmp.path().join(format!("rank-{rank}.termination")),
+                )
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (rank, child) in ranks.into_iter().enumerate() {
+        let run = finish(child, tmp.path(), "two");
+        assert_eq!(run.code, 0, "rank {rank} failed:\n{}", run.stderr);
+    }
+
+    let one = losses(&log(tmp.path(), "one"));
+    let two = losses(&log(tmp.path(), "two"));
+    assert_eq!(one.len(), 12);
+    assert_eq!(two.len(), 12);
+    let worst = one
+        .iter()
+        .zip(&two)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    println!("max |Δloss| over 12 steps, 1 rank vs 2 ranks: {worst:.2e}");
+    assert!(
+        worst < 1e-5,
+        "loss curves differ by {worst}:\n{one:?}\n{two:?}"
+    );
+    assert!(one[11] < one[0], "the run should learn something");
+
+    let a = tensors(&tmp.path().join("one/model.safetensors"));
+    let b = tensors(&tmp.path().join("two/model.safetensors"));
+    let mut weights = 0.0f64;
+    for (name, t) in &a {
+        weights = weights.max(max_abs_diff(t, &b[name]));
+    }
+    println!("max |Δweight| after 12 steps: {weights:.2e}");
+    assert!(weights < 1e-5, "weights differ by {weights}");
+}
