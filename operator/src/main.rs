@@ -69,11 +69,16 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn print_crds() -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut yaml = String::new();
     for crd in llmops_crds::all_crds() {
-        writeln!(out, "---\n{}", llmops_crds::render_crd(&crd)?)?;
+        yaml.push_str("---\n");
+        yaml.push_str(&llmops_crds::render_crd(&crd)?);
     }
-    Ok(())
+    match std::io::stdout().lock().write_all(yaml.as_bytes()) {
+        // `operator crd | head` closing the pipe early is not a failure.
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
