@@ -13,11 +13,12 @@ use llmops_crds::{Dataset, DeletionPolicy};
 
 use super::build::{build_clean_job, clean_job_name};
 use super::resolve::resolve_with;
-use super::status::{self, JobFields, JobState};
-use super::{Error, job_pods, write_status};
+use super::status::{self, JobFields};
+use super::{Error, write_status};
 use crate::runtime::Context;
 use crate::runtime::apply::{apply, children_selector, delete_orphans};
 use crate::runtime::conditions::Outcome;
+use crate::workload::observe::{JobState, job_pods, job_state};
 
 /// Holds a Dataset whose artifact is deleted with it until the artifact is gone.
 pub const FINALIZER: &str = "llmops.dev/artifact-cleanup";
@@ -136,9 +137,14 @@ pub async fn on_deletion(ds: &Dataset, api: &Api<Dataset>, ctx: &Context) -> Res
         }
     };
 
-    let pods = job_pods(client, &job).await?;
+    let pods = job_pods(client, &job)
+        .await
+        .map_err(|source| Error::ListPods {
+            job: clean_name.clone(),
+            source,
+        })?;
     let mut ds = ds.clone();
-    match status::job_state(&job, &pods) {
+    match job_state(&job, &pods) {
         JobState::Succeeded { .. } => {
             tracing::info!(uri = %resolved.output_uri, "artifact deleted; releasing the Dataset");
             let finalizers = updated_finalizers(&ds, false).unwrap_or_default();

@@ -19,7 +19,7 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -34,9 +34,10 @@ use crate::runtime::apply::{
 use crate::runtime::conditions::{self, Outcome, transitions};
 use crate::runtime::controller::{ControllerRun, ReconcileError, Scope, scoped_api, start};
 use crate::runtime::stop::Stop;
+use crate::workload::observe::{JobState, job_pods, job_state};
 use build::Children;
 use resolve::Resolution;
-use status::{JobFields, JobState, OperatorStatus};
+use status::{JobFields, OperatorStatus};
 
 /// The kind label of metrics and logs.
 pub const KIND: &str = "Dataset";
@@ -170,8 +171,13 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
     let job = apply_children(&ctx.client, &ds, &children).await?;
     delete_children(&ctx.client, &ds, &Kept::of(&children)).await?;
 
-    let pods = job_pods(&ctx.client, &job).await?;
-    let state = status::job_state(&job, &pods);
+    let pods = job_pods(&ctx.client, &job)
+        .await
+        .map_err(|source| Error::ListPods {
+            job: job.name_any(),
+            source,
+        })?;
+    let state = job_state(&job, &pods);
     let current_stats = ds.status.as_ref().and_then(|s| s.stats.as_ref());
     let (outcome, fields) = status::observe(&state, &job, current_stats);
     write_status(&mut ds, &api, &ctx, &outcome, fields).await?;
@@ -259,18 +265,6 @@ async fn delete_children(client: &Client, ds: &Dataset, kept: &Kept) -> Result<(
         tracing::info!(?deleted, "deleted children no longer produced");
     }
     Ok(())
-}
-
-async fn job_pods(client: &Client, job: &Job) -> Result<Vec<Pod>, Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
-    let selector = format!("batch.kubernetes.io/job-name={}", job.name_any());
-    pods.list(&ListParams::default().labels(&selector))
-        .await
-        .map(|list| list.items)
-        .map_err(|source| Error::ListPods {
-            job: job.name_any(),
-            source,
-        })
 }
 
 /// Write the operator's status fields if they differ from the current ones, and

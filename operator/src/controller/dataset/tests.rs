@@ -8,9 +8,10 @@ use serde_json::Value;
 
 use super::build::{self, Children};
 use super::resolve::resolve_with;
-use super::status::{self, JobState};
+use super::status;
 use crate::config::OperatorConfig;
 use crate::runtime::conditions::Outcome;
+use crate::workload::observe::{JobState, job_state, trainer_error};
 
 const BASE: &str = r#"
 apiVersion: llmops.dev/v1alpha1
@@ -423,7 +424,7 @@ status:
     #[test]
     fn a_running_job_is_preparing_and_reconciling() {
         let job = job(RUNNING);
-        let state = status::job_state(&job, &[pod("{running: {}}")]);
+        let state = job_state(&job, &[pod("{running: {}}")]);
         assert_eq!(state, JobState::Running { waiting: None });
         let (outcome, fields) = status::observe(&state, &job, None);
         let desired = status::desired_status(&fixture("{}"), &outcome, fields, &now());
@@ -442,7 +443,7 @@ status:
     #[test]
     fn success_reads_the_artifact_and_summarises_the_stats() {
         let job = job(SUCCEEDED);
-        let state = status::job_state(
+        let state = job_state(
             &job,
             &[pod(&format!(
                 "{{terminated: {{exitCode: 0, message: '{RESULT}'}}}}"
@@ -467,7 +468,7 @@ status:
     fn failure_stalls_with_the_trainers_one_line_error() {
         let job = job(FAILED);
         let message = "error: source 0 (https://x/y.jsonl): line 3: expected value";
-        let state = status::job_state(
+        let state = job_state(
             &job,
             &[pod(&format!(
                 "{{terminated: {{exitCode: 1, message: \"{message}\"}}}}"
@@ -492,7 +493,7 @@ status:
 
     #[test]
     fn failure_without_a_pod_uses_the_job_condition() {
-        let state = status::job_state(&job(FAILED), &[]);
+        let state = job_state(&job(FAILED), &[]);
         assert_eq!(
             state,
             JobState::Failed {
@@ -504,7 +505,7 @@ status:
     #[test]
     fn a_missing_secret_blocks_the_pod_and_stalls() {
         let job = job(RUNNING);
-        let state = status::job_state(
+        let state = job_state(
             &job,
             &[pod(
                 r#"{waiting: {reason: CreateContainerConfigError, message: "secret \"x\" not found"}}"#,
@@ -519,7 +520,7 @@ status:
             )
         );
         // Pulling an image is just slow, not stuck.
-        let state = status::job_state(&job, &[pod(r#"{waiting: {reason: ContainerCreating}}"#)]);
+        let state = job_state(&job, &[pod(r#"{waiting: {reason: ContainerCreating}}"#)]);
         let (outcome, _) = status::observe(&state, &job, None);
         assert!(matches!(outcome, Outcome::Progressing { .. }));
     }
@@ -536,7 +537,7 @@ status:
 "#,
         )
         .unwrap();
-        let (outcome, _) = status::observe(&status::job_state(&job, &[pending]), &job, None);
+        let (outcome, _) = status::observe(&job_state(&job, &[pending]), &job, None);
         assert_eq!(
             outcome,
             Outcome::progressing(
@@ -549,7 +550,7 @@ status:
     #[test]
     fn success_without_a_result_is_stalled_not_ready() {
         let job = job(SUCCEEDED);
-        let state = status::job_state(&job, &[pod("{terminated: {exitCode: 0}}")]);
+        let state = job_state(&job, &[pod("{terminated: {exitCode: 0}}")]);
         let (outcome, fields) = status::observe(&state, &job, None);
         assert!(
             matches!(outcome, Outcome::Stalled { ref reason, .. } if reason == "InvalidTrainerResult")
@@ -559,13 +560,13 @@ status:
 
     #[test]
     fn trainer_errors_are_one_line() {
-        assert_eq!(status::trainer_error("error: boom\n"), "boom");
+        assert_eq!(trainer_error("error: boom\n"), "boom");
         assert_eq!(
-            status::trainer_error("log line\npanicked at x\n\n"),
+            trainer_error("log line\npanicked at x\n\n"),
             "panicked at x"
         );
         assert_eq!(
-            status::trainer_error(r#"{"level":"ERROR","error":"disk full"}"#),
+            trainer_error(r#"{"level":"ERROR","error":"disk full"}"#),
             "disk full"
         );
     }
@@ -573,7 +574,7 @@ status:
     #[test]
     fn a_second_pass_with_nothing_changed_writes_nothing() {
         let job = job(SUCCEEDED);
-        let state = status::job_state(
+        let state = job_state(
             &job,
             &[pod(&format!(
                 "{{terminated: {{exitCode: 0, message: '{RESULT}'}}}}"
