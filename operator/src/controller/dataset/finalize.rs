@@ -153,7 +153,7 @@ pub async fn on_deletion(ds: &Dataset, api: &Api<Dataset>, ctx: &Context) -> Res
         }
         JobState::Failed { error } => {
             let message = format!(
-                "failed to delete the artifact at {}: {error}; fix the cause, or remove the finalizer {FINALIZER} to delete the Dataset and keep the artifact",
+                "failed to delete the artifact at {}: {error}; fix the cause and delete Job {clean_name} to retry, or remove the finalizer {FINALIZER} to keep the artifact",
                 resolved.output_uri
             );
             let outcome = Outcome::stalled(status::reason::CLEANUP_FAILED, message);
