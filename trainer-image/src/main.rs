@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use llmops_crds::{Dataset, PretrainJob};
 use llmops_trainer::pretrain::{self, Outcome};
-use llmops_trainer::train::interrupt::Interrupt;
+use llmops_trainer::train::{interrupt::Interrupt, launch};
 use llmops_trainer::{bench, prepare, progress::Reporter, resource, termination};
 
 /// Exit status after SIGTERM once the checkpoint is saved (128 + 15, as a shell
@@ -111,6 +111,15 @@ async fn run_pretrain(resource: PathBuf, options: pretrain::Options) -> ExitCode
         Ok(i) => i,
         Err(e) => return fail(&format!("cannot handle termination signals: {e}")),
     };
+    if let Some(n) = launch::processes_to_launch() {
+        return match launch::launch(n, interrupt).await {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(e) => fail(&format!("cannot start the training processes: {e}")),
+        };
+    }
+    if std::env::var_os(launch::STOP_ON_STDIN_EOF).is_some() {
+        interrupt.on_stdin_eof();
+    }
     let name = job.metadata.name.clone().unwrap_or_default();
     // Only rank 0 writes the job's status.
     let rank0 = std::env::var("RANK").map_or(true, |r| r.is_empty() || r == "0");

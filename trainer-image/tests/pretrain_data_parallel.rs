@@ -49,19 +49,7 @@ fn two_ranks_track_one_rank_with_the_whole_batch() {
 
     let one = losses(&log(tmp.path(), "one"));
     let two = losses(&log(tmp.path(), "two"));
-    assert_eq!(one.len(), 12);
-    assert_eq!(two.len(), 12);
-    let worst = one
-        .iter()
-        .zip(&two)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    println!("max |Δloss| over 12 steps, 1 rank vs 2 ranks: {worst:.2e}");
-    assert!(
-        worst < 1e-5,
-        "loss curves differ by {worst}:\n{one:?}\n{two:?}"
-    );
-    assert!(one[11] < one[0], "the run should learn something");
+    assert_close(&one, &two);
 
     let a = tensors(&tmp.path().join("one/model.safetensors"));
     let b = tensors(&tmp.path().join("two/model.safetensors"));
@@ -71,4 +59,83 @@ fn two_ranks_track_one_rank_with_the_whole_batch() {
     }
     println!("max |Δweight| after 12 steps: {weights:.2e}");
     assert!(weights < 1e-5, "weights differ by {weights}");
+
+    // Two processes in one pod, started by the trainer itself (as for several
+    // GPUs per pod): the same run again.
+    let run = finish(
+        command(tmp.path(), &job, &dataset, "pod")
+            .env("LLMOPS_PROCS_PER_POD", "2")
+            .env("MASTER_PORT", free_port().to_string())
+            .spawn()
+            .unwrap(),
+        tmp.path(),
+        "pod",
+    );
+    assert_ok(&run);
+    assert_close(&one, &losses(&log(tmp.path(), "pod")));
+    let result: serde_json::Value = serde_json::from_str(&run.termination).unwrap();
+    assert_eq!(result["progress"]["step"], 12, "rank 0 reports the result");
+}
+
+fn assert_close(one: &[f64], two: &[f64]) {
+    assert_eq!(one.len(), 12);
+    assert_eq!(two.len(), 12);
+    let worst = one
+        .iter()
+        .zip(two)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    println!("max |Δloss| over 12 steps, 1 rank vs 2 ranks: {worst:.2e}");
+    assert!(
+        worst < 1e-5,
+        "loss curves differ by {worst}:\n{one:?}\n{two:?}"
+    );
+    assert!(one[11] < one[0], "the run should learn something");
+}
+
+/// SIGTERM reaches only the pod's first process (the launcher); it stops its
+/// ranks, which agree on the step, checkpoint it and exit with 143.
+#[test]
+fn sigterm_to_the_launcher_checkpoints_every_rank_at_one_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = prepare_dataset(tmp.path(), 32);
+    let job = job(
+        "dp-term",
+        "llama",
+        json!({"maxSteps": 200, "microBatchSize": 2, "checkpointEvery": 1000, "evalEvery": 100}),
+    );
+    let launch = |output: &str| {
+        command(tmp.path(), &job, &dataset, output)
+            .env("LLMOPS_PROCS_PER_POD", "2")
+            .env("MASTER_PORT", free_port().to_string())
+            .spawn()
+            .unwrap()
+    };
+    let child = launch("run");
+    let log_path = tmp.path().join("run/checkpoints/train_log.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&log_path).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(started.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let run = finish(child, tmp.path(), "run");
+    assert_eq!(run.code, 143, "{}", run.stderr);
+    let message: serde_json::Value = serde_json::from_str(&run.termination).unwrap();
+    let step = message["interrupted"]["step"].as_i64().unwrap();
+    assert!(
+        tmp.path()
+            .join(format!("run/checkpoints/step-{step}/trainer_state.json"))
+            .is_file()
+    );
+    let again = finish(launch("run"), tmp.path(), "run");
+    assert_ok(&again);
+    let steps: Vec<i64> = log(tmp.path(), "run")
+        .iter()
+        .map(|l| l["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=200).collect::<Vec<_>>());
 }

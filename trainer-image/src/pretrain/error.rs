@@ -36,7 +36,7 @@ pub enum PretrainError {
     #[error("model: {0}")]
     Model(#[from] llmops_model::Error),
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(String),
     #[error(transparent)]
     Store(Box<llmops_store::StoreError>),
     #[error("cannot {op}: {source}")]
@@ -71,5 +71,15 @@ impl PretrainError {
             uri,
             source: Box::new(source),
         }
+    }
+}
+
+impl From<tch::TchError> for PretrainError {
+    /// Keeps libtorch's message and drops the C++ stack trace it appends, so the
+    /// failure stays one readable line.
+    fn from(e: tch::TchError) -> Self {
+        let text = e.to_string();
+        let message = text.split(" Exception raised from").next().unwrap_or(&text);
+        Self::Torch(message.trim().to_string())
     }
 }

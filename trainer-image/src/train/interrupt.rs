@@ -28,6 +28,17 @@ impl Interrupt {
         Ok(flag)
     }
 
+    /// Also requests a stop when stdin reaches end of file (for processes
+    /// started by [`super::launch`], whose launcher holds the other end).
+    pub fn on_stdin_eof(&self) {
+        let flag = self.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            tracing::warn!("the launcher asked to stop: saving a checkpoint after this micro-step");
+            flag.request();
+        });
+    }
+
     pub fn request(&self) {
         self.0.store(true, Ordering::SeqCst);
     }

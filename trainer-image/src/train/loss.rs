@@ -12,8 +12,14 @@ pub fn summed_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor, tch::Tch
     let vocab = logits.size()[logits.dim() - 1];
     logits
         .f_to_kind(Kind::Float)?
-        .f_view([-1, vocab])?
-        .f_cross_entropy_loss::<Tensor>(&targets.f_view([-1])?, None, Reduction::Sum, IGNORE, 0.0)
+        .f_reshape([-1, vocab])?
+        .f_cross_entropy_loss::<Tensor>(
+            &targets.f_reshape([-1])?,
+            None,
+            Reduction::Sum,
+            IGNORE,
+            0.0,
+        )
 }
 
 /// Mean next-token loss over `batches` without gradients or dropout.

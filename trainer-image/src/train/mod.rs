@@ -1,12 +1,14 @@
 //! Training machinery shared by pretraining and fine-tuning: the data loader
 //! ([`data`]), the masked next-token loss ([`loss`]), AdamW ([`optimizer`]), the
 //! learning-rate schedule ([`schedule`]), checkpoints ([`checkpoint`]), data
-//! parallelism ([`distributed`]) and the SIGTERM/SIGINT flag ([`interrupt`]).
+//! parallelism ([`distributed`], [`launch`] for several processes per pod) and the
+//! SIGTERM/SIGINT flag ([`interrupt`]).
 
 pub mod checkpoint;
 pub mod data;
 pub mod distributed;
 pub mod interrupt;
+pub mod launch;
 pub mod loss;
 pub mod optimizer;
 pub mod schedule;

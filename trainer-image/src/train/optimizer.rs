@@ -1,6 +1,10 @@
 //! AdamW with decoupled weight decay (Loshchilov & Hutter), written out over the
 //! `VarStore`'s tensors so that its moments can be checkpointed and restored
 //! exactly and the update matches `torch.optim.AdamW` step for step.
+//!
+//! Parameters stored in a reduced precision (bf16 training) get fp32 master
+//! copies: moments and updates are computed in fp32 on the masters, which are
+//! then rounded into the model, so small updates are not lost to bf16 rounding.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +23,8 @@ pub struct AdamWConfig {
 struct Param {
     name: String,
     value: Tensor,
+    /// fp32 copy of a reduced-precision `value`; the optimizer updates this.
+    master: Option<Tensor>,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     /// Matrices and embeddings decay; norms and biases (1-D) do not, since
@@ -45,12 +51,18 @@ impl AdamW {
         let params = vars
             .into_iter()
             .map(|(name, value)| {
+                let master = match value.kind() {
+                    Kind::Float => None,
+                    _ => Some(value.f_detach()?.f_to_kind(Kind::Float)?),
+                };
+                let like = master.as_ref().unwrap_or(&value);
                 Ok(Param {
-                    exp_avg: value.f_zeros_like()?,
-                    exp_avg_sq: value.f_zeros_like()?,
+                    exp_avg: like.f_zeros_like()?,
+                    exp_avg_sq: like.f_zeros_like()?,
                     decay: value.dim() >= 2,
                     name,
                     value,
+                    master,
                 })
             })
             .collect::<Result<_, tch::TchError>>()?;
@@ -88,7 +100,7 @@ impl AdamW {
             .iter()
             .map(|p| p.value.grad())
             .filter(Tensor::defined)
-            .map(|g| g.f_norm())
+            .map(|g| g.f_to_kind(Kind::Float)?.f_norm())
             .collect::<Result<_, _>>()?;
         if norms.is_empty() {
             return Ok(0.0);
@@ -123,7 +135,11 @@ impl AdamW {
                 if !grad.defined() {
                     continue;
                 }
-                let mut value = p.value.shallow_clone();
+                let grad = match &p.master {
+                    Some(_) => grad.f_to_kind(Kind::Float)?,
+                    None => grad,
+                };
+                let mut value = p.master.as_ref().unwrap_or(&p.value).shallow_clone();
                 if p.decay && weight_decay > 0.0 {
                     let _ = value.f_mul_scalar_(1.0 - lr * weight_decay)?;
                 }
@@ -144,13 +160,17 @@ impl AdamW {
                     .f_add_scalar_(eps)?;
                 let _ = denom.f_mul_scalar_(-bias1 / lr)?;
                 let _ = value.f_addcdiv_(&p.exp_avg, &denom)?;
+                if p.master.is_some() {
+                    p.value.shallow_clone().f_copy_(&value)?;
+                }
             }
             Ok(())
         })
     }
 
-    /// Writes the moments (`exp_avg.<param>`, `exp_avg_sq.<param>`) to a
-    /// safetensors file; the step count goes into the checkpoint's state.
+    /// Writes the moments (`exp_avg.<param>`, `exp_avg_sq.<param>`) and any fp32
+    /// masters (`master.<param>`) to a safetensors file; the step count goes into
+    /// the checkpoint's state.
     pub fn save(&self, path: &Path) -> Result<(), tch::TchError> {
         let mut named = Vec::with_capacity(2 * self.params.len());
         for p in &self.params {
@@ -162,6 +182,9 @@ impl AdamW {
                 format!("exp_avg_sq.{}", p.name),
                 p.exp_avg_sq.f_to_kind(Kind::Float)?,
             ));
+            if let Some(master) = &p.master {
+                named.push((format!("master.{}", p.name), master.shallow_clone()));
+            }
         }
         Tensor::write_safetensors(&named, path)
     }
@@ -189,6 +212,21 @@ impl AdamW {
                     ));
                 }
                 slot.f_copy_(saved).map_err(|e| e.to_string())?;
+            }
+            if let Some(master) = &mut p.master {
+                let key = format!("master.{}", p.name);
+                match tensors.get(&key) {
+                    Some(saved) => {
+                        master.f_copy_(saved).map_err(|e| e.to_string())?;
+                        tch::no_grad(|| p.value.shallow_clone().f_copy_(master))
+                            .map_err(|e| e.to_string())?;
+                    }
+                    // Written by an fp32 run: the loaded weights are the masters.
+                    None => {
+                        let value = p.value.f_to_kind(Kind::Float).map_err(|e| e.to_string())?;
+                        master.f_copy_(&value).map_err(|e| e.to_string())?;
+                    }
+                }
             }
         }
         self.step = step;
@@ -225,6 +263,43 @@ mod tests {
             "no decay on 1-D"
         );
         assert_eq!(opt.step_count(), 1);
+    }
+
+    /// bf16 parameters are updated through fp32 masters: an update far below
+    /// bf16's resolution accumulates instead of vanishing.
+    #[test]
+    fn bf16_parameters_keep_fp32_masters() {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().var("w", &[4, 4], nn::Init::Const(1.0));
+        vs.bfloat16();
+        assert_eq!(w.kind(), Kind::BFloat16);
+        let config = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut opt = AdamW::new(&vs, config).unwrap();
+        for _ in 0..10 {
+            opt.zero_grad();
+            w.sum(Kind::Float).backward();
+            opt.update(1e-3).unwrap();
+        }
+        // Ten steps of 1e-3 down from 1.0: in bf16 alone (spacing 2^-8 just
+        // below 1) each step would round back to 1.0.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opt.safetensors");
+        opt.save(&path).unwrap();
+        let saved: HashMap<String, Tensor> = Tensor::read_safetensors(&path)
+            .unwrap()
+            .into_iter()
+            .collect();
+        let master = saved["master.w"].double_value(&[0, 0]);
+        assert!((master - 0.99).abs() < 1e-5, "master {master}");
+        assert!(
+            w.double_value(&[0, 0]) < 1.0,
+            "the model follows its master"
+        );
     }
 
     #[test]
