@@ -169,7 +169,9 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
 
     let children = build::build(&resolved, &ctx.config)?;
     let job = apply_children(&ctx.client, &ds, &children).await?;
-    delete_children(&ctx.client, &ds, &Kept::of(&children)).await?;
+    if !status::cleaned_up_for(&ds, &job.name_any()) {
+        delete_children(&ctx.client, &ds, &Kept::of(&children)).await?;
+    }
 
     let pods = job_pods(&ctx.client, &job)
         .await

@@ -223,6 +223,17 @@ pub fn record(status: &mut DatasetStatus, written: OperatorStatus) {
     status.completion_time = written.completion_time;
 }
 
+/// Whether an earlier pass for this generation got as far as recording `job` in the
+/// status. That write comes after the outdated children were deleted, so there is
+/// nothing left to clean up; skipping it spares the trainer's frequent status
+/// updates five list calls each.
+pub fn cleaned_up_for(ds: &Dataset, job: &str) -> bool {
+    ds.status.as_ref().is_some_and(|s| {
+        s.observed_generation == ds.metadata.generation
+            && s.job.as_ref().is_some_and(|j| j.name == job)
+    })
+}
+
 /// Whether the current generation already finished (succeeded or failed), so its
 /// Job must not be created again if it was removed.
 pub fn finished_for_generation(ds: &Dataset) -> bool {

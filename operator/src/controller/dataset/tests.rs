@@ -637,6 +637,22 @@ status:
     }
 
     #[test]
+    fn cleanup_runs_until_a_pass_recorded_the_current_job() {
+        let mut ds = fixture("metadata: {generation: 2}");
+        assert!(!status::cleaned_up_for(&ds, "chats-prepare-g2"));
+        ds.status = Some(
+            serde_yaml_ng::from_str("observedGeneration: 1\njob: {name: chats-prepare-g1}")
+                .unwrap(),
+        );
+        assert!(!status::cleaned_up_for(&ds, "chats-prepare-g2"));
+        ds.status = Some(
+            serde_yaml_ng::from_str("observedGeneration: 2\njob: {name: chats-prepare-g2}")
+                .unwrap(),
+        );
+        assert!(status::cleaned_up_for(&ds, "chats-prepare-g2"));
+    }
+
+    #[test]
     fn finished_generations_are_not_rerun() {
         let mut ds = fixture("metadata: {generation: 3}");
         assert!(!status::finished_for_generation(&ds));
