@@ -44,8 +44,9 @@ pub const KIND: &str = "Dataset";
 
 /// How often a settled Dataset is looked at again even without a change.
 const RESYNC: Duration = Duration::from_secs(600);
-/// How often a Dataset waiting on another Dataset looks again.
-const WAIT_RETRY: Duration = Duration::from_secs(15);
+/// How often a Dataset waiting on another Dataset looks again, should the watch
+/// on the other one miss its change.
+const WAIT_RETRY: Duration = Duration::from_secs(60);
 
 /// Why a Dataset reconcile failed; all are transient and retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -105,10 +106,18 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
             let controller = Controller::new(
                 scoped_api::<Dataset>(client, ns),
                 watcher::Config::default(),
-            )
-            .owns(scoped_api::<ConfigMap>(client, ns), ours.clone())
-            .watches(scoped_api::<Job>(client, ns), by_label.clone(), parent_of)
-            .watches(scoped_api::<Pod>(client, ns), by_label.clone(), parent_of);
+            );
+            let store = controller.store();
+            let controller = controller
+                .owns(scoped_api::<ConfigMap>(client, ns), ours.clone())
+                .watches(scoped_api::<Job>(client, ns), by_label.clone(), parent_of)
+                .watches(scoped_api::<Pod>(client, ns), by_label.clone(), parent_of)
+                // A Dataset reusing another's tokenizer starts once that one is Ready.
+                .watches(
+                    scoped_api::<Dataset>(client, ns),
+                    watcher::Config::default(),
+                    move |changed| tokenizer_users(&store.state(), &changed),
+                );
             start(KIND, controller, ctx.clone(), stop.clone(), reconcile)
         })
         .collect()
@@ -118,6 +127,22 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
 fn parent_of<K: ResourceExt>(child: K) -> Option<ObjectRef<Dataset>> {
     let name = child.labels().get(&parent_label_key::<Dataset>())?;
     Some(ObjectRef::new(name).within(&child.namespace()?))
+}
+
+/// The Datasets whose `tokenizer.datasetRef` names `changed`.
+fn tokenizer_users(datasets: &[Arc<Dataset>], changed: &Dataset) -> Vec<ObjectRef<Dataset>> {
+    datasets
+        .iter()
+        .filter(|d| {
+            d.namespace() == changed.namespace()
+                && d.spec
+                    .tokenizer
+                    .dataset_ref
+                    .as_ref()
+                    .is_some_and(|r| r.name == changed.name_any())
+        })
+        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .collect()
 }
 
 async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -685,4 +685,19 @@ mod watch_tests {
         let unrelated: Pod = serde_yaml_ng::from_str("metadata: {name: x, namespace: ml}").unwrap();
         assert_eq!(super::super::parent_of(unrelated), None);
     }
+
+    #[test]
+    fn a_dataset_change_wakes_the_datasets_reusing_its_tokenizer() {
+        let web = fixture("metadata: {name: web}");
+        let users = [
+            fixture("metadata: {name: chats}\nspec:\n  tokenizer: {train: null, datasetRef: {name: web}}"),
+            fixture("metadata: {name: other}\nspec:\n  tokenizer: {train: null, datasetRef: {name: news}}"),
+            fixture("metadata: {name: elsewhere, namespace: prod}\nspec:\n  tokenizer: {train: null, datasetRef: {name: web}}"),
+        ]
+        .map(std::sync::Arc::new);
+        assert_eq!(
+            super::super::tokenizer_users(&users, &web),
+            vec![ObjectRef::new("chats").within("ml")]
+        );
+    }
 }
