@@ -33,6 +33,8 @@ pub enum PretrainError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Collective(#[from] CollectiveError),
+    #[error(transparent)]
+    Mirror(#[from] crate::train::mirror::MirrorError),
     #[error("model: {0}")]
     Model(#[from] llmops_model::Error),
     #[error("libtorch: {0}")]

@@ -26,6 +26,7 @@ use crate::progress::Reporter;
 use crate::train::checkpoint::Checkpoints;
 use crate::train::distributed;
 use crate::train::interrupt::Interrupt;
+use crate::train::mirror::Mirror;
 
 /// Command-line overrides of the resource.
 #[derive(Clone, Debug, Default)]
@@ -118,20 +119,22 @@ pub async fn pretrain(
         });
     }
 
-    // Checkpoints live beside the model for file:// and pvc:// outputs; other
-    // stores checkpoint to local disk (`LLMOPS_WORK_DIR`).
-    let (checkpoint_root, checkpoints_uri) = match store.local_root() {
-        Some(root) => (
-            run::checkpoint_dir(root),
-            format!("{}/checkpoints", output.trim_end_matches('/')),
-        ),
+    // Checkpoints live beside the model for file:// and pvc:// outputs. Other
+    // stores get a local working copy (`LLMOPS_WORK_DIR`) mirrored to
+    // `<output>/checkpoints/`.
+    let checkpoints_uri = format!("{}/checkpoints", output.trim_end_matches('/'));
+    let (checkpoint_root, mirror) = match store.local_root() {
+        Some(root) => (run::checkpoint_dir(root), None),
         None => {
             let work = std::env::var_os("LLMOPS_WORK_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| Path::new("out/pretrainjobs").join(&name));
-            let dir = run::checkpoint_dir(&work);
-            let uri = format!("file://{}", dir.display());
-            (dir, uri)
+            let mirror = Mirror::new(
+                &output,
+                &Credentials::from_secret(secret),
+                tokio::runtime::Handle::current(),
+            )?;
+            (run::checkpoint_dir(&work), Some(mirror))
         }
     };
 
@@ -167,6 +170,7 @@ pub async fn pretrain(
                 collective,
                 reporter: session_reporter,
                 interrupt,
+                mirror,
             };
             run::train(session).map(|t| (t, dataset))
         })

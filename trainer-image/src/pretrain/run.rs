@@ -18,6 +18,7 @@ use crate::train::data::{self, Loader, MicroBatch};
 use crate::train::distributed::{Collective, flatten, unflatten};
 use crate::train::interrupt::Interrupt;
 use crate::train::loss::{evaluate, summed_loss};
+use crate::train::mirror::Mirror;
 use crate::train::optimizer::AdamW;
 
 /// Validation rows scored at each evaluation: enough for a stable estimate,
@@ -41,6 +42,8 @@ pub struct Session<'a> {
     /// Only rank 0 reports.
     pub reporter: Option<Reporter>,
     pub interrupt: Interrupt,
+    /// Remote copy of the checkpoints, for object-store outputs.
+    pub mirror: Option<Mirror>,
 }
 
 /// The state at the end of the loop.
@@ -175,6 +178,14 @@ impl Loop<'_> {
 
     /// Continues from the newest complete checkpoint, if any.
     fn resume(&mut self) -> Result<(), PretrainError> {
+        if let Some(mirror) = &self.s.mirror {
+            let local = self.s.checkpoints.list()?.last().map(|(step, _)| *step);
+            if let Some(step) =
+                mirror.download_newest(self.s.checkpoints.root(), local, TRAIN_LOG)?
+            {
+                tracing::info!(step, "downloaded the newest checkpoint");
+            }
+        }
         let Some((state, dir)) = self.s.checkpoints.newest()? else {
             return Ok(());
         };
@@ -401,13 +412,25 @@ impl Loop<'_> {
             self.state.time = k8s_openapi::jiff::Timestamp::now().to_string();
             let (vs, model, opt) = (&self.vs, &self.model, &self.opt);
             let generation = generation_config(model.config());
-            self.s
+            let dir = self
+                .s
                 .checkpoints
                 .save(&self.state, |dir| -> Result<(), String> {
                     io::save(dir, vs, model, &generation).map_err(|e| e.to_string())?;
                     opt.save(&dir.join(OPTIMIZER_FILE))
                         .map_err(|e| e.to_string())
                 })?;
+            if let Some(mirror) = &self.s.mirror {
+                let kept: Vec<i64> = self
+                    .s
+                    .checkpoints
+                    .list()?
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect();
+                let log = self.s.checkpoints.root().join(TRAIN_LOG);
+                mirror.upload(&dir, &log, &kept)?;
+            }
             self.progress.last_checkpoint =
                 Some(self.checkpoint_info(self.state.step, &self.state.time));
             tracing::info!(step = self.state.step, "checkpoint saved");

@@ -1,6 +1,7 @@
 //! Training machinery shared by pretraining and fine-tuning: the data loader
 //! ([`data`]), the masked next-token loss ([`loss`]), AdamW ([`optimizer`]), the
-//! learning-rate schedule ([`schedule`]), checkpoints ([`checkpoint`]), data
+//! learning-rate schedule ([`schedule`]), checkpoints ([`checkpoint`], mirrored to
+//! object stores by [`mirror`]), data
 //! parallelism ([`distributed`], [`launch`] for several processes per pod) and the
 //! SIGTERM/SIGINT flag ([`interrupt`]).
 
@@ -10,5 +11,6 @@ pub mod distributed;
 pub mod interrupt;
 pub mod launch;
 pub mod loss;
+pub mod mirror;
 pub mod optimizer;
 pub mod schedule;
