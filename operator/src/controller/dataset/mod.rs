@@ -51,7 +51,7 @@ const WAIT_RETRY: Duration = Duration::from_secs(60);
 /// Why a Dataset reconcile failed; all are transient and retried with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("failed to read Dataset {name} (spec.tokenizer.datasetRef): {source}")]
+    #[error("failed to read {name}, which the spec refers to: {source}")]
     ReadReference { name: String, source: kube::Error },
     #[error("failed to render the resource file for the trainer: {0}")]
     RenderResource(#[from] serde_yaml_ng::Error),

@@ -2,7 +2,9 @@
 //! credentials defaulted from the operator's store, and `tokenizer.datasetRef`
 //! replaced by the referenced Dataset's artifact URI (with its digest recorded).
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, ResourceExt};
+use llmops_crds::dataset::ConfigMapSource;
 use llmops_crds::{Artifact, Dataset, SecretRef};
 
 use super::Error;
@@ -31,6 +33,9 @@ pub enum Resolution {
 
 /// Read what the Dataset refers to and resolve it.
 pub async fn resolve(ds: &Dataset, ctx: &Context) -> Result<Resolution, Error> {
+    if let Some(waiting) = missing_config_map_source(ds, ctx).await? {
+        return Ok(Resolution::Waiting(waiting));
+    }
     let own_name = ds.name_any();
     let tokenizer = match &ds.spec.tokenizer.dataset_ref {
         // A self-reference stays unresolved and is rejected by validation.
@@ -41,7 +46,7 @@ pub async fn resolve(ds: &Dataset, ctx: &Context) -> Result<Resolution, Error> {
                 api.get_opt(&reference.name)
                     .await
                     .map_err(|source| Error::ReadReference {
-                        name: reference.name.clone(),
+                        name: format!("Dataset {}", reference.name),
                         source,
                     })?;
             match referenced.as_ref().and_then(ready_artifact) {
@@ -64,6 +69,57 @@ pub async fn resolve(ds: &Dataset, ctx: &Context) -> Result<Resolution, Error> {
         &ctx.config,
         tokenizer.as_ref(),
     ))))
+}
+
+/// The first configMap source whose ConfigMap or key does not exist. The pod would
+/// otherwise wait in ContainerCreating on a failed mount, which only events show.
+async fn missing_config_map_source(ds: &Dataset, ctx: &Context) -> Result<Option<Outcome>, Error> {
+    let api: Api<ConfigMap> =
+        Api::namespaced(ctx.client.clone(), &ds.namespace().unwrap_or_default());
+    for (index, source) in ds.spec.sources.iter().enumerate() {
+        let Some(wanted) = &source.config_map else {
+            continue;
+        };
+        let found = api
+            .get_opt(&wanted.name)
+            .await
+            .map_err(|source| Error::ReadReference {
+                name: format!("ConfigMap {}", wanted.name),
+                source,
+            })?;
+        if let Some(message) = config_map_problem(index, wanted, found.as_ref()) {
+            return Ok(Some(Outcome::progressing("WaitingForConfigMap", message)));
+        }
+    }
+    Ok(None)
+}
+
+/// What is wrong with configMap source `index`, given the ConfigMap found (if any).
+pub fn config_map_problem(
+    index: usize,
+    wanted: &ConfigMapSource,
+    found: Option<&ConfigMap>,
+) -> Option<String> {
+    let Some(config_map) = found else {
+        return Some(format!(
+            "waiting for ConfigMap {} (spec.sources[{index}].configMap.name) to exist",
+            wanted.name
+        ));
+    };
+    let has_key = config_map
+        .data
+        .as_ref()
+        .is_some_and(|d| d.contains_key(&wanted.key))
+        || config_map
+            .binary_data
+            .as_ref()
+            .is_some_and(|d| d.contains_key(&wanted.key));
+    (!has_key).then(|| {
+        format!(
+            "waiting for ConfigMap {} to have key {} (spec.sources[{index}].configMap.key)",
+            wanted.name, wanted.key
+        )
+    })
 }
 
 /// The artifact of a Dataset that is Ready for its current generation.
@@ -182,6 +238,29 @@ mod tests {
             resolved.dataset.annotations()[TOKENIZER_DIGEST_ANNOTATION],
             "sha256:ab"
         );
+    }
+
+    #[test]
+    fn config_map_sources_need_the_map_and_the_key() {
+        let wanted = ConfigMapSource {
+            name: "docs".into(),
+            key: "a.txt".into(),
+        };
+        let missing = config_map_problem(1, &wanted, None).unwrap();
+        assert!(
+            missing.contains("spec.sources[1].configMap.name"),
+            "{missing}"
+        );
+        let mut found: ConfigMap =
+            serde_yaml_ng::from_str("metadata: {name: docs}\ndata: {b.txt: x}").unwrap();
+        let no_key = config_map_problem(1, &wanted, Some(&found)).unwrap();
+        assert!(no_key.contains("spec.sources[1].configMap.key"), "{no_key}");
+        found
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("a.txt".into(), "x".into());
+        assert_eq!(config_map_problem(1, &wanted, Some(&found)), None);
     }
 
     #[test]
