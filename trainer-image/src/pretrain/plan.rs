@@ -176,3 +176,94 @@ pub fn plan(job: &PretrainJob, manifest: &Manifest, world: usize) -> Result<Plan
         precision: t.precision,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(spec: serde_json::Value) -> PretrainJob {
+        let mut base = json!({
+            "datasetRef": {"name": "d"},
+            "model": {"layers": 2, "heads": 4, "hidden": 96, "contextLength": 64},
+            "training": {"maxSteps": 10},
+        });
+        for (k, v) in spec.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        let mut job = PretrainJob::new("j", serde_json::from_value(base).unwrap());
+        job.metadata.namespace = Some("ml".into());
+        job
+    }
+
+    fn manifest(sequence_length: u32) -> Manifest {
+        serde_json::from_value(json!({
+            "formatVersion": 1,
+            "dataset": {"name": "d"},
+            "type": "pretraining",
+            "sequenceLength": sequence_length,
+            "vocabSize": 300, "eosId": 0, "padId": 1,
+            "tokenEncoding": "u32le", "masks": false, "tokenizer": "tokenizer.json",
+            "splits": {}, "stats": {}, "redactions": {"email": 0, "phone": 0, "ipv4": 0, "card": 0},
+            "digest": "sha256:0",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn resolves_defaults_from_the_spec_and_the_dataset() {
+        let p = plan(&job(json!({})), &manifest(32), 1).unwrap();
+        assert_eq!(p.model.vocab_size, 300);
+        assert_eq!(p.model.eos_token_id, vec![0]);
+        // ⌈8/3 × 96⌉ = 256, already a multiple of 64.
+        assert_eq!(p.model.intermediate_size(), 256);
+        assert_eq!(p.sequence_length, 32);
+        assert_eq!((p.batch, p.micro_batch, p.accumulation), (32, 8, 4));
+        assert!(
+            (p.schedule.min - 3e-5).abs() < 1e-12,
+            "min lr defaults to lr/10"
+        );
+        let gpt2 = job(json!({"model": {"family": "gpt2", "layers": 2, "heads": 4, "hidden": 96}}));
+        assert_eq!(
+            plan(&gpt2, &manifest(32), 1)
+                .unwrap()
+                .model
+                .intermediate_size(),
+            384
+        );
+    }
+
+    #[test]
+    fn max_tokens_becomes_steps_and_world_size_splits_accumulation() {
+        let j = job(
+            json!({"sequenceLength": 16, "training": {"maxTokens": 5000, "batchSize": 16, "microBatchSize": 4}}),
+        );
+        let p = plan(&j, &manifest(32), 2).unwrap();
+        assert_eq!(p.sequence_length, 16);
+        assert_eq!(p.total_steps, 20, "⌈5000 / (16 × 16)⌉");
+        assert_eq!(p.accumulation, 2);
+        let err = plan(&j, &manifest(32), 3).unwrap_err().to_string();
+        assert!(
+            err.contains("multiple of microBatchSize 4 × 3 rank(s)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_what_cannot_train() {
+        let long = plan(&job(json!({})), &manifest(128), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            long.contains("sequence length 128 exceeds model.contextLength 64"),
+            "{long}"
+        );
+        let crop = plan(&job(json!({"sequenceLength": 48})), &manifest(32), 1).unwrap_err();
+        assert!(
+            crop.to_string().contains("longer than the dataset's rows"),
+            "{crop}"
+        );
+        let epochs = job(json!({"training": {"epochs": 1}}));
+        assert!(plan(&epochs, &manifest(32), 1).is_err());
+    }
+}

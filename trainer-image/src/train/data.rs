@@ -228,3 +228,33 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutations_are_seeded_per_epoch() {
+        let a = permutation(100, 7, 0);
+        assert_eq!(a, permutation(100, 7, 0), "deterministic");
+        assert_ne!(a, permutation(100, 7, 1), "reshuffled each epoch");
+        assert_ne!(a, permutation(100, 8, 0), "depends on the seed");
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>(), "a permutation");
+    }
+
+    #[test]
+    fn rows_shift_targets_and_honour_masks() {
+        let (inputs, targets, count) = row(&[10, 11, 12, 13, 14], Some(&[1, 1, 0, 1, 1]), 4);
+        assert_eq!(inputs, vec![10, 11, 12]);
+        assert_eq!(
+            targets,
+            vec![11, IGNORE, 13],
+            "masked target ignored, row cropped to 4"
+        );
+        assert_eq!(count, 2);
+        let (_, targets, count) = row(&[1, 2, 3], None, 3);
+        assert_eq!((targets, count), (vec![2, 3], 2));
+    }
+}
