@@ -1,6 +1,7 @@
 //! One controller per kind, each a pipeline resolve → validate → build → apply → status.
 
 pub mod dataset;
+pub mod pretrain;
 
 use std::sync::Arc;
 
@@ -13,5 +14,6 @@ use crate::runtime::stop::Stop;
 pub fn start_all(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<ControllerRun> {
     let mut runs = Vec::new();
     runs.extend(dataset::controllers(ctx, scope, stop));
+    runs.extend(pretrain::controllers(ctx, scope, stop));
     runs
 }

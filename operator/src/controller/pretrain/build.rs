@@ -317,7 +317,8 @@ fn build_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
     }
     let pod = job_spec.template.spec.get_or_insert_default();
     let scheduling = &spec.scheduling;
-    pod.node_selector = (!scheduling.node_selector.is_empty()).then(|| scheduling.node_selector.clone());
+    pod.node_selector =
+        (!scheduling.node_selector.is_empty()).then(|| scheduling.node_selector.clone());
     pod.tolerations = (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone());
     pod.affinity = scheduling.affinity.clone();
     pod.priority_class_name = scheduling.priority_class_name.clone();

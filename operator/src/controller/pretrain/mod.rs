@@ -274,7 +274,11 @@ async fn apply_children(client: &Client, children: &Children) -> Result<(), Erro
 /// the old Job is deleted and the new one created only once no trainer pod of this
 /// PretrainJob runs any more: two generations of pods must never write the same
 /// checkpoints.
-async fn ensure_job(client: &Client, pt: &PretrainJob, desired: &Job) -> Result<Option<Job>, Error> {
+async fn ensure_job(
+    client: &Client,
+    pt: &PretrainJob,
+    desired: &Job,
+) -> Result<Option<Job>, Error> {
     let namespace = pt.namespace().unwrap_or_default();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
     let name = desired.name_any();
@@ -321,9 +325,16 @@ fn run_hash(job: &Job) -> Option<&str> {
 /// finished Job cannot be suspended). Suspending deletes the pods, which save a
 /// checkpoint on SIGTERM; resuming starts new pods, which resume from it.
 async fn sync_suspend(jobs: &Api<Job>, live: Job, desired: &Job) -> Result<Option<Job>, Error> {
-    let want = desired.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+    let want = desired
+        .spec
+        .as_ref()
+        .and_then(|s| s.suspend)
+        .unwrap_or(false);
     let has = live.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
-    let finished = matches!(job_state(&live, &[]), JobState::Succeeded { .. } | JobState::Failed { .. });
+    let finished = matches!(
+        job_state(&live, &[]),
+        JobState::Succeeded { .. } | JobState::Failed { .. }
+    );
     if want == has || finished {
         return Ok(Some(live));
     }

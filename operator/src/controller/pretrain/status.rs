@@ -99,7 +99,11 @@ pub struct Observed {
 
 impl Observed {
     /// A pass that did not get as far as a Job: times and counters stay as they are.
-    pub fn without_job(outcome: Outcome, phase: JobPhase, current: Option<&PretrainJobStatus>) -> Self {
+    pub fn without_job(
+        outcome: Outcome,
+        phase: JobPhase,
+        current: Option<&PretrainJobStatus>,
+    ) -> Self {
         Self {
             outcome,
             phase,
@@ -219,7 +223,9 @@ pub fn observe(
                     observed.phase = JobPhase::Failed;
                     observed.outcome = Outcome::stalled(
                         reason::INVALID_RESULT,
-                        format!("trainer pretrain succeeded but its result is not valid JSON: {err}"),
+                        format!(
+                            "trainer pretrain succeeded but its result is not valid JSON: {err}"
+                        ),
                     );
                 }
                 None => {
@@ -244,7 +250,9 @@ pub fn observe(
             let text = if active > 0 {
                 format!("suspending{at}: {active} pod(s) saving a checkpoint")
             } else {
-                format!("suspended{at}; set spec.suspend to false to resume from the newest checkpoint")
+                format!(
+                    "suspended{at}; set spec.suspend to false to resume from the newest checkpoint"
+                )
             };
             observed.outcome = Outcome::progressing(reason::SUSPENDED, text);
         }
@@ -259,17 +267,17 @@ pub fn observe(
             observed.outcome = if BLOCKING_WAIT_REASONS.contains(&why.as_str()) {
                 Outcome::stalled(reason::POD_BLOCKED, text)
             } else {
-                Outcome::progressing(reason::STARTING, with_restarts(format!("pod waiting: {text}")))
+                Outcome::progressing(
+                    reason::STARTING,
+                    with_restarts(format!("pod waiting: {text}")),
+                )
             };
         }
         JobState::Running { waiting: None } => {
             let active = job_status.and_then(|s| s.active).unwrap_or(0);
             if active > 0 {
                 observed.phase = JobPhase::Running;
-                let text = progress.map_or_else(
-                    || format!("training (Job {job_name})"),
-                    summary,
-                );
+                let text = progress.map_or_else(|| format!("training (Job {job_name})"), summary);
                 observed.outcome = Outcome::progressing(reason::TRAINING, with_restarts(text));
             } else {
                 observed.outcome = Outcome::progressing(
