@@ -39,6 +39,10 @@ pub struct Options {
     /// Timed steps (after two warm-up steps).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// Rounds of (ours, reference), alternated so that both see the same
+    /// machine load; the best round of each side counts.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Threads for both sides (default: libtorch's default).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -152,8 +156,15 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if device != Device::Cpu {
         println!("device: {device:?} (the reference runs on the same device only for CPU)");
     }
-    let ours = ours(o)?;
-    let theirs = reference(o, threads)?;
+    let (mut ours_ms, mut theirs_ms) = (f64::INFINITY, f64::INFINITY);
+    for round in 1..=o.rounds.max(1) {
+        let a = ours(o)?;
+        let b = reference(o, threads)?;
+        println!("round {round}: trainer {a:.1} ms/step, pytorch {b:.1} ms/step");
+        ours_ms = ours_ms.min(a);
+        theirs_ms = theirs_ms.min(b);
+    }
+    let (ours, theirs) = (ours_ms, theirs_ms);
     println!(
         "{} {}L h{} heads{} vocab{} batch {}×{} threads {threads}",
         o.family, o.layers, o.hidden, o.heads, o.vocab, o.batch, o.sequence_length
