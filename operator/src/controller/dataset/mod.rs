@@ -44,9 +44,9 @@ pub const KIND: &str = "Dataset";
 
 /// How often a settled Dataset is looked at again even without a change.
 const RESYNC: Duration = Duration::from_secs(600);
-/// How often a Dataset waiting on another Dataset looks again, should the watch
-/// on the other one miss its change.
-const WAIT_RETRY: Duration = Duration::from_secs(60);
+/// How often a Dataset waiting on a ConfigMap looks again (ConfigMaps are not
+/// watched), or on another Dataset should the watch on it miss a change.
+const WAIT_RETRY: Duration = Duration::from_secs(30);
 
 /// Why a Dataset reconcile failed; all are transient and retried with backoff.
 #[derive(Debug, thiserror::Error)]
