@@ -10,9 +10,9 @@
 //!   one pod per replica; with more than one replica an Indexed Job whose pods find
 //!   rank 0 through the headless Service `<name>-workers`.
 //!
-//! The Job carries a hash of everything its pods run with except `suspend`
-//! ([`RUN_HASH_ANNOTATION`]); a spec change that alters it replaces the Job, and
-//! the new pods resume from the newest checkpoint.
+//! The Job carries a hash of the spec except `suspend` ([`RUN_HASH_ANNOTATION`]);
+//! a spec change replaces the Job, and the new pods resume from the newest
+//! checkpoint. `suspend` is set on the live Job.
 
 use std::collections::BTreeMap;
 
@@ -42,7 +42,7 @@ use crate::workload::storage::{PVC_ROOT, PvcMounts, pvc_claim};
 
 /// `app.kubernetes.io/component` of every child.
 pub const PRETRAIN_COMPONENT: &str = "pretrain";
-/// Annotation on the Job: hash of what its pods run with, `suspend` aside.
+/// Annotation on the Job: hash of the spec it runs, `suspend` aside.
 pub const RUN_HASH_ANNOTATION: &str = "llmops.dev/run-hash";
 /// Port rank 0 listens on for the other ranks.
 pub const MASTER_PORT: i32 = 29500;
@@ -335,28 +335,22 @@ fn build_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
         }
     }
 
-    let hash = run_hash(resolved, job_spec);
     job_spec.suspend = Some(spec.suspend);
     job.metadata
         .annotations
         .get_or_insert_default()
-        .insert(RUN_HASH_ANNOTATION.into(), hash);
+        .insert(RUN_HASH_ANNOTATION.into(), run_hash(pt));
     job
 }
 
-/// A stable hash (FNV-1a, the same across operator builds) of the Job spec and the
-/// resource the pods read, both without `suspend`: what a running Job must match.
-fn run_hash(resolved: &Resolved, job_spec: &k8s_openapi::api::batch::v1::JobSpec) -> String {
-    let mut job_spec = job_spec.clone();
-    job_spec.suspend = None;
-    let mut spec = resolved.job.spec.clone();
+/// A stable hash (FNV-1a, the same across operator builds) of the resolved spec
+/// without `suspend`: the user's intent for the run. Only a change to it replaces a
+/// running Job; an operator upgrade or a change to the Dataset does not interrupt
+/// a run (the lineage is fixed at start anyway).
+fn run_hash(pt: &PretrainJob) -> String {
+    let mut spec = pt.spec.clone();
     spec.suspend = false;
-    let input = serde_json::json!({
-        "job": job_spec,
-        "spec": spec,
-        "dataset": resolved.dataset,
-    })
-    .to_string();
+    let input = serde_json::to_string(&spec).unwrap_or_default();
     let hash = input.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use llmops_crds::{Dataset, JobPhase, PretrainJob};
@@ -124,7 +124,7 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
                 .watches(
                     scoped_api::<Dataset>(client, ns),
                     watcher::Config::default(),
-                    move |ds| waiting_on(&store, &ds),
+                    move |ds| waiting_on(&store.state(), &ds),
                 );
             start(KIND, controller, ctx.clone(), stop.clone(), reconcile)
         })
@@ -139,11 +139,9 @@ fn parent_of(pod: Pod) -> Option<ObjectRef<PretrainJob>> {
 
 /// The PretrainJobs that reference `ds` and have not recorded their dataset yet:
 /// only they care about the Dataset's changes.
-fn waiting_on(store: &Store<PretrainJob>, ds: &Dataset) -> Vec<ObjectRef<PretrainJob>> {
+fn waiting_on(jobs: &[Arc<PretrainJob>], ds: &Dataset) -> Vec<ObjectRef<PretrainJob>> {
     let (name, namespace) = (ds.name_any(), ds.namespace());
-    store
-        .state()
-        .iter()
+    jobs.iter()
         .filter(|pt| {
             pt.namespace() == namespace
                 && pt.spec.dataset_ref.name == name
@@ -194,7 +192,9 @@ async fn reconcile(pt: Arc<PretrainJob>, ctx: Arc<Context>) -> Result<Action, Er
     let children = build::build(&resolved, &ctx.config)?;
     apply_children(&ctx.client, &children).await?;
     let job = ensure_job(&ctx.client, &pt, &children.job).await?;
-    delete_children(&ctx.client, &pt, &Kept::of(&children)).await?;
+    if !status::cleaned_up_for(&pt, &children.job.name_any()) {
+        delete_children(&ctx.client, &pt, &Kept::of(&children)).await?;
+    }
 
     let Some(job) = job else {
         let outcome = Outcome::progressing(

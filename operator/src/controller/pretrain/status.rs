@@ -277,7 +277,10 @@ pub fn observe(
             let active = job_status.and_then(|s| s.active).unwrap_or(0);
             if active > 0 {
                 observed.phase = JobPhase::Running;
-                let text = progress.map_or_else(|| format!("training (Job {job_name})"), summary);
+                // Not the step and loss: the trainer updates them every few seconds
+                // (they are columns of their own), and a message following them
+                // would double the status writes.
+                let text = format!("training (Job {job_name})");
                 observed.outcome = Outcome::progressing(reason::TRAINING, with_restarts(text));
             } else {
                 observed.outcome = Outcome::progressing(
@@ -341,6 +344,17 @@ pub fn record(status: &mut PretrainJobStatus, written: OperatorStatus) {
     status.job = written.job;
     status.start_time = written.start_time;
     status.completion_time = written.completion_time;
+}
+
+/// Whether an earlier pass for this generation got as far as recording `job` in the
+/// status. That write comes after outdated children were deleted, so there is
+/// nothing left to clean up; skipping it spares the frequent passes caused by the
+/// trainer's progress updates six list calls each.
+pub fn cleaned_up_for(pt: &PretrainJob, job: &str) -> bool {
+    pt.status.as_ref().is_some_and(|s| {
+        s.observed_generation == pt.metadata.generation
+            && s.job.as_ref().is_some_and(|j| j.name == job)
+    })
 }
 
 /// Whether the current generation already finished (succeeded or failed): its Job

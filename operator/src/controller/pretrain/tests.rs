@@ -608,6 +608,11 @@ spec:
         assert_ne!(hash(&running), hash(&longer));
         let wider = children("spec: {resources: {replicas: 2}}").job;
         assert_ne!(hash(&running), hash(&wider));
+        // A new trainer image (an operator upgrade) does not interrupt a run.
+        let mut config = OperatorConfig::example();
+        config.trainer_image = "ghcr.io/llmops-dev/trainer:next".into();
+        let upgraded = build::build(&resolved("{}"), &config).unwrap().job;
+        assert_eq!(hash(&running), hash(&upgraded));
     }
 }
 
@@ -674,7 +679,7 @@ status:
     const FAILED: &str = r#"{startTime: "2026-01-01T00:00:00Z", failed: 4, conditions: [{type: Failed, status: "True", reason: BackoffLimitExceeded, message: "Job has reached the specified backoff limit", lastTransitionTime: "2026-01-01T03:00:00Z"}]}"#;
 
     #[test]
-    fn a_running_job_reports_the_trainers_progress() {
+    fn a_running_job_is_training() {
         let pt = fixture(
             "status: {startTime: \"2025-12-31T00:00:00Z\", progress: {step: 120, totalSteps: 200, trainLoss: 2.314}}",
         );
@@ -684,7 +689,10 @@ status:
             &pt,
         );
         assert_eq!(o.phase, JobPhase::Running);
-        assert_eq!(text(&o.outcome), ("Training", "step 120/200, loss 2.31"));
+        assert_eq!(
+            text(&o.outcome),
+            ("Training", "training (Job base-pretrain)")
+        );
         assert!(matches!(o.outcome, Outcome::Progressing { .. }));
         // The first start is kept across suspensions and replacements.
         assert_eq!(
@@ -880,6 +888,16 @@ status:
     }
 
     #[test]
+    fn orphans_are_looked_for_until_a_pass_recorded_the_job() {
+        use crate::controller::pretrain::status::cleaned_up_for;
+        assert!(!cleaned_up_for(&fixture("{}"), "base-pretrain"));
+        let recorded = "status: {observedGeneration: 1, job: {name: base-pretrain}}";
+        assert!(cleaned_up_for(&fixture(recorded), "base-pretrain"));
+        let changed = format!("metadata: {{generation: 2}}\n{recorded}");
+        assert!(!cleaned_up_for(&fixture(&changed), "base-pretrain"));
+    }
+
+    #[test]
     fn finished_generations_are_final() {
         let done =
             fixture("status: {observedGeneration: 1, completionTime: \"2026-01-01T02:00:00Z\"}");
@@ -899,5 +917,44 @@ status:
         ];
         assert_eq!(telling_pods(&job("{active: 2}"), pods).len(), 2);
         let _ = JobState::Running { waiting: None };
+    }
+}
+
+mod watch_tests {
+    use std::sync::Arc;
+
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::reflector::ObjectRef;
+
+    use super::*;
+    use crate::controller::pretrain::{parent_of, waiting_on};
+
+    #[test]
+    fn a_dataset_change_wakes_only_the_jobs_still_waiting_for_it() {
+        let jobs: Vec<Arc<PretrainJob>> = [
+            "{}",
+            "metadata: {name: other-ns, namespace: team}",
+            "metadata: {name: other-ds}\nspec: {datasetRef: {name: books}}",
+            "metadata: {name: started}\nstatus: {dataset: {uri: \"s3://d\", digest: \"sha256:1\"}}",
+        ]
+        .into_iter()
+        .map(|overlay| Arc::new(fixture(overlay)))
+        .collect();
+        assert_eq!(
+            waiting_on(&jobs, &dataset("{}")),
+            vec![ObjectRef::<PretrainJob>::new("base").within("ml")]
+        );
+    }
+
+    #[test]
+    fn labelled_pods_map_back_to_their_pretrain_job() {
+        let pod: Pod = serde_yaml_ng::from_str(
+            "metadata: {name: base-pretrain-0-abc, namespace: ml, labels: {llmops.dev/pretrainjob: base}}",
+        )
+        .unwrap();
+        assert_eq!(
+            parent_of(pod),
+            Some(ObjectRef::<PretrainJob>::new("base").within("ml"))
+        );
     }
 }
