@@ -128,3 +128,68 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry.shutdown();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_flags_the_chart_passes() {
+        let cli = Cli::try_parse_from([
+            "operator",
+            "run",
+            "--metrics-port=9090",
+            "--log-level=debug",
+            "--log-format=text",
+            "--trainer-image=ghcr.io/llmops-dev/trainer:0.1.0",
+            "--server-image=ghcr.io/llmops-dev/server:0.1.0",
+            "--artifact-store=s3://llmops-artifacts",
+            "--artifact-store-secret=store-creds",
+            "--gpu-resource-name=nvidia.com/gpu",
+            "--namespaces=team-a,team-b",
+            "--leader-election",
+            "--otlp-endpoint=http://otel-collector:4317",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(args.metrics_port, 9090);
+        assert_eq!(args.log_format, LogFormat::Text);
+        assert_eq!(args.artifact_store_secret.as_deref(), Some("store-creds"));
+        assert_eq!(args.namespaces, ["team-a", "team-b"]);
+        assert!(args.leader_election);
+        assert_eq!(
+            args.otlp_endpoint.as_deref(),
+            Some("http://otel-collector:4317")
+        );
+    }
+
+    #[test]
+    fn optional_flags_default_to_cluster_wide_json_without_election() {
+        let cli = Cli::try_parse_from([
+            "operator",
+            "run",
+            "--trainer-image=t",
+            "--server-image=s",
+            "--artifact-store=file:///tmp/store",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(args.metrics_port, 8080);
+        assert_eq!(args.log_format, LogFormat::Json);
+        assert!(args.namespaces.is_empty());
+        assert!(!args.leader_election);
+        assert!(args.artifact_store_secret.is_none());
+        assert!(args.otlp_endpoint.is_none());
+    }
+}
