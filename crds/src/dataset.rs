@@ -15,7 +15,7 @@ use crate::common::{Artifact, Conditions, LocalObjectRef, OutputSpec, SecretRef}
     kind = "Dataset",
     namespaced,
     status = "DatasetStatus",
-    shortname = "ds",
+    shortname = "dset",
     category = "llmops",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
