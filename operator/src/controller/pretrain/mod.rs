@@ -5,6 +5,25 @@
 //! resolve (Dataset artifact, output URI) → validate → build (ConfigMap, RBAC,
 //! Service, Job) → apply (server-side apply, orphans deleted) → status (from the Job
 //! and its pods).
+//!
+//! Contracts:
+//! - **Lineage.** The Dataset must be Ready for its current generation; its
+//!   artifact `{uri, digest}` is recorded in `status.dataset` when the Job is made
+//!   and never changes afterwards (the trainer refuses data whose digest differs).
+//! - **Pods.** `trainer pretrain --resource /etc/llmops/resource.yaml`; the resource
+//!   is the PretrainJob with `spec.output.uri` defaulted to
+//!   `<store>/pretrainjobs/<ns>/<name>` and `status.dataset` set. Env
+//!   `LLMOPS_OUTPUT_URI`, `LLMOPS_PVC_ROOT`, the output Secret's
+//!   `LLMOPS_CRED_<SECRET>_*` and the dataset store's Secret under the plain key
+//!   names (the trainer reads the dataset with ambient credentials); with more than
+//!   one replica `RANK` (the completion index), `WORLD_SIZE`, `LOCAL_RANK=0`,
+//!   `MASTER_ADDR=<name>-pretrain-0.<name>-workers`, `MASTER_PORT=29500`.
+//! - **Failures.** Disruptions and exit 143 (SIGTERM, checkpoint saved) are retried
+//!   without counting; exit 2 fails at once; other failures are retried up to
+//!   `failurePolicy.maxRestarts` group restarts, each resuming from the newest
+//!   checkpoint. `status.restarts` counts them. Output is never deleted.
+//! - **Runs.** The Job is replaced only when the spec changes (`suspend` aside), and
+//!   only after the old pods stopped; `suspend` is set on the live Job.
 
 mod build;
 mod resolve;
