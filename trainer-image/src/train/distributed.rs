@@ -29,6 +29,10 @@ pub enum CollectiveError {
     Io(#[from] std::io::Error),
     #[error("ranks disagree: {0}")]
     Mismatch(String),
+    #[error(
+        "data-parallel group incomplete: rank(s) {missing} did not connect to rank 0 within {secs}s"
+    )]
+    Missing { missing: String, secs: f64 },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
@@ -109,7 +113,7 @@ pub struct TcpCollective {
 
 impl TcpCollective {
     /// Rank 0 listens on `addr` and waits for the others; the others connect,
-    /// retrying until `timeout` (pods start in any order).
+    /// retrying (pods start in any order). Either gives up after `timeout`.
     pub fn connect(
         rank: usize,
         world: usize,
@@ -124,9 +128,31 @@ impl TcpCollective {
         let peers = if rank == 0 {
             let port = addr.rsplit(':').next().unwrap_or("29500");
             let listener = TcpListener::bind(format!("0.0.0.0:{port}"))?;
+            // Polled, so that a rank that never comes is an error, not a hang.
+            listener.set_nonblocking(true)?;
+            let started = Instant::now();
             let mut slots: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
             for _ in 1..world {
-                let (mut stream, _) = listener.accept()?;
+                let mut stream = loop {
+                    match listener.accept() {
+                        Ok((stream, _)) => break stream,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if started.elapsed() >= timeout {
+                                let missing: Vec<String> = (1..world)
+                                    .filter(|r| slots[r - 1].is_none())
+                                    .map(|r| r.to_string())
+                                    .collect();
+                                return Err(CollectiveError::Missing {
+                                    missing: missing.join(", "),
+                                    secs: timeout.as_secs_f64(),
+                                });
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                stream.set_nonblocking(false)?;
                 stream.set_nodelay(true)?;
                 let mut hello = [0u8; 8];
                 stream.read_exact(&mut hello)?;
@@ -305,6 +331,17 @@ mod tests {
             assert_eq!(data, vec![1.0, 10.0]);
             assert_eq!(b, vec![5.0]);
         }
+    }
+
+    #[test]
+    fn a_missing_rank_is_an_error_not_a_hang() {
+        let err = TcpCollective::connect(0, 3, "127.0.0.1:0", Duration::from_millis(300))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "data-parallel group incomplete: rank(s) 1, 2 did not connect to rank 0 within 0.3s"
+        );
     }
 
     #[test]
