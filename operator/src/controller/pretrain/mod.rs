@@ -286,13 +286,61 @@ async fn apply_children(client: &Client, children: &Children) -> Result<(), Erro
     Ok(())
 }
 
+/// What to do about the live Job, given the desired one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobAction {
+    /// No Job: create it (once no older pods run).
+    Create,
+    /// The live Job is the desired one.
+    Keep,
+    /// The live Job is the desired one but for `spec.suspend`, which becomes this.
+    SetSuspend(bool),
+    /// The live Job runs an outdated spec: delete it.
+    Replace,
+    /// The live Job is being deleted: wait.
+    WaitForDeletion,
+}
+
+/// A Job's pod template is immutable, so a Job is created once and afterwards only
+/// its `spec.suspend` changes; a changed run hash (the spec changed) replaces it.
+/// A finished Job is left alone: it cannot be suspended, and it is the record of
+/// its run.
+pub fn job_action(live: Option<&Job>, desired: &Job) -> JobAction {
+    let Some(live) = live else {
+        return JobAction::Create;
+    };
+    if live.metadata.deletion_timestamp.is_some() {
+        return JobAction::WaitForDeletion;
+    }
+    if run_hash(live) != run_hash(desired) {
+        return JobAction::Replace;
+    }
+    let suspend = |job: &Job| job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+    let finished = matches!(
+        job_state(live, &[]),
+        JobState::Succeeded { .. } | JobState::Failed { .. }
+    );
+    if finished || suspend(live) == suspend(desired) {
+        JobAction::Keep
+    } else {
+        JobAction::SetSuspend(suspend(desired))
+    }
+}
+
+fn run_hash(job: &Job) -> Option<&str> {
+    job.metadata
+        .annotations
+        .as_ref()?
+        .get(RUN_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
 /// The live Job matching `desired`, or `None` while an outdated one is replaced.
 ///
-/// A Job's pod template is immutable, so a Job is created once and afterwards only
-/// its `spec.suspend` is changed. When the run hash differs (the spec changed),
-/// the old Job is deleted and the new one created only once no trainer pod of this
-/// PretrainJob runs any more: two generations of pods must never write the same
-/// checkpoints.
+/// A new Job is created only once no trainer pod of this PretrainJob runs any
+/// more: two sets of pods must never write the same checkpoints. Suspending
+/// deletes the pods, which save a checkpoint on SIGTERM; resuming starts new pods,
+/// which resume from it.
 async fn ensure_job(
     client: &Client,
     pt: &PretrainJob,
@@ -305,9 +353,10 @@ async fn ensure_job(
         name: name.clone(),
         source,
     })?;
-    match live {
-        Some(live) if live.metadata.deletion_timestamp.is_some() => Ok(None),
-        Some(live) if run_hash(&live) != run_hash(desired) => {
+    match job_action(live.as_ref(), desired) {
+        JobAction::Keep => Ok(live),
+        JobAction::WaitForDeletion => Ok(None),
+        JobAction::Replace => {
             tracing::info!(job = %name, "the run changed; replacing its Job");
             match jobs.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => Ok(None),
@@ -315,8 +364,20 @@ async fn ensure_job(
                 Err(source) => Err(Error::ReplaceJob { name, source }),
             }
         }
-        Some(live) => sync_suspend(&jobs, live, desired).await,
-        None => {
+        JobAction::SetSuspend(suspend) => {
+            // A merge patch of the one field: an apply without the rest of the Job
+            // would drop the fields this manager set at creation.
+            let patch = serde_json::json!({"spec": {"suspend": suspend}});
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            };
+            jobs.patch(&name, &params, &Patch::Merge(&patch))
+                .await
+                .map(Some)
+                .map_err(|source| Error::SuspendJob { name, source })
+        }
+        JobAction::Create => {
             if trainer_pods_running(client, pt).await? {
                 return Ok(None);
             }
@@ -330,50 +391,6 @@ async fn ensure_job(
                 })
         }
     }
-}
-
-fn run_hash(job: &Job) -> Option<&str> {
-    job.metadata
-        .annotations
-        .as_ref()?
-        .get(RUN_HASH_ANNOTATION)
-        .map(String::as_str)
-}
-
-/// Set the live Job's `spec.suspend` to the desired one, unless it finished (a
-/// finished Job cannot be suspended). Suspending deletes the pods, which save a
-/// checkpoint on SIGTERM; resuming starts new pods, which resume from it.
-async fn sync_suspend(jobs: &Api<Job>, live: Job, desired: &Job) -> Result<Option<Job>, Error> {
-    let want = desired
-        .spec
-        .as_ref()
-        .and_then(|s| s.suspend)
-        .unwrap_or(false);
-    let has = live.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
-    let finished = matches!(
-        job_state(&live, &[]),
-        JobState::Succeeded { .. } | JobState::Failed { .. }
-    );
-    if want == has || finished {
-        return Ok(Some(live));
-    }
-    // A merge patch of the one field: an apply without the rest of the Job would
-    // drop the fields this manager set at creation.
-    let patch = serde_json::json!({"spec": {"suspend": want}});
-    jobs.patch(
-        &live.name_any(),
-        &PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        },
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(Some)
-    .map_err(|source| Error::SuspendJob {
-        name: live.name_any(),
-        source,
-    })
 }
 
 /// Whether a trainer pod of `pt` is still running or stopping (saving a checkpoint).

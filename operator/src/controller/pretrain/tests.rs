@@ -958,3 +958,67 @@ mod watch_tests {
         );
     }
 }
+
+mod job_action_tests {
+    use super::*;
+    use crate::controller::pretrain::{JobAction, job_action};
+
+    fn live(desired: &Job, status: &str) -> Job {
+        let mut job = desired.clone();
+        job.status = Some(serde_yaml_ng::from_str(status).unwrap());
+        job
+    }
+
+    #[test]
+    fn a_missing_job_is_created() {
+        assert_eq!(job_action(None, &children("{}").job), JobAction::Create);
+    }
+
+    #[test]
+    fn suspend_and_resume_patch_the_live_job() {
+        let running = children("{}").job;
+        let suspended = children("spec: {suspend: true}").job;
+        assert_eq!(
+            job_action(Some(&live(&running, "{active: 1}")), &suspended),
+            JobAction::SetSuspend(true)
+        );
+        assert_eq!(
+            job_action(Some(&live(&suspended, "{}")), &running),
+            JobAction::SetSuspend(false)
+        );
+        assert_eq!(
+            job_action(Some(&live(&running, "{active: 1}")), &running),
+            JobAction::Keep
+        );
+    }
+
+    #[test]
+    fn a_finished_job_is_not_suspended() {
+        let running = children("{}").job;
+        let suspended = children("spec: {suspend: true}").job;
+        let complete = live(
+            &running,
+            "{conditions: [{type: Complete, status: \"True\"}]}",
+        );
+        assert_eq!(job_action(Some(&complete), &suspended), JobAction::Keep);
+    }
+
+    #[test]
+    fn a_changed_spec_replaces_the_job_once() {
+        let old = children("{}").job;
+        let new = children("spec: {training: {maxSteps: 400}}").job;
+        assert_eq!(
+            job_action(Some(&live(&old, "{active: 1}")), &new),
+            JobAction::Replace
+        );
+        let mut deleting = live(&old, "{active: 1}");
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-01T00:00:00Z".parse().unwrap(),
+            ));
+        assert_eq!(
+            job_action(Some(&deleting), &new),
+            JobAction::WaitForDeletion
+        );
+    }
+}
