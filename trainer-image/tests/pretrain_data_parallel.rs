@@ -93,6 +93,42 @@ fn assert_close(one: &[f64], two: &[f64]) {
     assert!(one[11] < one[0], "the run should learn something");
 }
 
+/// With loss masks the ranks hold different numbers of targets; normalising by
+/// the global batch's target count keeps them equivalent to one process.
+#[test]
+fn two_ranks_track_one_rank_on_masked_instruction_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = prepare_instruction_dataset(tmp.path());
+    let job = job(
+        "dp-masked",
+        "gpt2",
+        json!({"maxSteps": 12, "batchSize": 8, "microBatchSize": 2, "evalEvery": 6}),
+    );
+    assert_ok(&pretrain(tmp.path(), &job, &dataset, "one"));
+    let port = free_port().to_string();
+    let ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            command(tmp.path(), &job, &dataset, "two")
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_PORT", &port)
+                .env(
+                    "LLMOPS_TERMINATION_LOG",
+                    tmp.path().join(format!("rank-{rank}.termination")),
+                )
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in ranks {
+        assert_ok(&finish(child, tmp.path(), "two"));
+    }
+    assert_close(
+        &losses(&log(tmp.path(), "one")),
+        &losses(&log(tmp.path(), "two")),
+    );
+}
+
 /// SIGTERM reaches only the pod's first process (the launcher); it stops its
 /// ranks, which agree on the step, checkpoint it and exit with 143.
 #[test]

@@ -103,6 +103,19 @@ fn gpt2_trains_too() {
     assert!(losses[29] < losses[0] * 0.8, "{losses:?}");
 }
 
+/// Instruction data: only response tokens are targets, and the model learns them.
+#[test]
+fn instruction_data_trains_on_unmasked_targets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = prepare_instruction_dataset(tmp.path());
+    let job = job("qa", "llama", json!({"maxSteps": 40, "evalEvery": 40}));
+    assert_ok(&pretrain(tmp.path(), &job, &dataset, "out"));
+    let log = log(tmp.path(), "out");
+    let losses = losses(&log);
+    assert!(losses[39] < 0.5 * losses[0], "{losses:?}");
+    assert!(log[39]["validationLoss"].as_f64().unwrap() < losses[0]);
+}
+
 fn error_line(run: &Run) -> String {
     assert_ne!(run.code, 0, "expected a failure:\n{}", run.stderr);
     let lines: Vec<&str> = run

@@ -87,6 +87,61 @@ pub fn prepare_dataset(dir: &Path, sequence_length: u32) -> String {
     uri
 }
 
+/// Question/answer records (JSONL) over the same small language.
+pub fn qa_records(n: usize) -> String {
+    const NAMES: [&str; 5] = ["cat", "dog", "bird", "child", "man"];
+    const THINGS: [&str; 5] = ["ball", "tree", "river", "bread", "moon"];
+    (0..n)
+        .map(|i| {
+            let (who, what) = (NAMES[i % 5], THINGS[(i / 5) % 5]);
+            json!({"q": format!("what does the {who} see?"), "a": format!("the {who} sees the {what}.")})
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Prepares instruction data with prompt-masked loss into `<dir>/qa`.
+pub fn prepare_instruction_dataset(dir: &Path) -> String {
+    let out = dir.join("qa");
+    let resource = json!({
+        "apiVersion": "llmops.dev/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": "qa", "namespace": "ml"},
+        "spec": {
+            "type": "instruction",
+            "sources": [{"inline": {"content": qa_records(200)},
+                         "format": {"jsonl": {"promptField": "q", "responseField": "a"}}}],
+            "tokenizer": {"train": {"vocabSize": 320}},
+            "segmentation": {"sequenceLength": 32, "pack": false},
+            "labeling": {"template": "Q: {prompt}\nA: ", "maskPrompt": true},
+            "split": {"validation": 0.1, "seed": 1},
+        },
+    });
+    let path = dir.join("qa.json");
+    std::fs::write(&path, resource.to_string()).unwrap();
+    let uri = format!("file://{}", out.display());
+    let run = Command::new(TRAINER)
+        .args(["prepare", "--resource"])
+        .arg(&path)
+        .args(["--output", &uri])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "trainer prepare failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["masks"], true,
+        "instruction shards carry loss masks"
+    );
+    uri
+}
+
 /// A PretrainJob with a tiny model; `training` overrides the training fields.
 pub fn job(name: &str, family: &str, training: Value) -> Value {
     let model = match family {
