@@ -9,6 +9,7 @@
 
 mod chart;
 mod crds;
+mod e2e_dataset;
 mod examples;
 mod helm;
 mod invalid;

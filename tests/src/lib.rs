@@ -29,6 +29,8 @@
 
 mod cluster;
 mod namespace;
+pub mod operator;
+pub mod replay;
 
 pub use cluster::{Cluster, Outcome, SKIP_ENV};
 pub use namespace::TestNamespace;

@@ -1,0 +1,766 @@
+//! Pod replay: the kubelet's part for pods the operator created. Under kwok a pod
+//! is only an API object; [`Replayer::start`] runs its container for real as a
+//! local process of the `trainer` binary, and [`Replay::finish`] writes the pod's
+//! status afterwards as the kubelet would.
+//!
+//! What the process gets, from the pod spec:
+//! - the container's `command` and `args`, `trainer` being the binary cargo built;
+//! - its `env`: plain values; `secretKeyRef` and `configMapKeyRef` read as admin
+//!   (an optional reference to a missing Secret, ConfigMap or key is left out, a
+//!   required one is an error, as the kubelet's `CreateContainerConfigError`);
+//!   downward-API `fieldRef`s (`metadata.name|namespace|uid`, `metadata.labels[..]`,
+//!   `metadata.annotations[..]`, `spec.nodeName`, `spec.serviceAccountName`,
+//!   `status.podIP`, `status.hostIP`). Nothing of the test's own environment but
+//!   `PATH` is passed on;
+//! - its volumes, under a per-pod directory standing for the container's root
+//!   filesystem (`<root>/fs`): ConfigMap and Secret volumes are materialised as
+//!   files (their `items`, else every key; a `subPath` mount is that one file),
+//!   emptyDirs are fresh directories, and PersistentVolumeClaims are directories
+//!   per claim shared by every pod of the [`Replayer`];
+//! - paths: an absolute path in an argument, an environment value or the
+//!   `workingDir` that is a mount path, lies under one, or is a parent of one
+//!   (`/etc/llmops/sources` for mounts at `/etc/llmops/sources/<i>`) becomes
+//!   `<root>/fs/<path>`; so `--resource /etc/llmops/resource.yaml`,
+//!   `HOME=/work`, `TMPDIR=/tmp`, `LLMOPS_PVC_ROOT=/mnt/pvc` and
+//!   `LLMOPS_SOURCES_DIR=/etc/llmops/sources` point at the materialised files.
+//!   URIs (`file:///...` in `LLMOPS_OUTPUT_URI`) are left alone: the `file://`
+//!   store is a directory of this machine, as a shared volume would be;
+//! - the termination message file: `LLMOPS_TERMINATION_LOG=<root>/termination-log`
+//!   (the trainer writes there instead of `/dev/termination-log`);
+//! - the pod's ServiceAccount identity: `KUBERNETES_SERVICE_HOST`/`PORT` of the
+//!   apiserver and `KUBECONFIG` naming a kubeconfig holding a TokenRequest token of
+//!   the pod's `serviceAccountName` (the trainer's `Client::try_default()` reads
+//!   `KUBECONFIG` first), so its status writes are authorised by the per-object
+//!   Role the operator created, for real.
+//!
+//! While the process runs, a pod that gets a `deletionTimestamp` (deleted, evicted,
+//! its Job suspended) makes the replay send SIGTERM, and SIGKILL after the pod's
+//! grace period, as the kubelet does. When the process exits, the pod's status
+//! becomes what the kubelet writes for a finished `restartPolicy: Never` container:
+//! phase Succeeded or Failed, Ready/ContainersReady False, and
+//! `containerStatuses[0].state.terminated {exitCode, reason: Completed|Error,
+//! message}` with the termination file's contents (or, under
+//! `FallbackToLogsOnError`, the log's tail when the file is empty and it failed).
+//! kwok's stages leave a pod that is no longer Pending alone, so nothing overwrites it.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerState, ContainerStateTerminated, ContainerStatus, EnvVar,
+    KeyToPath, Pod, PodCondition, Secret, Volume,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+
+use crate::operator::{Binaries, write_token_kubeconfig};
+use crate::{Cluster, eventually};
+
+/// What the kubelet keeps of a failed container's log as its message.
+const FALLBACK_LINES: usize = 80;
+const MESSAGE_LIMIT: usize = 4096;
+
+/// Replays pods of one test; owns the directories of their filesystems.
+pub struct Replayer {
+    cluster: &'static Cluster,
+    client: Client,
+    trainer: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// What materialising a pod's volumes needs.
+struct Volumes<'a> {
+    pod: &'a Pod,
+    namespace: &'a str,
+    root: &'a Path,
+    /// The ServiceAccount token, for projected token volumes.
+    token: Option<&'a str>,
+}
+
+/// A replayed pod whose process runs (or ran).
+pub struct Replay {
+    client: Client,
+    pod: Pod,
+    child: tokio::process::Child,
+    root: PathBuf,
+    log: PathBuf,
+    started: Timestamp,
+    fallback_to_logs: bool,
+}
+
+/// How a replayed process ended.
+#[derive(Debug, Clone)]
+pub struct Exit {
+    /// The pod's name.
+    pub pod: String,
+    /// Exit status (128 + signal when killed by one).
+    pub code: i32,
+    /// The termination message written to the pod's status.
+    pub message: String,
+    /// The process's stdout and stderr.
+    pub log: String,
+    /// Whether the pod still existed to have its status written.
+    pub status_written: bool,
+}
+
+impl Replayer {
+    pub async fn new(cluster: &'static Cluster) -> anyhow::Result<Replayer> {
+        Ok(Replayer {
+            cluster,
+            client: cluster.client().await?,
+            trainer: Binaries::get()?.trainer.clone(),
+            dir: tempfile::Builder::new()
+                .prefix("llmops-replay-")
+                .tempdir()?,
+        })
+    }
+
+    /// The pod in `namespace` matching `selector` that kwok reports Running and
+    /// that is not being deleted; waits up to `timeout` for exactly one.
+    pub async fn running_pod(
+        &self,
+        namespace: &str,
+        selector: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Pod> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        eventually(
+            &format!("a Running pod labelled {selector} in {namespace}"),
+            timeout,
+            || async {
+                let list = pods.list(&ListParams::default().labels(selector)).await?;
+                let running: Vec<Pod> = list
+                    .items
+                    .into_iter()
+                    .filter(|p| {
+                        p.metadata.deletion_timestamp.is_none()
+                            && phase(p) == "Running"
+                            && p.status
+                                .as_ref()
+                                .is_some_and(|s| s.container_statuses.is_some())
+                    })
+                    .collect();
+                match <[Pod; 1]>::try_from(running) {
+                    Ok([pod]) => Ok(pod),
+                    Err(found) => bail!("{} such pods", found.len()),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Start the pod's (single) container as a local process.
+    pub async fn start(&self, pod: &Pod) -> anyhow::Result<Replay> {
+        let name = pod.name_any();
+        let namespace = pod.namespace().context("the pod has no namespace")?;
+        let spec = pod.spec.as_ref().context("the pod has no spec")?;
+        let [container] = spec.containers.as_slice() else {
+            bail!(
+                "pod {name} has {} containers; replay runs one",
+                spec.containers.len()
+            );
+        };
+        let root = self.dir.path().join(&name);
+        let fs = root.join("fs");
+        std::fs::create_dir_all(&fs)?;
+
+        // The ServiceAccount's identity first: projected token volumes need it.
+        let mut env = BTreeMap::new();
+        let mut token = None;
+        if let Some(account) = spec.service_account_name.as_deref()
+            && spec.automount_service_account_token != Some(false)
+        {
+            let kubeconfig = root.join("kubeconfig");
+            token =
+                Some(write_token_kubeconfig(self.cluster, &namespace, account, &kubeconfig).await?);
+            let (host, port) = self.apiserver().await?;
+            env.insert("KUBERNETES_SERVICE_HOST".to_string(), host);
+            env.insert("KUBERNETES_SERVICE_PORT".to_string(), port);
+            env.insert("KUBECONFIG".to_string(), kubeconfig.display().to_string());
+        }
+        let volumes = Volumes {
+            pod,
+            namespace: &namespace,
+            root: &root,
+            token: token.as_deref(),
+        };
+        let mounts = self.materialise_volumes(&volumes, container, &fs).await?;
+        let rewrite = |value: &str| rewrite_path(value, &mounts, &fs);
+
+        let command = container.command.clone().unwrap_or_default();
+        let args = container.args.clone().unwrap_or_default();
+        let mut argv: Vec<String> = command.into_iter().chain(args).collect();
+        if argv.is_empty() {
+            bail!(
+                "pod {name}: the container has no command or args (the image's entrypoint is unknown)"
+            );
+        }
+        let program = match argv.remove(0).as_str() {
+            "trainer" => self.trainer.clone(),
+            other => bail!("pod {name} runs {other:?}; replay knows only `trainer`"),
+        };
+        let argv: Vec<String> = argv.iter().map(|a| rewrite(a)).collect();
+
+        for var in container.env.iter().flatten() {
+            if let Some(value) = self.env_value(pod, &namespace, var).await? {
+                env.insert(var.name.clone(), rewrite(&value));
+            }
+        }
+        let termination = root.join("termination-log");
+        std::fs::write(&termination, "")?;
+        env.entry("LLMOPS_TERMINATION_LOG".into())
+            .or_insert_with(|| termination.display().to_string());
+        let working_dir = container
+            .working_dir
+            .as_deref()
+            .map(|d| PathBuf::from(rewrite(d)))
+            .unwrap_or_else(|| fs.clone());
+        std::fs::create_dir_all(&working_dir)?;
+
+        let log = root.join("container.log");
+        let out = std::fs::File::create(&log)?;
+        let mut command = tokio::process::Command::new(&program);
+        command
+            .args(&argv)
+            .env_clear()
+            .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
+            .envs(&env)
+            .current_dir(&working_dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {} for pod {name}", program.display()))?;
+        Ok(Replay {
+            client: self.client.clone(),
+            pod: pod.clone(),
+            child,
+            root,
+            log,
+            started: Timestamp::now(),
+            fallback_to_logs: container.termination_message_policy.as_deref()
+                == Some("FallbackToLogsOnError"),
+        })
+    }
+
+    /// Host and port of the apiserver.
+    async fn apiserver(&self) -> anyhow::Result<(String, String)> {
+        let config = self.cluster.config().await?;
+        let host = config
+            .cluster_url
+            .host()
+            .context("the apiserver URL has no host")?
+            .to_string();
+        let port = config.cluster_url.port_u16().unwrap_or(443).to_string();
+        Ok((host, port))
+    }
+
+    /// Materialise the volumes the container mounts; returns mount path → host path.
+    async fn materialise_volumes(
+        &self,
+        at: &Volumes<'_>,
+        container: &Container,
+        fs: &Path,
+    ) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        let volumes: BTreeMap<&str, &Volume> = at
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .map(|v| (v.name.as_str(), v))
+            .collect();
+        let mut materialised: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut mounts = Vec::new();
+        for mount in container.volume_mounts.iter().flatten() {
+            let volume = volumes
+                .get(mount.name.as_str())
+                .with_context(|| format!("mount of an undefined volume {}", mount.name))?;
+            let source = match materialised.get(&volume.name) {
+                Some(path) => path.clone(),
+                None => {
+                    let path = self.materialise(volume, at).await?;
+                    materialised.insert(volume.name.clone(), path.clone());
+                    path
+                }
+            };
+            let source = match mount.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                Some(sub) => source.join(sub),
+                None => source,
+            };
+            let target = fs.join(mount.mount_path.trim_start_matches('/'));
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            symlink(&source, &target)
+                .with_context(|| format!("linking {} to {}", target.display(), source.display()))?;
+            mounts.push((mount.mount_path.trim_end_matches('/').to_string(), target));
+        }
+        Ok(mounts)
+    }
+
+    async fn materialise(&self, volume: &Volume, at: &Volumes<'_>) -> anyhow::Result<PathBuf> {
+        let namespace = at.namespace;
+        let dir = at.root.join("volumes").join(&volume.name);
+        if let Some(source) = &volume.config_map {
+            let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+            let data = match maps.get_opt(&source.name).await? {
+                Some(cm) => cm.data.unwrap_or_default(),
+                None if source.optional == Some(true) => BTreeMap::new(),
+                None => bail!(
+                    "ConfigMap {} of volume {} not found",
+                    source.name,
+                    volume.name
+                ),
+            };
+            write_keys(&dir, &data, source.items.as_deref(), &volume.name)?;
+        } else if let Some(source) = &volume.secret {
+            let name = source.secret_name.clone().unwrap_or_default();
+            let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+            let data = match secrets.get_opt(&name).await? {
+                Some(secret) => secret_strings(&secret),
+                None if source.optional == Some(true) => BTreeMap::new(),
+                None => bail!("Secret {name} of volume {} not found", volume.name),
+            };
+            write_keys(&dir, &data, source.items.as_deref(), &volume.name)?;
+        } else if let Some(projected) = &volume.projected {
+            std::fs::create_dir_all(&dir)?;
+            for source in projected.sources.iter().flatten() {
+                if let Some(token) = &source.service_account_token {
+                    let value = at.token.with_context(|| {
+                        format!("volume {}: a token, but no ServiceAccount", volume.name)
+                    })?;
+                    std::fs::write(dir.join(&token.path), value)?;
+                } else if let Some(cm) = &source.config_map {
+                    let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+                    let data = match maps.get_opt(&cm.name).await? {
+                        Some(found) => found.data.unwrap_or_default(),
+                        None if cm.optional == Some(true) => BTreeMap::new(),
+                        None => bail!("ConfigMap {} of volume {} not found", cm.name, volume.name),
+                    };
+                    write_keys(&dir, &data, cm.items.as_deref(), &volume.name)?;
+                } else if let Some(downward) = &source.downward_api {
+                    for item in downward.items.iter().flatten() {
+                        let field = item.field_ref.as_ref().with_context(|| {
+                            format!("volume {}: only fieldRef downward items", volume.name)
+                        })?;
+                        let value = field_value(at.pod, &field.field_path)?;
+                        std::fs::write(dir.join(&item.path), value)?;
+                    }
+                } else {
+                    bail!(
+                        "volume {}: a projection replay does not support",
+                        volume.name
+                    );
+                }
+            }
+        } else if volume.empty_dir.is_some() {
+            std::fs::create_dir_all(&dir)?;
+        } else if let Some(claim) = &volume.persistent_volume_claim {
+            let dir = self.dir.path().join("pvc").join(&claim.claim_name);
+            std::fs::create_dir_all(&dir)?;
+            return Ok(dir);
+        } else {
+            bail!(
+                "volume {} is of a kind replay does not support",
+                volume.name
+            );
+        }
+        Ok(dir)
+    }
+
+    /// The value of one environment variable; `None` for an optional reference
+    /// to something absent.
+    async fn env_value(
+        &self,
+        pod: &Pod,
+        namespace: &str,
+        var: &EnvVar,
+    ) -> anyhow::Result<Option<String>> {
+        let Some(from) = &var.value_from else {
+            return Ok(Some(var.value.clone().unwrap_or_default()));
+        };
+        if let Some(selector) = &from.secret_key_ref {
+            let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+            let value = secrets
+                .get_opt(&selector.name)
+                .await?
+                .and_then(|s| secret_strings(&s).remove(&selector.key));
+            return match value {
+                Some(value) => Ok(Some(value)),
+                None if selector.optional == Some(true) => Ok(None),
+                None => bail!(
+                    "{}: key {} of Secret {} not found",
+                    var.name,
+                    selector.key,
+                    selector.name
+                ),
+            };
+        }
+        if let Some(selector) = &from.config_map_key_ref {
+            let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+            let value = maps
+                .get_opt(&selector.name)
+                .await?
+                .and_then(|cm| cm.data?.remove(&selector.key));
+            return match value {
+                Some(value) => Ok(Some(value)),
+                None if selector.optional == Some(true) => Ok(None),
+                None => bail!(
+                    "{}: key {} of ConfigMap {} not found",
+                    var.name,
+                    selector.key,
+                    selector.name
+                ),
+            };
+        }
+        if let Some(field) = &from.field_ref {
+            return field_value(pod, &field.field_path)
+                .map(Some)
+                .with_context(|| format!("{}: fieldRef {}", var.name, field.field_path));
+        }
+        bail!("{}: replay does not support this valueFrom", var.name)
+    }
+}
+
+impl Replay {
+    /// The pod being replayed.
+    pub fn pod(&self) -> &Pod {
+        &self.pod
+    }
+
+    /// The directory standing for the container's root filesystem.
+    pub fn root(&self) -> PathBuf {
+        self.root.join("fs")
+    }
+
+    /// The process's output so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send SIGTERM to the process, as the kubelet does to stop a container.
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.child.id().context("the process has already exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed ({status})");
+        }
+        Ok(())
+    }
+
+    /// Wait up to `timeout` for the process to exit, stopping it when the pod is
+    /// deleted meanwhile, then write the pod's status as the kubelet would.
+    pub async fn finish(mut self, timeout: Duration) -> anyhow::Result<Exit> {
+        let name = self.pod.name_any();
+        let namespace = self.pod.namespace().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let grace = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        let deadline = Instant::now() + timeout;
+        let mut kill_at: Option<Instant> = None;
+        let status = loop {
+            tokio::select! {
+                status = self.child.wait() => break status?,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if let Some(at) = kill_at {
+                if Instant::now() >= at {
+                    self.child.start_kill()?;
+                }
+            } else {
+                let stopping = match pods.get_opt(&name).await {
+                    Ok(Some(pod)) => pod.metadata.deletion_timestamp.is_some(),
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+                if stopping {
+                    let _ = self.terminate();
+                    kill_at = Some(Instant::now() + Duration::from_secs(grace.max(0) as u64));
+                }
+            }
+            if Instant::now() >= deadline {
+                self.child.start_kill()?;
+                let _ = self.child.wait().await;
+                bail!(
+                    "pod {name}: the replayed process did not exit within {timeout:?}; its log:\n{}",
+                    tail(&self.log(), 40)
+                );
+            }
+        };
+        let code = exit_code(status);
+        let log = self.log();
+        let mut message =
+            std::fs::read_to_string(self.root.join("termination-log")).unwrap_or_default();
+        if message.trim().is_empty() && code != 0 && self.fallback_to_logs {
+            message = tail(&log, FALLBACK_LINES);
+        }
+        if message.len() > MESSAGE_LIMIT {
+            let mut end = MESSAGE_LIMIT;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        let status_written = self
+            .write_terminated(&pods, code, &message)
+            .await
+            .with_context(|| format!("writing the status of pod {name}"))?;
+        Ok(Exit {
+            pod: name,
+            code,
+            message,
+            log,
+            status_written,
+        })
+    }
+
+    /// Phase, conditions and container state of the finished pod, by PUT on
+    /// pods/status (retried on conflicts). `false` when the pod is gone.
+    async fn write_terminated(
+        &self,
+        pods: &Api<Pod>,
+        code: i32,
+        message: &str,
+    ) -> anyhow::Result<bool> {
+        let name = self.pod.name_any();
+        let finished = Time(Timestamp::now());
+        for _ in 0..20 {
+            let Some(mut pod) = pods.get_opt(&name).await? else {
+                return Ok(false);
+            };
+            let container = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .cloned()
+                .context("the pod lost its container")?;
+            let status = pod.status.get_or_insert_default();
+            let previous = status
+                .container_statuses
+                .as_ref()
+                .and_then(|c| c.first())
+                .cloned()
+                .unwrap_or_default();
+            let succeeded = code == 0;
+            status.phase = Some(if succeeded { "Succeeded" } else { "Failed" }.into());
+            status.container_statuses = Some(vec![ContainerStatus {
+                name: container.name.clone(),
+                image: container.image.clone().unwrap_or_default(),
+                image_id: previous.image_id,
+                container_id: Some(format!("replay://{}", self.child.id().unwrap_or(0))),
+                ready: false,
+                started: Some(false),
+                restart_count: previous.restart_count,
+                state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: code,
+                        reason: Some(if succeeded { "Completed" } else { "Error" }.into()),
+                        message: (!message.is_empty()).then(|| message.to_string()),
+                        started_at: Some(Time(self.started)),
+                        finished_at: Some(finished.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+            let reason = if succeeded {
+                "PodCompleted"
+            } else {
+                "PodFailed"
+            };
+            let conditions = status.conditions.get_or_insert_default();
+            for kind in ["Ready", "ContainersReady"] {
+                let condition = PodCondition {
+                    type_: kind.into(),
+                    status: "False".into(),
+                    reason: Some(reason.into()),
+                    last_transition_time: Some(finished.clone()),
+                    ..Default::default()
+                };
+                match conditions.iter_mut().find(|c| c.type_ == kind) {
+                    Some(existing) => *existing = condition,
+                    None => conditions.push(condition),
+                }
+            }
+            match pods
+                .replace_status(&name, &PostParams::default(), &pod)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(anyhow!("pod {name}: status conflicts 20 times in a row"))
+    }
+}
+
+/// `value` with an absolute path related to a mount moved under `fs`.
+fn rewrite_path(value: &str, mounts: &[(String, PathBuf)], fs: &Path) -> String {
+    if !value.starts_with('/') {
+        return value.to_string();
+    }
+    let path = value.trim_end_matches('/');
+    let related = mounts.iter().any(|(mount, _)| {
+        path == mount
+            || path.starts_with(&format!("{mount}/"))
+            || mount.starts_with(&format!("{path}/"))
+    });
+    if related {
+        fs.join(value.trim_start_matches('/')).display().to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+fn write_keys(
+    dir: &Path,
+    data: &BTreeMap<String, String>,
+    items: Option<&[KeyToPath]>,
+    volume: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let files: Vec<(String, String)> = match items {
+        Some(items) => items
+            .iter()
+            .map(|item| {
+                data.get(&item.key)
+                    .map(|v| (item.path.clone(), v.clone()))
+                    .with_context(|| format!("volume {volume}: key {} not found", item.key))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        None => data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    for (path, content) in files {
+        let file = dir.join(path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&file, content)?;
+    }
+    Ok(())
+}
+
+fn secret_strings(secret: &Secret) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    out.extend(secret.string_data.clone().unwrap_or_default());
+    out
+}
+
+/// A downward-API field of the pod.
+fn field_value(pod: &Pod, path: &str) -> anyhow::Result<String> {
+    let keyed = |prefix: &str, map: Option<&BTreeMap<String, String>>| {
+        let key = path
+            .strip_prefix(prefix)?
+            .strip_prefix("['")?
+            .strip_suffix("']")?;
+        Some(map.and_then(|m| m.get(key)).cloned().unwrap_or_default())
+    };
+    if let Some(value) = keyed("metadata.labels", pod.metadata.labels.as_ref()) {
+        return Ok(value);
+    }
+    if let Some(value) = keyed("metadata.annotations", pod.metadata.annotations.as_ref()) {
+        return Ok(value);
+    }
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    let value = match path {
+        "metadata.name" => pod.metadata.name.clone(),
+        "metadata.namespace" => pod.metadata.namespace.clone(),
+        "metadata.uid" => pod.metadata.uid.clone(),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
+        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
+        "status.podIP" => status.and_then(|s| s.pod_ip.clone()),
+        "status.hostIP" => status.and_then(|s| s.host_ip.clone()),
+        _ => bail!("unsupported field path"),
+    };
+    Ok(value.unwrap_or_default())
+}
+
+fn phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_related_to_mounts_move_under_the_root() {
+        let fs = Path::new("/r/fs");
+        let mounts = vec![
+            ("/etc/llmops/resource.yaml".to_string(), PathBuf::new()),
+            ("/etc/llmops/sources/0".to_string(), PathBuf::new()),
+            ("/work".to_string(), PathBuf::new()),
+        ];
+        let r = |v: &str| rewrite_path(v, &mounts, fs);
+        assert_eq!(
+            r("/etc/llmops/resource.yaml"),
+            "/r/fs/etc/llmops/resource.yaml"
+        );
+        assert_eq!(r("/etc/llmops/sources"), "/r/fs/etc/llmops/sources");
+        assert_eq!(r("/work/x"), "/r/fs/work/x");
+        assert_eq!(r("/workspace"), "/workspace");
+        assert_eq!(r("file:///work"), "file:///work");
+        assert_eq!(r("prepare"), "prepare");
+        assert_eq!(r("/usr/bin"), "/usr/bin");
+    }
+
+    #[test]
+    fn downward_api_fields() {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("p".into());
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            "batch.kubernetes.io/job-completion-index".to_string(),
+            "3".to_string(),
+        )]));
+        assert_eq!(field_value(&pod, "metadata.name").unwrap(), "p");
+        assert_eq!(
+            field_value(
+                &pod,
+                "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+            )
+            .unwrap(),
+            "3"
+        );
+        assert!(field_value(&pod, "spec.nope").is_err());
+    }
+}
