@@ -219,7 +219,7 @@ async fn reconcile(pt: Arc<PretrainJob>, ctx: Arc<Context>) -> Result<Action, Er
         let outcome = Outcome::progressing(
             reason::REPLACING,
             format!(
-                "replacing Job {} after a spec change: waiting for its pods to save a checkpoint and stop",
+                "replacing Job {}: waiting for the previous pods to save a checkpoint and stop",
                 children.job.name_any()
             ),
         );

@@ -68,25 +68,23 @@ pub fn resolve_with(
     let reference = &job.spec.dataset_ref.name;
     let recorded = job.status.as_ref().and_then(|s| s.dataset.clone());
 
-    if let Some(ds) = dataset
-        && ds.spec.kind == DatasetType::Instruction
-    {
-        return Resolution::Stalled(Outcome::stalled(
-            reason::INVALID_SPEC,
-            format!(
-                "spec.datasetRef: Dataset {reference} is of type instruction; pretraining needs a Dataset of type pretraining"
-            ),
-        ));
-    }
-
     let (artifact, sequence_length) = match recorded {
-        // Lineage is fixed at start; the Dataset is not consulted again.
+        // Lineage is fixed at start; the Dataset is not checked again (it may be
+        // re-preparing, changed or gone while the run goes on).
         Some(artifact) => (artifact, None),
         None => match dataset {
             None => {
                 return Resolution::Waiting(Outcome::progressing(
                     reason::WAITING_FOR_DATASET,
                     format!("waiting for Dataset {reference} (spec.datasetRef): not found"),
+                ));
+            }
+            Some(ds) if ds.spec.kind == DatasetType::Instruction => {
+                return Resolution::Stalled(Outcome::stalled(
+                    reason::INVALID_SPEC,
+                    format!(
+                        "spec.datasetRef: Dataset {reference} is of type instruction; pretraining needs a Dataset of type pretraining"
+                    ),
                 ));
             }
             Some(ds) => match ready_artifact(ds) {

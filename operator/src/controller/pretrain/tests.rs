@@ -180,7 +180,8 @@ mod resolve_tests {
     fn recorded_lineage_is_kept_even_when_the_dataset_is_re_prepared_or_gone() {
         let job = r#"status: {dataset: {uri: "s3://llmops-artifacts/datasets/ml/web", digest: "sha256:old"}}"#;
         // Re-preparing (not Ready for its new generation) does not block the run.
-        for ds in [Some("metadata: {generation: 3}"), None] {
+        let changed = "spec: {type: instruction, labeling: {template: \"{prompt}\"}}";
+        for ds in [Some("metadata: {generation: 3}"), Some(changed), None] {
             let Resolution::Resolved(r) = resolution(job, ds) else {
                 panic!("not resolved with {ds:?}");
             };
