@@ -8,6 +8,8 @@ pub mod bench;
 mod error;
 pub mod export;
 pub mod plan;
+mod report;
+mod resume;
 pub mod run;
 
 use std::path::{Path, PathBuf};
@@ -218,7 +220,7 @@ pub async fn pretrain(
         reporter
             .finish(
                 serde_json::to_value(&finished.progress).unwrap_or_default(),
-                &format!("done: {}", run::summary(&finished.progress)),
+                &format!("done: {}", report::summary(&finished.progress)),
             )
             .await;
     }

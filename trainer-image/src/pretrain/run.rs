@@ -5,8 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use llmops_crds::common::{CheckpointInfo, Precision, TrainingProgress};
+use llmops_crds::common::{Precision, TrainingProgress};
 use llmops_model::{Config, GenerationConfig, Model, io};
 use tch::{Device, Tensor, nn};
 
@@ -66,28 +65,25 @@ fn micro_seed(seed: u64, step: i64, micro: usize, rank: usize) -> i64 {
     (data::splitmix64(&mut s) >> 1) as i64
 }
 
-fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
-}
-
 /// The generation defaults written next to every saved model.
 pub fn generation_config(config: &Config) -> GenerationConfig {
     GenerationConfig::from_model_config(config)
 }
 
-struct Loop<'a> {
-    s: Session<'a>,
-    model: Model,
-    vs: nn::VarStore,
-    opt: AdamW,
-    loader: Loader,
-    eval: Vec<MicroBatch>,
-    state: TrainerState,
-    progress: TrainingProgress,
-    losses: Vec<f64>,
-    log: Option<std::fs::File>,
-    started: Instant,
-    started_step: i64,
+/// The training loop's state; its parts live in `run`, `resume` and `report`.
+pub(super) struct Loop<'a> {
+    pub(super) s: Session<'a>,
+    pub(super) model: Model,
+    pub(super) vs: nn::VarStore,
+    pub(super) opt: AdamW,
+    pub(super) loader: Loader,
+    pub(super) eval: Vec<MicroBatch>,
+    pub(super) state: TrainerState,
+    pub(super) progress: TrainingProgress,
+    pub(super) losses: Vec<f64>,
+    pub(super) log: Option<std::fs::File>,
+    pub(super) started: Instant,
+    pub(super) started_step: i64,
 }
 
 /// Trains from the newest checkpoint (or from scratch) to the planned step.
@@ -172,118 +168,13 @@ pub fn train(s: Session<'_>) -> Result<Trained, PretrainError> {
 }
 
 impl Loop<'_> {
-    fn rank(&self) -> usize {
+    pub(super) fn rank(&self) -> usize {
         self.s.collective.rank()
-    }
-
-    /// Continues from the newest complete checkpoint, if any.
-    fn resume(&mut self) -> Result<(), PretrainError> {
-        if let Some(mirror) = &self.s.mirror {
-            let local = self.s.checkpoints.list()?.last().map(|(step, _)| *step);
-            if let Some(step) =
-                mirror.download_newest(self.s.checkpoints.root(), local, TRAIN_LOG)?
-            {
-                tracing::info!(step, "downloaded the newest checkpoint");
-            }
-        }
-        let Some((state, dir)) = self.s.checkpoints.newest()? else {
-            return Ok(());
-        };
-        let foreign = |reason: String| PretrainError::ForeignCheckpoint {
-            path: dir.display().to_string(),
-            reason,
-        };
-        if state.dataset_digest != self.state.dataset_digest {
-            return Err(foreign(format!(
-                "made on dataset {}, this run trains on {}",
-                state.dataset_digest, self.state.dataset_digest
-            )));
-        }
-        let saved = Config::from_file(dir.join(io::CONFIG_FILE))?;
-        let differences = architecture_differences(&saved, &self.s.plan.model);
-        if !differences.is_empty() {
-            return Err(foreign(format!(
-                "its model differs from spec.model in {}",
-                differences.join(", ")
-            )));
-        }
-        io::load_weights(&self.vs, &self.s.plan.model, &dir)?;
-        self.opt
-            .load(&dir.join(OPTIMIZER_FILE), state.step)
-            .map_err(foreign)?;
-        self.loader.seek(state.cursor);
-        tracing::info!(step = state.step, checkpoint = %dir.display(), "resuming");
-        self.progress.step = state.step;
-        self.progress.tokens_seen = state.tokens_seen;
-        self.progress.train_loss = state.train_loss;
-        self.progress.validation_loss = state.validation_loss;
-        self.progress.validation_perplexity = state.validation_loss.map(f64::exp);
-        self.progress.last_checkpoint = Some(self.checkpoint_info(state.step, &state.time));
-        self.started_step = state.step;
-        self.state = state;
-        self.state.world_size = self.s.collective.world_size();
-        Ok(())
-    }
-
-    fn checkpoint_info(&self, step: i64, time: &str) -> CheckpointInfo {
-        CheckpointInfo {
-            step,
-            uri: format!(
-                "{}/step-{step}",
-                self.s.checkpoints_uri.trim_end_matches('/')
-            ),
-            time: time.parse().map(Time).unwrap_or_else(|_| now()),
-        }
-    }
-
-    /// Every rank starts from rank 0's weights (they agree already when seeded
-    /// alike or resumed from one checkpoint; this makes it a guarantee).
-    fn sync_initial_weights(&mut self) -> Result<(), PretrainError> {
-        if self.s.collective.world_size() == 1 {
-            return Ok(());
-        }
-        let params: Vec<Tensor> = self.opt.parameters().map(Tensor::shallow_clone).collect();
-        let mut flat = flatten(&params)?;
-        self.s.collective.broadcast(&mut flat)?;
-        unflatten(&flat, &params)?;
-        Ok(())
-    }
-
-    /// The per-step log of rank 0, cut back to the resumed step so that it always
-    /// describes one consistent run.
-    fn open_log(&mut self) -> Result<(), PretrainError> {
-        if self.rank() != 0 {
-            return Ok(());
-        }
-        let root = self.s.checkpoints.root();
-        std::fs::create_dir_all(root)
-            .map_err(PretrainError::io(format!("create {}", root.display())))?;
-        let path = root.join(TRAIN_LOG);
-        let kept: String = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|line| {
-                serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v["step"].as_i64())
-                    .is_some_and(|s| s <= self.state.step)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(&path, kept)
-            .map_err(PretrainError::io(format!("write {}", path.display())))?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(PretrainError::io(format!("open {}", path.display())))?;
-        self.log = Some(file);
-        Ok(())
     }
 
     fn run(mut self) -> Result<Trained, PretrainError> {
         let plan = self.s.plan;
         let world = self.s.collective.world_size();
-        let rank = self.rank();
         let params: Vec<Tensor> = self.opt.parameters().map(Tensor::shallow_clone).collect();
         let mut interrupted = false;
         self.started = Instant::now();
@@ -294,53 +185,18 @@ impl Loop<'_> {
             let batch = self.loader.next_step().map_err(PretrainError::dataset(
                 self.s.dataset.dir().display().to_string(),
             ))?;
-            // Each rank's loss is scaled so that the mean over ranks of the summed
-            // micro-batch gradients is the gradient of the global batch's mean loss.
-            let scale = world as f64 / batch.global_targets.max(1) as f64;
-            self.opt.zero_grad();
-            let mut local_sum = 0.0;
-            let mut stopped_mid_step = false;
-            for (i, mb) in batch.micro_batches.iter().enumerate() {
-                tch::manual_seed(micro_seed(plan.seed, step, i, rank));
-                let logits = self.model.forward_t(&mb.inputs, true)?;
-                let loss = summed_loss(&logits, &mb.targets)?;
-                loss.f_mul_scalar(scale)?.backward();
-                local_sum += loss.f_double_value(&[])?;
-                if world == 1 && self.s.interrupt.requested() && i + 1 < batch.micro_batches.len() {
-                    stopped_mid_step = true;
-                    break;
-                }
-            }
-            if stopped_mid_step {
-                // The half-accumulated step is dropped; the checkpoint is the last
-                // completed step, and a restart redoes this one from its batch.
+            let Some(local_sum) =
+                self.accumulate(&batch.micro_batches, step, world, batch.global_targets)?
+            else {
+                // Stopped mid-step: the half-accumulated step is dropped; the
+                // checkpoint is the last completed step, and a restart redoes
+                // this one from its batch.
                 self.loader.seek(cursor_before);
                 self.opt.zero_grad();
                 interrupted = true;
                 break;
-            }
-            let (loss, stop) = if world == 1 {
-                (
-                    local_sum / batch.global_targets.max(1) as f64,
-                    self.s.interrupt.requested(),
-                )
-            } else {
-                let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
-                let mut flat = flatten(&grads)?;
-                let n = flat.len();
-                flat.push(local_sum as f32);
-                flat.push(if self.s.interrupt.requested() {
-                    1.0
-                } else {
-                    0.0
-                });
-                self.s.collective.all_reduce_mean(&mut flat)?;
-                unflatten(&flat[..n], &grads)?;
-                (
-                    flat[n] as f64 * world as f64 / batch.global_targets.max(1) as f64,
-                    flat[n + 1] > 0.0,
-                )
             };
+            let (loss, stop) = self.reduce(&params, local_sum, batch.global_targets)?;
             if !loss.is_finite() {
                 return Err(PretrainError::Diverged {
                     step: step + 1,
@@ -370,6 +226,63 @@ impl Loop<'_> {
             progress: self.progress,
             interrupted,
         })
+    }
+
+    /// Forward and backward over this rank's micro-batches, accumulating
+    /// gradients; returns the summed loss, or `None` when a signal stopped a
+    /// single process between micro-steps.
+    fn accumulate(
+        &mut self,
+        micro_batches: &[MicroBatch],
+        step: i64,
+        world: usize,
+        global_targets: i64,
+    ) -> Result<Option<f64>, PretrainError> {
+        let plan = self.s.plan;
+        let rank = self.rank();
+        // Each rank's loss is scaled so that the mean over ranks of the summed
+        // micro-batch gradients is the gradient of the global batch's mean loss.
+        let scale = world as f64 / global_targets.max(1) as f64;
+        self.opt.zero_grad();
+        let mut local_sum = 0.0;
+        for (i, mb) in micro_batches.iter().enumerate() {
+            tch::manual_seed(micro_seed(plan.seed, step, i, rank));
+            let logits = self.model.forward_t(&mb.inputs, true)?;
+            let loss = summed_loss(&logits, &mb.targets)?;
+            loss.f_mul_scalar(scale)?.backward();
+            local_sum += loss.f_double_value(&[])?;
+            // Several ranks stop together at the step's all-reduce instead.
+            if world == 1 && self.s.interrupt.requested() && i + 1 < micro_batches.len() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(local_sum))
+    }
+
+    /// Averages gradients over ranks; returns the global batch's mean loss and
+    /// whether any rank was asked to stop.
+    fn reduce(
+        &mut self,
+        params: &[Tensor],
+        local_sum: f64,
+        global_targets: i64,
+    ) -> Result<(f64, bool), PretrainError> {
+        let world = self.s.collective.world_size();
+        let targets = global_targets.max(1) as f64;
+        let requested = self.s.interrupt.requested();
+        if world == 1 {
+            return Ok((local_sum / targets, requested));
+        }
+        // The loss sum and the stop flag ride along with the gradients: one
+        // exchange per step.
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        let mut flat = flatten(&grads)?;
+        let n = flat.len();
+        flat.push(local_sum as f32);
+        flat.push(if requested { 1.0 } else { 0.0 });
+        self.s.collective.all_reduce_mean(&mut flat)?;
+        unflatten(&flat[..n], &grads)?;
+        Ok((flat[n] as f64 * world as f64 / targets, flat[n + 1] > 0.0))
     }
 
     /// Logging, evaluation, periodic checkpoints and progress after an update.
@@ -407,7 +320,7 @@ impl Loop<'_> {
     }
 
     /// Saves the current state (rank 0 writes; every rank waits for it).
-    fn checkpoint_now(&mut self) -> Result<(), PretrainError> {
+    pub(super) fn checkpoint_now(&mut self) -> Result<(), PretrainError> {
         if self.rank() == 0 {
             self.state.time = k8s_openapi::jiff::Timestamp::now().to_string();
             let (vs, model, opt) = (&self.vs, &self.model, &self.opt);
@@ -438,122 +351,6 @@ impl Loop<'_> {
         self.s.collective.barrier()?;
         Ok(())
     }
-
-    fn report(&mut self, lr: f64) {
-        let step = self.state.step;
-        let plan = self.s.plan;
-        let p = &mut self.progress;
-        p.step = step;
-        p.tokens_seen = self.state.tokens_seen;
-        p.train_loss = Some(self.losses.iter().sum::<f64>() / self.losses.len().max(1) as f64);
-        p.validation_loss = self.state.validation_loss;
-        p.validation_perplexity = self.state.validation_loss.map(f64::exp);
-        p.learning_rate = Some(lr);
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let done = step - self.started_step;
-        if done > 0 && elapsed > 0.0 {
-            p.tokens_per_second = Some((done * plan.tokens_per_step()) as f64 / elapsed);
-            p.eta_seconds = Some(((plan.total_steps - step) as f64 * elapsed / done as f64) as i64);
-        }
-        p.update_time = Some(now());
-        if let Some(reporter) = &self.s.reporter {
-            let summary = summary(p);
-            reporter.report(serde_json::to_value(&*p).unwrap_or_default(), &summary);
-        }
-    }
-}
-
-/// The architecture settings in which two configs differ, as `name a → b`.
-/// Token ids and dtype may differ: they do not change the parameters.
-fn architecture_differences(saved: &Config, ours: &Config) -> Vec<String> {
-    let fields: [(&str, String, String); 12] = [
-        (
-            "family",
-            format!("{:?}", saved.family),
-            format!("{:?}", ours.family),
-        ),
-        (
-            "vocab",
-            saved.vocab_size.to_string(),
-            ours.vocab_size.to_string(),
-        ),
-        (
-            "hidden",
-            saved.hidden_size.to_string(),
-            ours.hidden_size.to_string(),
-        ),
-        (
-            "intermediate",
-            saved.intermediate_size().to_string(),
-            ours.intermediate_size().to_string(),
-        ),
-        (
-            "layers",
-            saved.num_layers.to_string(),
-            ours.num_layers.to_string(),
-        ),
-        (
-            "heads",
-            saved.num_heads.to_string(),
-            ours.num_heads.to_string(),
-        ),
-        (
-            "kvHeads",
-            saved.num_kv_heads().to_string(),
-            ours.num_kv_heads().to_string(),
-        ),
-        (
-            "contextLength",
-            saved.max_position_embeddings.to_string(),
-            ours.max_position_embeddings.to_string(),
-        ),
-        (
-            "tiedEmbeddings",
-            saved.tie_word_embeddings.to_string(),
-            ours.tie_word_embeddings.to_string(),
-        ),
-        (
-            "ropeTheta",
-            saved.rope_theta.to_string(),
-            ours.rope_theta.to_string(),
-        ),
-        (
-            "dropout",
-            saved.attn_dropout.to_string(),
-            ours.attn_dropout.to_string(),
-        ),
-        (
-            "normEps",
-            saved.norm_eps.to_string(),
-            ours.norm_eps.to_string(),
-        ),
-    ];
-    fields
-        .into_iter()
-        .filter(|(_, a, b)| a != b)
-        .map(|(name, a, b)| format!("{name} {a} → {b}"))
-        .collect()
-}
-
-/// One human line of progress.
-pub fn summary(p: &TrainingProgress) -> String {
-    let mut s = format!("step {}/{}", p.step, p.total_steps);
-    if let Some(l) = p.train_loss {
-        s += &format!(" loss {l:.4}");
-    }
-    if let (Some(v), Some(ppl)) = (p.validation_loss, p.validation_perplexity) {
-        s += &format!(" val {v:.4} (ppl {ppl:.1})");
-    }
-    if let Some(t) = p.tokens_per_second {
-        s += &format!(" {t:.0} tok/s");
-    }
-    if let Some(lr) = p.learning_rate {
-        s += &format!(" lr {lr:.2e}");
-    }
-    if let Some(eta) = p.eta_seconds {
-        s += &format!(" eta {eta}s");
-    }
-    s
 }
 
 /// Where checkpoints of a local output live.
