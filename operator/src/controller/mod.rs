@@ -2,6 +2,7 @@
 
 pub mod dataset;
 pub mod pretrain;
+pub mod unsupported;
 
 use std::sync::Arc;
 
@@ -15,5 +16,6 @@ pub fn start_all(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Controll
     let mut runs = Vec::new();
     runs.extend(dataset::controllers(ctx, scope, stop));
     runs.extend(pretrain::controllers(ctx, scope, stop));
+    runs.extend(unsupported::controllers(ctx, scope, stop));
     runs
 }
