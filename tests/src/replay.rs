@@ -72,6 +72,7 @@ pub struct Replayer {
     client: Client,
     trainer: PathBuf,
     dir: tempfile::TempDir,
+    extra_env: Vec<(String, String)>,
 }
 
 /// What materialising a pod's volumes needs.
@@ -118,7 +119,15 @@ impl Replayer {
             dir: tempfile::Builder::new()
                 .prefix("llmops-replay-")
                 .tempdir()?,
+            extra_env: Vec::new(),
         })
+    }
+
+    /// Also set `name=value` in every replayed process, over the pod's own value:
+    /// for observing, such as `RUST_LOG`, never for changing what a pod does.
+    pub fn with_env(mut self, name: &str, value: &str) -> Replayer {
+        self.extra_env.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// The pod in `namespace` matching `selector` that kwok reports Running and
@@ -216,6 +225,7 @@ impl Replayer {
         std::fs::write(&termination, "")?;
         env.entry("LLMOPS_TERMINATION_LOG".into())
             .or_insert_with(|| termination.display().to_string());
+        env.extend(self.extra_env.iter().cloned());
         let working_dir = container
             .working_dir
             .as_deref()
