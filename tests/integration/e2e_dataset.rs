@@ -274,6 +274,49 @@ async fn dataset_lifecycle_with_the_real_trainer() -> anyhow::Result<()> {
                 .is_some(),
         "llmops-trainer does not own status.stats: {trainer_fields}"
     );
+    // That identity reaches this Dataset's status and nothing else.
+    let trainer = cluster
+        .service_account_client(ns.name(), &format!("{QUICKSTART}-trainer"))
+        .await?;
+    let as_trainer: Api<Dataset> = Api::namespaced(trainer, ns.name());
+    let stats_again = json!({"status": {"stats": stats}});
+    as_trainer
+        .patch_status(
+            QUICKSTART,
+            &PatchParams::default(),
+            &Patch::Merge(&stats_again),
+        )
+        .await
+        .context("the trainer's ServiceAccount may not patch its Dataset's status")?;
+    for (what, result) in [
+        (
+            "its Dataset's spec",
+            as_trainer
+                .patch(
+                    QUICKSTART,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"split": {"seed": 9}}})),
+                )
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "another Dataset's status",
+            as_trainer
+                .patch_status(
+                    "another",
+                    &PatchParams::default(),
+                    &Patch::Merge(&stats_again),
+                )
+                .await
+                .map(|_| ()),
+        ),
+    ] {
+        match result {
+            Err(kube::Error::Api(e)) if e.code == 403 => {}
+            other => anyhow::bail!("the trainer's ServiceAccount could patch {what}: {other:?}"),
+        }
+    }
     let message = condition(&ready, "Ready").unwrap()["message"]
         .as_str()
         .unwrap_or_default()
@@ -452,6 +495,84 @@ async fn dataset_with_an_unreachable_source_is_stalled_with_the_trainers_error()
         stalled.pointer("/status/artifact").is_none(),
         "an artifact despite the failure: {}",
         stalled["status"]
+    );
+    drop(operator);
+    ns.delete(cluster).await
+}
+
+#[tokio::test]
+#[ignore = "the operator's cleanup Job runs `trainer clean`, which the trainer lacks"]
+async fn deleting_a_dataset_with_deletion_policy_delete_removes_its_artifact() -> anyhow::Result<()>
+{
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let ns = TestNamespace::create(cluster, "e2e-dataset-delete").await?;
+    let mut operator = Operator::start(cluster, &ns).await?;
+    let replayer = Replayer::new(cluster).await?;
+    let client = cluster.client().await?;
+    let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
+    let path = workspace_root().join("examples/quickstart/01-dataset.yaml");
+    let mut manifest: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path)?)?;
+    manifest["spec"]["output"] = json!({"deletionPolicy": "Delete"});
+    let dataset: Dataset = serde_json::from_value(manifest)?;
+    datasets
+        .patch(
+            QUICKSTART,
+            &PatchParams::apply("llmops-tests"),
+            &Patch::Apply(&dataset),
+        )
+        .await?;
+    let job = format!("{QUICKSTART}-prepare-g1");
+    wait_for_job(&mut operator, &client, &job).await?;
+    let exit = replay_job(&mut operator, &replayer, &job).await?;
+    ensure!(
+        exit.code == 0,
+        "trainer prepare failed:\n{}",
+        tail(&exit.log, 40)
+    );
+    let ready = wait_for(
+        &mut operator,
+        &datasets,
+        QUICKSTART,
+        "Ready=True",
+        CHILD_TIMEOUT,
+        |d| has_condition(d, "Ready", "True"),
+    )
+    .await?;
+    let dir = local_dir(
+        ready["status"]["artifact"]["uri"]
+            .as_str()
+            .unwrap_or_default(),
+    )?;
+    ensure!(
+        dir.join("manifest.json").exists(),
+        "no artifact at {}",
+        dir.display()
+    );
+
+    datasets
+        .delete(QUICKSTART, &DeleteParams::background())
+        .await?;
+    let clean = format!("{QUICKSTART}-clean");
+    wait_for_job(&mut operator, &client, &clean).await?;
+    let exit = replay_job(&mut operator, &replayer, &clean).await?;
+    ensure!(
+        exit.code == 0,
+        "trainer clean failed ({}): {}",
+        exit.code,
+        exit.message
+    );
+    let result = eventually("the Dataset gone", CHILD_TIMEOUT, || async {
+        ensure!(datasets.get_opt(QUICKSTART).await?.is_none(), "still there");
+        Ok(())
+    })
+    .await;
+    result.map_err(|e| anyhow!("{e:#}\n{}", operator.log_tail(40)))?;
+    ensure!(
+        !dir.exists(),
+        "the artifact {} outlived its Dataset",
+        dir.display()
     );
     drop(operator);
     ns.delete(cluster).await
