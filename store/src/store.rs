@@ -323,10 +323,12 @@ impl Store {
                     })
                     .collect()
             }
-            Backend::Http { .. } => vec![ObjectEntry {
-                name: String::new(),
-                size: 0,
-            }],
+            Backend::Http { .. } => {
+                return Err(StoreError::InvalidUri {
+                    uri: self.uri.clone(),
+                    reason: "an http(s) URL names one file and cannot be listed".into(),
+                });
+            }
         };
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
