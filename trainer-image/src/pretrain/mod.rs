@@ -84,6 +84,44 @@ pub fn device() -> Device {
     }
 }
 
+/// Where checkpoints go: beside the model for file:// and pvc:// outputs; for
+/// other stores, a local working copy (`LLMOPS_WORK_DIR`) mirrored to
+/// `<output>/checkpoints/`. Returns the local directory, the URI reported in
+/// status, and the mirror if any.
+fn checkpoint_location(
+    store: &Store,
+    credentials: &Credentials,
+    name: &str,
+) -> Result<(PathBuf, String, Option<Mirror>), PretrainError> {
+    let uri = format!("{}/checkpoints", store.uri().trim_end_matches('/'));
+    if let Some(root) = store.local_root() {
+        return Ok((run::checkpoint_dir(root), uri, None));
+    }
+    let work = std::env::var_os("LLMOPS_WORK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new("out/pretrainjobs").join(name));
+    let mirror = Mirror::new(store.uri(), credentials, tokio::runtime::Handle::current())?;
+    Ok((run::checkpoint_dir(&work), uri, Some(mirror)))
+}
+
+/// Writes the model next to the output (or in a temporary directory for remote
+/// outputs) and publishes it; returns the artifact digest.
+async fn export_model(
+    store: &Store,
+    trained: &run::Trained,
+    lineage: &export::Lineage<'_>,
+) -> Result<String, PretrainError> {
+    let scratch = store
+        .local_root()
+        .and_then(Path::parent)
+        .filter(|p| !p.as_os_str().is_empty() && p.exists())
+        .map_or_else(std::env::temp_dir, Path::to_path_buf);
+    let staging =
+        tempfile::tempdir_in(scratch).map_err(PretrainError::io("create a staging directory"))?;
+    let files = export::write(staging.path(), &trained.vs, &trained.model, lineage)?;
+    export::publish(store, staging.path(), &files).await
+}
+
 /// Runs `job` to completion or to an interruption.
 pub async fn pretrain(
     job: &PretrainJob,
@@ -121,24 +159,8 @@ pub async fn pretrain(
         });
     }
 
-    // Checkpoints live beside the model for file:// and pvc:// outputs. Other
-    // stores get a local working copy (`LLMOPS_WORK_DIR`) mirrored to
-    // `<output>/checkpoints/`.
-    let checkpoints_uri = format!("{}/checkpoints", output.trim_end_matches('/'));
-    let (checkpoint_root, mirror) = match store.local_root() {
-        Some(root) => (run::checkpoint_dir(root), None),
-        None => {
-            let work = std::env::var_os("LLMOPS_WORK_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new("out/pretrainjobs").join(&name));
-            let mirror = Mirror::new(
-                &output,
-                &Credentials::from_secret(secret),
-                tokio::runtime::Handle::current(),
-            )?;
-            (run::checkpoint_dir(&work), Some(mirror))
-        }
-    };
+    let (checkpoint_root, checkpoints_uri, mirror) =
+        checkpoint_location(&store, &Credentials::from_secret(secret), &name)?;
 
     let collective = tokio::task::spawn_blocking(distributed::from_env)
         .await
@@ -191,14 +213,6 @@ pub async fn pretrain(
     if rank != 0 {
         return Ok(Outcome::Finished(None));
     }
-    let staging = tempfile::tempdir_in(
-        store
-            .local_root()
-            .and_then(Path::parent)
-            .filter(|p| !p.as_os_str().is_empty() && p.exists())
-            .unwrap_or(&std::env::temp_dir()),
-    )
-    .map_err(PretrainError::io("create a staging directory"))?;
     let lineage = export::Lineage {
         job: &name,
         namespace: job.metadata.namespace.as_deref(),
@@ -207,8 +221,7 @@ pub async fn pretrain(
         tokenizer: &dataset.dir().join(&dataset.manifest.tokenizer),
         progress: &trained.progress,
     };
-    let files = export::write(staging.path(), &trained.vs, &trained.model, &lineage)?;
-    let digest = export::publish(&store, staging.path(), &files).await?;
+    let digest = export_model(&store, &trained, &lineage).await?;
     let finished = Pretrained {
         artifact: Artifact {
             uri: output,
