@@ -50,6 +50,17 @@ enum Command {
         #[arg(long)]
         output: Option<String>,
     },
+    /// Delete an artifact directory (a Dataset's or a model's) when its owner is
+    /// deleted with `deletionPolicy: Delete`. Deleting what is already gone succeeds.
+    Clean {
+        /// Directory URI of the artifact.
+        #[arg(long)]
+        uri: String,
+        /// Secret whose `LLMOPS_CRED_<SECRET>_*` variables hold the store's
+        /// credentials (default: the ambient identity).
+        #[arg(long)]
+        credentials_secret: Option<String>,
+    },
     /// Benchmarks against the Python reference implementations.
     Bench {
         #[command(subcommand)]
@@ -79,6 +90,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Prepare { resource, output } => runtime.block_on(run_prepare(resource, output)),
+        Command::Clean {
+            uri,
+            credentials_secret,
+        } => runtime.block_on(run_clean(&uri, credentials_secret.as_deref())),
         Command::Bench {
             what: BenchCommand::Prepare(options),
         } => match bench::run(&options) {
@@ -193,6 +208,22 @@ async fn run_prepare(resource: PathBuf, output: Option<String>) -> ExitCode {
 }
 
 /// Prints the one error line and leaves it as the termination message.
+async fn run_clean(uri: &str, credentials_secret: Option<&str>) -> ExitCode {
+    let credentials = llmops_store::Credentials::from_secret(credentials_secret);
+    let store = match llmops_store::Store::open(uri, &credentials) {
+        Ok(store) => store,
+        Err(e) => return fail(&format!("cannot open {uri}: {e}")),
+    };
+    match store.delete_all().await {
+        Ok(()) => {
+            println!("deleted {uri}");
+            termination::write(&format!("deleted {uri}"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("cannot delete {uri}: {e}")),
+    }
+}
+
 fn fail(message: &str) -> ExitCode {
     let line = format!("error: {}", message.replace('\n', " "));
     eprintln!("{line}");

@@ -191,7 +191,7 @@ pub fn build_clean_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
             ..ObjectMeta::default()
         },
         image: config.trainer_image.clone(),
-        args: vec!["clean".into(), "--uri".into(), resolved.output_uri.clone()],
+        args: clean_args(&resolved.output_uri, output_secret.map(|s| s.name.as_str())),
         service_account: None,
         env: job_env,
         volumes,
@@ -200,4 +200,14 @@ pub fn build_clean_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
         ttl_seconds_after_finished: Some(CLEAN_JOB_TTL_SECONDS),
     }
     .into_job()
+}
+
+/// `trainer clean` arguments: the artifact, and the Secret whose credential
+/// variables the Job carries, so the trainer reads the same ones.
+fn clean_args(uri: &str, secret: Option<&str>) -> Vec<String> {
+    let mut args = vec!["clean".to_string(), "--uri".into(), uri.to_string()];
+    if let Some(secret) = secret {
+        args.extend(["--credentials-secret".to_string(), secret.to_string()]);
+    }
+    args
 }

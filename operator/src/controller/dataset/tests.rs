@@ -362,7 +362,7 @@ spec:
         let container = &pod.containers[0];
         assert_eq!(
             container.args.as_ref().unwrap(),
-            &["clean", "--uri", "s3://b/x"]
+            &["clean", "--uri", "s3://b/x", "--credentials-secret", "out"]
         );
         assert_eq!(
             container
