@@ -160,6 +160,69 @@ where
     Ok(deleted)
 }
 
+/// Names of the children a reconcile pass produced; every other child labelled as
+/// the parent's is deleted. `services: None` means the kind never makes Services,
+/// so they are not even listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeptChildren {
+    pub jobs: Vec<String>,
+    pub config_maps: Vec<String>,
+    pub services: Option<Vec<String>>,
+    /// The per-object ServiceAccount, Role and RoleBinding share one name.
+    pub rbac: Vec<String>,
+}
+
+/// Delete the children of `parent` not in `kept`; on failure, the child kind that
+/// could not be cleaned up and the API error.
+pub async fn delete_unkept_children<K: Resource<DynamicType = ()>>(
+    client: &Client,
+    parent: &K,
+    kept: &KeptChildren,
+) -> Result<Vec<String>, (&'static str, kube::Error)> {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+
+    let namespace = parent.namespace().unwrap_or_default();
+    let selector = children_selector(parent);
+    let (ns, sel) = (namespace.as_str(), selector.as_str());
+    let tag = |kind: &'static str| move |source| (kind, source);
+    let mut deleted = delete_orphans::<Job>(client, ns, sel, &kept.jobs)
+        .await
+        .map_err(tag("Job"))?;
+    if let Some(services) = &kept.services {
+        deleted.extend(
+            delete_orphans::<Service>(client, ns, sel, services)
+                .await
+                .map_err(tag("Service"))?,
+        );
+    }
+    deleted.extend(
+        delete_orphans::<ConfigMap>(client, ns, sel, &kept.config_maps)
+            .await
+            .map_err(tag("ConfigMap"))?,
+    );
+    deleted.extend(
+        delete_orphans::<RoleBinding>(client, ns, sel, &kept.rbac)
+            .await
+            .map_err(tag("RoleBinding"))?,
+    );
+    deleted.extend(
+        delete_orphans::<Role>(client, ns, sel, &kept.rbac)
+            .await
+            .map_err(tag("Role"))?,
+    );
+    deleted.extend(
+        delete_orphans::<ServiceAccount>(client, ns, sel, &kept.rbac)
+            .await
+            .map_err(tag("ServiceAccount"))?,
+    );
+    if !deleted.is_empty() {
+        tracing::info!(?deleted, "deleted children no longer produced");
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,8 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -28,7 +27,7 @@ use llmops_crds::Dataset;
 
 use crate::runtime::Context;
 use crate::runtime::apply::{
-    FIELD_MANAGER, MANAGED_BY_LABEL, apply, apply_status, children_selector, delete_orphans,
+    FIELD_MANAGER, KeptChildren, MANAGED_BY_LABEL, apply, apply_status, delete_unkept_children,
     parent_label_key,
 };
 use crate::runtime::conditions::{self, Outcome, transitions};
@@ -186,7 +185,7 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
     };
 
     if let Err(invalid) = validate::validate(&resolved) {
-        delete_children(&ctx.client, &ds, &Kept::default()).await?;
+        delete_children(&ctx.client, &ds, &KeptChildren::default()).await?;
         let outcome = Outcome::stalled(status::reason::INVALID_SPEC, invalid.to_string());
         write_status(&mut ds, &api, &ctx, &outcome, JobFields::default()).await?;
         return Ok(Action::await_change());
@@ -195,7 +194,7 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
     let children = build::build(&resolved, &ctx.config)?;
     let job = apply_children(&ctx.client, &ds, &children).await?;
     if !status::cleaned_up_for(&ds, &job.name_any()) {
-        delete_children(&ctx.client, &ds, &Kept::of(&children)).await?;
+        delete_children(&ctx.client, &ds, &kept(&children)).await?;
     }
 
     let pods = job_pods(&ctx.client, &job)
@@ -249,49 +248,20 @@ async fn apply_children(client: &Client, ds: &Dataset, children: &Children) -> R
 
 /// Names of the children the current pass produced; everything else labelled as
 /// the Dataset's goes.
-#[derive(Default)]
-struct Kept {
-    jobs: Vec<String>,
-    config_maps: Vec<String>,
-    rbac: Vec<String>,
-}
-
-impl Kept {
-    fn of(children: &Children) -> Self {
-        Self {
-            jobs: vec![children.job.name_any()],
-            config_maps: vec![children.config_map.name_any()],
-            rbac: vec![children.rbac.role.name_any()],
-        }
+fn kept(children: &Children) -> KeptChildren {
+    KeptChildren {
+        jobs: vec![children.job.name_any()],
+        config_maps: vec![children.config_map.name_any()],
+        services: None,
+        rbac: vec![children.rbac.role.name_any()],
     }
 }
 
-async fn delete_children(client: &Client, ds: &Dataset, kept: &Kept) -> Result<(), Error> {
-    let namespace = ds.namespace().unwrap_or_default();
-    let selector = children_selector(ds);
-    let failed = |kind: &'static str| move |source| Error::DeleteOrphans { kind, source };
-    let deleted = [
-        delete_orphans::<Job>(client, &namespace, &selector, &kept.jobs)
-            .await
-            .map_err(failed("Job"))?,
-        delete_orphans::<ConfigMap>(client, &namespace, &selector, &kept.config_maps)
-            .await
-            .map_err(failed("ConfigMap"))?,
-        delete_orphans::<RoleBinding>(client, &namespace, &selector, &kept.rbac)
-            .await
-            .map_err(failed("RoleBinding"))?,
-        delete_orphans::<Role>(client, &namespace, &selector, &kept.rbac)
-            .await
-            .map_err(failed("Role"))?,
-        delete_orphans::<ServiceAccount>(client, &namespace, &selector, &kept.rbac)
-            .await
-            .map_err(failed("ServiceAccount"))?,
-    ]
-    .concat();
-    if !deleted.is_empty() {
-        tracing::info!(?deleted, "deleted children no longer produced");
-    }
-    Ok(())
+async fn delete_children(client: &Client, ds: &Dataset, kept: &KeptChildren) -> Result<(), Error> {
+    delete_unkept_children(client, ds, kept)
+        .await
+        .map(drop)
+        .map_err(|(kind, source)| Error::DeleteOrphans { kind, source })
 }
 
 /// Write the operator's status fields if they differ from the current ones, and

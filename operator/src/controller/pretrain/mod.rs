@@ -37,8 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -48,8 +47,8 @@ use llmops_crds::{Dataset, JobPhase, PretrainJob};
 
 use crate::runtime::Context;
 use crate::runtime::apply::{
-    FIELD_MANAGER, MANAGED_BY_LABEL, apply, apply_status, children_selector, delete_orphans,
-    parent_label_key,
+    FIELD_MANAGER, KeptChildren, MANAGED_BY_LABEL, apply, apply_status, children_selector,
+    delete_unkept_children, parent_label_key,
 };
 use crate::runtime::conditions::{self, Outcome, transitions};
 use crate::runtime::controller::{ControllerRun, ReconcileError, Scope, scoped_api, start};
@@ -212,7 +211,7 @@ async fn reconcile(pt: Arc<PretrainJob>, ctx: Arc<Context>) -> Result<Action, Er
     apply_children(&ctx.client, &children).await?;
     let job = ensure_job(&ctx.client, &pt, &children.job).await?;
     if !status::cleaned_up_for(&pt, &children.job.name_any()) {
-        delete_children(&ctx.client, &pt, &Kept::of(&children)).await?;
+        delete_children(&ctx.client, &pt, &kept(&children)).await?;
     }
 
     let Some(job) = job else {
@@ -255,7 +254,7 @@ async fn stall(
     ctx: &Context,
     outcome: Outcome,
 ) -> Result<Action, Error> {
-    delete_children(&ctx.client, pt, &Kept::default()).await?;
+    delete_children(&ctx.client, pt, &KeptChildren::default()).await?;
     let observed = Observed::without_job(outcome, JobPhase::Failed, pt.status.as_ref());
     write_status(pt, api, ctx, observed).await?;
     Ok(Action::await_change())
@@ -408,54 +407,24 @@ async fn trainer_pods_running(client: &Client, pt: &PretrainJob) -> Result<bool,
 
 /// Names of the children the current pass produced; everything else labelled as
 /// the PretrainJob's goes.
-#[derive(Default)]
-struct Kept {
-    jobs: Vec<String>,
-    config_maps: Vec<String>,
-    services: Vec<String>,
-    rbac: Vec<String>,
-}
-
-impl Kept {
-    fn of(children: &Children) -> Self {
-        Self {
-            jobs: vec![children.job.name_any()],
-            config_maps: vec![children.config_map.name_any()],
-            services: children.service.iter().map(|s| s.name_any()).collect(),
-            rbac: vec![children.rbac.role.name_any()],
-        }
+fn kept(children: &Children) -> KeptChildren {
+    KeptChildren {
+        jobs: vec![children.job.name_any()],
+        config_maps: vec![children.config_map.name_any()],
+        services: Some(children.service.iter().map(|s| s.name_any()).collect()),
+        rbac: vec![children.rbac.role.name_any()],
     }
 }
 
-async fn delete_children(client: &Client, pt: &PretrainJob, kept: &Kept) -> Result<(), Error> {
-    let namespace = pt.namespace().unwrap_or_default();
-    let selector = children_selector(pt);
-    let failed = |kind: &'static str| move |source| Error::DeleteOrphans { kind, source };
-    let deleted = [
-        delete_orphans::<Job>(client, &namespace, &selector, &kept.jobs)
-            .await
-            .map_err(failed("Job"))?,
-        delete_orphans::<Service>(client, &namespace, &selector, &kept.services)
-            .await
-            .map_err(failed("Service"))?,
-        delete_orphans::<ConfigMap>(client, &namespace, &selector, &kept.config_maps)
-            .await
-            .map_err(failed("ConfigMap"))?,
-        delete_orphans::<RoleBinding>(client, &namespace, &selector, &kept.rbac)
-            .await
-            .map_err(failed("RoleBinding"))?,
-        delete_orphans::<Role>(client, &namespace, &selector, &kept.rbac)
-            .await
-            .map_err(failed("Role"))?,
-        delete_orphans::<ServiceAccount>(client, &namespace, &selector, &kept.rbac)
-            .await
-            .map_err(failed("ServiceAccount"))?,
-    ]
-    .concat();
-    if !deleted.is_empty() {
-        tracing::info!(?deleted, "deleted children no longer produced");
-    }
-    Ok(())
+async fn delete_children(
+    client: &Client,
+    pt: &PretrainJob,
+    kept: &KeptChildren,
+) -> Result<(), Error> {
+    delete_unkept_children(client, pt, kept)
+        .await
+        .map(drop)
+        .map_err(|(kind, source)| Error::DeleteOrphans { kind, source })
 }
 
 /// Write the operator's status fields if they differ from the current ones, and
