@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 
 use llmops_crds::dataset::{TokenizerTraining, TokenizerType};
+use llmops_store::Credentials;
 use llmops_trainer::prepare::tokenizer;
 
 const SAMPLES: [&str; 6] = [
@@ -88,9 +89,12 @@ async fn python_trained_tokenizer_loads_from_a_model_dir() {
         .status()
         .unwrap();
     assert!(status.success());
-    let tk = tokenizer::load(&format!("file://{}", model.display()))
-        .await
-        .unwrap();
+    let tk = tokenizer::load(
+        &format!("file://{}", model.display()),
+        &Credentials::Ambient,
+    )
+    .await
+    .unwrap();
     assert_eq!(tokenizer::special_ids(&tk, None).unwrap(), (0, 1));
     let text = tmp.path().join("samples.txt");
     let lines: Vec<String> = SAMPLES.iter().map(|s| s.replace('\n', " ")).collect();

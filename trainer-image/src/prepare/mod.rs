@@ -117,9 +117,12 @@ pub async fn prepare(
         .credentials_secret_ref
         .as_ref()
         .map(|s| s.name.as_str());
-    let store = Store::open(output, &Credentials::from_secret(secret))?;
+    let credentials = Credentials::from_secret(secret);
+    let store = Store::open(output, &credentials)?;
+    // A reused tokenizer usually lives in the same artifact store as the output
+    // (another Dataset's artifact, a model), so it is read with the same credentials.
     let tokenizer = match &spec.tokenizer.uri {
-        Some(uri) => Some(tokenizer::load(uri).await?),
+        Some(uri) => Some(tokenizer::load(uri, &credentials).await?),
         None => None,
     };
     // Stage next to a local target so publishing is a rename on one filesystem.

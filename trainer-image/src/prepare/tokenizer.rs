@@ -69,13 +69,11 @@ where
 
 /// Loads `tokenizer.json` from `uri`: the file itself, or a model directory that
 /// contains one.
-pub async fn load(uri: &str) -> Result<Tokenizer, PrepareError> {
+pub async fn load(uri: &str, credentials: &Credentials) -> Result<Tokenizer, PrepareError> {
     let bytes = if uri.ends_with(".json") {
-        Store::open(uri, &Credentials::Ambient)?
-            .get_bytes("")
-            .await?
+        Store::open(uri, credentials)?.get_bytes("").await?
     } else {
-        let store = Store::open(uri, &Credentials::Ambient)?;
+        let store = Store::open(uri, credentials)?;
         match store.get_bytes("tokenizer.json").await {
             Err(StoreError::NotFound { .. }) => {
                 return Err(PrepareError::Tokenizer(format!(
