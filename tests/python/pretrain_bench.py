@@ -63,19 +63,32 @@ def main():
     )
     tokens = torch.randint(args.vocab, (args.batch, args.sequence_length + 1))
     x, y = tokens[:, :-1], tokens[:, 1:]
-    start = time.perf_counter()
+    totals = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0, "step": 0.0}
     for i in range(args.warmup + args.steps):
-        if i == args.warmup:
-            start = time.perf_counter()
+        start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         logits = model(input_ids=x).logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        forward = time.perf_counter()
         loss.backward()
+        backward = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         loss.item()
-    ms = (time.perf_counter() - start) * 1000 / args.steps
-    print(json.dumps({"ms_per_step": ms, "threads": torch.get_num_threads()}))
+        end = time.perf_counter()
+        if i >= args.warmup:
+            totals["forward"] += forward - start
+            totals["backward"] += backward - forward
+            totals["optimizer"] += end - backward
+            totals["step"] += end - start
+    ms = {k: v * 1000 / args.steps for k, v in totals.items()}
+    print(json.dumps({
+        "ms_per_step": ms["step"],
+        "forward_ms": ms["forward"],
+        "backward_ms": ms["backward"],
+        "optimizer_ms": ms["optimizer"],
+        "threads": torch.get_num_threads(),
+    }))
 
 
 if __name__ == "__main__":

@@ -75,11 +75,32 @@ fn architecture(o: &Options) -> anyhow::Result<ModelArchitecture> {
     })
 }
 
-/// Milliseconds per step of our training step.
-fn ours(o: &Options) -> anyhow::Result<f64> {
+/// Milliseconds per step, in total and by phase.
+#[derive(Clone, Copy, Debug, Default)]
+struct Timing {
+    step: f64,
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+}
+
+impl Timing {
+    fn best(self, other: Timing) -> Timing {
+        if other.step < self.step { other } else { self }
+    }
+}
+
+/// Timing of our training step.
+fn ours(o: &Options) -> anyhow::Result<Timing> {
     let config = model_config(&architecture(o)?, o.vocab, 0, 0);
     tch::manual_seed(0);
     let device = super::device();
+    // Phase times need the GPU's queue drained at each boundary.
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
     let vs = nn::VarStore::new(device);
     let model = llmops_model::Model::new(&vs.root(), &config)?;
     let mut opt = AdamW::new(
@@ -99,24 +120,39 @@ fn ours(o: &Options) -> anyhow::Result<f64> {
     let inputs = tokens.narrow(1, 0, o.sequence_length);
     let targets = tokens.narrow(1, 1, o.sequence_length);
     let count = (o.batch * o.sequence_length) as f64;
-    let mut started = Instant::now();
+    let mut t = Timing::default();
     for i in 0..WARMUP + o.steps {
-        if i == WARMUP {
-            started = Instant::now();
-        }
+        let started = Instant::now();
         opt.zero_grad();
         let logits = model.forward_t(&inputs, true)?;
         let loss = summed_loss(&logits, &targets)?.f_div_scalar(count)?;
+        sync();
+        let forward = started.elapsed();
         loss.backward();
+        sync();
+        let backward = started.elapsed();
         opt.clip_grad_norm(1.0)?;
         opt.update(3e-4)?;
         loss.f_double_value(&[])?;
+        let end = started.elapsed();
+        if i >= WARMUP {
+            t.forward += forward.as_secs_f64();
+            t.backward += (backward - forward).as_secs_f64();
+            t.optimizer += (end - backward).as_secs_f64();
+            t.step += end.as_secs_f64();
+        }
     }
-    Ok(started.elapsed().as_secs_f64() * 1000.0 / o.steps as f64)
+    let per_step = 1000.0 / o.steps as f64;
+    Ok(Timing {
+        step: t.step * per_step,
+        forward: t.forward * per_step,
+        backward: t.backward * per_step,
+        optimizer: t.optimizer * per_step,
+    })
 }
 
-/// Milliseconds per step of the PyTorch reference.
-fn reference(o: &Options, threads: i32) -> anyhow::Result<f64> {
+/// Timing of the PyTorch reference.
+fn reference(o: &Options, threads: i32) -> anyhow::Result<Timing> {
     let out = Command::new(&o.python)
         .arg(&o.script)
         .args(["--family", &o.family])
@@ -140,9 +176,17 @@ fn reference(o: &Options, threads: i32) -> anyhow::Result<f64> {
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("{} printed no JSON", o.script.display()))?;
-    v["ms_per_step"]
-        .as_f64()
-        .context("the reference printed no ms_per_step")
+    let ms = |key: &str| {
+        v[key]
+            .as_f64()
+            .with_context(|| format!("the reference printed no {key}"))
+    };
+    Ok(Timing {
+        step: ms("ms_per_step")?,
+        forward: ms("forward_ms")?,
+        backward: ms("backward_ms")?,
+        optimizer: ms("optimizer_ms")?,
+    })
 }
 
 /// Runs both sides and prints the comparison.
@@ -156,27 +200,38 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if device != Device::Cpu {
         println!("device: {device:?} (the reference runs on the same device only for CPU)");
     }
-    let (mut ours_ms, mut theirs_ms) = (f64::INFINITY, f64::INFINITY);
+    let worst = Timing {
+        step: f64::INFINITY,
+        ..Timing::default()
+    };
+    let (mut ours_t, mut theirs_t) = (worst, worst);
     for round in 1..=o.rounds.max(1) {
         let a = ours(o)?;
         let b = reference(o, threads)?;
-        println!("round {round}: trainer {a:.1} ms/step, pytorch {b:.1} ms/step");
-        ours_ms = ours_ms.min(a);
-        theirs_ms = theirs_ms.min(b);
+        println!(
+            "round {round}: trainer {:.1} ms/step, pytorch {:.1} ms/step",
+            a.step, b.step
+        );
+        ours_t = ours_t.best(a);
+        theirs_t = theirs_t.best(b);
     }
-    let (ours, theirs) = (ours_ms, theirs_ms);
     println!(
         "{} {}L h{} heads{} vocab{} batch {}×{} threads {threads}",
         o.family, o.layers, o.hidden, o.heads, o.vocab, o.batch, o.sequence_length
     );
+    for (who, t) in [("trainer (tch):", ours_t), ("pytorch eager:", theirs_t)] {
+        println!(
+            "{who:16} {:8.1} ms/step {:10.0} tokens/s  (forward {:.1}, backward {:.1}, optimizer {:.1} ms)",
+            t.step,
+            tokens * 1000.0 / t.step,
+            t.forward,
+            t.backward,
+            t.optimizer
+        );
+    }
     println!(
-        "trainer (tch):    {ours:8.1} ms/step {:10.0} tokens/s",
-        tokens * 1000.0 / ours
+        "speed ratio (pytorch ms / ours ms): {:.2}x",
+        theirs_t.step / ours_t.step
     );
-    println!(
-        "pytorch eager:    {theirs:8.1} ms/step {:10.0} tokens/s",
-        tokens * 1000.0 / theirs
-    );
-    println!("speed ratio (pytorch ms / ours ms): {:.2}x", theirs / ours);
     Ok(())
 }
