@@ -45,8 +45,8 @@ enum Command {
         /// Dataset artifact URI (default: the resource's status.dataset.uri).
         #[arg(long)]
         dataset: Option<String>,
-        /// Output URI when the resource has no spec.output.uri
-        /// (default file://./out/pretrainjobs/<name>).
+        /// Output URI (default: spec.output.uri, else
+        /// file://./out/pretrainjobs/<name>).
         #[arg(long)]
         output: Option<String>,
     },

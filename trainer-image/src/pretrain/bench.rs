@@ -22,12 +22,16 @@ pub struct Options {
     /// Model family: llama or gpt2.
     #[arg(long, default_value = "llama")]
     pub family: String,
+    /// Transformer blocks.
     #[arg(long, default_value_t = 4)]
     pub layers: i32,
+    /// Hidden size.
     #[arg(long, default_value_t = 256)]
     pub hidden: i32,
+    /// Attention heads.
     #[arg(long, default_value_t = 4)]
     pub heads: i32,
+    /// Vocabulary size.
     #[arg(long, default_value_t = 4096)]
     pub vocab: u32,
     /// Tokens per row.
@@ -49,6 +53,7 @@ pub struct Options {
     /// Python with torch and transformers.
     #[arg(long, env = "LLMOPS_PYTHON", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python"))]
     pub python: PathBuf,
+    /// The reference script.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/pretrain_bench.py"))]
     pub script: PathBuf,
 }
