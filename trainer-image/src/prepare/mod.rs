@@ -180,3 +180,49 @@ pub async fn prepare(
     reporter.finish(pipeline::stats_json(s), &summary).await;
     Ok(prepared)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(yaml: &str) -> Dataset {
+        crate::resource::parse(yaml, "Dataset", "test").unwrap()
+    }
+
+    const BASE: &str = "metadata: {name: ds}\nspec:\n  sources: [{inline: {content: x}}]\n  tokenizer: {train: {vocabSize: 300}}\n";
+
+    #[test]
+    fn output_defaults_to_a_local_directory_named_after_the_dataset() {
+        let ds = dataset(BASE);
+        assert_eq!(output_uri(&ds, None).unwrap(), "file://./out/ds");
+        assert_eq!(output_uri(&ds, Some("s3://b/x")).unwrap(), "s3://b/x");
+        let with_spec = dataset(&format!("{BASE}  output: {{uri: 'pvc://c/d'}}\n"));
+        assert_eq!(output_uri(&with_spec, None).unwrap(), "pvc://c/d");
+    }
+
+    #[test]
+    fn validation_explains_what_to_fix() {
+        assert!(validate(&dataset(BASE)).is_ok());
+        let cases = [
+            ("  type: instruction\n", "needs labeling"),
+            (
+                "  labeling: {template: '{prompt}'}\n",
+                "only to type: instruction",
+            ),
+            ("  segmentation: {sequenceLength: 8, stride: 9}\n", "stride"),
+            (
+                "  split: {validation: 0.6, test: 0.5}\n",
+                "validation + test < 1",
+            ),
+        ];
+        for (extra, expected) in cases {
+            let err = validate(&dataset(&format!("{BASE}{extra}")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let small_vocab = BASE.replace("vocabSize: 300", "vocabSize: 200");
+        let err = validate(&dataset(&small_vocab)).unwrap_err().to_string();
+        assert!(err.contains("256 byte tokens"), "{err}");
+    }
+}
