@@ -2,6 +2,8 @@
 //! `trainer pretrain`, replayed from the operator's pod specs, on the real control
 //! plane: waiting for the Dataset, lineage, a preemption, suspend and resume.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, anyhow, ensure};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -24,6 +26,9 @@ const NAME: &str = "tiny";
 const JOB: &str = "tiny-pretrain";
 /// Exit status of the trainer after SIGTERM with its checkpoint saved.
 const EXIT_INTERRUPTED: i32 = 143;
+/// Enough steps (a few per second on a busy CPU) that each interruption lands
+/// mid-run, yet the whole run takes about a minute.
+const STEPS: i64 = 300;
 
 fn pretrain_job() -> Value {
     json!({
@@ -34,9 +39,9 @@ fn pretrain_job() -> Value {
             "datasetRef": {"name": DATASET},
             "model": {"family": "llama", "layers": 1, "heads": 2, "kvHeads": 1,
                       "hidden": 32, "contextLength": 64},
-            "training": {"maxSteps": 120, "batchSize": 8, "microBatchSize": 8,
+            "training": {"maxSteps": STEPS, "batchSize": 8, "microBatchSize": 8,
                          "learningRate": 3.0e-3, "warmupSteps": 5,
-                         "evalEvery": 40, "checkpointEvery": 40},
+                         "evalEvery": 100, "checkpointEvery": 100},
             "resources": {"gpusPerReplica": 1, "cpu": "2", "memory": "2Gi"},
         }
     })
@@ -47,27 +52,32 @@ fn step(object: &Value) -> Option<i64> {
     object.pointer("/status/progress/step")?.as_i64()
 }
 
-/// Wait until the replayed trainer has written progress beyond `after`.
-async fn trained_beyond(
+/// Wait until the replayed trainer has written progress beyond `after`, then
+/// pause it there: a tiny model on an idle CPU trains hundreds of steps a second,
+/// so the interruption that follows must not race the end of the run. Polls
+/// tightly to pause within a few steps of the write.
+async fn pause_once_beyond(
     operator: &mut Operator,
     jobs: &Api<PretrainJob>,
     replay: &Replay,
     after: i64,
 ) -> anyhow::Result<i64> {
-    let seen = wait_for(
-        operator,
-        jobs,
-        NAME,
-        &format!("progress beyond step {after}"),
-        TRAINER_TIMEOUT,
-        |p| {
-            ensure!(step(p).is_some_and(|s| s > after), "step {:?}", step(p));
-            Ok(())
-        },
-    )
-    .await
-    .map_err(|e| anyhow!("{e:#}\ntrainer log:\n{}", tail(&replay.log(), 20)))?;
-    Ok(step(&seen).unwrap_or_default())
+    let deadline = Instant::now() + TRAINER_TIMEOUT;
+    loop {
+        let seen = step(&serde_json::to_value(jobs.get(NAME).await?)?);
+        if let Some(at) = seen.filter(|s| *s > after) {
+            replay.pause()?;
+            return Ok(at);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "no progress beyond step {after} within {TRAINER_TIMEOUT:?} (last {seen:?})\ntrainer log:\n{}\n{}",
+                tail(&replay.log(), 20),
+                operator.log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The step of the checkpoint an interrupted trainer reports.
@@ -234,13 +244,11 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
     let pod = replayer
         .running_pod(ns.name(), &selector, CHILD_TIMEOUT)
         .await?;
-    let run = replayer.start(&pod).await?;
-    let before = trained_beyond(&mut operator, &jobs, &run, 0).await?;
     wait_for(
         &mut operator,
         &jobs,
         NAME,
-        "phase Running while training",
+        "phase Running once the pod runs",
         CHILD_TIMEOUT,
         |p| {
             ensure!(
@@ -252,6 +260,8 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
         },
     )
     .await?;
+    let run = replayer.start(&pod).await?;
+    let before = pause_once_beyond(&mut operator, &jobs, &run, 0).await?;
     let disruption = json!({"status": {"conditions": [{
         "type": "DisruptionTarget",
         "status": "True",
@@ -286,7 +296,7 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
         .await
         .map_err(|e| anyhow!("{e:#}\n{}", operator.log_tail(40)))?;
     let run = replayer.start(&pod).await?;
-    trained_beyond(&mut operator, &jobs, &run, preempted_at).await?;
+    pause_once_beyond(&mut operator, &jobs, &run, preempted_at).await?;
     ensure!(
         run.log().contains("resuming"),
         "run 2 did not resume from a checkpoint:\n{}",
@@ -391,7 +401,7 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
     )
     .await?;
     ensure!(
-        step(&ready) == Some(120),
+        step(&ready) == Some(STEPS),
         "final progress {}",
         ready["status"]["progress"]
     );

@@ -6,9 +6,12 @@
 //! killed when the [`Operator`] is dropped.
 //!
 //! The binaries are those cargo built beside the test executable
-//! (`target/<profile>/operator` and `trainer`); when one is missing, the first
-//! caller in the process builds both with
-//! `cargo build -p llmops-operator -p llmops-trainer`.
+//! (`target/<profile>/operator` and `trainer`), used as they are: rebuild them
+//! after changing the operator or the trainer, each on its own
+//! (`cargo build -p llmops-operator && cargo build -p llmops-trainer`; built in one
+//! invocation, rustls gets both of its crypto providers and an operator that
+//! installs none panics at start). When one is missing, the first caller in the
+//! process builds them so.
 
 use std::fs::File;
 use std::net::TcpListener;
@@ -179,18 +182,23 @@ impl Binaries {
         if binaries.operator.exists() && binaries.trainer.exists() {
             return Ok(binaries);
         }
-        eprintln!("building the operator and trainer binaries");
-        let mut build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        build
-            .current_dir(workspace_root())
-            .args(["build", "-p", "llmops-operator", "-p", "llmops-trainer"])
-            .stdin(Stdio::null());
-        if dir.file_name().is_some_and(|p| p == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().context("running cargo build")?;
-        if !status.success() {
-            bail!("cargo build -p llmops-operator -p llmops-trainer failed ({status})");
+        // One cargo invocation per package: built together, their features unify
+        // (rustls with both ring and aws-lc-rs, and no provider chosen by default).
+        for package in ["llmops-operator", "llmops-trainer"] {
+            eprintln!("building {package}");
+            let mut build =
+                Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            build
+                .current_dir(workspace_root())
+                .args(["build", "-p", package])
+                .stdin(Stdio::null());
+            if dir.file_name().is_some_and(|p| p == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().context("running cargo build")?;
+            if !status.success() {
+                bail!("cargo build -p {package} failed ({status})");
+            }
         }
         for path in [&binaries.operator, &binaries.trainer] {
             if !path.exists() {

@@ -35,7 +35,8 @@
 //!
 //! While the process runs, a pod that gets a `deletionTimestamp` (deleted, evicted,
 //! its Job suspended) makes the replay send SIGTERM, and SIGKILL after the pod's
-//! grace period, as the kubelet does. When the process exits, the pod's status
+//! grace period, as the kubelet does. A test may [`Replay::pause`] the process
+//! (SIGSTOP) to hold it mid-run while it arranges such a stop. When the process exits, the pod's status
 //! becomes what the kubelet writes for a finished `restartPolicy: Never` container:
 //! phase Succeeded or Failed, Ready/ContainersReady False, and
 //! `containerStatuses[0].state.terminated {exitCode, reason: Completed|Error,
@@ -456,14 +457,32 @@ impl Replay {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Send SIGTERM to the process, as the kubelet does to stop a container.
+    /// Send SIGTERM to the process, as the kubelet does to stop a container (and
+    /// SIGCONT, so that a [`Replay::pause`]d process handles it).
     pub fn terminate(&self) -> anyhow::Result<()> {
+        self.signal("TERM")?;
+        self.signal("CONT")
+    }
+
+    /// Freeze the process (SIGSTOP), as a cgroup freezer would: holds a run at a
+    /// known point while a test changes the cluster around it. Stopping the pod
+    /// (or [`Replay::resume`]) lets it go on.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// Let a paused process go on (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
         let pid = self.child.id().context("the process has already exited")?;
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()?;
         if !status.success() {
-            bail!("kill -TERM {pid} failed ({status})");
+            bail!("kill -{name} {pid} failed ({status})");
         }
         Ok(())
     }
