@@ -3,7 +3,8 @@
 //! namespace (watching only that namespace), the ServiceAccount's token comes from
 //! the TokenRequest API, and the operator reads it from a kubeconfig of its own.
 //! Artifacts go to a `file://` store in a temporary directory. The process is
-//! killed when the [`Operator`] is dropped.
+//! killed, and the release uninstalled (its ClusterRole is cluster-scoped), when
+//! the [`Operator`] is dropped.
 //!
 //! The binaries are those cargo built beside the test executable
 //! (`target/<profile>/operator` and `trainer`), used as they are: rebuild them
@@ -36,8 +37,9 @@ pub const SERVER_IMAGE: &str = "ghcr.io/llmops-dev/server:e2e";
 /// Seconds the ServiceAccount tokens handed to local processes stay valid.
 const TOKEN_SECONDS: i64 = 3600;
 
-/// A running operator; killed on drop.
+/// A running operator; killed, and its release uninstalled, on drop.
 pub struct Operator {
+    cluster: &'static Cluster,
     child: Child,
     namespace: String,
     log: PathBuf,
@@ -48,7 +50,10 @@ pub struct Operator {
 impl Operator {
     /// Install the chart into `namespace` (watching only it), then start the
     /// operator there as the chart's ServiceAccount with `--namespaces <namespace>`.
-    pub async fn start(cluster: &Cluster, namespace: &TestNamespace) -> anyhow::Result<Operator> {
+    pub async fn start(
+        cluster: &'static Cluster,
+        namespace: &TestNamespace,
+    ) -> anyhow::Result<Operator> {
         let binaries = Binaries::get()?;
         let client = cluster.client().await?;
         apply_crds(&client).await?;
@@ -113,6 +118,7 @@ impl Operator {
             .spawn()
             .with_context(|| format!("starting {}", binaries.operator.display()))?;
         Ok(Operator {
+            cluster,
             child,
             namespace: ns.to_string(),
             log,
@@ -148,6 +154,16 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Drop cannot await: helm synchronously, not waiting for deletions.
+        let uninstalled = self
+            .cluster
+            .helm_command(["uninstall", &self.namespace, "-n", &self.namespace])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !uninstalled.is_ok_and(|s| s.success()) {
+            eprintln!("could not uninstall the chart release {}", self.namespace);
+        }
     }
 }
 
