@@ -406,6 +406,20 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
         ready["status"]["progress"]
     );
     ensure_no_restarts(&client, ns.name(), &ready).await?;
+    let trainer_owns_progress = ready["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|m| {
+            m["manager"] == "llmops-trainer"
+                && m["subresource"] == "status"
+                && m.pointer("/fieldsV1/f:status/f:progress").is_some()
+        });
+    ensure!(
+        trainer_owns_progress,
+        "status.progress was not written by llmops-trainer: {}",
+        ready["metadata"]["managedFields"]
+    );
     let uri = ready["status"]["artifact"]["uri"]
         .as_str()
         .unwrap_or_default();
