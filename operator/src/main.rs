@@ -62,6 +62,9 @@ struct RunArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Workspace builds enable more than one rustls backend (ring here, aws-lc-rs
+    // through reqwest elsewhere), and then rustls refuses to guess: pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Crd => print_crds(),
         Command::Run(args) => run(args).await,

@@ -501,7 +501,6 @@ async fn dataset_with_an_unreachable_source_is_stalled_with_the_trainers_error()
 }
 
 #[tokio::test]
-#[ignore = "the operator's cleanup Job runs `trainer clean`, which the trainer lacks"]
 async fn deleting_a_dataset_with_deletion_policy_delete_removes_its_artifact() -> anyhow::Result<()>
 {
     let Some(cluster) = Cluster::get()? else {

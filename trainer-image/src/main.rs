@@ -77,6 +77,9 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    // Workspace builds enable more than one rustls backend (aws-lc-rs through
+    // reqwest, ring through the operator), and then rustls refuses to guess.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
