@@ -179,7 +179,12 @@ async fn run_pretrain(resource: PathBuf, options: pretrain::Options) -> ExitCode
             if let Some(r) = &reporter {
                 r.abandon();
             }
-            fail(&e.to_string())
+            let code = fail(&e.to_string());
+            if e.is_permanent() {
+                ExitCode::from(pretrain::error::EXIT_PERMANENT)
+            } else {
+                code
+            }
         }
     }
 }

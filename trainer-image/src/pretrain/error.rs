@@ -2,6 +2,10 @@ use crate::artifact::ArtifactError;
 use crate::train::checkpoint::CheckpointError;
 use crate::train::distributed::CollectiveError;
 
+/// Exit status for an error a restart cannot fix (the same status as a command-line
+/// usage error): the operator fails the Job at once on it.
+pub const EXIT_PERMANENT: u8 = 2;
+
 /// Why `trainer pretrain` cannot run or finish; each message says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum PretrainError {
@@ -54,6 +58,21 @@ pub enum PretrainError {
 }
 
 impl PretrainError {
+    /// Errors that a restart cannot fix: the spec, the data or the output must
+    /// change first. The process exits with [`EXIT_PERMANENT`] for these, and the
+    /// operator's pod failure policy fails the Job at once instead of retrying.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidSpec(_)
+                | Self::NoDataset
+                | Self::DatasetDigest { .. }
+                | Self::Incompatible(_)
+                | Self::ForeignCheckpoint { .. }
+                | Self::Diverged { .. }
+        )
+    }
+
     pub(crate) fn io(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let op = op.into();
         move |source| Self::Io { op, source }
@@ -83,5 +102,27 @@ impl From<tch::TchError> for PretrainError {
         let text = e.to_string();
         let message = text.split(" Exception raised from").next().unwrap_or(&text);
         Self::Torch(message.trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_and_data_errors_are_permanent_and_io_is_not() {
+        assert!(PretrainError::InvalidSpec("x".into()).is_permanent());
+        assert!(
+            PretrainError::Diverged {
+                step: 3,
+                loss: f64::NAN
+            }
+            .is_permanent()
+        );
+        let io = PretrainError::Io {
+            op: "write".into(),
+            source: std::io::Error::other("disk"),
+        };
+        assert!(!io.is_permanent());
     }
 }

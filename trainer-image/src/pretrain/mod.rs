@@ -5,7 +5,7 @@
 //! its lineage, and [`bench`] times a training step against PyTorch.
 
 pub mod bench;
-mod error;
+pub mod error;
 pub mod export;
 pub mod plan;
 mod report;

@@ -50,8 +50,9 @@ pub const MASTER_PORT: i32 = 29500;
 pub const COMPLETION_INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
 /// Exit status of the trainer after SIGTERM, once its checkpoint is saved.
 pub const EXIT_INTERRUPTED: i32 = 143;
-/// Exit statuses that no retry can fix: 2 is a command line the trainer rejects
-/// (its argument parser's usage error), i.e. an operator/trainer mismatch.
+/// Exit statuses that no retry can fix: 2 is an error only a spec, data or output
+/// change can fix (invalid spec, dataset digest mismatch, a foreign checkpoint,
+/// divergence) or a command line the trainer rejects.
 pub const FATAL_EXIT_CODES: [i32; 1] = [2];
 /// Time a stopping pod gets to save its checkpoint before it is killed; the
 /// default 30 s is short for writing a large model and its optimizer state.
