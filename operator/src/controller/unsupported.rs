@@ -117,11 +117,19 @@ pub fn message(kind: &str) -> String {
     )
 }
 
+/// The operator's status fields of an object of a kind this version does not run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnsupportedStatus {
+    pub observed_generation: Option<i64>,
+    pub conditions: Vec<Condition>,
+}
+
 /// The status to write, or `None` when the object already says it.
 pub fn desired_status<K: Unsupported>(
     obj: &K,
     now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
-) -> Option<serde_json::Value> {
+) -> Option<UnsupportedStatus> {
     let generation = obj.meta().generation;
     let outcome = Outcome::stalled(REASON, message(&K::kind(&())));
     let next = next_conditions(obj.conditions(), &outcome, generation, now);
@@ -130,7 +138,10 @@ pub fn desired_status<K: Unsupported>(
     {
         return None;
     }
-    Some(serde_json::json!({"observedGeneration": generation, "conditions": next}))
+    Some(UnsupportedStatus {
+        observed_generation: generation,
+        conditions: next,
+    })
 }
 
 async fn reconcile<K: Unsupported>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -142,10 +153,11 @@ async fn reconcile<K: Unsupported>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
                 object: obj.name_any(),
                 source,
             })?;
-        let next: Vec<Condition> =
-            serde_json::from_value(status["conditions"].clone()).unwrap_or_default();
         ctx.events
-            .transitions(obj.as_ref(), &transitions(obj.conditions(), &next))
+            .transitions(
+                obj.as_ref(),
+                &transitions(obj.conditions(), &status.conditions),
+            )
             .await;
     }
     Ok(Action::requeue(Duration::from_secs(3600)))
@@ -165,9 +177,8 @@ mod tests {
     #[test]
     fn a_new_object_is_marked_stalled_with_a_message_naming_its_kind() {
         let status = desired_status(&finetune(""), &conditions::now()).expect("a write");
-        assert_eq!(status["observedGeneration"], 2);
-        let conditions: Vec<Condition> =
-            serde_json::from_value(status["conditions"].clone()).unwrap();
+        assert_eq!(status.observed_generation, Some(2));
+        let conditions = status.conditions;
         let ready = conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         let stalled = conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
         assert_eq!(

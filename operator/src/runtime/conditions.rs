@@ -140,6 +140,13 @@ pub fn transitions(current: &[Condition], next: &[Condition]) -> Vec<Transition>
         .collect()
 }
 
+/// Replace the operator's conditions in `conditions` by `written`, keeping the
+/// conditions other writers own: the local copy after a status write.
+pub fn replace_owned(conditions: &mut Vec<Condition>, written: Vec<Condition>) {
+    conditions.retain(|c| !OWNED_TYPES.contains(&c.type_.as_str()));
+    conditions.extend(written);
+}
+
 fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
 }

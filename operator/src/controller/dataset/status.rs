@@ -213,10 +213,7 @@ pub fn needs_write(current: Option<&DatasetStatus>, desired: &OperatorStatus) ->
 /// trainer's fields and conditions owned by others.
 pub fn record(status: &mut DatasetStatus, written: OperatorStatus) {
     status.observed_generation = written.observed_generation;
-    status
-        .conditions
-        .retain(|c| !crate::runtime::conditions::OWNED_TYPES.contains(&c.type_.as_str()));
-    status.conditions.extend(written.conditions);
+    crate::runtime::conditions::replace_owned(&mut status.conditions, written.conditions);
     status.artifact = written.artifact;
     status.job = written.job;
     status.start_time = written.start_time;

@@ -333,10 +333,7 @@ pub fn needs_write(current: Option<&PretrainJobStatus>, desired: &OperatorStatus
 /// trainer's progress and conditions owned by others.
 pub fn record(status: &mut PretrainJobStatus, written: OperatorStatus) {
     status.observed_generation = written.observed_generation;
-    status
-        .conditions
-        .retain(|c| !crate::runtime::conditions::OWNED_TYPES.contains(&c.type_.as_str()));
-    status.conditions.extend(written.conditions);
+    crate::runtime::conditions::replace_owned(&mut status.conditions, written.conditions);
     status.phase = written.phase;
     status.restarts = written.restarts;
     status.dataset = written.dataset;
