@@ -30,27 +30,41 @@ impl Rope {
             .f_unsqueeze(-1)?
             .f_mul(&self.inv_freq)?;
         let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?.f_unsqueeze(1)?;
+        let sin = emb.f_sin()?;
+        // rotate_half(x) * sin == swap_halves(x) * [-sin | sin]: folding the sign
+        // into the table turns rotate_half's narrow/neg/cat (and their backward
+        // zero-fills and copies) into one roll, with bit-identical results.
+        let half = freqs.size()[freqs.dim() - 1];
+        let signed_sin = Tensor::f_cat(
+            &[
+                sin.f_narrow(-1, 0, half)?.f_neg()?,
+                sin.f_narrow(-1, half, half)?,
+            ],
+            -1,
+        )?;
         Ok(RotaryTables {
             cos: emb.f_cos()?.f_to_kind(kind)?,
-            sin: emb.f_sin()?.f_to_kind(kind)?,
+            signed_sin: signed_sin.f_to_kind(kind)?,
         })
     }
 }
 
-/// cos/sin `[batch, 1, seq, head_dim]` for the positions of one forward pass.
+/// cos and sign-folded sin `[batch, 1, seq, head_dim]` for the positions of one
+/// forward pass.
 #[derive(Debug)]
 pub struct RotaryTables {
     cos: Tensor,
-    sin: Tensor,
+    /// `[-sin | sin]` over the two halves of each head.
+    signed_sin: Tensor,
 }
 
 impl RotaryTables {
     /// Rotates `xs` `[batch, heads, seq, head_dim]`.
     pub fn apply(&self, xs: &Tensor) -> Result<Tensor> {
         let half = xs.size()[3] / 2;
-        let x1 = xs.f_narrow(3, 0, half)?;
-        let x2 = xs.f_narrow(3, half, half)?;
-        let rotated = Tensor::f_cat(&[x2.f_neg()?, x1], 3)?;
-        Ok(xs.f_mul(&self.cos)?.f_add(&rotated.f_mul(&self.sin)?)?)
+        let swapped = xs.f_roll([half], [3])?;
+        Ok(xs
+            .f_mul(&self.cos)?
+            .f_add(&swapped.f_mul(&self.signed_sin)?)?)
     }
 }

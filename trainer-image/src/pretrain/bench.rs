@@ -14,6 +14,7 @@ use tch::{Device, Kind, Tensor, nn};
 
 use super::plan::model_config;
 use crate::train::loss::summed_loss;
+use crate::train::memory;
 use crate::train::optimizer::{AdamW, AdamWConfig};
 
 /// Options of `trainer bench pretrain`.
@@ -98,6 +99,9 @@ impl Timing {
 /// Timing of our training step.
 fn ours(o: &Options) -> anyhow::Result<Timing> {
     let config = model_config(&architecture(o)?, o.vocab, 0, 0);
+    // As `trainer pretrain` does; the reference runs in its own process with
+    // PyTorch's defaults.
+    memory::keep_freed_memory();
     tch::manual_seed(0);
     let device = super::device();
     // Phase times need the GPU's queue drained at each boundary.

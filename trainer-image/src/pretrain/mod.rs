@@ -26,9 +26,9 @@ pub use plan::{Plan, plan};
 use crate::artifact::DatasetArtifact;
 use crate::progress::Reporter;
 use crate::train::checkpoint::Checkpoints;
-use crate::train::distributed;
 use crate::train::interrupt::Interrupt;
 use crate::train::mirror::Mirror;
+use crate::train::{distributed, memory};
 
 /// Command-line overrides of the resource.
 #[derive(Clone, Debug, Default)]
@@ -162,7 +162,7 @@ pub async fn pretrain(
     let (checkpoint_root, checkpoints_uri, mirror) =
         checkpoint_location(&store, &Credentials::from_secret(secret), &name)?;
 
-    let collective = tokio::task::spawn_blocking(distributed::from_env)
+    let collective = tokio::task::spawn_blocking(|| distributed::from_env(device()))
         .await
         .map_err(|e| PretrainError::Io {
             op: "join the data-parallel group".into(),
@@ -181,6 +181,7 @@ pub async fn pretrain(
     );
 
     let session_reporter = if rank == 0 { reporter.clone() } else { None };
+    memory::keep_freed_memory();
     let checkpoints = Checkpoints::new(checkpoint_root, plan.checkpoints_kept);
     let (trained, dataset) = {
         let plan = plan.clone();

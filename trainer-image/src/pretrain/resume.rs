@@ -11,7 +11,6 @@ use super::PretrainError;
 use super::report::now;
 use super::run::{Loop, TRAIN_LOG};
 use crate::train::checkpoint::OPTIMIZER_FILE;
-use crate::train::distributed::{flatten, unflatten};
 
 impl Loop<'_> {
     /// Continues from the newest complete checkpoint, if any.
@@ -81,9 +80,7 @@ impl Loop<'_> {
             return Ok(());
         }
         let params: Vec<Tensor> = self.opt.parameters().map(Tensor::shallow_clone).collect();
-        let mut flat = flatten(&params)?;
-        self.s.collective.broadcast(&mut flat)?;
-        unflatten(&flat, &params)?;
+        self.s.collective.broadcast(&params)?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use crate::artifact::DatasetArtifact;
 use crate::progress::Reporter;
 use crate::train::checkpoint::{Checkpoints, OPTIMIZER_FILE, TrainerState};
 use crate::train::data::{self, Loader, MicroBatch};
-use crate::train::distributed::{Collective, flatten, unflatten};
+use crate::train::distributed::Collective;
 use crate::train::interrupt::Interrupt;
 use crate::train::loss::{evaluate, summed_loss};
 use crate::train::mirror::Mirror;
@@ -275,14 +275,13 @@ impl Loop<'_> {
         }
         // The loss sum and the stop flag ride along with the gradients: one
         // exchange per step.
-        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
-        let mut flat = flatten(&grads)?;
-        let n = flat.len();
-        flat.push(local_sum as f32);
-        flat.push(if requested { 1.0 } else { 0.0 });
-        self.s.collective.all_reduce_mean(&mut flat)?;
-        unflatten(&flat[..n], &grads)?;
-        Ok((flat[n] as f64 * world as f64 / targets, flat[n + 1] > 0.0))
+        let mut tensors: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        let extra = Tensor::f_from_slice(&[local_sum as f32, if requested { 1.0 } else { 0.0 }])?
+            .f_to_device(self.s.device)?;
+        tensors.push(extra.shallow_clone());
+        self.s.collective.all_reduce_mean(&tensors)?;
+        let (sum, stop) = (extra.f_double_value(&[0])?, extra.f_double_value(&[1])?);
+        Ok((sum * world as f64 / targets, stop > 0.0))
     }
 
     /// Logging, evaluation, periodic checkpoints and progress after an update.

@@ -5,7 +5,8 @@
 //! one-process case; [`TcpCollective`] connects the ranks of `torchrun`-style
 //! environment variables (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`) in a
 //! star around rank 0, which reduces in rank order so every run is reproducible.
-//! Tensors on a GPU go through host memory.
+//! It is the CPU backend; on CUDA, [`from_env`] uses the TCP group only to set up
+//! NCCL ([`super::nccl`]), which then reduces on the GPUs.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -33,6 +34,8 @@ pub enum CollectiveError {
         "data-parallel group incomplete: rank(s) {missing} did not connect to rank 0 within {secs}s"
     )]
     Missing { missing: String, secs: f64 },
+    #[error("NCCL: {0}")]
+    Nccl(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
@@ -41,14 +44,13 @@ pub enum CollectiveError {
 pub trait Collective: Send {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
-    /// Replaces `data` on every rank with the element-wise mean over all ranks.
-    fn all_reduce_mean(&mut self, data: &mut [f32]) -> Result<(), CollectiveError>;
-    /// Replaces `data` on every rank with rank 0's.
-    fn broadcast(&mut self, data: &mut [f32]) -> Result<(), CollectiveError>;
+    /// Replaces every tensor, on every rank, with its element-wise mean over
+    /// all ranks. All ranks pass tensors of the same shapes in the same order.
+    fn all_reduce_mean(&mut self, tensors: &[Tensor]) -> Result<(), CollectiveError>;
+    /// Replaces every tensor on every rank with rank 0's.
+    fn broadcast(&mut self, tensors: &[Tensor]) -> Result<(), CollectiveError>;
     /// Returns once every rank has called it.
-    fn barrier(&mut self) -> Result<(), CollectiveError> {
-        self.all_reduce_mean(&mut [0.0])
-    }
+    fn barrier(&mut self) -> Result<(), CollectiveError>;
 }
 
 /// One process: every operation is the identity.
@@ -61,16 +63,33 @@ impl Collective for Single {
     fn world_size(&self) -> usize {
         1
     }
-    fn all_reduce_mean(&mut self, _: &mut [f32]) -> Result<(), CollectiveError> {
+    fn all_reduce_mean(&mut self, _: &[Tensor]) -> Result<(), CollectiveError> {
         Ok(())
     }
-    fn broadcast(&mut self, _: &mut [f32]) -> Result<(), CollectiveError> {
+    fn broadcast(&mut self, _: &[Tensor]) -> Result<(), CollectiveError> {
+        Ok(())
+    }
+    fn barrier(&mut self) -> Result<(), CollectiveError> {
         Ok(())
     }
 }
 
-/// Rank and world size from the environment, defaulting to a single process.
-pub fn from_env() -> Result<Box<dyn Collective>, CollectiveError> {
+/// Picks the backend: `LLMOPS_COLLECTIVE` (`nccl` or `tcp`) when set, else NCCL
+/// on CUDA and TCP on the CPU.
+fn use_nccl(device: Device) -> Result<bool, CollectiveError> {
+    match std::env::var("LLMOPS_COLLECTIVE").ok().as_deref() {
+        None | Some("") => Ok(device.is_cuda()),
+        Some("tcp") => Ok(false),
+        Some("nccl") => Ok(true),
+        Some(other) => Err(CollectiveError::Environment(format!(
+            "LLMOPS_COLLECTIVE={other} is not a backend (nccl or tcp)"
+        ))),
+    }
+}
+
+/// The group described by the environment for a rank on `device`, defaulting to
+/// a single process.
+pub fn from_env(device: Device) -> Result<Box<dyn Collective>, CollectiveError> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let parse = |name: &str, value: String| {
         value
@@ -94,12 +113,16 @@ pub fn from_env() -> Result<Box<dyn Collective>, CollectiveError> {
     let timeout = var("LLMOPS_DIST_TIMEOUT_SECONDS")
         .and_then(|v| v.parse().ok())
         .unwrap_or(600);
-    Ok(Box::new(TcpCollective::connect(
+    let tcp = TcpCollective::connect(
         rank,
         world,
         &format!("{addr}:{port}"),
         Duration::from_secs(timeout),
-    )?))
+    )?;
+    if use_nccl(device)? {
+        return Ok(Box::new(super::nccl::NcclCollective::join(tcp, device)?));
+    }
+    Ok(Box::new(tcp))
 }
 
 /// Ranks connected to rank 0 over TCP.
@@ -233,16 +256,10 @@ impl TcpCollective {
     }
 }
 
-impl Collective for TcpCollective {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-
-    fn world_size(&self) -> usize {
-        self.world
-    }
-
-    fn all_reduce_mean(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
+impl TcpCollective {
+    /// Replaces `data` on every rank with the element-wise mean over all ranks,
+    /// summed in rank order.
+    pub fn all_reduce_mean_host(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
         if self.rank == 0 {
             for peer in &mut self.peers {
                 Self::recv(peer, data, &mut self.buf, |acc, x| *acc += x)?;
@@ -259,7 +276,8 @@ impl Collective for TcpCollective {
         Ok(())
     }
 
-    fn broadcast(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
+    /// Replaces `data` on every rank with rank 0's.
+    pub fn broadcast_host(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
         if self.rank == 0 {
             for peer in &mut self.peers {
                 Self::send(peer, data, &mut self.buf)?;
@@ -268,6 +286,55 @@ impl Collective for TcpCollective {
             Self::recv(&mut self.peers[0], data, &mut self.buf, |slot, x| *slot = x)?;
         }
         Ok(())
+    }
+
+    /// Replaces `data` on every rank with rank 0's bytes (e.g. NCCL's unique id).
+    pub fn broadcast_bytes(&mut self, data: &mut [u8]) -> Result<(), CollectiveError> {
+        let len = (data.len() as u64).to_le_bytes();
+        if self.rank == 0 {
+            for peer in &mut self.peers {
+                peer.write_all(&len)?;
+                peer.write_all(data)?;
+            }
+        } else {
+            let mut got = [0u8; 8];
+            self.peers[0].read_exact(&mut got)?;
+            if got != len {
+                return Err(CollectiveError::Mismatch(format!(
+                    "rank 0 sent {} bytes where {} were expected",
+                    u64::from_le_bytes(got),
+                    data.len()
+                )));
+            }
+            self.peers[0].read_exact(data)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collective for TcpCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_mean(&mut self, tensors: &[Tensor]) -> Result<(), CollectiveError> {
+        let mut flat = flatten(tensors)?;
+        self.all_reduce_mean_host(&mut flat)?;
+        unflatten(&flat, tensors)
+    }
+
+    fn broadcast(&mut self, tensors: &[Tensor]) -> Result<(), CollectiveError> {
+        let mut flat = flatten(tensors)?;
+        self.broadcast_host(&mut flat)?;
+        unflatten(&flat, tensors)
+    }
+
+    fn barrier(&mut self) -> Result<(), CollectiveError> {
+        self.all_reduce_mean_host(&mut [0.0])
     }
 }
 
@@ -318,9 +385,15 @@ mod tests {
                     let mut c =
                         TcpCollective::connect(rank, 3, &addr, Duration::from_secs(20)).unwrap();
                     let mut data = vec![rank as f32, 10.0 * rank as f32];
-                    c.all_reduce_mean(&mut data).unwrap();
+                    c.all_reduce_mean_host(&mut data).unwrap();
                     let mut b = vec![rank as f32 + 5.0];
-                    c.broadcast(&mut b).unwrap();
+                    c.broadcast_host(&mut b).unwrap();
+                    let t = Tensor::from_slice(&[rank as f32 * 3.0]);
+                    c.all_reduce_mean(&[t.shallow_clone()]).unwrap();
+                    assert_eq!(t.double_value(&[0]), 3.0);
+                    let mut bytes = [rank as u8; 4];
+                    c.broadcast_bytes(&mut bytes).unwrap();
+                    assert_eq!(bytes, [0; 4]);
                     c.barrier().unwrap();
                     (data, b)
                 })

@@ -223,8 +223,13 @@ fn ambient_credential_env(secret: &str) -> Vec<EnvVar> {
         .collect()
 }
 
-/// `torchrun`-style data-parallel variables: the rank is the pod's completion
-/// index, and rank 0 is `<job>-0.<service>` (the Indexed Job's stable hostname).
+/// Processes the trainer starts in each pod, one per GPU.
+const PROCS_PER_POD_ENV: &str = "LLMOPS_PROCS_PER_POD";
+
+/// `torchrun`-style data-parallel variables of the pods: `RANK` is the pod's
+/// completion index and `WORLD_SIZE` the number of pods (the trainer turns them
+/// into per-GPU ranks), and rank 0 is `<job>-0.<service>` (the Indexed Job's
+/// stable hostname).
 fn data_parallel_env(name: &str, replicas: i32) -> Vec<EnvVar> {
     vec![
         EnvVar {
@@ -239,7 +244,6 @@ fn data_parallel_env(name: &str, replicas: i32) -> Vec<EnvVar> {
             ..EnvVar::default()
         },
         env("WORLD_SIZE", replicas.to_string()),
-        env("LOCAL_RANK", "0"),
         env(
             "MASTER_ADDR",
             format!("{}-0.{}", job_name(name), service_name(name)),
@@ -293,6 +297,12 @@ fn build_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
     }
     if replicas > 1 {
         job_env.extend(data_parallel_env(&name, replicas));
+    }
+    let gpus = spec.resources.gpus_per_replica;
+    if gpus > 1 {
+        // The trainer starts one process per GPU and gives each its LOCAL_RANK,
+        // global RANK (pod × gpus + local) and WORLD_SIZE (pods × gpus).
+        job_env.push(env(PROCS_PER_POD_ENV, gpus.to_string()));
     }
 
     let mut job = TrainerJob {

@@ -16,8 +16,10 @@
 //!   `LLMOPS_OUTPUT_URI`, `LLMOPS_PVC_ROOT`, the output Secret's
 //!   `LLMOPS_CRED_<SECRET>_*` and the dataset store's Secret under the plain key
 //!   names (the trainer reads the dataset with ambient credentials); with more than
-//!   one replica `RANK` (the completion index), `WORLD_SIZE`, `LOCAL_RANK=0`,
-//!   `MASTER_ADDR=<name>-pretrain-0.<name>-workers`, `MASTER_PORT=29500`.
+//!   one replica `RANK` (the completion index), `WORLD_SIZE` (pods),
+//!   `MASTER_ADDR=<name>-pretrain-0.<name>-workers`, `MASTER_PORT=29500`; with
+//!   more than one GPU per pod `LLMOPS_PROCS_PER_POD=<gpus>`, and the trainer runs
+//!   one rank per GPU (`LOCAL_RANK`, `RANK = pod × gpus + local`).
 //! - **Failures.** Disruptions and exit 143 (SIGTERM, checkpoint saved) are retried
 //!   without counting; exit 2 fails at once; other failures are retried up to
 //!   `failurePolicy.maxRestarts` group restarts, each resuming from the newest

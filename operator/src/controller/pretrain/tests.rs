@@ -234,12 +234,17 @@ mod validate_tests {
     }
 
     #[test]
-    fn more_gpus_per_pod_than_the_trainer_drives_are_rejected() {
-        let err = check("spec: {resources: {gpusPerReplica: 8}}", "{}").unwrap_err();
-        assert_eq!(err.field, "spec.resources.gpusPerReplica");
-        assert_eq!(
-            check("spec: {resources: {gpusPerReplica: 1}}", "{}"),
-            Ok(())
+    fn the_batch_must_split_evenly_over_every_gpu() {
+        // 32 rows in micro-batches of 8 (the fixture): 2 pods × 2 GPUs split
+        // evenly, one pod with 3 GPUs does not.
+        let ok = "spec: {resources: {replicas: 2, gpusPerReplica: 2}}";
+        assert_eq!(check(ok, "{}"), Ok(()));
+        let err = check("spec: {resources: {gpusPerReplica: 3}}", "{}").unwrap_err();
+        assert_eq!(err.field, "spec.training.batchSize");
+        assert!(
+            err.message.contains("1 replica(s) × 3 GPUs = 24"),
+            "{}",
+            err.message
         );
     }
 
@@ -419,7 +424,9 @@ mod build_tests {
         let job = &c.job;
         assert_eq!(pod_spec(job).subdomain.as_deref(), Some("base-workers"));
         assert_eq!(env_value(job, "WORLD_SIZE"), Some("4"));
-        assert_eq!(env_value(job, "LOCAL_RANK"), Some("0"));
+        // One GPU per pod: the pod's process is the rank; no launcher.
+        assert_eq!(env_value(job, "LOCAL_RANK"), None);
+        assert_eq!(env_value(job, "LLMOPS_PROCS_PER_POD"), None);
         assert_eq!(
             env_value(job, "MASTER_ADDR"),
             Some("base-pretrain-0.base-workers")
@@ -434,6 +441,24 @@ mod build_tests {
             trainer(job).ports.as_ref().unwrap()[0].container_port,
             29500
         );
+    }
+
+    #[test]
+    fn several_gpus_per_pod_run_one_trainer_process_per_gpu() {
+        let c = children("spec: {resources: {replicas: 2, gpusPerReplica: 2}}");
+        let job = &c.job;
+        assert_eq!(env_value(job, "LLMOPS_PROCS_PER_POD"), Some("2"));
+        // The pod-level values; the trainer derives each process's rank from them.
+        assert_eq!(env_value(job, "WORLD_SIZE"), Some("2"));
+        assert_eq!(env_value(job, "LOCAL_RANK"), None);
+        let limits = trainer(job)
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .as_ref()
+            .unwrap();
+        assert_eq!(limits["nvidia.com/gpu"].0, "2");
     }
 
     #[test]

@@ -13,10 +13,6 @@ use crate::workload::storage::pvc_claim;
 /// (and get the hostname) `<job>-<index>`.
 const MAX_DNS_LABEL: usize = 63;
 
-/// GPUs one trainer process drives: it runs one rank per pod on `cuda:LOCAL_RANK`,
-/// so more GPUs per pod would be allocated and left idle.
-const MAX_GPUS_PER_REPLICA: i32 = 1;
-
 /// A spec the operator cannot act on, and the field to change.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -90,22 +86,21 @@ pub fn validate(resolved: &Resolved) -> Result<(), Invalid> {
     }
 
     let training = &spec.training;
-    let per_step = training.micro_batch_size.max(1) * replicas;
+    // One rank per GPU (per pod on CPU): each takes an equal share of the batch.
+    let ranks = replicas * spec.resources.gpus_per_replica.max(1);
+    let per_step = training.micro_batch_size.max(1) * ranks;
     if training.batch_size % per_step != 0 {
+        let gpus = spec.resources.gpus_per_replica;
+        let ranks_text = if gpus > 1 {
+            format!("{replicas} replica(s) × {gpus} GPUs")
+        } else {
+            format!("{replicas} replica(s)")
+        };
         return invalid(
             "spec.training.batchSize",
             format!(
-                "{} must be a multiple of microBatchSize {} × {replicas} replica(s) = {per_step}, so every replica takes an equal share",
+                "{} must be a multiple of microBatchSize {} × {ranks_text} = {per_step}, so every rank takes an equal share",
                 training.batch_size, training.micro_batch_size
-            ),
-        );
-    }
-
-    if spec.resources.gpus_per_replica > MAX_GPUS_PER_REPLICA {
-        return invalid(
-            "spec.resources.gpusPerReplica",
-            format!(
-                "the trainer drives {MAX_GPUS_PER_REPLICA} GPU per pod; use resources.replicas to train on more GPUs"
             ),
         );
     }
