@@ -48,11 +48,16 @@ def main():
         ("sequence-length", 256), ("batch", 8), ("steps", 10), ("warmup", 2), ("threads", 0),
     ]:
         p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
     args = p.parse_args()
+    device = torch.device(args.device)
+    autocast = args.bf16 and device.type == "cuda"
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build(args).train()
+    model = build(args).to(device).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -61,16 +66,19 @@ def main():
         betas=(0.9, 0.95),
         eps=1e-8,
     )
-    tokens = torch.randint(args.vocab, (args.batch, args.sequence_length + 1))
+    tokens = torch.randint(args.vocab, (args.batch, args.sequence_length + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
     totals = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0, "step": 0.0}
     for i in range(args.warmup + args.steps):
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        logits = model(input_ids=x).logits
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=x).logits
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        sync()
         forward = time.perf_counter()
         loss.backward()
+        sync()
         backward = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -51,6 +51,14 @@ pub struct Options {
     /// Threads for both sides (default: libtorch's default).
     #[arg(long)]
     pub threads: Option<i32>,
+    /// On a GPU, train in bf16 as `trainer pretrain` does (fp32 AdamW masters);
+    /// the reference then uses bf16 autocast.
+    #[arg(long)]
+    pub bf16: bool,
+    /// The device's peak dense TFLOP/s at the benchmark's precision, to report
+    /// model FLOPs utilisation (MFU).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
     /// Python with torch and transformers.
     #[arg(long, env = "LLMOPS_PYTHON", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python"))]
     pub python: PathBuf,
@@ -110,8 +118,11 @@ fn ours(o: &Options) -> anyhow::Result<Timing> {
             tch::Cuda::synchronize(i as i64);
         }
     };
-    let vs = nn::VarStore::new(device);
+    let mut vs = nn::VarStore::new(device);
     let model = llmops_model::Model::new(&vs.root(), &config)?;
+    if o.bf16 && device.is_cuda() {
+        vs.bfloat16();
+    }
     let mut opt = AdamW::new(
         &vs,
         AdamWConfig {
@@ -174,6 +185,15 @@ fn reference(o: &Options, threads: i32) -> anyhow::Result<Timing> {
         .args(["--steps", &o.steps.to_string()])
         .args(["--warmup", &WARMUP.to_string()])
         .args(["--threads", &threads.to_string()])
+        .args([
+            "--device",
+            if super::device().is_cuda() {
+                "cuda"
+            } else {
+                "cpu"
+            },
+        ])
+        .args(if o.bf16 { &["--bf16"][..] } else { &[] })
         .output()
         .with_context(|| format!("cannot run {}", o.python.display()))?;
     if !out.status.success() {
@@ -198,6 +218,30 @@ fn reference(o: &Options, threads: i32) -> anyhow::Result<Timing> {
     })
 }
 
+/// Training FLOPs per token: 6 per weight of every matrix multiply (forward
+/// and backward) plus attention's scores and weighted sums, 12 × layers ×
+/// hidden × sequence length (the PaLM accounting; causal masking not
+/// subtracted). Lookup tables (position embeddings, an untied input embedding)
+/// do no multiplies.
+fn flops_per_token(o: &Options) -> anyhow::Result<f64> {
+    let config = model_config(&architecture(o)?, o.vocab, 0, 0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = llmops_model::Model::new(&vs.root(), &config)?;
+    let mut weights: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(Tensor::numel)
+        .sum::<usize>() as i64;
+    if let Some(wpe) = &model.embed_positions {
+        weights -= wpe.numel() as i64;
+    }
+    if !config.tie_word_embeddings {
+        weights -= model.embed_tokens.numel() as i64;
+    }
+    let attention = 12 * config.num_layers * config.hidden_size * o.sequence_length;
+    Ok((6 * weights + attention) as f64)
+}
+
 /// Runs both sides and prints the comparison.
 pub fn run(o: &Options) -> anyhow::Result<()> {
     if let Some(t) = o.threads {
@@ -206,9 +250,15 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let threads = tch::get_num_threads();
     let tokens = (o.batch * o.sequence_length) as f64;
     let device = super::device();
-    if device != Device::Cpu {
-        println!("device: {device:?} (the reference runs on the same device only for CPU)");
-    }
+    println!(
+        "device: {device:?}{}",
+        if o.bf16 && device.is_cuda() {
+            ", bf16"
+        } else {
+            ""
+        }
+    );
+    let flops_per_token = flops_per_token(o)?;
     let worst = Timing {
         step: f64::INFINITY,
         ..Timing::default()
@@ -229,13 +279,14 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         o.family, o.layers, o.hidden, o.heads, o.vocab, o.batch, o.sequence_length
     );
     for (who, t) in [("trainer (tch):", ours_t), ("pytorch eager:", theirs_t)] {
+        let tokens_per_s = tokens * 1000.0 / t.step;
+        let tflops = tokens_per_s * flops_per_token / 1e12;
+        let mfu = o.peak_tflops.map_or_else(String::new, |peak| {
+            format!(", MFU {:.1}%", 100.0 * tflops / peak)
+        });
         println!(
-            "{who:16} {:8.1} ms/step {:10.0} tokens/s  (forward {:.1}, backward {:.1}, optimizer {:.1} ms)",
-            t.step,
-            tokens * 1000.0 / t.step,
-            t.forward,
-            t.backward,
-            t.optimizer
+            "{who:16} {:8.1} ms/step {tokens_per_s:10.0} tokens/s {tflops:8.3} TFLOP/s{mfu}  (forward {:.1}, backward {:.1}, optimizer {:.1} ms)",
+            t.step, t.forward, t.backward, t.optimizer
         );
     }
     println!(
