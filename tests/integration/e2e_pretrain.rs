@@ -1,6 +1,8 @@
 //! End to end, PretrainJob: the real operator and the real `trainer prepare` and
 //! `trainer pretrain`, replayed from the operator's pod specs, on the real control
 //! plane: waiting for the Dataset, lineage, a preemption, suspend and resume.
+//! The pod asks for two GPUs, so each replayed pod runs the trainer's launcher
+//! with one rank per GPU (on CPU here, over TCP), as on a multi-GPU node.
 
 use std::time::{Duration, Instant};
 
@@ -39,10 +41,10 @@ fn pretrain_job() -> Value {
             "datasetRef": {"name": DATASET},
             "model": {"family": "llama", "layers": 1, "heads": 2, "kvHeads": 1,
                       "hidden": 32, "contextLength": 64},
-            "training": {"maxSteps": STEPS, "batchSize": 8, "microBatchSize": 8,
+            "training": {"maxSteps": STEPS, "batchSize": 8, "microBatchSize": 4,
                          "learningRate": 3.0e-3, "warmupSteps": 5,
                          "evalEvery": 100, "checkpointEvery": 100},
-            "resources": {"gpusPerReplica": 1, "cpu": "2", "memory": "2Gi"},
+            "resources": {"gpusPerReplica": 2, "cpu": "2", "memory": "2Gi"},
         }
     })
 }
@@ -214,15 +216,25 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
     )
     .await?;
 
-    // The Job: GPUs from the operator's resource name, restricted, disruption-aware.
+    // The Job: GPUs from the operator's resource name, one trainer process per
+    // GPU, restricted, disruption-aware.
     let job = wait_for_job(&mut operator, &client, JOB).await?;
     ensure_restricted(&job)?;
     let spec = serde_json::to_value(job.spec.as_ref().context("Job without spec")?)?;
     let container = &spec["template"]["spec"]["containers"][0];
     ensure!(
-        container["resources"]["limits"]["nvidia.com/gpu"] == "1",
+        container["resources"]["limits"]["nvidia.com/gpu"] == "2",
         "no GPU limit: {}",
         container["resources"]
+    );
+    ensure!(
+        container["env"]
+            .as_array()
+            .is_some_and(|env| env.iter().any(
+                |e| e["name"] == "LLMOPS_PROCS_PER_POD" && e["value"] == "2"
+            )),
+        "no process per GPU: {}",
+        container["env"]
     );
     ensure!(
         spec["podFailurePolicy"]["rules"]
@@ -282,6 +294,11 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
         exit.code == EXIT_INTERRUPTED,
         "the preempted trainer exited {}:\n{}",
         exit.code,
+        tail(&exit.log, 30)
+    );
+    ensure!(
+        exit.log.contains("rank=1 world=2"),
+        "the pod did not run a second rank:\n{}",
         tail(&exit.log, 30)
     );
     let preempted_at = interrupted_step(&exit.message)?;
