@@ -228,11 +228,9 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
         container["resources"]
     );
     ensure!(
-        container["env"]
-            .as_array()
-            .is_some_and(|env| env.iter().any(
-                |e| e["name"] == "LLMOPS_PROCS_PER_POD" && e["value"] == "2"
-            )),
+        container["env"].as_array().is_some_and(|env| env
+            .iter()
+            .any(|e| e["name"] == "LLMOPS_PROCS_PER_POD" && e["value"] == "2")),
         "no process per GPU: {}",
         container["env"]
     );
