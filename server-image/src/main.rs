@@ -1,31 +1,184 @@
-//! `server --model URI [--port] [--api-key-file]`: the OpenAI-compatible inference
-//! server (DESIGN §3). This version does not serve yet; ModelDeployments are marked
-//! Stalled by the operator, and the command says so instead of pretending to run.
+//! `server --model URI [--port] [--api-key-file]`: serves a model directory
+//! (Hugging Face layout) over an OpenAI-compatible HTTP API.
+//!
+//! The HTTP port opens at once (`/healthz` answers, `/readyz` says 503) and the
+//! model loads in the background; a model that cannot be loaded ends the
+//! process with one line saying why.
 
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use clap::Parser;
+use llmops_server::api::{AppState, router};
+use llmops_server::load::{self, DtypeChoice};
+use llmops_server::metrics::Metrics;
+use llmops_store::Credentials;
 
 /// Serve a model over an OpenAI-compatible HTTP API.
 #[derive(Parser, Debug)]
 #[command(name = "server", version)]
 struct Cli {
-    /// Model directory URI (Hugging Face layout).
+    /// Model directory URI (Hugging Face layout): file://, pvc://, s3://, gs://,
+    /// az:// or a plain path.
     #[arg(long)]
     model: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
     /// Port to listen on.
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// File with accepted API keys, one per line.
+    /// File with the accepted API keys, one per line. Without it the API is open.
     #[arg(long)]
-    api_key_file: Option<std::path::PathBuf>,
+    api_key_file: Option<PathBuf>,
+    /// The model id clients send (`model`); defaults to the URI's last segment.
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Secret whose keys (as LLMOPS_CRED_<SECRET>_<KEY> variables) reach the
+    /// model's object store.
+    #[arg(long, env = "LLMOPS_MODEL_CREDENTIALS_SECRET")]
+    credentials_secret: Option<String>,
+    /// Weight precision.
+    #[arg(long, value_enum, default_value_t = DtypeChoice::Auto)]
+    dtype: DtypeChoice,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 16)]
+    max_batch_size: usize,
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+/// Keys from the file, one per line; blank lines and surrounding spaces ignored.
+fn read_keys(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --api-key-file {}: {e}", path.display()))?;
+    let keys: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if keys.is_empty() {
+        return Err(format!(
+            "--api-key-file {} has no keys; add one per line, or leave the option out to serve without authentication",
+            path.display()
+        ));
+    }
+    Ok(keys)
+}
+
+fn default_name(uri: &str) -> String {
+    uri.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("model")
+        .to_string()
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing the requests in flight");
 }
 
 fn main() -> ExitCode {
+    // Workspace builds enable more than one rustls backend; pick one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let cli = Cli::parse();
-    eprintln!(
-        "error: serving {} is not available in this llmops version; the inference server is not built yet",
-        cli.model
-    );
-    ExitCode::from(2)
+    let api_keys = match cli.api_key_file.as_deref().map(read_keys).transpose() {
+        Ok(keys) => keys.unwrap_or_default(),
+        Err(e) => return fail(&e),
+    };
+    if api_keys.is_empty() {
+        tracing::warn!("no --api-key-file: the API accepts requests without a key");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(serve(cli, api_keys))
+}
+
+async fn serve(cli: Cli, api_keys: Vec<String>) -> ExitCode {
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(AppState {
+        served: OnceLock::new(),
+        api_keys,
+        metrics: metrics.clone(),
+    });
+    let address = format!("{}:{}", cli.host, cli.port);
+    let listener = match tokio::net::TcpListener::bind(&address).await {
+        Ok(l) => l,
+        Err(e) => return fail(&format!("cannot listen on {address}: {e}")),
+    };
+    tracing::info!(%address, "listening");
+
+    let loader_state = state.clone();
+    tokio::spawn(async move {
+        let name = cli
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| default_name(&cli.model));
+        let credentials = Credentials::from_secret(cli.credentials_secret.as_deref());
+        let result = async {
+            let dir = load::fetch(&cli.model, &credentials).await?;
+            let served = tokio::task::spawn_blocking(move || {
+                load::load(
+                    &dir.path,
+                    name,
+                    cli.dtype,
+                    cli.max_batch_size,
+                    metrics.clone(),
+                )
+                .map(|served| (served, dir, metrics))
+            })
+            .await??;
+            anyhow::Ok(served)
+        }
+        .await;
+        match result {
+            Ok((served, dir, metrics)) => {
+                // Everything is in memory now; a downloaded copy is deleted.
+                drop(dir);
+                let _ = loader_state.served.set(Arc::new(served));
+                metrics.ready.set(1);
+                tracing::info!("ready");
+            }
+            Err(e) => {
+                eprintln!("error: cannot serve {}: {e:#}", cli.model);
+                std::process::exit(1);
+            }
+        }
+    });
+
+    match axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("the HTTP server failed: {e}")),
+    }
 }

@@ -1,0 +1,368 @@
+//! The generation engine: one thread owns the model and decodes every running
+//! request together (continuous batching).
+//!
+//! Each loop iteration admits waiting requests (one prefill each, then their
+//! KV caches join the running batch's cache, left-padded), runs one decoding
+//! step for the whole batch, samples a token per sequence, streams the new text
+//! to its request, and drops finished or abandoned sequences from the batch. A
+//! request therefore starts within one step of arriving instead of waiting for
+//! the batch before it to finish, and a long answer does not hold up short ones.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use llmops_model::{KvCache, LogitsProcessor, Model, Sampling, StopMatch, StopSequences};
+use tch::{Device, Kind, Tensor};
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// One request for text after `prompt`.
+#[derive(Debug)]
+pub struct Request {
+    pub prompt: Vec<i64>,
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    pub seed: u64,
+    pub stop: StopSequences,
+    /// Receives the text as it is generated, then exactly one `Done` or `Failed`.
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// What a request hears back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text (never empty).
+    Text(String),
+    Done(Finish),
+    /// Generation failed; the message is safe to show to the client.
+    Failed(String),
+}
+
+/// Why and after how many tokens a request finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// OpenAI's `finish_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Sends requests to the engine thread.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+/// The engine thread has stopped (it only stops when the process does).
+#[derive(Debug, thiserror::Error)]
+#[error("the generation engine has stopped")]
+pub struct EngineStopped;
+
+impl Engine {
+    /// Starts the engine thread. `max_batch` bounds the sequences decoded together.
+    pub fn start(
+        model: Model,
+        tokenizer: Arc<Tokenizer>,
+        eos_token_ids: Vec<i64>,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = Worker {
+            model,
+            tokenizer,
+            eos_token_ids,
+            max_batch: max_batch.max(1),
+            metrics,
+            requests: rx,
+            running: Vec::new(),
+            cache: KvCache::new(0),
+        };
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || worker.run())
+            .expect("cannot start the engine thread");
+        Engine { requests: tx }
+    }
+
+    pub fn submit(&self, request: Request) -> Result<(), EngineStopped> {
+        self.requests.send(request).map_err(|_| EngineStopped)
+    }
+}
+
+/// A request being decoded.
+struct Sequence {
+    events: mpsc::UnboundedSender<Event>,
+    sampler: LogitsProcessor,
+    stop: StopSequences,
+    max_new_tokens: usize,
+    prompt_tokens: usize,
+    generated: Vec<u32>,
+    /// Bytes of the decoded text already sent.
+    sent: usize,
+    /// The token to feed at the next decoding step.
+    next_input: i64,
+}
+
+impl Sequence {
+    fn send(&self, event: Event) {
+        // A closed channel means the client left; the next step drops the sequence.
+        let _ = self.events.send(event);
+    }
+
+    /// Sends `text[self.sent..end]` if non-empty.
+    fn emit(&mut self, text: &str, end: usize) {
+        if end > self.sent
+            && let Some(delta) = text.get(self.sent..end)
+        {
+            self.send(Event::Text(delta.to_string()));
+            self.sent = end;
+        }
+    }
+
+    fn finish(&self, reason: FinishReason) -> Option<FinishReason> {
+        self.send(Event::Done(Finish {
+            reason,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.generated.len(),
+        }));
+        Some(reason)
+    }
+
+    /// Takes one sampled token; returns why the sequence ended, if it did.
+    fn accept(
+        &mut self,
+        token: i64,
+        tokenizer: &Tokenizer,
+        eos: &[i64],
+    ) -> Result<Option<FinishReason>, String> {
+        if eos.contains(&token) {
+            let text = decode(tokenizer, &self.generated)?;
+            self.emit(&text, text.len());
+            return Ok(self.finish(FinishReason::Stop));
+        }
+        self.generated.push(token as u32);
+        self.next_input = token;
+        let text = decode(tokenizer, &self.generated)?;
+        match self.stop.check(&text) {
+            StopMatch::Stopped { at } => {
+                self.emit(&text, at);
+                Ok(self.finish(FinishReason::Stop))
+            }
+            StopMatch::Continue { safe } if self.generated.len() < self.max_new_tokens => {
+                // A trailing U+FFFD is an incomplete UTF-8 character whose
+                // remaining bytes come with the next token: hold it back.
+                let safe = text[..safe].trim_end_matches('\u{FFFD}').len();
+                self.emit(&text, safe);
+                Ok(None)
+            }
+            StopMatch::Continue { .. } => {
+                self.emit(&text, text.len());
+                Ok(self.finish(FinishReason::Length))
+            }
+        }
+    }
+}
+
+fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String, String> {
+    tokenizer
+        .decode(ids, true)
+        .map_err(|e| format!("cannot decode the generated tokens: {e}"))
+}
+
+struct Worker {
+    model: Model,
+    tokenizer: Arc<Tokenizer>,
+    eos_token_ids: Vec<i64>,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+    requests: mpsc::UnboundedReceiver<Request>,
+    /// Row `i` of `cache` belongs to `running[i]`.
+    running: Vec<Sequence>,
+    cache: KvCache,
+}
+
+impl Worker {
+    fn run(mut self) {
+        self.cache = self.model.new_cache();
+        loop {
+            if self.running.is_empty() {
+                // Idle: sleep until a request comes (or the server stops).
+                match self.requests.blocking_recv() {
+                    Some(request) => self.admit(request),
+                    None => return,
+                }
+            }
+            while self.running.len() < self.max_batch {
+                match self.requests.try_recv() {
+                    Ok(request) => self.admit(request),
+                    Err(_) => break,
+                }
+            }
+            self.metrics
+                .running_sequences
+                .set(self.running.len() as i64);
+            if !self.running.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    /// Prefills `request` and adds it to the running batch, unless it is
+    /// already finished (one token asked for, an immediate stop) or abandoned.
+    fn admit(&mut self, request: Request) {
+        if request.events.is_closed() {
+            return;
+        }
+        let started = Instant::now();
+        let mut cache = self.model.new_cache();
+        let logits = Tensor::f_from_slice(&request.prompt)
+            .and_then(|t| t.f_unsqueeze(0))
+            .map_err(|e| e.to_string())
+            .and_then(|ids| {
+                self.model
+                    .forward_last(&ids, None, &mut cache)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|l| host_rows(&l));
+        let mut seq = Sequence {
+            events: request.events,
+            sampler: LogitsProcessor::new(request.seed, request.sampling),
+            stop: request.stop,
+            max_new_tokens: request.max_new_tokens,
+            prompt_tokens: request.prompt.len(),
+            generated: Vec::new(),
+            sent: 0,
+            next_input: 0,
+        };
+        let rows = match logits {
+            Ok(rows) => rows,
+            Err(e) => {
+                seq.send(Event::Failed(format!("generation failed: {e}")));
+                return;
+            }
+        };
+        self.metrics
+            .prefill_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .prompt_tokens
+            .inc_by(request.prompt.len() as u64);
+        match self.sample_into(&mut seq, &rows[0]) {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => return,
+        }
+        if let Err(e) = self.cache.append(cache) {
+            seq.send(Event::Failed(format!("generation failed: {e}")));
+            return;
+        }
+        self.running.push(seq);
+    }
+
+    /// Samples the next token of `seq` from its logits row.
+    fn sample_into(&self, seq: &mut Sequence, logits: &[f32]) -> Result<Option<FinishReason>, ()> {
+        let token = match seq.sampler.sample_slice(logits) {
+            Ok(t) => t as i64,
+            Err(e) => {
+                seq.send(Event::Failed(format!("sampling failed: {e}")));
+                return Err(());
+            }
+        };
+        match seq.accept(token, &self.tokenizer, &self.eos_token_ids) {
+            Ok(finished) => {
+                if !self.eos_token_ids.contains(&token) {
+                    self.metrics.generated_tokens.inc();
+                }
+                Ok(finished)
+            }
+            Err(e) => {
+                seq.send(Event::Failed(e));
+                Err(())
+            }
+        }
+    }
+
+    /// One decoding step for every running sequence.
+    fn step(&mut self) {
+        let inputs: Vec<i64> = self.running.iter().map(|s| s.next_input).collect();
+        let n = inputs.len() as i64;
+        let rows = Tensor::f_from_slice(&inputs)
+            .and_then(|t| t.f_view([n, 1]))
+            .map_err(|e| e.to_string())
+            .and_then(|ids| {
+                self.model
+                    .forward_last(&ids, None, &mut self.cache)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|l| host_rows(&l));
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The batch's cache is in an unknown state: fail every request in it.
+                for seq in self.running.drain(..) {
+                    seq.send(Event::Failed(format!("generation failed: {e}")));
+                }
+                self.cache.clear();
+                return;
+            }
+        };
+        let mut running = std::mem::take(&mut self.running);
+        let mut keep = Vec::with_capacity(running.len());
+        for (i, (seq, row)) in running.iter_mut().zip(&rows).enumerate() {
+            if seq.events.is_closed() {
+                continue;
+            }
+            if let Ok(None) = self.sample_into(seq, row) {
+                keep.push(i);
+            }
+        }
+        if keep.len() != running.len() {
+            let indices: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+            if let Err(e) = self.cache.retain(&indices) {
+                for &i in &keep {
+                    running[i].send(Event::Failed(format!("generation failed: {e}")));
+                }
+                self.cache.clear();
+                return;
+            }
+            let mut index = 0;
+            running.retain(|_| {
+                let kept = keep.binary_search(&index).is_ok();
+                index += 1;
+                kept
+            });
+        }
+        self.running = running;
+    }
+}
+
+/// Logits `[batch, vocab]` as one fp32 vector per row, on the host.
+fn host_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>, String> {
+    let host = logits
+        .f_to_kind(Kind::Float)
+        .and_then(|t| t.f_to(Device::Cpu))
+        .map_err(|e| e.to_string())?;
+    Vec::<Vec<f32>>::try_from(&host).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

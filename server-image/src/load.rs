@@ -1,0 +1,161 @@
+//! Loading the served model: fetch the directory behind `--model`, then the
+//! weights (Hugging Face layout), the tokenizer, the chat template and the
+//! end-of-sequence tokens.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use llmops_model::{Dtype, GenerationConfig, io};
+use llmops_store::{Credentials, Store};
+use tch::Device;
+use tokenizers::Tokenizer;
+use tokio::io::AsyncWriteExt;
+
+use crate::chat::ChatTemplate;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// A local copy of the model directory; a downloaded one is removed on drop.
+pub struct ModelDir {
+    pub path: PathBuf,
+    _download: Option<tempfile::TempDir>,
+}
+
+/// The directory behind `uri`: used in place for `file://`/`pvc://` (and plain
+/// paths), downloaded to a temporary directory from object stores.
+pub async fn fetch(uri: &str, credentials: &Credentials) -> anyhow::Result<ModelDir> {
+    let uri = if uri.contains("://") {
+        uri.to_string()
+    } else {
+        let path = std::path::absolute(uri).with_context(|| format!("bad model path {uri}"))?;
+        format!("file://{}", path.display())
+    };
+    let store = Store::open(&uri, credentials)?;
+    if let Some(root) = store.local_root() {
+        if !root.join(io::CONFIG_FILE).exists() {
+            bail!(
+                "{uri} is not a model directory: it has no {}",
+                io::CONFIG_FILE
+            );
+        }
+        return Ok(ModelDir {
+            path: root.to_path_buf(),
+            _download: None,
+        });
+    }
+    let download = tempfile::tempdir().context("cannot create a download directory")?;
+    let entries = store.list().await?;
+    if !entries.iter().any(|e| e.name == io::CONFIG_FILE) {
+        bail!(
+            "{uri} is not a model directory: it has no {}",
+            io::CONFIG_FILE
+        );
+    }
+    for entry in entries {
+        let target = download.path().join(&entry.name);
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let mut file = tokio::fs::File::create(&target)
+            .await
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        let mut chunks = store.get(&entry.name).await?;
+        while let Some(chunk) = chunks.next().await {
+            file.write_all(&chunk?).await?;
+        }
+        file.flush().await?;
+    }
+    tracing::info!(%uri, "model downloaded");
+    Ok(ModelDir {
+        path: download.path().to_path_buf(),
+        _download: Some(download),
+    })
+}
+
+/// What `--dtype` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeChoice {
+    /// bf16 on a GPU, fp32 on the CPU.
+    Auto,
+    Float32,
+    Bfloat16,
+    Float16,
+}
+
+impl DtypeChoice {
+    fn resolve(self, device: Device) -> Dtype {
+        match self {
+            DtypeChoice::Auto if device.is_cuda() => Dtype::Bf16,
+            DtypeChoice::Auto | DtypeChoice::Float32 => Dtype::F32,
+            DtypeChoice::Bfloat16 => Dtype::Bf16,
+            DtypeChoice::Float16 => Dtype::F16,
+        }
+    }
+}
+
+/// The model being served, ready to take requests.
+#[derive(Debug)]
+pub struct Served {
+    pub name: String,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat: ChatTemplate,
+    /// Positions the model has: prompt plus completion must fit.
+    pub context_length: usize,
+    pub generation: GenerationConfig,
+    /// Unix seconds when loading finished (`created` in `/v1/models`).
+    pub created: u64,
+    pub engine: Engine,
+}
+
+/// Loads the model in `dir` onto the GPU if there is one and starts its engine.
+pub fn load(
+    dir: &Path,
+    name: String,
+    dtype: DtypeChoice,
+    max_batch: usize,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Served> {
+    let device = Device::cuda_if_available();
+    let dtype = dtype.resolve(device);
+    let loaded = io::load(dir, device, dtype)
+        .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    let tokenizer_path = dir.join(TOKENIZER_FILE);
+    let tokenizer = Tokenizer::from_file(&tokenizer_path)
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tokenizer_path.display()))?;
+    let chat = ChatTemplate::from_model_dir(dir)?;
+    let mut eos: Vec<i64> = loaded.generation_config.eos_token_id.clone();
+    if let Some(id) = chat.eos_token().and_then(|t| tokenizer.token_to_id(t))
+        && !eos.contains(&(id as i64))
+    {
+        eos.push(id as i64);
+    }
+    let context_length = loaded.model.config().max_position_embeddings as usize;
+    tracing::info!(
+        model = %name,
+        ?device,
+        ?dtype,
+        context_length,
+        chat_template = if chat.from_model { "model" } else { "fallback" },
+        "model loaded"
+    );
+    let tokenizer = Arc::new(tokenizer);
+    let generation = loaded.generation_config.clone();
+    // The model's tensors share storage with the parameter store, so the
+    // engine owning the model keeps the weights alive.
+    let engine = Engine::start(loaded.model, tokenizer.clone(), eos, max_batch, metrics);
+    Ok(Served {
+        name,
+        tokenizer,
+        chat,
+        context_length,
+        generation,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        engine,
+    })
+}
