@@ -97,14 +97,27 @@ impl DtypeChoice {
     }
 }
 
+/// Serving limits (0 means none beyond the model's own).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// Prompt plus completion, at most the model's context length.
+    pub max_context: usize,
+    /// Tokens one request may generate.
+    pub max_new_tokens: usize,
+}
+
 /// The model being served, ready to take requests.
 #[derive(Debug)]
 pub struct Served {
     pub name: String,
     pub tokenizer: Arc<Tokenizer>,
     pub chat: ChatTemplate,
-    /// Positions the model has: prompt plus completion must fit.
+    /// Positions a request may use: prompt plus completion must fit.
     pub context_length: usize,
+    /// Most tokens one request may generate (`usize::MAX`: no cap).
+    pub max_new_tokens: usize,
     pub generation: GenerationConfig,
     /// Unix seconds when loading finished (`created` in `/v1/models`).
     pub created: u64,
@@ -116,7 +129,7 @@ pub fn load(
     dir: &Path,
     name: String,
     dtype: DtypeChoice,
-    max_batch: usize,
+    limits: Limits,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Served> {
     let device = Device::cuda_if_available();
@@ -133,7 +146,11 @@ pub fn load(
     {
         eos.push(id as i64);
     }
-    let context_length = loaded.model.config().max_position_embeddings as usize;
+    let model_context = loaded.model.config().max_position_embeddings as usize;
+    let context_length = match limits.max_context {
+        0 => model_context,
+        cap => cap.min(model_context),
+    };
     tracing::info!(
         model = %name,
         ?device,
@@ -146,12 +163,22 @@ pub fn load(
     let generation = loaded.generation_config.clone();
     // The model's tensors share storage with the parameter store, so the
     // engine owning the model keeps the weights alive.
-    let engine = Engine::start(loaded.model, tokenizer.clone(), eos, max_batch, metrics);
+    let engine = Engine::start(
+        loaded.model,
+        tokenizer.clone(),
+        eos,
+        limits.max_batch,
+        metrics,
+    );
     Ok(Served {
         name,
         tokenizer,
         chat,
         context_length,
+        max_new_tokens: match limits.max_new_tokens {
+            0 => usize::MAX,
+            cap => cap,
+        },
         generation,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

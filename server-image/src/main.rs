@@ -6,7 +6,7 @@
 //! process with one line saying why.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
@@ -30,9 +30,19 @@ struct Cli {
     /// Port to listen on.
     #[arg(long, default_value_t = 8000)]
     port: u16,
-    /// File with the accepted API keys, one per line. Without it the API is open.
+    /// File with the accepted API keys, one per line. Without it (and without
+    /// LLMOPS_API_KEYS) the API is open.
     #[arg(long)]
     api_key_file: Option<PathBuf>,
+    /// Accepted API keys, separated by newlines or commas; meant to come from a
+    /// Secret (`secretKeyRef`), never from the command line.
+    #[arg(
+        long = "api-keys-env-only",
+        env = "LLMOPS_API_KEYS",
+        hide = true,
+        hide_env_values = true
+    )]
+    api_keys: Option<String>,
     /// The model id clients send (`model`); defaults to the URI's last segment.
     #[arg(long)]
     served_model_name: Option<String>,
@@ -46,6 +56,16 @@ struct Cli {
     /// Most sequences decoded together.
     #[arg(long, default_value_t = 16)]
     max_batch_size: usize,
+    /// Caps prompt plus completion below the model's own context length
+    /// (0: the model's).
+    #[arg(long, default_value_t = 0)]
+    max_context: usize,
+    /// Caps the tokens one request may generate (0: no cap beyond the context).
+    #[arg(long, default_value_t = 0)]
+    max_new_tokens: usize,
+    /// CPU threads for the model (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
 }
 
 fn fail(message: &str) -> ExitCode {
@@ -53,21 +73,37 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Keys from the file, one per line; blank lines and surrounding spaces ignored.
-fn read_keys(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read --api-key-file {}: {e}", path.display()))?;
-    let keys: Vec<String> = text
-        .lines()
+/// Keys separated by newlines or commas; blanks and surrounding spaces ignored.
+fn split_keys(text: &str) -> Vec<String> {
+    text.split(['\n', ','])
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(str::to_string)
-        .collect();
-    if keys.is_empty() {
-        return Err(format!(
-            "--api-key-file {} has no keys; add one per line, or leave the option out to serve without authentication",
-            path.display()
-        ));
+        .collect()
+}
+
+/// The accepted keys from `--api-key-file` and `LLMOPS_API_KEYS`. A source
+/// that is given but holds no key is an error: it would silently open the API.
+fn api_keys(cli: &Cli) -> Result<Vec<String>, String> {
+    let mut keys = Vec::new();
+    if let Some(path) = &cli.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --api-key-file {}: {e}", path.display()))?;
+        let found = split_keys(&text);
+        if found.is_empty() {
+            return Err(format!(
+                "--api-key-file {} has no keys; add one per line, or leave the option out to serve without authentication",
+                path.display()
+            ));
+        }
+        keys.extend(found);
+    }
+    if let Some(text) = &cli.api_keys {
+        let found = split_keys(text);
+        if found.is_empty() {
+            return Err("LLMOPS_API_KEYS is set but holds no key".into());
+        }
+        keys.extend(found);
     }
     Ok(keys)
 }
@@ -108,10 +144,13 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let api_keys = match cli.api_key_file.as_deref().map(read_keys).transpose() {
-        Ok(keys) => keys.unwrap_or_default(),
+    let api_keys = match api_keys(&cli) {
+        Ok(keys) => keys,
         Err(e) => return fail(&e),
     };
+    if cli.threads > 0 {
+        tch::set_num_threads(cli.threads);
+    }
     if api_keys.is_empty() {
         tracing::warn!("no --api-key-file: the API accepts requests without a key");
     }
@@ -146,14 +185,13 @@ async fn serve(cli: Cli, api_keys: Vec<String>) -> ExitCode {
         let result = async {
             let dir = load::fetch(&cli.model, &credentials).await?;
             let served = tokio::task::spawn_blocking(move || {
-                load::load(
-                    &dir.path,
-                    name,
-                    cli.dtype,
-                    cli.max_batch_size,
-                    metrics.clone(),
-                )
-                .map(|served| (served, dir, metrics))
+                let limits = load::Limits {
+                    max_batch: cli.max_batch_size,
+                    max_context: cli.max_context,
+                    max_new_tokens: cli.max_new_tokens,
+                };
+                load::load(&dir.path, name, cli.dtype, limits, metrics.clone())
+                    .map(|served| (served, dir, metrics))
             })
             .await??;
             anyhow::Ok(served)

@@ -142,10 +142,23 @@ fn completion_budget(
         ));
     }
     let room = context.saturating_sub(prompt_len);
+    let cap = served.max_new_tokens;
     let asked = match (plan.max_tokens, endpoint) {
+        (Some(m), _) if m > cap => {
+            let param = match endpoint {
+                Endpoint::Chat => "max_completion_tokens",
+                Endpoint::Completions => "max_tokens",
+            };
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "{param}: this server generates at most {cap} tokens per request, {m} were asked for"
+                ),
+            ));
+        }
         (Some(m), _) => m,
-        (None, Endpoint::Completions) => DEFAULT_COMPLETION_TOKENS.min(room),
-        (None, Endpoint::Chat) => room,
+        (None, Endpoint::Completions) => DEFAULT_COMPLETION_TOKENS.min(room).min(cap),
+        (None, Endpoint::Chat) => room.min(cap),
     };
     if room == 0 || asked > room {
         return Err(ApiError::invalid(

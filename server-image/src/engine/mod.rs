@@ -223,6 +223,10 @@ impl Worker {
                 .set(self.running.len() as i64);
             if !self.running.is_empty() {
                 self.step();
+                // Also after the step: an idle engine shows zero.
+                self.metrics
+                    .running_sequences
+                    .set(self.running.len() as i64);
             }
         }
     }
