@@ -1,6 +1,7 @@
 //! One controller per kind, each a pipeline resolve → validate → build → apply → status.
 
 pub mod dataset;
+pub mod deployment;
 pub mod pretrain;
 pub mod unsupported;
 
@@ -16,6 +17,7 @@ pub fn start_all(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Controll
     let mut runs = Vec::new();
     runs.extend(dataset::controllers(ctx, scope, stop));
     runs.extend(pretrain::controllers(ctx, scope, stop));
+    runs.extend(deployment::controllers(ctx, scope, stop));
     runs.extend(unsupported::controllers(ctx, scope, stop));
     runs
 }

@@ -1,5 +1,5 @@
 //! Kinds whose API is published but that this operator version does not run yet
-//! (FineTune, ModelDeployment). Rather than leaving such objects without a status —
+//! (FineTune). Rather than leaving such objects without a status —
 //! which reads as "still working" to GitOps tools — each is marked Stalled with a
 //! message saying so. No children are created and the object is left untouched, so
 //! a later version that runs the kind picks it up as it is.
@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use llmops_crds::{FineTune, ModelDeployment};
+use llmops_crds::FineTune;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -54,18 +54,6 @@ impl Unsupported for FineTune {
     }
 }
 
-impl Unsupported for ModelDeployment {
-    fn conditions(&self) -> &[Condition] {
-        self.status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default()
-    }
-    fn observed_generation(&self) -> Option<i64> {
-        self.status.as_ref().and_then(|s| s.observed_generation)
-    }
-}
-
 /// Why marking an object failed; always transient.
 #[derive(Debug, thiserror::Error)]
 #[error("failed to write the status of {object}: {source}")]
@@ -80,18 +68,12 @@ impl ReconcileError for Error {
     }
 }
 
-/// Controllers marking FineTunes and ModelDeployments as not run by this version.
+/// Controllers marking FineTunes as not run by this version.
 pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<ControllerRun> {
     let mut runs = Vec::new();
     for namespace in scope.targets() {
         runs.push(controller::<FineTune>(
             "FineTune",
-            ctx,
-            namespace.as_deref(),
-            stop,
-        ));
-        runs.push(controller::<ModelDeployment>(
-            "ModelDeployment",
             ctx,
             namespace.as_deref(),
             stop,

@@ -23,6 +23,25 @@ pub enum Outcome {
     Ready { reason: String, message: String },
     /// No progress without a change by the user: Ready=False, Stalled=True.
     Stalled { reason: String, message: String },
+    /// The desired state is not reached, but what runs still serves: Ready=True
+    /// about what serves, and `aside` (Reconciling=True while a change is in
+    /// flight, Stalled=True when the change cannot go through) about the change.
+    /// A model deployment rolling out, or failing to roll out, a new model while
+    /// the old one keeps serving.
+    ReadyWhile {
+        reason: String,
+        message: String,
+        aside: Aside,
+    },
+}
+
+/// The condition beside Ready=True in [`Outcome::ReadyWhile`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Aside {
+    /// Reconciling=True: a change is in flight.
+    Reconciling { reason: String, message: String },
+    /// Stalled=True: a change cannot go through without the user.
+    Stalled { reason: String, message: String },
 }
 
 impl Outcome {
@@ -44,6 +63,40 @@ impl Outcome {
         Self::Stalled {
             reason: reason.into(),
             message: message.into(),
+        }
+    }
+
+    /// Ready=True about what serves, Reconciling=True about the change in flight.
+    pub fn ready_reconciling(
+        reason: &str,
+        message: impl Into<String>,
+        aside_reason: &str,
+        aside_message: impl Into<String>,
+    ) -> Self {
+        Self::ReadyWhile {
+            reason: reason.into(),
+            message: message.into(),
+            aside: Aside::Reconciling {
+                reason: aside_reason.into(),
+                message: aside_message.into(),
+            },
+        }
+    }
+
+    /// Ready=True about what serves, Stalled=True about the change that failed.
+    pub fn ready_stalled(
+        reason: &str,
+        message: impl Into<String>,
+        aside_reason: &str,
+        aside_message: impl Into<String>,
+    ) -> Self {
+        Self::ReadyWhile {
+            reason: reason.into(),
+            message: message.into(),
+            aside: Aside::Stalled {
+                reason: aside_reason.into(),
+                message: aside_message.into(),
+            },
         }
     }
 
@@ -73,6 +126,20 @@ impl Outcome {
                 (READY, "False", reason, message),
                 (STALLED, "True", reason, message),
             ],
+            Outcome::ReadyWhile {
+                reason,
+                message,
+                aside,
+            } => {
+                let (type_, aside_reason, aside_message) = match aside {
+                    Aside::Reconciling { reason, message } => (RECONCILING, reason, message),
+                    Aside::Stalled { reason, message } => (STALLED, reason, message),
+                };
+                vec![
+                    (READY, "True", reason, message),
+                    (type_, "True", aside_reason, aside_message),
+                ]
+            }
         }
     }
 }
@@ -239,6 +306,26 @@ mod tests {
         });
         let next = next_conditions(&current, &outcome, Some(1), &at(5));
         assert!(owned_conditions_equal(&current, &next));
+    }
+
+    #[test]
+    fn ready_while_keeps_ready_true_beside_reconciling_or_stalled() {
+        let rolling = Outcome::ready_reconciling("Serving", "old serves", "RollingOut", "new");
+        let next = next_conditions(&[], &rolling, Some(2), &at(0));
+        assert_eq!(get(&next, READY).status, "True");
+        assert_eq!(get(&next, RECONCILING).status, "True");
+        assert_eq!(get(&next, RECONCILING).reason, "RollingOut");
+        assert!(find(&next, STALLED).is_none());
+
+        let failed = Outcome::ready_stalled("Serving", "old serves", "RolloutFailed", "new failed");
+        let after = next_conditions(&next, &failed, Some(2), &at(5));
+        // Ready did not flip: its time stays.
+        assert_eq!(get(&after, READY).last_transition_time, at(0));
+        assert_eq!(get(&after, STALLED).message, "new failed");
+        assert!(find(&after, RECONCILING).is_none());
+        let flips = transitions(&next, &after);
+        assert_eq!(flips.len(), 1);
+        assert!(flips[0].is_problem);
     }
 
     #[test]

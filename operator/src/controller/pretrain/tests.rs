@@ -696,7 +696,10 @@ status:
         match outcome {
             Outcome::Progressing { reason, message }
             | Outcome::Ready { reason, message }
-            | Outcome::Stalled { reason, message } => (reason, message),
+            | Outcome::Stalled { reason, message }
+            | Outcome::ReadyWhile {
+                reason, message, ..
+            } => (reason, message),
             Outcome::FirstSight => ("", ""),
         }
     }

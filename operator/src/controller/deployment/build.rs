@@ -1,0 +1,363 @@
+//! Build: the children of a ModelDeployment, as a pure function of the object,
+//! the resolved model and the operator's settings.
+//!
+//! For ModelDeployment `<name>`:
+//! - Deployment `<name>-server`: `server --model <uri> ...` pods, rolled with
+//!   `maxUnavailable: 0, maxSurge: 1`, so a new model whose pods never become
+//!   ready leaves every old pod serving;
+//! - Service `<name>` (`spec.service.type`), port `spec.service.port` → `http`;
+//! - PodDisruptionBudget `<name>-server` (`maxUnavailable: 1`) with more than
+//!   one replica, so a node drain never takes every server at once.
+//!
+//! The pod template carries the model's URI and digest as annotations: a new
+//! artifact at the same URI (a re-trained PretrainJob) rolls the pods too, and the
+//! status reads which model a Deployment revision serves from them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use llmops_crds::ModelDeployment;
+use llmops_crds::deployment::{ServeDtype, ServiceType};
+
+use super::resolve::Model;
+use crate::config::OperatorConfig;
+use crate::runtime::apply::{COMPONENT_LABEL, child_labels, child_meta, parent_label_key};
+use crate::workload::credentials::credential_env;
+use crate::workload::job::env;
+use crate::workload::security::{container_security_context, pod_security_context};
+use crate::workload::storage::{PVC_ROOT, PvcMounts, pvc_claim};
+
+/// `app.kubernetes.io/component` of every child.
+pub const SERVER_COMPONENT: &str = "server";
+/// Name of the server container.
+pub const SERVER_CONTAINER: &str = "server";
+/// The port the server listens on, named [`PORT_NAME`].
+pub const SERVER_PORT: i32 = 8000;
+pub const PORT_NAME: &str = "http";
+/// Pod template annotations naming the served model.
+pub const MODEL_URI_ANNOTATION: &str = "llmops.dev/model-uri";
+pub const MODEL_DIGEST_ANNOTATION: &str = "llmops.dev/model-digest";
+/// The variable holding the accepted API keys, one per line.
+pub const API_KEYS_ENV: &str = "LLMOPS_API_KEYS";
+/// The variable naming the Secret whose `LLMOPS_CRED_<SECRET>_*` keys read the model.
+pub const CREDENTIALS_SECRET_ENV: &str = "LLMOPS_MODEL_CREDENTIALS_SECRET";
+/// Seconds a rollout may go without progress before the Deployment reports
+/// `ProgressDeadlineExceeded`: generous, since a pod loads its model before it is
+/// ready.
+pub const PROGRESS_DEADLINE_SECONDS: i32 = 600;
+
+pub fn deployment_name(name: &str) -> String {
+    format!("{name}-server")
+}
+
+pub fn service_name(name: &str) -> String {
+    name.to_string()
+}
+
+pub fn pdb_name(name: &str) -> String {
+    format!("{name}-server")
+}
+
+/// The in-cluster base URL of the OpenAI-compatible API.
+pub fn endpoint(md: &ModelDeployment) -> String {
+    format!(
+        "http://{}.{}.svc:{}/v1",
+        service_name(&md.name_any()),
+        md.namespace().unwrap_or_default(),
+        md.spec.service.port
+    )
+}
+
+/// Serving pods: `replicas.min`, fixed (autoscaling is not in this version), and
+/// at least one (scale to zero is not either).
+pub fn replicas(md: &ModelDeployment) -> i32 {
+    md.spec.replicas.min.max(1)
+}
+
+/// Everything one pass produces for a ModelDeployment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    pub deployment: Deployment,
+    pub service: Service,
+    /// Only with more than one replica.
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+pub fn build(md: &ModelDeployment, model: &Model, config: &OperatorConfig) -> Children {
+    Children {
+        deployment: build_deployment(md, model, config),
+        service: build_service(md),
+        pdb: (replicas(md) > 1).then(|| build_pdb(md)),
+    }
+}
+
+/// The labels selecting the serving pods; immutable in a Deployment, so never
+/// anything that changes.
+pub fn pod_selector(md: &ModelDeployment) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (parent_label_key::<ModelDeployment>(), md.name_any()),
+        (COMPONENT_LABEL.to_string(), SERVER_COMPONENT.to_string()),
+    ])
+}
+
+/// The `--dtype` value for `spec.server.dtype`.
+pub fn dtype_arg(dtype: ServeDtype) -> &'static str {
+    match dtype {
+        ServeDtype::Fp32 => "float32",
+        ServeDtype::Bf16 => "bfloat16",
+        ServeDtype::Fp16 => "float16",
+    }
+}
+
+/// `server` arguments; `--threads` only when set (0 lets the server use the
+/// pod's CPU limit).
+pub fn server_args(md: &ModelDeployment, model: &Model) -> Vec<String> {
+    let server = &md.spec.server;
+    let mut args: Vec<String> = vec![
+        "--model".into(),
+        model.artifact.uri.clone(),
+        "--host".into(),
+        "0.0.0.0".into(),
+        "--port".into(),
+        SERVER_PORT.to_string(),
+        "--served-model-name".into(),
+        md.name_any(),
+        "--dtype".into(),
+        dtype_arg(server.dtype).into(),
+        "--max-batch-size".into(),
+        server.max_batch.to_string(),
+        "--max-context".into(),
+        server.max_context.to_string(),
+        "--max-new-tokens".into(),
+        server.max_new_tokens.to_string(),
+    ];
+    if server.threads > 0 {
+        args.extend(["--threads".into(), server.threads.to_string()]);
+    }
+    args
+}
+
+/// CPU and memory requested and limited alike, and the GPUs as an extended
+/// resource; nothing for what the spec leaves unset.
+pub fn resource_requirements(
+    md: &ModelDeployment,
+    config: &OperatorConfig,
+) -> ResourceRequirements {
+    let resources = &md.spec.resources;
+    let mut requests = BTreeMap::new();
+    for (key, value) in [("cpu", &resources.cpu), ("memory", &resources.memory)] {
+        if let Some(quantity) = value {
+            requests.insert(key.to_string(), quantity.clone());
+        }
+    }
+    if resources.gpus > 0 {
+        let gpu = resources
+            .gpu_resource_name
+            .clone()
+            .unwrap_or_else(|| config.gpu_resource_name.clone());
+        requests.insert(gpu, Quantity(resources.gpus.to_string()));
+    }
+    let limits = requests.clone();
+    ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The server's environment: scratch directories, the model's store
+/// credentials (as the trainer gets them) and the API keys, both only through
+/// `secretKeyRef`.
+fn server_env(md: &ModelDeployment, model: &Model) -> Vec<EnvVar> {
+    let mut vars = vec![
+        env("HOME", "/work"),
+        env("TMPDIR", "/tmp"),
+        env("LLMOPS_PVC_ROOT", PVC_ROOT),
+    ];
+    if let Some(secret) = &model.credentials_secret {
+        vars.push(env(CREDENTIALS_SECRET_ENV, secret.clone()));
+        vars.extend(credential_env([secret.as_str()]));
+    }
+    if let Some(auth) = &md.spec.auth {
+        let key = &auth.api_key_secret_ref;
+        vars.push(EnvVar {
+            name: API_KEYS_ENV.into(),
+            value_from: Some(EnvVarSource {
+                // Required: a server without its keys would be open to everyone.
+                secret_key_ref: Some(SecretKeySelector {
+                    name: key.name.clone(),
+                    key: key.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    vars
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(PORT_NAME.into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+fn build_deployment(md: &ModelDeployment, model: &Model, config: &OperatorConfig) -> Deployment {
+    let name = md.name_any();
+    let scheduling = &md.spec.scheduling;
+
+    let (mut volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) = ["tmp", "work"]
+        .into_iter()
+        .map(|dir| {
+            (
+                Volume {
+                    name: dir.into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Volume::default()
+                },
+                VolumeMount {
+                    name: dir.into(),
+                    mount_path: format!("/{dir}"),
+                    ..VolumeMount::default()
+                },
+            )
+        })
+        .unzip();
+    if let Some(claim) = pvc_claim(&model.artifact.uri) {
+        let mut claims = PvcMounts::default();
+        claims.read(claim);
+        let (pvc_volumes, pvc_mounts) = claims.volumes_and_mounts();
+        volumes.extend(pvc_volumes);
+        mounts.extend(pvc_mounts);
+    }
+
+    let container = Container {
+        name: SERVER_CONTAINER.into(),
+        image: Some(config.server_image.clone()),
+        command: Some(vec!["server".into()]),
+        args: Some(server_args(md, model)),
+        env: Some(server_env(md, model)),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: SERVER_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        // Ready once the model is loaded; alive as long as HTTP answers.
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        resources: Some(resource_requirements(md, config)),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(mounts),
+        working_dir: Some("/work".into()),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        containers: vec![container],
+        // The server never talks to the API.
+        automount_service_account_token: Some(false),
+        security_context: Some(pod_security_context()),
+        volumes: Some(volumes),
+        node_selector: (!scheduling.node_selector.is_empty())
+            .then(|| scheduling.node_selector.clone()),
+        tolerations: (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone()),
+        affinity: scheduling.affinity.clone(),
+        priority_class_name: scheduling.priority_class_name.clone(),
+        ..PodSpec::default()
+    };
+    let pod_meta = ObjectMeta {
+        labels: Some(child_labels(md, SERVER_COMPONENT)),
+        annotations: Some(BTreeMap::from([
+            (MODEL_URI_ANNOTATION.into(), model.artifact.uri.clone()),
+            (
+                MODEL_DIGEST_ANNOTATION.into(),
+                model.artifact.digest.clone(),
+            ),
+        ])),
+        ..ObjectMeta::default()
+    };
+    Deployment {
+        metadata: child_meta(md, deployment_name(&name), SERVER_COMPONENT),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas(md)),
+            selector: LabelSelector {
+                match_labels: Some(pod_selector(md)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
+            revision_history_limit: Some(3),
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn build_service(md: &ModelDeployment) -> Service {
+    let kind = match md.spec.service.kind {
+        ServiceType::ClusterIP => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    Service {
+        metadata: child_meta(md, service_name(&md.name_any()), SERVER_COMPONENT),
+        spec: Some(ServiceSpec {
+            type_: Some(kind.into()),
+            selector: Some(pod_selector(md)),
+            ports: Some(vec![ServicePort {
+                name: Some(PORT_NAME.into()),
+                port: md.spec.service.port,
+                target_port: Some(IntOrString::String(PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn build_pdb(md: &ModelDeployment) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: child_meta(md, pdb_name(&md.name_any()), SERVER_COMPONENT),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(pod_selector(md)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}

@@ -1,0 +1,343 @@
+//! The ModelDeployment controller: serves a model with `server` pods behind a
+//! Service, and rolls out model changes so that a bad model leaves the old one
+//! serving.
+//!
+//! resolve (`spec.model` → artifact) → validate → build (Deployment, Service,
+//! PodDisruptionBudget) → apply (server-side apply, orphans deleted) → status
+//! (from the Deployment).
+//!
+//! What this version runs, and what it does not yet:
+//! - **Replicas** are fixed at `replicas.min` (at least one). Autoscaling
+//!   (`autoscaling`, `replicas.max`, `scaleToZeroAfter`) is accepted but not
+//!   active; the Ready message says so whenever the spec asks for a range.
+//! - **Rollouts** are Deployment rolling updates (`maxUnavailable: 0`,
+//!   `maxSurge: 1`): a new pod takes traffic once `/readyz` says its model is
+//!   loaded, and an old pod goes only after. `rollout.strategy: Canary` is
+//!   Stalled (`InvalidSpec`) rather than silently rolled out all at once; the
+//!   analysis and `autoRollback` settings belong to Canary and are unused.
+//! - **Failed rollouts**: when the Deployment reports `ProgressDeadlineExceeded`
+//!   (600 s without progress), the status says the new model failed to become
+//!   ready (Stalled=True, `RolloutFailed`) while Ready stays True for the old
+//!   model, whose pods keep serving. Fixing or reverting `spec.model` goes on.
+//! - **Models**: a `uri` is served as given; a `pretrainJobRef` waits
+//!   (`WaitingForModel`) until the PretrainJob is Ready and serves its
+//!   `status.artifact` (a re-trained PretrainJob rolls out its new artifact);
+//!   a `fineTuneRef` waits, since FineTunes are not run by this version, unless
+//!   the FineTune has an artifact. While waiting, or stalled on a spec this version
+//!   cannot run, the Deployment of the last good spec is left as it is, serving.
+//! - **Secrets**: the API keys reach the pods as `LLMOPS_API_KEYS` and the model
+//!   store's credentials as `LLMOPS_CRED_<SECRET>_<KEY>`, both through
+//!   `secretKeyRef`; the operator never reads a Secret.
+
+mod build;
+mod resolve;
+mod status;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use llmops_crds::{Artifact, FineTune, ModelDeployment, PretrainJob};
+
+use crate::runtime::Context;
+use crate::runtime::apply::{
+    FIELD_MANAGER, MANAGED_BY_LABEL, apply, apply_status, children_selector, delete_orphans,
+};
+use crate::runtime::conditions::{self, Outcome, transitions};
+use crate::runtime::controller::{ControllerRun, ReconcileError, Scope, scoped_api, start};
+use crate::runtime::stop::Stop;
+use build::Children;
+use resolve::Resolution;
+use status::{Observed, OperatorStatus, reason};
+
+/// The kind label of metrics and logs.
+pub const KIND: &str = "ModelDeployment";
+
+/// How often a settled ModelDeployment is looked at again without a change.
+const RESYNC: Duration = Duration::from_secs(600);
+/// How often one rolling out is looked at without a change to its Deployment.
+const ROLLOUT_RESYNC: Duration = Duration::from_secs(60);
+/// How often one waiting for its model looks again (the PretrainJob and
+/// FineTune watches usually trigger it sooner).
+const WAIT_RETRY: Duration = Duration::from_secs(30);
+
+/// Why a ModelDeployment reconcile failed; all are transient and retried with
+/// backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read {kind} {name} (spec.model): {source}")]
+    ReadModel {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("failed to apply {kind} {name} (check the operator's RBAC for it): {source}")]
+    ApplyChild {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("failed to read Deployment {name}: {source}")]
+    ReadDeployment { name: String, source: kube::Error },
+    #[error("failed to delete outdated {kind} children: {source}")]
+    DeleteOrphans {
+        kind: &'static str,
+        source: kube::Error,
+    },
+    #[error("failed to write the ModelDeployment's status: {source}")]
+    WriteStatus { source: kube::Error },
+}
+
+impl ReconcileError for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::ReadModel { .. } => "ReadModel",
+            Error::ApplyChild { .. } => "ApplyChild",
+            Error::ReadDeployment { .. } => "ReadDeployment",
+            Error::DeleteOrphans { .. } => "DeleteOrphans",
+            Error::WriteStatus { .. } => "WriteStatus",
+        }
+    }
+}
+
+/// One ModelDeployment controller per namespace in `scope`, each watching
+/// ModelDeployments, their Deployments, Services and PodDisruptionBudgets, and
+/// the PretrainJobs and FineTunes they serve (a new artifact starts a rollout,
+/// and a first one ends the wait for it).
+pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<ControllerRun> {
+    let client = &ctx.client;
+    let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
+    scope
+        .targets()
+        .into_iter()
+        .map(|namespace| {
+            let ns = namespace.as_deref();
+            let controller = Controller::new(
+                scoped_api::<ModelDeployment>(client, ns),
+                watcher::Config::default(),
+            );
+            let (for_pretrain, for_finetune) = (controller.store(), controller.store());
+            let controller = controller
+                .owns(scoped_api::<Deployment>(client, ns), ours.clone())
+                .owns(scoped_api::<Service>(client, ns), ours.clone())
+                .owns(scoped_api::<PodDisruptionBudget>(client, ns), ours.clone())
+                .watches(
+                    scoped_api::<PretrainJob>(client, ns),
+                    watcher::Config::default(),
+                    move |pt| {
+                        let artifact = pt.status.as_ref().and_then(|s| s.artifact.as_ref());
+                        serving_other_than(&for_pretrain.state(), &pt, artifact, |md| {
+                            md.spec.model.pretrain_job_ref.as_ref()
+                        })
+                    },
+                )
+                .watches(
+                    scoped_api::<FineTune>(client, ns),
+                    watcher::Config::default(),
+                    move |ft| {
+                        let artifact = ft.status.as_ref().and_then(|s| s.artifact.as_ref());
+                        serving_other_than(&for_finetune.state(), &ft, artifact, |md| {
+                            md.spec.model.fine_tune_ref.as_ref()
+                        })
+                    },
+                );
+            start(KIND, controller, ctx.clone(), stop.clone(), reconcile)
+        })
+        .collect()
+}
+
+/// The ModelDeployments referencing `producer` (through `reference`) that do not
+/// serve its `artifact` yet. Only a producer with an artifact matters: a
+/// PretrainJob's frequent progress updates while it trains trigger nothing.
+fn serving_other_than<P: ResourceExt>(
+    deployments: &[Arc<ModelDeployment>],
+    producer: &P,
+    artifact: Option<&Artifact>,
+    reference: impl Fn(&ModelDeployment) -> Option<&llmops_crds::LocalObjectRef>,
+) -> Vec<ObjectRef<ModelDeployment>> {
+    let Some(artifact) = artifact else {
+        return Vec::new();
+    };
+    let (name, namespace) = (producer.name_any(), producer.namespace());
+    deployments
+        .iter()
+        .filter(|md| {
+            md.namespace() == namespace
+                && reference(md).is_some_and(|r| r.name == name)
+                && md
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.model.as_ref())
+                    .and_then(|m| m.current.as_ref())
+                    != Some(artifact)
+        })
+        .map(|md| ObjectRef::from_obj(md.as_ref()))
+        .collect()
+}
+
+async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if md.metadata.deletion_timestamp.is_some() {
+        // Children go with their owner.
+        return Ok(Action::await_change());
+    }
+    let api: Api<ModelDeployment> =
+        Api::namespaced(ctx.client.clone(), &md.namespace().unwrap_or_default());
+    // Status writes below update this copy, so later steps compare against them.
+    let mut md = (*md).clone();
+
+    let first_sight = !md.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == llmops_crds::condition::READY)
+    });
+    if first_sight {
+        let observed = status::without_apply(&md, Outcome::FirstSight, None);
+        write_status(&mut md, &api, &ctx, observed).await?;
+    }
+
+    if let Err(invalid) = validate::validate(&md) {
+        let outcome = Outcome::stalled(reason::INVALID_SPEC, invalid.to_string());
+        return hold(&mut md, &api, &ctx, outcome, Action::await_change()).await;
+    }
+    let model = match resolve::resolve(&md, &ctx).await? {
+        Resolution::Resolved(model) => model,
+        Resolution::Waiting(outcome) => {
+            return hold(&mut md, &api, &ctx, outcome, Action::requeue(WAIT_RETRY)).await;
+        }
+    };
+    if let Err(invalid) = validate::validate_model(&model) {
+        let outcome = Outcome::stalled(reason::INVALID_SPEC, invalid.to_string());
+        return hold(&mut md, &api, &ctx, outcome, Action::await_change()).await;
+    }
+
+    let children = build::build(&md, &model, &ctx.config);
+    let deployment = apply_children(&ctx.client, &children).await?;
+    delete_outdated(&ctx.client, &md, &children).await?;
+
+    let observed = status::observe(&md, &deployment, build::endpoint(&md));
+    let settled = matches!(observed.outcome, Outcome::Ready { .. });
+    write_status(&mut md, &api, &ctx, observed).await?;
+    Ok(Action::requeue(if settled {
+        RESYNC
+    } else {
+        ROLLOUT_RESYNC
+    }))
+}
+
+/// A pass that leaves the children as they are (waiting for the model, or a spec
+/// this version cannot run): the last good Deployment keeps serving.
+async fn hold(
+    md: &mut ModelDeployment,
+    api: &Api<ModelDeployment>,
+    ctx: &Context,
+    outcome: Outcome,
+    action: Action,
+) -> Result<Action, Error> {
+    let name = build::deployment_name(&md.name_any());
+    let deployments: Api<Deployment> =
+        Api::namespaced(ctx.client.clone(), &md.namespace().unwrap_or_default());
+    let live = deployments
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::ReadDeployment { name, source })?;
+    let observed = status::without_apply(md, outcome, live.as_ref());
+    write_status(md, api, ctx, observed).await?;
+    Ok(action)
+}
+
+/// Apply the Service, the PodDisruptionBudget and the Deployment; returns the
+/// live Deployment.
+async fn apply_children(client: &Client, children: &Children) -> Result<Deployment, Error> {
+    let failed =
+        |kind: &'static str, name: String| move |source| Error::ApplyChild { kind, name, source };
+    apply(client, &children.service)
+        .await
+        .map_err(failed("Service", children.service.name_any()))?;
+    if let Some(pdb) = &children.pdb {
+        apply(client, pdb)
+            .await
+            .map_err(failed("PodDisruptionBudget", pdb.name_any()))?;
+    }
+    apply(client, &children.deployment)
+        .await
+        .map_err(failed("Deployment", children.deployment.name_any()))
+}
+
+/// Delete the children labelled as this ModelDeployment's that this pass did not
+/// produce (the PodDisruptionBudget once `replicas.min` drops to one).
+async fn delete_outdated(
+    client: &Client,
+    md: &ModelDeployment,
+    children: &Children,
+) -> Result<(), Error> {
+    let namespace = md.namespace().unwrap_or_default();
+    let selector = children_selector(md);
+    let tag = |kind: &'static str| move |source| Error::DeleteOrphans { kind, source };
+    let keep = |name: String| vec![name];
+    let mut deleted = delete_orphans::<Deployment>(
+        client,
+        &namespace,
+        &selector,
+        &keep(children.deployment.name_any()),
+    )
+    .await
+    .map_err(tag("Deployment"))?;
+    deleted.extend(
+        delete_orphans::<Service>(
+            client,
+            &namespace,
+            &selector,
+            &keep(children.service.name_any()),
+        )
+        .await
+        .map_err(tag("Service"))?,
+    );
+    let pdbs: Vec<String> = children.pdb.iter().map(|p| p.name_any()).collect();
+    deleted.extend(
+        delete_orphans::<PodDisruptionBudget>(client, &namespace, &selector, &pdbs)
+            .await
+            .map_err(tag("PodDisruptionBudget"))?,
+    );
+    if !deleted.is_empty() {
+        tracing::info!(?deleted, "deleted children no longer produced");
+    }
+    Ok(())
+}
+
+/// Write the operator's status fields if they differ from the current ones, and
+/// publish an Event per condition transition.
+async fn write_status(
+    md: &mut ModelDeployment,
+    api: &Api<ModelDeployment>,
+    ctx: &Context,
+    observed: Observed,
+) -> Result<(), Error> {
+    let desired: OperatorStatus = status::desired_status(md, observed, &conditions::now());
+    if !status::needs_write(md.status.as_ref(), &desired) {
+        return Ok(());
+    }
+    apply_status(api, &*md, &desired)
+        .await
+        .map_err(|source| Error::WriteStatus { source })?;
+    let current = md
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    ctx.events
+        .transitions(&*md, &transitions(current, &desired.conditions))
+        .await;
+    status::record(md.status.get_or_insert_default(), desired);
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Resolve: `spec.model` → the artifact to serve and the Secret to read it with.
+//!
+//! - `uri`: served as given; its digest is unknown to the operator (it never reads
+//!   the store), so the artifact's digest is empty.
+//! - `pretrainJobRef`: the PretrainJob must be Ready for its current generation;
+//!   its `status.artifact` {uri, digest} is served.
+//! - `fineTuneRef`: FineTunes are not run by this version, so they have no
+//!   artifact and the deployment waits; a FineTune that has one (Ready, with
+//!   `status.artifact`) is served like a PretrainJob's.
+//!
+//! The Secret: `spec.model.credentialsSecretRef` when set; else the producer's
+//! `spec.output.credentialsSecretRef`; else the operator's store Secret when the
+//! artifact lives in the default store.
+
+use kube::{Api, ResourceExt};
+use llmops_crds::{Artifact, FineTune, ModelDeployment, PretrainJob};
+
+use super::Error;
+use super::status::reason;
+use crate::config::OperatorConfig;
+use crate::runtime::Context;
+use crate::runtime::conditions::Outcome;
+
+/// The model to serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Model {
+    pub artifact: Artifact,
+    /// Secret whose keys reach the server as `LLMOPS_CRED_<SECRET>_<KEY>`.
+    pub credentials_secret: Option<String>,
+}
+
+/// Serving a model, or waiting for one (Ready=False, `WaitingForModel`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    Resolved(Model),
+    Waiting(Outcome),
+}
+
+/// The producer a model reference names, as read from the API.
+#[derive(Clone, Copy, Debug)]
+pub enum Producer<'a> {
+    PretrainJob(Option<&'a PretrainJob>),
+    FineTune(Option<&'a FineTune>),
+}
+
+/// Read the producer `spec.model` names (if any) and resolve.
+pub async fn resolve(md: &ModelDeployment, ctx: &Context) -> Result<Resolution, Error> {
+    let namespace = md.namespace().unwrap_or_default();
+    let model = &md.spec.model;
+    let read = |kind: &'static str, name: &str| {
+        let name = name.to_string();
+        move |source| Error::ReadModel { kind, name, source }
+    };
+    if let Some(reference) = &model.pretrain_job_ref {
+        let api: Api<PretrainJob> = Api::namespaced(ctx.client.clone(), &namespace);
+        let job = api
+            .get_opt(&reference.name)
+            .await
+            .map_err(read("PretrainJob", &reference.name))?;
+        let producer = Producer::PretrainJob(job.as_ref());
+        return Ok(resolve_with(md, Some(producer), &ctx.config));
+    }
+    if let Some(reference) = &model.fine_tune_ref {
+        let api: Api<FineTune> = Api::namespaced(ctx.client.clone(), &namespace);
+        let ft = api
+            .get_opt(&reference.name)
+            .await
+            .map_err(read("FineTune", &reference.name))?;
+        let producer = Producer::FineTune(ft.as_ref());
+        return Ok(resolve_with(md, Some(producer), &ctx.config));
+    }
+    Ok(resolve_with(md, None, &ctx.config))
+}
+
+/// The pure part of resolving, given the producer `spec.model` names.
+pub fn resolve_with(
+    md: &ModelDeployment,
+    producer: Option<Producer<'_>>,
+    config: &OperatorConfig,
+) -> Resolution {
+    let model = &md.spec.model;
+    let explicit = model
+        .credentials_secret_ref
+        .as_ref()
+        .map(|s| s.name.clone());
+    if let Some(uri) = &model.uri {
+        let artifact = Artifact {
+            uri: uri.clone(),
+            digest: String::new(),
+        };
+        let credentials_secret = explicit.or_else(|| store_secret(&artifact, config));
+        return Resolution::Resolved(Model {
+            artifact,
+            credentials_secret,
+        });
+    }
+    let (field, kind, name, found) = match producer {
+        Some(Producer::PretrainJob(job)) => (
+            "spec.model.pretrainJobRef",
+            "PretrainJob",
+            model.pretrain_job_ref.as_ref().map(|r| r.name.as_str()),
+            job.map(|job| {
+                let status = job.status.as_ref();
+                (
+                    ready_for_generation(
+                        status.map(|s| s.conditions.as_slice()),
+                        job.metadata.generation,
+                    ),
+                    status.and_then(|s| s.artifact.clone()),
+                    job.spec.output.credentials_secret_ref.clone(),
+                )
+            }),
+        ),
+        Some(Producer::FineTune(ft)) => (
+            "spec.model.fineTuneRef",
+            "FineTune",
+            model.fine_tune_ref.as_ref().map(|r| r.name.as_str()),
+            ft.map(|ft| {
+                let status = ft.status.as_ref();
+                (
+                    ready_for_generation(
+                        status.map(|s| s.conditions.as_slice()),
+                        ft.metadata.generation,
+                    ),
+                    status.and_then(|s| s.artifact.clone()),
+                    ft.spec.output.location.credentials_secret_ref.clone(),
+                )
+            }),
+        ),
+        None => {
+            return Resolution::Waiting(Outcome::progressing(
+                reason::WAITING_FOR_MODEL,
+                "spec.model names no model",
+            ));
+        }
+    };
+    let name = name.unwrap_or_default();
+    let waiting = |why: String| {
+        Resolution::Waiting(Outcome::progressing(
+            reason::WAITING_FOR_MODEL,
+            format!("waiting for {kind} {name} ({field}): {why}"),
+        ))
+    };
+    match found {
+        None => waiting("not found".into()),
+        Some((true, Some(artifact), output_secret)) => {
+            let credentials_secret = explicit
+                .or(output_secret.map(|s| s.name))
+                .or_else(|| store_secret(&artifact, config));
+            Resolution::Resolved(Model {
+                artifact,
+                credentials_secret,
+            })
+        }
+        Some(_) if kind == "FineTune" => waiting(
+            "it has no model artifact yet (FineTunes are not run by this llmops version)".into(),
+        ),
+        Some(_) => waiting("it is not Ready with a model artifact yet".into()),
+    }
+}
+
+/// Whether `conditions` hold Ready=True for `generation`.
+fn ready_for_generation(
+    conditions: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
+    generation: Option<i64>,
+) -> bool {
+    conditions.unwrap_or_default().iter().any(|c| {
+        c.type_ == llmops_crds::condition::READY
+            && c.status == "True"
+            && c.observed_generation == generation
+    })
+}
+
+/// The operator's store Secret, for an artifact in the default store.
+fn store_secret(artifact: &Artifact, config: &OperatorConfig) -> Option<String> {
+    let in_default_store = artifact
+        .uri
+        .strip_prefix(&config.artifact_store)
+        .is_some_and(|rest| rest.starts_with('/'));
+    in_default_store
+        .then(|| config.artifact_store_secret.clone())
+        .flatten()
+}

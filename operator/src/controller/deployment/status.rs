@@ -1,0 +1,374 @@
+//! Status: what the Deployment says, turned into the ModelDeployment's
+//! conditions, replicas, endpoint and served models.
+//!
+//! - `status.model.current` is the model the Deployment's pods serve: it becomes
+//!   the new model only once the Deployment's newest ReplicaSet is fully available
+//!   (`updatedReplicas == replicas == availableReplicas` for the current
+//!   generation); the one it replaces becomes `previous`.
+//! - While a new model rolls out and the old one still serves, Ready stays True
+//!   (about the old model) beside Reconciling=True `rolling out <uri>`.
+//! - When the Deployment reports `ProgressDeadlineExceeded`, the new model failed
+//!   to become ready: Stalled=True `RolloutFailed` naming it, and Ready stays True
+//!   while the old model keeps serving (the rolling update never took its pods
+//!   away).
+//!
+//! The operator owns `observedGeneration`, `conditions`, `replicas`, `endpoint`,
+//! `model` and `rollout`; `metrics` and the scaling fields are left alone.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use llmops_crds::deployment::{ReplicaStatus, RolloutPhase, RolloutStatus, ServedModels};
+use llmops_crds::{Artifact, ModelDeployment, ModelDeploymentStatus};
+use serde::Serialize;
+
+use super::build::{
+    MODEL_DIGEST_ANNOTATION, MODEL_URI_ANNOTATION, PROGRESS_DEADLINE_SECONDS, replicas,
+};
+use crate::runtime::conditions::{Outcome, next_conditions, owned_conditions_equal};
+
+/// Reasons of the ModelDeployment's conditions.
+pub mod reason {
+    pub const WAITING_FOR_MODEL: &str = "WaitingForModel";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const STARTING: &str = "Starting";
+    pub const SERVING: &str = "Serving";
+    pub const ROLLING_OUT: &str = "RollingOut";
+    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+    pub const UNAVAILABLE: &str = "Unavailable";
+}
+
+/// The fields of `status` the operator writes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorStatus {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub conditions: Vec<Condition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicaStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ServedModels>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Everything a pass concluded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    pub outcome: Outcome,
+    pub replicas: Option<ReplicaStatus>,
+    pub endpoint: Option<String>,
+    pub model: Option<ServedModels>,
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// `<uri>` or `<uri> (<digest>)`.
+fn describe(artifact: &Artifact) -> String {
+    if artifact.digest.is_empty() {
+        artifact.uri.clone()
+    } else {
+        format!("{} ({})", artifact.uri, artifact.digest)
+    }
+}
+
+/// The model a Deployment's pod template serves, from its annotations.
+pub fn template_model(deployment: &Deployment) -> Option<Artifact> {
+    let annotations = deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?;
+    Some(Artifact {
+        uri: annotations.get(MODEL_URI_ANNOTATION)?.clone(),
+        digest: annotations
+            .get(MODEL_DIGEST_ANNOTATION)
+            .cloned()
+            .unwrap_or_default(),
+    })
+}
+
+/// Replica counts of a Deployment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    desired: i32,
+    total: i32,
+    updated: i32,
+    ready: i32,
+    available: i32,
+}
+
+fn counts(deployment: &Deployment) -> Counts {
+    let status = deployment.status.as_ref();
+    let get = |f: fn(&k8s_openapi::api::apps::v1::DeploymentStatus) -> Option<i32>| {
+        status.and_then(f).unwrap_or(0)
+    };
+    Counts {
+        desired: deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1),
+        total: get(|s| s.replicas),
+        updated: get(|s| s.updated_replicas),
+        ready: get(|s| s.ready_replicas),
+        available: get(|s| s.available_replicas),
+    }
+}
+
+fn replica_status(deployment: Option<&Deployment>) -> Option<ReplicaStatus> {
+    deployment.map(|d| {
+        let c = counts(d);
+        ReplicaStatus {
+            desired: c.desired,
+            ready: c.ready,
+        }
+    })
+}
+
+/// Whether the Deployment's controller has seen its current spec.
+fn generation_observed(deployment: &Deployment) -> bool {
+    let observed = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation);
+    observed.is_some() && observed >= deployment.metadata.generation
+}
+
+/// Whether the Deployment reports that its rollout stopped progressing.
+fn deadline_exceeded(deployment: &Deployment) -> bool {
+    generation_observed(deployment)
+        && deployment
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|conditions| {
+                conditions.iter().any(|c| {
+                    c.type_ == "Progressing"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+                })
+            })
+}
+
+/// `serving <uri> with N replica(s)`, saying that autoscaling is not active when
+/// the spec asks for a range.
+fn serving_message(md: &ModelDeployment, model: &Artifact, ready: i32) -> String {
+    let mut text = format!("serving {} with {ready} replica(s)", describe(model));
+    let range = &md.spec.replicas;
+    if range.max > range.min {
+        text.push_str(&format!(
+            "; autoscaling is not active in this version (fixed at replicas.min, {})",
+            replicas(md)
+        ));
+    } else if range.min == 0 {
+        text.push_str("; scale to zero is not active in this version");
+    }
+    text
+}
+
+/// The outcome of a pass that applied the children: read from the live
+/// Deployment and the models the status says are served.
+pub fn observe(md: &ModelDeployment, deployment: &Deployment, endpoint: String) -> Observed {
+    let c = counts(deployment);
+    let served = md.status.as_ref().and_then(|s| s.model.clone());
+    let current = served.as_ref().and_then(|m| m.current.clone());
+    let target = template_model(deployment);
+    let rolled_out = generation_observed(deployment)
+        && c.updated == c.desired
+        && c.total == c.desired
+        && c.available == c.desired;
+    let name = deployment.name_any();
+
+    let mut model = served.clone().unwrap_or_default();
+    model.canary = None;
+    if rolled_out
+        && let Some(target) = &target
+        && current.as_ref() != Some(target)
+    {
+        model.previous = current.clone().or(model.previous);
+        model.current = Some(target.clone());
+    }
+    let target_text = target.as_ref().map_or_else(|| "?".into(), describe);
+    // The old pods keep serving: new pods take traffic only once ready, and
+    // `maxUnavailable: 0` keeps every old pod until a new one is.
+    let old_serves = c.available > 0 && current.is_some();
+    let current_text = current.as_ref().map_or_else(String::new, describe);
+
+    let (outcome, phase, message) = if rolled_out {
+        let outcome = Outcome::ready(
+            reason::SERVING,
+            serving_message(
+                md,
+                model.current.as_ref().unwrap_or(&Artifact::default()),
+                c.ready,
+            ),
+        );
+        (outcome, RolloutPhase::Stable, None)
+    } else if deadline_exceeded(deployment) {
+        let failed =
+            format!("model {target_text} did not become ready within {PROGRESS_DEADLINE_SECONDS}s");
+        let (outcome, text) = if old_serves {
+            let text = format!(
+                "{failed}; {current_text} keeps serving (see the pods of Deployment {name})"
+            );
+            let outcome = Outcome::ready_stalled(
+                reason::SERVING,
+                serving_message(
+                    md,
+                    current.as_ref().unwrap_or(&Artifact::default()),
+                    c.available,
+                ),
+                reason::ROLLOUT_FAILED,
+                text.clone(),
+            );
+            (outcome, text)
+        } else {
+            let text = format!("{failed} (see the pods of Deployment {name})");
+            (Outcome::stalled(reason::ROLLOUT_FAILED, text.clone()), text)
+        };
+        (outcome, RolloutPhase::Failed, Some(text))
+    } else if old_serves {
+        let change = if current.as_ref() == target.as_ref() {
+            format!("updating the pods of {target_text}")
+        } else {
+            format!("rolling out {target_text}")
+        };
+        let text = format!(
+            "{change}: {}/{} updated, {} available",
+            c.updated, c.desired, c.available
+        );
+        let outcome = Outcome::ready_reconciling(
+            reason::SERVING,
+            serving_message(
+                md,
+                current.as_ref().unwrap_or(&Artifact::default()),
+                c.available,
+            ),
+            reason::ROLLING_OUT,
+            text.clone(),
+        );
+        (outcome, RolloutPhase::Progressing, Some(text))
+    } else if current.is_some() {
+        let text = format!(
+            "no replica is available; starting {} replica(s) of {target_text}",
+            c.desired
+        );
+        (
+            Outcome::progressing(reason::UNAVAILABLE, text.clone()),
+            RolloutPhase::Progressing,
+            Some(text),
+        )
+    } else {
+        let text = format!(
+            "starting {} replica(s) of {target_text}: {} ready",
+            c.desired, c.ready
+        );
+        (
+            Outcome::progressing(reason::STARTING, text.clone()),
+            RolloutPhase::Progressing,
+            Some(text),
+        )
+    };
+
+    Observed {
+        outcome,
+        replicas: replica_status(Some(deployment)),
+        endpoint: Some(endpoint),
+        model: (model != ServedModels::default()).then_some(model),
+        rollout: Some(RolloutStatus {
+            phase,
+            step: 0,
+            weight: 0,
+            message,
+        }),
+    }
+}
+
+/// A pass that did not apply the children (waiting for the model, or a spec this
+/// version cannot run): what was deployed before stays, and so does its status.
+/// When the old model still serves, Ready stays True beside the condition about
+/// the change (Reconciling while waiting, Stalled for a bad spec).
+pub fn without_apply(
+    md: &ModelDeployment,
+    outcome: Outcome,
+    deployment: Option<&Deployment>,
+) -> Observed {
+    let current = md.status.as_ref();
+    let served = current.and_then(|s| s.model.clone());
+    let serving = served.as_ref().and_then(|m| m.current.as_ref());
+    let available = deployment.map_or(0, |d| counts(d).available);
+    let outcome = match (serving, outcome) {
+        (Some(model), Outcome::Progressing { reason, message }) if available > 0 => {
+            Outcome::ready_reconciling(
+                reason::SERVING,
+                serving_message(md, model, available),
+                &reason,
+                message,
+            )
+        }
+        (Some(model), Outcome::Stalled { reason, message }) if available > 0 => {
+            Outcome::ready_stalled(
+                reason::SERVING,
+                serving_message(md, model, available),
+                &reason,
+                message,
+            )
+        }
+        (_, outcome) => outcome,
+    };
+    Observed {
+        outcome,
+        replicas: replica_status(deployment),
+        endpoint: deployment.and(current.and_then(|s| s.endpoint.clone())),
+        model: served,
+        rollout: current.and_then(|s| s.rollout.clone()),
+    }
+}
+
+/// The operator's status for `observed`, keeping condition times from the
+/// current status.
+pub fn desired_status(md: &ModelDeployment, observed: Observed, now: &Time) -> OperatorStatus {
+    let conditions = md
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = md.metadata.generation;
+    OperatorStatus {
+        observed_generation: generation,
+        conditions: next_conditions(conditions, &observed.outcome, generation, now),
+        replicas: observed.replicas,
+        endpoint: observed.endpoint,
+        model: observed.model,
+        rollout: observed.rollout,
+    }
+}
+
+/// Whether writing `desired` would change anything the operator owns.
+pub fn needs_write(current: Option<&ModelDeploymentStatus>, desired: &OperatorStatus) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    current.observed_generation != desired.observed_generation
+        || !owned_conditions_equal(&current.conditions, &desired.conditions)
+        || current.replicas != desired.replicas
+        || current.endpoint != desired.endpoint
+        || current.model != desired.model
+        || current.rollout != desired.rollout
+}
+
+/// Copy what was written into the local copy of the status.
+pub fn record(status: &mut ModelDeploymentStatus, written: OperatorStatus) {
+    status.observed_generation = written.observed_generation;
+    crate::runtime::conditions::replace_owned(&mut status.conditions, written.conditions);
+    status.replicas = written.replicas;
+    status.endpoint = written.endpoint;
+    status.model = written.model;
+    status.rollout = written.rollout;
+}

@@ -1,0 +1,77 @@
+//! Validate: what the API accepts but this version cannot carry out. Each problem
+//! names the field to change and becomes a Stalled condition (reason
+//! `InvalidSpec`); the Deployment of the last valid spec, if any, is left serving.
+//!
+//! Decided per field:
+//! - `rollout.strategy: Canary` stalls: traffic splitting is not in this version,
+//!   and silently rolling out all at once would skip the analysis the user asked
+//!   for. `RollingUpdate` is what runs.
+//! - `autoscaling`, `replicas.max` and `autoscaling.scaleToZeroAfter` do not
+//!   stall: the deployment serves with a fixed `replicas.min` replicas (at least
+//!   one) and its Ready message says that autoscaling is not active.
+//! - `rollout.analysis` and `rollout.autoRollback` belong to Canary and are not
+//!   used by RollingUpdate; a new model that never becomes ready leaves the old
+//!   pods serving anyway (`maxUnavailable: 0`).
+
+use kube::ResourceExt;
+use llmops_crds::ModelDeployment;
+use llmops_crds::deployment::RolloutStrategy;
+
+use super::resolve::Model;
+use crate::workload::storage::pvc_claim;
+
+/// Longest Service name (a DNS-1035 label).
+const MAX_DNS_LABEL: usize = 63;
+
+/// A spec the operator cannot act on, and the field to change.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> Result<(), Invalid> {
+    Err(Invalid {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+/// The spec alone, before the model is resolved.
+pub fn validate(md: &ModelDeployment) -> Result<(), Invalid> {
+    let name = md.name_any();
+    let dns_label = name.len() <= MAX_DNS_LABEL
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !dns_label {
+        return invalid(
+            "metadata.name",
+            format!(
+                "the name is also the name of its Service, which must be a DNS label: at most {MAX_DNS_LABEL} lower-case letters, digits and '-', starting with a letter"
+            ),
+        );
+    }
+    if md.spec.rollout.strategy == RolloutStrategy::Canary {
+        return invalid(
+            "spec.rollout.strategy",
+            "Canary rollouts are not run by this llmops version yet; use RollingUpdate (new pods take traffic once ready, and a model that never becomes ready leaves the old pods serving)",
+        );
+    }
+    Ok(())
+}
+
+/// The resolved model.
+pub fn validate_model(model: &Model) -> Result<(), Invalid> {
+    let uri = &model.artifact.uri;
+    if uri.starts_with("pvc://") && pvc_claim(uri).is_none() {
+        return invalid(
+            "spec.model",
+            format!("{uri}: a pvc:// URI needs a claim name: pvc://<claim>/<path>"),
+        );
+    }
+    Ok(())
+}
