@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, ensure};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
@@ -110,7 +110,12 @@ pub async fn replay_job(
 
 /// The pod template runs as Pod Security "restricted" requires.
 pub fn ensure_restricted(job: &Job) -> anyhow::Result<()> {
-    let pod = serde_json::to_value(&job.spec.as_ref().context("Job without spec")?.template)?;
+    ensure_restricted_template(&job.spec.as_ref().context("Job without spec")?.template)
+}
+
+/// A pod template (a Job's, a Deployment's) runs as Pod Security "restricted" requires.
+pub fn ensure_restricted_template(template: &PodTemplateSpec) -> anyhow::Result<()> {
+    let pod = serde_json::to_value(template)?;
     let spec = &pod["spec"];
     let container = &spec["containers"][0]["securityContext"];
     let checks = [
@@ -137,7 +142,7 @@ pub fn ensure_restricted(job: &Job) -> anyhow::Result<()> {
         ),
     ];
     for (ok, what) in checks {
-        ensure!(ok, "the trainer pod lacks {what}: {pod}");
+        ensure!(ok, "the pod lacks {what}: {pod}");
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 mod chart;
 mod crds;
 mod e2e_dataset;
+mod e2e_deployment;
 mod e2e_pretrain;
 mod examples;
 mod helm;
