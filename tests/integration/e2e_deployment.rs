@@ -1,19 +1,33 @@
 //! End to end, ModelDeployment: the real operator (as the chart's ServiceAccount)
 //! on the real control plane serves a model given by URI, in a namespace that
 //! enforces Pod Security "restricted": the Deployment, its Service and budget, the
-//! status once kwok reports the pods ready, and a rolling update to a new model.
+//! status once kwok reports the pods ready, and a rolling update to a new model,
+//! whose pod is then replayed with the real `server` binary (on a tiny random model
+//! from `tests/python/tiny_model.py`) and answers `/v1/models` with the API key
+//! from the Secret.
+//!
+//! Needs the `server` binary (`cargo build -p llmops-server`) and the project venv
+//! (`scripts/setup-venv`), or `LLMOPS_PYTHON` naming a Python with `torch`,
+//! `tokenizers` and `transformers`.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use llmops_crds::ModelDeployment;
 use llmops_tests::operator::Operator;
-use llmops_tests::{Cluster, TestNamespace};
+use llmops_tests::replay::{Replayer, tail};
+use llmops_tests::{Cluster, TestNamespace, eventually, workspace_root};
 use serde_json::{Value, json};
 
 use crate::e2e_dataset::{CHILD_TIMEOUT, ensure_restricted_template, has_condition, wait_for};
@@ -21,6 +35,53 @@ use crate::e2e_dataset::{CHILD_TIMEOUT, ensure_restricted_template, has_conditio
 const NAME: &str = "chat";
 const KEYS_SECRET: &str = "chat-keys";
 const PORT: i64 = 8080;
+const API_KEY: &str = "sk-e2e-one";
+/// Loading a tiny model takes a second; a busy machine gets more.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Write a tiny random Hugging Face model directory at `dir`.
+fn tiny_model(dir: &Path) -> anyhow::Result<()> {
+    let python = std::env::var_os("LLMOPS_PYTHON")
+        .map_or_else(|| workspace_root().join(".venv/bin/python"), Into::into);
+    let made = Command::new(&python)
+        .arg(workspace_root().join("tests/python/tiny_model.py"))
+        .arg(dir)
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} (create the venv with scripts/setup-venv, or set LLMOPS_PYTHON)",
+                python.display()
+            )
+        })?;
+    ensure!(
+        made.status.success(),
+        "tiny_model.py failed: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    Ok(())
+}
+
+/// `GET path` on 127.0.0.1:`port`, with a bearer key when given: status and body.
+fn get(port: u16, path: &str, key: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or_else(String::new, |(_, b)| b.to_string());
+    Ok((status, body))
+}
 
 fn model_deployment(uri: &str) -> Value {
     json!({
@@ -74,7 +135,7 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
         },
         data: Some(BTreeMap::from([(
             "api-key".to_string(),
-            ByteString(b"sk-e2e-one\n".to_vec()),
+            ByteString(format!("{API_KEY}\n").into_bytes()),
         )])),
         ..Default::default()
     };
@@ -179,11 +240,13 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
         "the Ready message hides that autoscaling is off: {message}"
     );
     ensure!(
-        !serde_json::to_string(&ready)?.contains("sk-e2e-one"),
+        !serde_json::to_string(&ready)?.contains(API_KEY),
         "the API key leaked into the object"
     );
 
-    // A new model rolls out; the old one becomes the previous.
+    // A new model (a real one, for the replay below) rolls out; the old one
+    // becomes the previous.
+    tiny_model(&operator.store().join("models/chat-b"))?;
     deployments
         .patch(NAME, &apply, &Patch::Apply(model_deployment(&second)))
         .await?;
@@ -211,5 +274,55 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
         args.windows(2).any(|w| w[0] == "--model" && w[1] == second),
         "the Deployment does not run the second model: {args:?}"
     );
+
+    // The real server, run from a pod of the new model as the kubelet would,
+    // answers with the key from the Secret and only with it.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let selector = format!("llmops.dev/modeldeployment={NAME}");
+    let pod = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .find(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.spec
+                    .as_ref()
+                    .and_then(|s| s.containers[0].args.as_ref())
+                    .is_some_and(|a| a.contains(&second))
+        })
+        .context("no pod of the second model")?;
+    let replayer = Replayer::new(cluster).await?;
+    let replay = replayer.start(&pod).await?;
+    let port = replay
+        .local_port("http")
+        .context("no local port for http")?;
+    let loaded = eventually(
+        "the replayed server to load its model",
+        LOAD_TIMEOUT,
+        || async {
+            let (status, body) = get(port, "/readyz", None)?;
+            ensure!(status == 200, "/readyz: {status} {body}");
+            Ok(())
+        },
+    )
+    .await;
+    if let Err(err) = loaded {
+        anyhow::bail!(
+            "{err:#}\nserver log ({}):\n{}",
+            pod.name_any(),
+            tail(&replay.log(), 30)
+        );
+    }
+    let (status, body) = get(port, "/v1/models", Some(API_KEY))?;
+    ensure!(status == 200, "/v1/models with the key: {status} {body}");
+    let models: Value = serde_json::from_str(&body)?;
+    ensure!(
+        models["data"][0]["id"] == NAME,
+        "/v1/models does not list the served model name {NAME}: {body}"
+    );
+    let (status, _) = get(port, "/v1/models", None)?;
+    ensure!(status == 401, "/v1/models without a key answered {status}");
+    replay.terminate()?;
     Ok(())
 }

@@ -167,11 +167,14 @@ impl Drop for Operator {
     }
 }
 
-/// Paths of the `operator` and `trainer` binaries.
+/// Paths of the `operator`, `trainer` and `server` binaries. The server is not
+/// built here (only replays of serving pods need it): build it with
+/// `cargo build -p llmops-server`.
 #[derive(Debug)]
 pub struct Binaries {
     pub operator: PathBuf,
     pub trainer: PathBuf,
+    pub server: PathBuf,
 }
 
 impl Binaries {
@@ -194,6 +197,7 @@ impl Binaries {
         let binaries = Binaries {
             operator: dir.join("operator"),
             trainer: dir.join("trainer"),
+            server: dir.join("server"),
         };
         if binaries.operator.exists() && binaries.trainer.exists() {
             return Ok(binaries);

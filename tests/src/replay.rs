@@ -4,7 +4,10 @@
 //! status afterwards as the kubelet would.
 //!
 //! What the process gets, from the pod spec:
-//! - the container's `command` and `args`, `trainer` being the binary cargo built;
+//! - the container's `command` and `args`, `trainer` and `server` being the binaries
+//!   cargo built; a listening port the container declares (`ports`) moves to a free
+//!   local one: the value after `--port` becomes it, `--host 0.0.0.0` becomes
+//!   `127.0.0.1`, and [`Replay::local_port`] tells the test where to connect;
 //! - its `env`: plain values; `secretKeyRef` and `configMapKeyRef` read as admin
 //!   (an optional reference to a missing Secret, ConfigMap or key is left out, a
 //!   required one is an error, as the kubelet's `CreateContainerConfigError`);
@@ -72,6 +75,7 @@ pub struct Replayer {
     cluster: &'static Cluster,
     client: Client,
     trainer: PathBuf,
+    server: PathBuf,
     dir: tempfile::TempDir,
     extra_env: Vec<(String, String)>,
 }
@@ -93,6 +97,8 @@ pub struct Replay {
     root: PathBuf,
     log: PathBuf,
     started: Timestamp,
+    /// Container port name (or number) → the local port it listens on instead.
+    ports: BTreeMap<String, u16>,
     fallback_to_logs: bool,
 }
 
@@ -117,6 +123,7 @@ impl Replayer {
             cluster,
             client: cluster.client().await?,
             trainer: Binaries::get()?.trainer.clone(),
+            server: Binaries::get()?.server.clone(),
             dir: tempfile::Builder::new()
                 .prefix("llmops-replay-")
                 .tempdir()?,
@@ -213,9 +220,14 @@ impl Replayer {
         }
         let program = match argv.remove(0).as_str() {
             "trainer" => self.trainer.clone(),
-            other => bail!("pod {name} runs {other:?}; replay knows only `trainer`"),
+            "server" if self.server.exists() => self.server.clone(),
+            "server" => {
+                bail!("pod {name} runs `server`, which is not built: cargo build -p llmops-server")
+            }
+            other => bail!("pod {name} runs {other:?}; replay knows only `trainer` and `server`"),
         };
-        let argv: Vec<String> = argv.iter().map(|a| rewrite(a)).collect();
+        let mut argv: Vec<String> = argv.iter().map(|a| rewrite(a)).collect();
+        let ports = local_ports(container, &mut argv)?;
 
         for var in container.env.iter().flatten() {
             if let Some(value) = self.env_value(pod, &namespace, var).await? {
@@ -257,6 +269,7 @@ impl Replayer {
             root,
             log,
             started: Timestamp::now(),
+            ports,
             fallback_to_logs: container.termination_message_policy.as_deref()
                 == Some("FallbackToLogsOnError"),
         })
@@ -452,6 +465,11 @@ impl Replay {
         self.root.join("fs")
     }
 
+    /// The local port standing for the container's port `name` (or number).
+    pub fn local_port(&self, name: &str) -> Option<u16> {
+        self.ports.get(name).copied()
+    }
+
     /// The process's output so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -638,6 +656,37 @@ impl Replay {
         }
         Err(anyhow!("pod {name}: status conflicts 20 times in a row"))
     }
+}
+
+/// Move each port the container declares to a free local one, in `argv`
+/// (`--port <n>`; `--host 0.0.0.0` becomes `127.0.0.1`, since many replays share
+/// this machine); returns port name (and number) → local port.
+fn local_ports(
+    container: &Container,
+    argv: &mut [String],
+) -> anyhow::Result<BTreeMap<String, u16>> {
+    let mut ports = BTreeMap::new();
+    for declared in container.ports.iter().flatten() {
+        let local = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let number = declared.container_port.to_string();
+        for i in 1..argv.len() {
+            if argv[i - 1] == "--port" && argv[i] == number {
+                argv[i] = local.to_string();
+            }
+        }
+        ports.insert(number, local);
+        if let Some(name) = &declared.name {
+            ports.insert(name.clone(), local);
+        }
+    }
+    for i in 1..argv.len() {
+        if argv[i - 1] == "--host" && argv[i] == "0.0.0.0" {
+            argv[i] = "127.0.0.1".into();
+        }
+    }
+    Ok(ports)
 }
 
 /// `value` with an absolute path related to a mount moved under `fs`.
