@@ -1,8 +1,8 @@
 //! The generation engine: one thread owns the model and decodes every running
 //! request together (continuous batching).
 //!
-//! Each loop iteration admits waiting requests (one prefill each, then their
-//! KV caches join the running batch's cache, left-padded), runs one decoding
+//! Each loop iteration admits waiting requests (prefilled together as one
+//! left-padded batch, whose KV cache then joins the running batch's), runs one decoding
 //! step for the whole batch, samples a token per sequence, streams the new text
 //! to its request, and drops finished or abandoned sequences from the batch. A
 //! request therefore starts within one step of arriving instead of waiting for
@@ -117,7 +117,15 @@ struct Sequence {
     max_new_tokens: usize,
     prompt_tokens: usize,
     generated: Vec<u32>,
-    /// Bytes of the decoded text already sent.
+    /// The decoded text so far (complete characters only).
+    text: String,
+    /// Incremental detokenization window: `generated[prefix..read]` was decoded
+    /// last time; decoding `generated[prefix..]` now yields the new text after it.
+    /// Decoding from a little before the new tokens keeps decoders that treat a
+    /// sequence's start specially (leading spaces) consistent.
+    prefix: usize,
+    read: usize,
+    /// Bytes of `text` already sent.
     sent: usize,
     /// The token to feed at the next decoding step.
     next_input: i64,
@@ -129,14 +137,47 @@ impl Sequence {
         let _ = self.events.send(event);
     }
 
-    /// Sends `text[self.sent..end]` if non-empty.
-    fn emit(&mut self, text: &str, end: usize) {
+    fn new(request: Request) -> (Self, Vec<i64>) {
+        let seq = Sequence {
+            events: request.events,
+            sampler: LogitsProcessor::new(request.seed, request.sampling),
+            stop: request.stop,
+            max_new_tokens: request.max_new_tokens,
+            prompt_tokens: request.prompt.len(),
+            generated: Vec::new(),
+            text: String::new(),
+            prefix: 0,
+            read: 0,
+            sent: 0,
+            next_input: 0,
+        };
+        (seq, request.prompt)
+    }
+
+    /// Sends `self.text[self.sent..end]` if non-empty.
+    fn emit(&mut self, end: usize) {
         if end > self.sent
-            && let Some(delta) = text.get(self.sent..end)
+            && let Some(delta) = self.text.get(self.sent..end)
         {
             self.send(Event::Text(delta.to_string()));
             self.sent = end;
         }
+    }
+
+    /// Appends the text of the tokens decoded since last time. Unless `flush`,
+    /// an incomplete UTF-8 character at the end waits for the next token.
+    fn detokenize(&mut self, tokenizer: &Tokenizer, flush: bool) -> Result<(), String> {
+        let before = decode(tokenizer, &self.generated[self.prefix..self.read])?;
+        let now = decode(tokenizer, &self.generated[self.prefix..])?;
+        if now.len() > before.len()
+            && now.is_char_boundary(before.len())
+            && (flush || !now.ends_with('\u{FFFD}'))
+        {
+            self.text.push_str(&now[before.len()..]);
+            self.prefix = self.read;
+            self.read = self.generated.len();
+        }
+        Ok(())
     }
 
     fn finish(&self, reason: FinishReason) -> Option<FinishReason> {
@@ -156,27 +197,25 @@ impl Sequence {
         eos: &[i64],
     ) -> Result<Option<FinishReason>, String> {
         if eos.contains(&token) {
-            let text = decode(tokenizer, &self.generated)?;
-            self.emit(&text, text.len());
+            self.detokenize(tokenizer, true)?;
+            self.emit(self.text.len());
             return Ok(self.finish(FinishReason::Stop));
         }
         self.generated.push(token as u32);
         self.next_input = token;
-        let text = decode(tokenizer, &self.generated)?;
-        match self.stop.check(&text) {
+        let last = self.generated.len() >= self.max_new_tokens;
+        self.detokenize(tokenizer, last)?;
+        match self.stop.check(&self.text) {
             StopMatch::Stopped { at } => {
-                self.emit(&text, at);
+                self.emit(at);
                 Ok(self.finish(FinishReason::Stop))
             }
-            StopMatch::Continue { safe } if self.generated.len() < self.max_new_tokens => {
-                // A trailing U+FFFD is an incomplete UTF-8 character whose
-                // remaining bytes come with the next token: hold it back.
-                let safe = text[..safe].trim_end_matches('\u{FFFD}').len();
-                self.emit(&text, safe);
+            StopMatch::Continue { safe } if !last => {
+                self.emit(safe);
                 Ok(None)
             }
             StopMatch::Continue { .. } => {
-                self.emit(&text, text.len());
+                self.emit(self.text.len());
                 Ok(self.finish(FinishReason::Length))
             }
         }
@@ -204,19 +243,23 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         self.cache = self.model.new_cache();
+        let mut waiting = Vec::new();
         loop {
             if self.running.is_empty() {
                 // Idle: sleep until a request comes (or the server stops).
                 match self.requests.blocking_recv() {
-                    Some(request) => self.admit(request),
+                    Some(request) => waiting.push(request),
                     None => return,
                 }
             }
-            while self.running.len() < self.max_batch {
+            while self.running.len() + waiting.len() < self.max_batch {
                 match self.requests.try_recv() {
-                    Ok(request) => self.admit(request),
+                    Ok(request) => waiting.push(request),
                     Err(_) => break,
                 }
+            }
+            if !waiting.is_empty() {
+                self.admit(std::mem::take(&mut waiting));
             }
             self.metrics
                 .running_sequences
@@ -231,55 +274,61 @@ impl Worker {
         }
     }
 
-    /// Prefills `request` and adds it to the running batch, unless it is
-    /// already finished (one token asked for, an immediate stop) or abandoned.
-    fn admit(&mut self, request: Request) {
-        if request.events.is_closed() {
+    /// Prefills `requests` together (left-padded to the longest prompt) and adds
+    /// them to the running batch, except those already finished (one token
+    /// asked for, an immediate stop) or abandoned.
+    fn admit(&mut self, requests: Vec<Request>) {
+        let (mut seqs, prompts): (Vec<Sequence>, Vec<Vec<i64>>) = requests
+            .into_iter()
+            .filter(|r| !r.events.is_closed())
+            .map(Sequence::new)
+            .unzip();
+        if seqs.is_empty() {
             return;
         }
         let started = Instant::now();
         let mut cache = self.model.new_cache();
-        let logits = Tensor::f_from_slice(&request.prompt)
-            .and_then(|t| t.f_unsqueeze(0))
-            .map_err(|e| e.to_string())
-            .and_then(|ids| {
-                self.model
-                    .forward_last(&ids, None, &mut cache)
-                    .map_err(|e| e.to_string())
-            })
-            .and_then(|l| host_rows(&l));
-        let mut seq = Sequence {
-            events: request.events,
-            sampler: LogitsProcessor::new(request.seed, request.sampling),
-            stop: request.stop,
-            max_new_tokens: request.max_new_tokens,
-            prompt_tokens: request.prompt.len(),
-            generated: Vec::new(),
-            sent: 0,
-            next_input: 0,
-        };
-        let rows = match logits {
+        let rows = prefill(&self.model, &prompts, &mut cache);
+        let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
-                seq.send(Event::Failed(format!("generation failed: {e}")));
+                for seq in &seqs {
+                    seq.send(Event::Failed(format!("generation failed: {e}")));
+                }
                 return;
             }
         };
         self.metrics
             .prefill_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .prompt_tokens
-            .inc_by(request.prompt.len() as u64);
-        match self.sample_into(&mut seq, &rows[0]) {
-            Ok(None) => {}
-            Ok(Some(_)) | Err(_) => return,
+        let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+        self.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+        let mut keep = Vec::new();
+        for (i, (seq, row)) in seqs.iter_mut().zip(&rows).enumerate() {
+            if let Ok(None) = self.sample_into(seq, row) {
+                keep.push(i);
+            }
         }
-        if let Err(e) = self.cache.append(cache) {
-            seq.send(Event::Failed(format!("generation failed: {e}")));
+        let joined = if keep.len() == seqs.len() {
+            Ok(())
+        } else {
+            let indices: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+            cache.retain(&indices)
+        }
+        .and_then(|()| self.cache.append(cache));
+        if let Err(e) = joined {
+            for &i in &keep {
+                seqs[i].send(Event::Failed(format!("generation failed: {e}")));
+            }
             return;
         }
-        self.running.push(seq);
+        let mut index = 0;
+        seqs.retain(|_| {
+            let kept = keep.binary_search(&index).is_ok();
+            index += 1;
+            kept
+        });
+        self.running.extend(seqs);
     }
 
     /// Samples the next token of `seq` from its logits row.
@@ -357,6 +406,34 @@ impl Worker {
         }
         self.running = running;
     }
+}
+
+/// Runs `prompts` through the model as one batch, left-padded to the longest,
+/// filling `cache`; returns each prompt's next-token logits.
+fn prefill(
+    model: &Model,
+    prompts: &[Vec<i64>],
+    cache: &mut KvCache,
+) -> Result<Vec<Vec<f32>>, String> {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * longest);
+    let mut mask = Vec::with_capacity(prompts.len() * longest);
+    for prompt in prompts {
+        let pad = longest - prompt.len();
+        ids.extend(std::iter::repeat_n(0, pad).chain(prompt.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, prompt.len())));
+    }
+    let shape = [prompts.len() as i64, longest as i64];
+    let mut run = || -> Result<Tensor, llmops_model::Error> {
+        let ids = Tensor::f_from_slice(&ids)?.f_view(shape)?;
+        // Without padding the model takes its plain causal path.
+        let mask = mask
+            .contains(&0)
+            .then(|| Tensor::f_from_slice(&mask).and_then(|m| m.f_view(shape)))
+            .transpose()?;
+        model.forward_last(&ids, mask.as_ref(), cache)
+    };
+    host_rows(&run().map_err(|e| e.to_string())?)
 }
 
 /// Logits `[batch, vocab]` as one fp32 vector per row, on the host.
