@@ -63,6 +63,7 @@ pub(crate) fn build(vs: &nn::Path, cfg: &Config, init: Init) -> Result<Model> {
             weight: wte.shallow_clone(),
             bias: None,
             layout: WeightLayout::OutIn,
+            lora: None,
         }
     } else {
         init.linear(

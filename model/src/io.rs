@@ -16,12 +16,15 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::config::{Config, Dtype};
 use crate::error::{Error, Result};
 use crate::generation::GenerationConfig;
+use crate::lora;
 use crate::model::{Init, Model};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+/// LoRA adapter tensors of a training checkpoint (not part of the HF layout).
+pub const ADAPTERS_FILE: &str = "adapters.safetensors";
 
 /// A model loaded from a directory, with the store that owns its parameters.
 #[derive(Debug)]
@@ -139,10 +142,31 @@ pub fn save(
     })
 }
 
-/// Writes every variable of `vs` to one safetensors file with the `{"format": "pt"}`
+/// Writes every model variable of `vs` (LoRA adapters left out: they are not
+/// part of the HF layout) to one safetensors file with the `{"format": "pt"}`
 /// metadata `transformers` checks for.
 pub fn write_safetensors(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    let mut variables: Vec<_> = vs.variables().into_iter().collect();
+    write_variables(vs, path, |name| !lora::is_adapter(name))
+}
+
+/// Writes the LoRA adapters of `vs` to `dir/adapters.safetensors`, if it has any,
+/// for checkpoints: [`load_weights`] reads the file back when it is there.
+pub fn save_adapters(dir: &Path, vs: &nn::VarStore) -> Result<bool> {
+    if !vs.variables().keys().any(|n| lora::is_adapter(n)) {
+        return Ok(false);
+    }
+    write_atomically(&dir.join(ADAPTERS_FILE), |p| {
+        write_variables(vs, p, lora::is_adapter)
+    })?;
+    Ok(true)
+}
+
+fn write_variables(vs: &nn::VarStore, path: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
+    let mut variables: Vec<_> = vs
+        .variables()
+        .into_iter()
+        .filter(|(name, _)| keep(name))
+        .collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     let mut buffers = Vec::with_capacity(variables.len());
     for (name, tensor) in &variables {
@@ -183,8 +207,17 @@ pub fn write_safetensors(vs: &nn::VarStore, path: &Path) -> Result<()> {
 }
 
 /// The weight files of a directory: one `model.safetensors`, or the shards an
-/// index names (large HF checkpoints).
+/// index names (large HF checkpoints); plus the adapters of a LoRA checkpoint.
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = model_weight_files(dir)?;
+    let adapters = dir.join(ADAPTERS_FILE);
+    if adapters.exists() {
+        files.push(adapters);
+    }
+    Ok(files)
+}
+
+fn model_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join(WEIGHTS_FILE);
     if single.exists() {
         return Ok(vec![single]);

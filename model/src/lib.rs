@@ -5,6 +5,7 @@
 //!   safetensors names, so an optimiser, [`io::load`] and [`io::save`] see the same
 //!   tensors. [`Model::forward_t`] trains, [`Model::forward`] decodes with a [`KvCache`].
 //! - [`sampling`], [`stop`], [`generation`]: turning logits into text.
+//! - [`lora`]: low-rank adapters for fine-tuning, merged into the weights for export.
 //!
 //! Models load in `transformers` and `transformers` models load here; the parity
 //! tests in `tests/` hold the two implementations to the same logits.
@@ -17,6 +18,7 @@ pub mod io;
 pub mod kv_cache;
 pub mod layers;
 mod llama;
+pub mod lora;
 pub mod model;
 pub mod sampling;
 pub mod stop;
@@ -26,6 +28,7 @@ pub use error::{Error, Result};
 pub use generation::{FinishReason, Generation, GenerationConfig, generate};
 pub use io::LoadedModel;
 pub use kv_cache::KvCache;
+pub use lora::LoraSettings;
 pub use model::{Block, Model};
 pub use sampling::{LogitsProcessor, Sampling};
 pub use stop::{StopMatch, StopSequences};

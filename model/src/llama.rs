@@ -62,6 +62,7 @@ pub(crate) fn build(vs: &nn::Path, cfg: &Config, init: Init) -> Result<Model> {
             weight: embed.shallow_clone(),
             bias: None,
             layout: WeightLayout::OutIn,
+            lora: None,
         }
     } else {
         linear(vs / "lm_head", h, cfg.vocab_size, false)?

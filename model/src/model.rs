@@ -113,6 +113,7 @@ impl Init {
             weight,
             bias,
             layout,
+            lora: None,
         })
     }
 }

@@ -24,6 +24,19 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub layout: WeightLayout,
+    /// A low-rank adapter added to the output (see [`crate::lora`]).
+    pub lora: Option<LoraAdapter>,
+}
+
+/// `scale · B(A(dropout(x)))` added to a projection's output: `a` is
+/// `[rank, in]`, `b` is `[out, rank]` (zero-initialised, so a fresh adapter
+/// changes nothing).
+#[derive(Debug)]
+pub struct LoraAdapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f64,
 }
 
 impl Linear {
@@ -47,10 +60,25 @@ impl Linear {
 
     /// Applies the projection to the last dimension of `xs`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(match self.layout {
+        let out = match self.layout {
             WeightLayout::OutIn => xs.f_linear(&self.weight, self.bias.as_ref())?,
             // A transposed view costs nothing; `linear` then runs a plain matmul.
             WeightLayout::InOut => xs.f_linear(&self.weight.f_tr()?, self.bias.as_ref())?,
-        })
+        };
+        let Some(lora) = &self.lora else {
+            return Ok(out);
+        };
+        // Dropout only while gradients are recorded, i.e. in training: a view of
+        // a trainable leaf requires grad exactly then (not under `no_grad`).
+        let recording = lora.dropout > 0.0 && lora.a.f_alias()?.requires_grad();
+        let input = if recording {
+            xs.f_dropout(lora.dropout, true)?
+        } else {
+            xs.shallow_clone()
+        };
+        let update = input
+            .f_linear::<&Tensor>(&lora.a, None)?
+            .f_linear::<&Tensor>(&lora.b, None)?;
+        Ok(out.f_add(&update.f_mul_scalar(lora.scale)?)?)
     }
 }
