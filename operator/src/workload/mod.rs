@@ -7,3 +7,4 @@ pub mod observe;
 pub mod rbac;
 pub mod security;
 pub mod storage;
+pub mod training;

@@ -623,7 +623,8 @@ spec:
 
     #[test]
     fn suspend_is_on_the_job_but_not_in_its_run_hash() {
-        let hash = |job: &Job| job.annotations()[build::RUN_HASH_ANNOTATION].clone();
+        let hash =
+            |job: &Job| job.annotations()[crate::workload::training::RUN_HASH_ANNOTATION].clone();
         let running = children("{}").job;
         let suspended = children("spec: {suspend: true}").job;
         assert_eq!(suspended.spec.as_ref().unwrap().suspend, Some(true));
@@ -649,11 +650,11 @@ mod status_tests {
 
     use super::*;
     use crate::controller::pretrain::status::{
-        Observed, desired_status, finished_for_generation, needs_write, observe, restarts,
-        telling_pods,
+        Observed, desired_status, finished_for_generation, needs_write, observe,
     };
     use crate::runtime::conditions::Outcome;
     use crate::workload::observe::{JobState, job_state};
+    use crate::workload::training::status::{restarts, telling_pods};
 
     fn job(status: &str) -> Job {
         with_overlay(
@@ -990,7 +991,7 @@ mod watch_tests {
 
 mod job_action_tests {
     use super::*;
-    use crate::controller::pretrain::{JobAction, job_action};
+    use crate::workload::training::run::{JobAction, job_action};
 
     fn live(desired: &Job, status: &str) -> Job {
         let mut job = desired.clone();

@@ -1,0 +1,93 @@
+//! What the API accepts in a training spec but the operator cannot run. Each
+//! problem names the field to change and becomes a Stalled condition, instead of
+//! a pod that starts, fails and retries with the same error.
+
+use llmops_crds::{ComputeResources, TrainingSpec};
+
+use super::{job_name, service_name};
+use crate::workload::storage::pvc_claim;
+
+/// Longest name of an object whose name is also a label value or a DNS label:
+/// Jobs label their pods with their name, and pods of an Indexed Job are named
+/// (and get the hostname) `<job>-<index>`.
+const MAX_DNS_LABEL: usize = 63;
+
+/// A spec the operator cannot act on, and the field to change.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Result<(), Invalid> {
+    Err(Invalid {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+/// The names of the run's pods and Service must be DNS labels.
+pub fn names(name: &str, command: &str, resources: &ComputeResources) -> Result<(), Invalid> {
+    let replicas = resources.replicas.max(1);
+    // The last pod of an Indexed Job is `<job>-<replicas-1>`.
+    let last_pod = if replicas > 1 {
+        format!("{}-{}", job_name(name, command), replicas - 1)
+    } else {
+        job_name(name, command)
+    };
+    if last_pod.len() > MAX_DNS_LABEL {
+        return invalid(
+            "metadata.name",
+            format!(
+                "the name is too long for its trainer pods {last_pod:?} ({} characters, at most {MAX_DNS_LABEL}); use a shorter name",
+                last_pod.len()
+            ),
+        );
+    }
+    // Service names are DNS-1035 labels: they start with a letter.
+    if replicas > 1 && !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return invalid(
+            "metadata.name",
+            format!(
+                "with more than one replica the workers are found through Service {:?}, whose name must start with a letter",
+                service_name(name)
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// One rank per GPU (per pod on CPU): each takes an equal share of the batch.
+pub fn batch(training: &TrainingSpec, resources: &ComputeResources) -> Result<(), Invalid> {
+    let replicas = resources.replicas.max(1);
+    let ranks = replicas * resources.gpus_per_replica.max(1);
+    let per_step = training.micro_batch_size.max(1) * ranks;
+    if training.batch_size % per_step != 0 {
+        let gpus = resources.gpus_per_replica;
+        let ranks_text = if gpus > 1 {
+            format!("{replicas} replica(s) × {gpus} GPUs")
+        } else {
+            format!("{replicas} replica(s)")
+        };
+        return invalid(
+            "spec.training.batchSize",
+            format!(
+                "{} must be a multiple of microBatchSize {} × {ranks_text} = {per_step}, so every rank takes an equal share",
+                training.batch_size, training.micro_batch_size
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// A `pvc://` URI names its claim.
+pub fn pvc_uri(field: &str, uri: &str) -> Result<(), Invalid> {
+    if uri.starts_with("pvc://") && pvc_claim(uri).is_none() {
+        return invalid(
+            field,
+            "a pvc:// URI needs a claim name: pvc://<claim>/<path>",
+        );
+    }
+    Ok(())
+}
