@@ -2,8 +2,8 @@
 
 pub mod dataset;
 pub mod deployment;
+pub mod finetune;
 pub mod pretrain;
-pub mod unsupported;
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ pub fn start_all(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Controll
     let mut runs = Vec::new();
     runs.extend(dataset::controllers(ctx, scope, stop));
     runs.extend(pretrain::controllers(ctx, scope, stop));
+    runs.extend(finetune::controllers(ctx, scope, stop));
     runs.extend(deployment::controllers(ctx, scope, stop));
-    runs.extend(unsupported::controllers(ctx, scope, stop));
     runs
 }

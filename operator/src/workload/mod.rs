@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod job;
+pub mod lineage;
 pub mod observe;
 pub mod rbac;
 pub mod security;

@@ -22,9 +22,10 @@
 //! - **Models**: a `uri` is served as given; a `pretrainJobRef` waits
 //!   (`WaitingForModel`) until the PretrainJob is Ready and serves its
 //!   `status.artifact` (a re-trained PretrainJob rolls out its new artifact);
-//!   a `fineTuneRef` waits, since FineTunes are not run by this version, unless
-//!   the FineTune has an artifact. While waiting, or stalled on a spec this version
-//!   cannot run, the Deployment of the last good spec is left as it is, serving.
+//!   a `fineTuneRef` likewise waits for the FineTune to be Ready (one whose model
+//!   failed its quality gates has no artifact, so it is never served). While
+//!   waiting, or stalled on a spec this version cannot run, the Deployment of
+//!   the last good spec is left as it is, serving.
 //! - **Secrets**: the API keys reach the pods as `LLMOPS_API_KEYS` and the model
 //!   store's credentials as `LLMOPS_CRED_<SECRET>_<KEY>`, both through
 //!   `secretKeyRef`; the operator never reads a Secret.

@@ -4,9 +4,9 @@
 //!   the store), so the artifact's digest is empty.
 //! - `pretrainJobRef`: the PretrainJob must be Ready for its current generation;
 //!   its `status.artifact` {uri, digest} is served.
-//! - `fineTuneRef`: FineTunes are not run by this version, so they have no
-//!   artifact and the deployment waits; a FineTune that has one (Ready, with
-//!   `status.artifact`) is served like a PretrainJob's.
+//! - `fineTuneRef`: likewise; a FineTune whose model failed its quality gates has
+//!   no `status.artifact` and is never Ready, so the deployment keeps waiting (and
+//!   says so) and never serves the rejected model.
 //!
 //! The Secret: `spec.model.credentialsSecretRef` when set; else the producer's
 //! `spec.output.credentialsSecretRef`; else the operator's store Secret when the
@@ -20,6 +20,7 @@ use super::status::reason;
 use crate::config::OperatorConfig;
 use crate::runtime::Context;
 use crate::runtime::conditions::Outcome;
+use crate::workload::lineage::{ready_for_generation, store_secret};
 
 /// The model to serve.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,11 +104,12 @@ pub fn resolve_with(
                 let status = job.status.as_ref();
                 (
                     ready_for_generation(
-                        status.map(|s| s.conditions.as_slice()),
+                        status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
                         job.metadata.generation,
                     ),
                     status.and_then(|s| s.artifact.clone()),
                     job.spec.output.credentials_secret_ref.clone(),
+                    None,
                 )
             }),
         ),
@@ -119,11 +121,15 @@ pub fn resolve_with(
                 let status = ft.status.as_ref();
                 (
                     ready_for_generation(
-                        status.map(|s| s.conditions.as_slice()),
+                        status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
                         ft.metadata.generation,
                     ),
                     status.and_then(|s| s.artifact.clone()),
                     ft.spec.output.location.credentials_secret_ref.clone(),
+                    status
+                        .and_then(|s| s.gate.as_ref())
+                        .filter(|gate| !gate.passed)
+                        .map(|gate| gate.message.clone()),
                 )
             }),
         ),
@@ -143,7 +149,7 @@ pub fn resolve_with(
     };
     match found {
         None => waiting("not found".into()),
-        Some((true, Some(artifact), output_secret)) => {
+        Some((true, Some(artifact), output_secret, _)) => {
             let credentials_secret = explicit
                 .or(output_secret.map(|s| s.name))
                 .or_else(|| store_secret(&artifact, config));
@@ -152,32 +158,9 @@ pub fn resolve_with(
                 credentials_secret,
             })
         }
-        Some(_) if kind == "FineTune" => waiting(
-            "it has no model artifact yet (FineTunes are not run by this llmops version)".into(),
-        ),
+        Some((_, _, _, Some(gate))) => waiting(format!(
+            "its model failed the quality gates ({gate}) and is not served"
+        )),
         Some(_) => waiting("it is not Ready with a model artifact yet".into()),
     }
-}
-
-/// Whether `conditions` hold Ready=True for `generation`.
-fn ready_for_generation(
-    conditions: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
-    generation: Option<i64>,
-) -> bool {
-    conditions.unwrap_or_default().iter().any(|c| {
-        c.type_ == llmops_crds::condition::READY
-            && c.status == "True"
-            && c.observed_generation == generation
-    })
-}
-
-/// The operator's store Secret, for an artifact in the default store.
-fn store_secret(artifact: &Artifact, config: &OperatorConfig) -> Option<String> {
-    let in_default_store = artifact
-        .uri
-        .strip_prefix(&config.artifact_store)
-        .is_some_and(|rest| rest.starts_with('/'));
-    in_default_store
-        .then(|| config.artifact_store_secret.clone())
-        .flatten()
 }

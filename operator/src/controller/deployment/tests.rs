@@ -177,23 +177,57 @@ mod resolve_tests {
         assert!(message(&outcome).1.ends_with("not found"));
     }
 
-    #[test]
-    fn a_fine_tune_without_an_artifact_is_waited_for_saying_so() {
+    fn fine_tune_resolution(status: &str) -> Resolution {
         let md = fixture("spec: {model: {uri: null, fineTuneRef: {name: ft}}}");
-        let ft: FineTune = serde_yaml_ng::from_str(
-            "apiVersion: llmops.dev/v1alpha1\nkind: FineTune\nmetadata: {name: ft, namespace: ml, generation: 1}\nspec:\n  baseModel: {uri: 's3://m/base'}\n  datasetRef: {name: d}\n",
-        )
+        let ft: FineTune = serde_yaml_ng::from_str(&format!(
+            "apiVersion: llmops.dev/v1alpha1\nkind: FineTune\nmetadata: {{name: ft, namespace: ml, generation: 1}}\nspec:\n  baseModel: {{uri: 's3://m/base'}}\n  datasetRef: {{name: d}}\n{status}"
+        ))
         .unwrap();
-        let Resolution::Waiting(outcome) = resolve_with(
+        resolve_with(
             &md,
             Some(Producer::FineTune(Some(&ft))),
             &OperatorConfig::example(),
+        )
+    }
+
+    #[test]
+    fn a_fine_tune_still_training_is_waited_for_saying_so() {
+        let Resolution::Waiting(outcome) = fine_tune_resolution(
+            "status: {conditions: [{type: Ready, status: 'False', reason: Training, message: training, observedGeneration: 1, lastTransitionTime: '2026-01-01T00:00:00Z'}]}",
         ) else {
             panic!("not waiting");
         };
         let (why, text) = message(&outcome);
         assert_eq!(why, reason::WAITING_FOR_MODEL);
-        assert!(text.contains("FineTune ft") && text.contains("no model artifact"));
+        assert!(
+            text.contains("FineTune ft") && text.contains("not Ready with a model artifact"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_fine_tune_whose_gates_failed_is_never_served() {
+        let Resolution::Waiting(outcome) = fine_tune_resolution(
+            "status:\n  conditions: [{type: Ready, status: 'False', reason: GateFailed, message: rejected, observedGeneration: 1, lastTransitionTime: '2026-01-01T00:00:00Z'}]\n  gate: {passed: false, message: 'rougeL 0.12 < 0.35'}\n",
+        ) else {
+            panic!("not waiting");
+        };
+        let text = message(&outcome).1;
+        assert!(
+            text.contains("failed the quality gates (rougeL 0.12 < 0.35)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_ready_fine_tune_is_served() {
+        let resolution = fine_tune_resolution(
+            "status:\n  conditions: [{type: Ready, status: 'True', reason: Trained, message: ok, observedGeneration: 1, lastTransitionTime: '2026-01-01T00:00:00Z'}]\n  gate: {passed: true, message: ''}\n  artifact: {uri: 's3://llmops-artifacts/finetunes/ml/ft', digest: 'sha256:f1'}\n",
+        );
+        let Resolution::Resolved(model) = resolution else {
+            panic!("not resolved: {resolution:?}");
+        };
+        assert_eq!(model.artifact.digest, "sha256:f1");
     }
 }
 

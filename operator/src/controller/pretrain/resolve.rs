@@ -8,13 +8,14 @@
 
 use kube::{Api, ResourceExt};
 use llmops_crds::dataset::DatasetType;
-use llmops_crds::{Artifact, Dataset, PretrainJob, PretrainJobStatus, SecretRef};
+use llmops_crds::{Artifact, Dataset, PretrainJob, PretrainJobStatus};
 
 use super::Error;
 use super::status::reason;
 use crate::config::OperatorConfig;
 use crate::runtime::Context;
 use crate::runtime::conditions::Outcome;
+use crate::workload::lineage::{dataset_secret, default_output, ready_artifact};
 
 /// A PretrainJob ready to be validated and built.
 #[derive(Clone, Debug)]
@@ -109,36 +110,6 @@ pub fn resolve_with(
     )))
 }
 
-/// The artifact of a Dataset that is Ready for its current generation.
-fn ready_artifact(ds: &Dataset) -> Option<Artifact> {
-    let status = ds.status.as_ref()?;
-    let ready = status.conditions.iter().any(|c| {
-        c.type_ == llmops_crds::condition::READY
-            && c.status == "True"
-            && c.observed_generation == ds.metadata.generation
-    });
-    ready.then(|| status.artifact.clone()).flatten()
-}
-
-/// The Secret for reading the dataset: the one its Dataset writes with, else the
-/// operator's store Secret when the artifact lives in the default store.
-fn dataset_secret(
-    dataset: Option<&Dataset>,
-    artifact: &Artifact,
-    config: &OperatorConfig,
-) -> Option<String> {
-    if let Some(secret) = dataset.and_then(|ds| ds.spec.output.credentials_secret_ref.as_ref()) {
-        return Some(secret.name.clone());
-    }
-    let in_default_store = artifact
-        .uri
-        .strip_prefix(&config.artifact_store)
-        .is_some_and(|rest| rest.starts_with('/'));
-    in_default_store
-        .then(|| config.artifact_store_secret.clone())
-        .flatten()
-}
-
 fn resolved(
     job: &PretrainJob,
     artifact: Artifact,
@@ -149,19 +120,7 @@ fn resolved(
     let name = job.name_any();
     let namespace = job.namespace().unwrap_or_default();
     let mut spec = job.spec.clone();
-    if spec.output.uri.is_none() {
-        spec.output.uri = Some(config.default_artifact_uri("pretrainjobs", &namespace, &name));
-        if spec.output.credentials_secret_ref.is_none() {
-            spec.output.credentials_secret_ref =
-                config
-                    .artifact_store_secret
-                    .as_ref()
-                    .map(|secret| SecretRef {
-                        name: secret.clone(),
-                    });
-        }
-    }
-    let output_uri = spec.output.uri.clone().unwrap_or_default();
+    let output_uri = default_output(&mut spec.output, "pretrainjobs", &namespace, &name, config);
 
     let mut resource = PretrainJob::new(&name, spec);
     resource.metadata.namespace = Some(namespace);
