@@ -318,7 +318,7 @@ pub struct Gates {
 }
 
 /// Output of a FineTune.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FineTuneOutput {
     /// Location and retention of the model.
@@ -332,6 +332,16 @@ pub struct FineTuneOutput {
 
 fn merge_default() -> bool {
     true
+}
+
+// Not derived: an absent `output` must merge adapters like an empty one does.
+impl Default for FineTuneOutput {
+    fn default() -> Self {
+        Self {
+            location: OutputSpec::default(),
+            merge_adapter: merge_default(),
+        }
+    }
 }
 
 /// Observed state of a FineTune.

@@ -6,12 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use futures::StreamExt;
 use llmops_model::{Dtype, GenerationConfig, io};
 use llmops_store::{Credentials, Store};
 use tch::Device;
 use tokenizers::Tokenizer;
-use tokio::io::AsyncWriteExt;
 
 use crate::chat::ChatTemplate;
 use crate::engine::Engine;
@@ -35,44 +33,23 @@ pub async fn fetch(uri: &str, credentials: &Credentials) -> anyhow::Result<Model
         format!("file://{}", path.display())
     };
     let store = Store::open(&uri, credentials)?;
-    if let Some(root) = store.local_root() {
-        if !root.join(io::CONFIG_FILE).exists() {
-            bail!(
-                "{uri} is not a model directory: it has no {}",
-                io::CONFIG_FILE
-            );
-        }
-        return Ok(ModelDir {
-            path: root.to_path_buf(),
-            _download: None,
-        });
-    }
-    let download = tempfile::tempdir().context("cannot create a download directory")?;
-    let entries = store.list().await?;
-    if !entries.iter().any(|e| e.name == io::CONFIG_FILE) {
+    let download = match store.local_root() {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().context("cannot create a download directory")?),
+    };
+    let scratch = download
+        .as_ref()
+        .map_or_else(PathBuf::new, |d| d.path().to_path_buf());
+    let path = store.local_dir(&scratch).await?;
+    if !path.join(io::CONFIG_FILE).exists() {
         bail!(
             "{uri} is not a model directory: it has no {}",
             io::CONFIG_FILE
         );
     }
-    for entry in entries {
-        let target = download.path().join(&entry.name);
-        if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent).await?;
-        }
-        let mut file = tokio::fs::File::create(&target)
-            .await
-            .with_context(|| format!("cannot write {}", target.display()))?;
-        let mut chunks = store.get(&entry.name).await?;
-        while let Some(chunk) = chunks.next().await {
-            file.write_all(&chunk?).await?;
-        }
-        file.flush().await?;
-    }
-    tracing::info!(%uri, "model downloaded");
     Ok(ModelDir {
-        path: download.path().to_path_buf(),
-        _download: Some(download),
+        path,
+        _download: download,
     })
 }
 

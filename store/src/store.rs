@@ -366,6 +366,36 @@ impl Store {
     }
 
     /// Uploads the local file `local` as the object `rel`.
+    /// The local directory holding every object under the URI: the directory
+    /// itself for `file://`/`pvc://` URIs (nothing is copied), else a copy
+    /// downloaded into `scratch`.
+    pub async fn local_dir(&self, scratch: &Path) -> Result<PathBuf, StoreError> {
+        if let Some(root) = self.local_root() {
+            return Ok(root.to_path_buf());
+        }
+        for entry in self.list().await? {
+            let target = scratch.join(&entry.name);
+            if let Some(parent) = target.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(StoreError::io("create", parent))?;
+            }
+            let mut file = tokio::fs::File::create(&target)
+                .await
+                .map_err(StoreError::io("create", &target))?;
+            let mut chunks = self.get(&entry.name).await?;
+            while let Some(chunk) = chunks.next().await {
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?)
+                    .await
+                    .map_err(StoreError::io("write", &target))?;
+            }
+            tokio::io::AsyncWriteExt::flush(&mut file)
+                .await
+                .map_err(StoreError::io("write", &target))?;
+        }
+        Ok(scratch.to_path_buf())
+    }
+
     pub async fn put_file(&self, rel: &str, local: &Path) -> Result<(), StoreError> {
         // Artifact files are bounded (token shards stay under ~64 MiB), so a single
         // put keeps this simple and lets the store verify the whole object.

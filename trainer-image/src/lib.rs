@@ -9,6 +9,8 @@
 
 pub mod artifact;
 pub mod bench;
+pub mod finetune;
+pub mod metrics;
 pub mod prepare;
 pub mod pretrain;
 pub mod progress;

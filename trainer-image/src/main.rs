@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use llmops_crds::{Dataset, PretrainJob};
+use llmops_crds::common::CheckpointInfo;
+use llmops_crds::{Dataset, FineTune, PretrainJob};
+use llmops_trainer::finetune;
 use llmops_trainer::pretrain::{self, Outcome};
 use llmops_trainer::train::{interrupt::Interrupt, launch};
 use llmops_trainer::{bench, prepare, progress::Reporter, resource, termination};
@@ -48,6 +50,22 @@ enum Command {
         dataset: Option<String>,
         /// Output URI (default: spec.output.uri, else
         /// file://./out/pretrainjobs/<name>).
+        #[arg(long)]
+        output: Option<String>,
+    },
+    /// Fine-tune a FineTune's base model (full or LoRA), evaluate it, check its
+    /// gates and export it, resuming from the newest checkpoint.
+    Finetune {
+        /// The FineTune resource (YAML or JSON).
+        #[arg(long, env = "LLMOPS_RESOURCE")]
+        resource: PathBuf,
+        /// Base model URI (default: status.lineage.baseModel.uri, else spec.baseModel.uri).
+        #[arg(long)]
+        base_model: Option<String>,
+        /// Dataset artifact URI (default: status.lineage.dataset.uri).
+        #[arg(long)]
+        dataset: Option<String>,
+        /// Output URI (default: spec.output.uri, else file://./out/finetunes/<name>).
         #[arg(long)]
         output: Option<String>,
     },
@@ -114,6 +132,19 @@ fn main() -> ExitCode {
             resource,
             pretrain::Options { dataset, output },
         )),
+        Command::Finetune {
+            resource,
+            base_model,
+            dataset,
+            output,
+        } => runtime.block_on(run_finetune(
+            resource,
+            finetune::Options {
+                base_model,
+                dataset,
+                output,
+            },
+        )),
         Command::Bench {
             what: BenchCommand::Pretrain(options),
         } => match pretrain::bench::run(&options) {
@@ -123,15 +154,32 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_pretrain(resource: PathBuf, options: pretrain::Options) -> ExitCode {
-    let job: PretrainJob = match resource::load(&resource, "PretrainJob") {
-        Ok(j) => j,
-        Err(e) => return fail(&e.to_string()),
-    };
-    let interrupt = match Interrupt::on_signals() {
-        Ok(i) => i,
-        Err(e) => return fail(&format!("cannot handle termination signals: {e}")),
-    };
+/// How a training run ended, in the terms the pod's exit needs.
+enum RunEnd<R> {
+    Finished(Option<R>),
+    Interrupted {
+        step: i64,
+        checkpoint: Option<CheckpointInfo>,
+    },
+}
+
+/// The part of `trainer pretrain` and `trainer finetune` around the training
+/// itself: one process per GPU via the launcher, the status reporter on rank 0,
+/// and the exit: the result as termination message (0), the checkpoint of an
+/// interruption (143), or one line of error (2 when a restart cannot help).
+async fn run_training<K, R, F, Fut>(resource: &K, interrupt: Interrupt, train: F) -> ExitCode
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    R: serde::Serialize,
+    F: FnOnce(Option<Reporter>, Interrupt) -> Fut,
+    Fut: std::future::Future<Output = Result<RunEnd<R>, pretrain::PretrainError>>,
+{
     if let Some(n) = launch::processes_to_launch() {
         return match launch::launch(n, interrupt).await {
             Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -141,19 +189,17 @@ async fn run_pretrain(resource: PathBuf, options: pretrain::Options) -> ExitCode
     if std::env::var_os(launch::STOP_ON_STDIN_EOF).is_some() {
         interrupt.on_stdin_eof();
     }
-    let name = job.metadata.name.clone().unwrap_or_default();
-    // Only rank 0 writes the job's status.
+    let meta = resource.meta();
+    let name = meta.name.clone().unwrap_or_default();
+    // Only rank 0 writes the resource's status.
     let rank0 = std::env::var("RANK").map_or(true, |r| r.is_empty() || r == "0");
     let reporter = if rank0 {
-        Some(
-            Reporter::start::<PretrainJob>(job.metadata.namespace.as_deref(), &name, "progress")
-                .await,
-        )
+        Some(Reporter::start::<K>(meta.namespace.as_deref(), &name, "progress").await)
     } else {
         None
     };
-    match pretrain::pretrain(&job, &options, reporter.clone(), interrupt).await {
-        Ok(Outcome::Finished(result)) => {
+    match train(reporter.clone(), interrupt).await {
+        Ok(RunEnd::Finished(result)) => {
             if let Some(result) = result {
                 let line = serde_json::to_string(&result).unwrap_or_default();
                 termination::write(&line);
@@ -161,7 +207,7 @@ async fn run_pretrain(resource: PathBuf, options: pretrain::Options) -> ExitCode
             }
             ExitCode::SUCCESS
         }
-        Ok(Outcome::Interrupted { step, checkpoint }) => {
+        Ok(RunEnd::Interrupted { step, checkpoint }) => {
             if let Some(r) = &reporter {
                 r.abandon();
             }
@@ -190,6 +236,50 @@ async fn run_pretrain(resource: PathBuf, options: pretrain::Options) -> ExitCode
             }
         }
     }
+}
+
+async fn run_pretrain(resource: PathBuf, options: pretrain::Options) -> ExitCode {
+    let job: PretrainJob = match resource::load(&resource, "PretrainJob") {
+        Ok(j) => j,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let interrupt = match Interrupt::on_signals() {
+        Ok(i) => i,
+        Err(e) => return fail(&format!("cannot handle termination signals: {e}")),
+    };
+    run_training(&job, interrupt, |reporter, interrupt| async {
+        Ok(
+            match pretrain::pretrain(&job, &options, reporter, interrupt).await? {
+                Outcome::Finished(r) => RunEnd::Finished(r),
+                Outcome::Interrupted { step, checkpoint } => {
+                    RunEnd::Interrupted { step, checkpoint }
+                }
+            },
+        )
+    })
+    .await
+}
+
+async fn run_finetune(resource: PathBuf, options: finetune::Options) -> ExitCode {
+    let ft: FineTune = match resource::load(&resource, "FineTune") {
+        Ok(f) => f,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let interrupt = match Interrupt::on_signals() {
+        Ok(i) => i,
+        Err(e) => return fail(&format!("cannot handle termination signals: {e}")),
+    };
+    run_training(&ft, interrupt, |reporter, interrupt| async {
+        Ok(
+            match finetune::finetune(&ft, &options, reporter, interrupt).await? {
+                finetune::Outcome::Finished(r) => RunEnd::Finished(r),
+                finetune::Outcome::Interrupted { step, checkpoint } => {
+                    RunEnd::Interrupted { step, checkpoint }
+                }
+            },
+        )
+    })
+    .await
 }
 
 async fn run_prepare(resource: PathBuf, output: Option<String>) -> ExitCode {

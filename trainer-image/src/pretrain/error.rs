@@ -9,7 +9,7 @@ pub const EXIT_PERMANENT: u8 = 2;
 /// Why `trainer pretrain` cannot run or finish; each message says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum PretrainError {
-    #[error("invalid PretrainJob: {0}")]
+    #[error("invalid spec: {0}")]
     InvalidSpec(String),
     #[error(
         "no dataset: pass --dataset or run through the operator, which records status.dataset.uri"

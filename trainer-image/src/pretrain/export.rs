@@ -24,12 +24,26 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// What the model was trained from and how it ended.
 pub struct Lineage<'a> {
+    /// `PretrainJob` or `FineTune`.
+    pub kind: &'a str,
     pub job: &'a str,
     pub namespace: Option<&'a str>,
-    pub dataset_uri: &'a str,
-    pub dataset_digest: &'a str,
+    /// The artifacts it was made from, e.g. `{"dataset": {"uri", "digest"}}`.
+    pub sources: serde_json::Value,
     pub tokenizer: &'a Path,
-    pub progress: &'a TrainingProgress,
+    /// Final metrics.
+    pub metrics: serde_json::Value,
+}
+
+/// The metrics of a finished training run, for `llmops.json`.
+pub fn training_metrics(p: &TrainingProgress) -> serde_json::Value {
+    json!({
+        "steps": p.step,
+        "tokensSeen": p.tokens_seen,
+        "trainLoss": p.train_loss,
+        "validationLoss": p.validation_loss,
+        "validationPerplexity": p.validation_perplexity,
+    })
 }
 
 /// Writes the model files into `staging` and returns their digests.
@@ -43,19 +57,12 @@ pub fn write(
     std::fs::copy(lineage.tokenizer, staging.join(TOKENIZER_FILE)).map_err(PretrainError::io(
         format!("copy {}", lineage.tokenizer.display()),
     ))?;
-    let p = lineage.progress;
     let record = json!({
-        "kind": "PretrainJob",
+        "kind": lineage.kind,
         "name": lineage.job,
         "namespace": lineage.namespace,
-        "lineage": {"dataset": {"uri": lineage.dataset_uri, "digest": lineage.dataset_digest}},
-        "metrics": {
-            "steps": p.step,
-            "tokensSeen": p.tokens_seen,
-            "trainLoss": p.train_loss,
-            "validationLoss": p.validation_loss,
-            "validationPerplexity": p.validation_perplexity,
-        },
+        "lineage": lineage.sources,
+        "metrics": lineage.metrics,
     });
     let text = serde_json::to_string_pretty(&record).unwrap_or_default();
     std::fs::write(staging.join(LINEAGE_FILE), text)

@@ -88,7 +88,7 @@ pub fn device() -> Device {
 /// other stores, a local working copy (`LLMOPS_WORK_DIR`) mirrored to
 /// `<output>/checkpoints/`. Returns the local directory, the URI reported in
 /// status, and the mirror if any.
-fn checkpoint_location(
+pub(crate) fn checkpoint_location(
     store: &Store,
     credentials: &Credentials,
     name: &str,
@@ -106,7 +106,7 @@ fn checkpoint_location(
 
 /// Writes the model next to the output (or in a temporary directory for remote
 /// outputs) and publishes it; returns the artifact digest.
-async fn export_model(
+pub(crate) async fn export_model(
     store: &Store,
     trained: &run::Trained,
     lineage: &export::Lineage<'_>,
@@ -188,6 +188,7 @@ pub async fn pretrain(
         tokio::task::spawn_blocking(move || {
             let session = run::Session {
                 plan: &plan,
+                base: None,
                 dataset: &dataset,
                 checkpoints,
                 checkpoints_uri,
@@ -215,12 +216,14 @@ pub async fn pretrain(
         return Ok(Outcome::Finished(None));
     }
     let lineage = export::Lineage {
+        kind: "PretrainJob",
         job: &name,
         namespace: job.metadata.namespace.as_deref(),
-        dataset_uri: &dataset_uri,
-        dataset_digest: &dataset.manifest.digest,
+        sources: serde_json::json!({
+            "dataset": {"uri": dataset_uri, "digest": dataset.manifest.digest},
+        }),
         tokenizer: &dataset.dir().join(&dataset.manifest.tokenizer),
-        progress: &trained.progress,
+        metrics: export::training_metrics(&trained.progress),
     };
     let digest = export_model(&store, &trained, &lineage).await?;
     let finished = Pretrained {

@@ -140,9 +140,25 @@ pub fn plan(job: &PretrainJob, manifest: &Manifest, world: usize) -> Result<Plan
             );
         }
     };
+    assemble(t, model, sequence_length, world, total_steps)
+}
+
+/// The plan of `t` once the model, row length, rank count and step count are
+/// known (shared with fine-tuning). `t.batchSize` must already split over
+/// `world` ranks of `microBatchSize`.
+pub fn assemble(
+    t: &TrainingSpec,
+    model: Config,
+    sequence_length: usize,
+    world: usize,
+    total_steps: i64,
+) -> Result<Plan, PretrainError> {
+    let (batch, micro) = (t.batch_size as usize, t.micro_batch_size as usize);
     let min_lr = t.min_learning_rate.unwrap_or(t.learning_rate / 10.0);
     if min_lr > t.learning_rate {
-        return invalid("training.minLearningRate exceeds learningRate".into());
+        return Err(PretrainError::InvalidSpec(
+            "training.minLearningRate exceeds learningRate".into(),
+        ));
     }
     Ok(Plan {
         model,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use llmops_crds::common::{Precision, TrainingProgress};
-use llmops_model::{Config, GenerationConfig, Model, io};
+use llmops_model::{Config, Dtype, GenerationConfig, LoraSettings, Model, io};
 use tch::{Device, Tensor, nn};
 
 use super::{Plan, PretrainError};
@@ -29,9 +29,20 @@ const LOSS_WINDOW: usize = 10;
 /// exported model files.
 pub const TRAIN_LOG: &str = "train_log.jsonl";
 
+/// A model to continue training instead of a fresh one (fine-tuning).
+#[derive(Clone, Debug)]
+pub struct BaseModel {
+    /// A local Hugging Face model directory.
+    pub dir: PathBuf,
+    /// Train low-rank adapters on the frozen model instead of every weight.
+    pub lora: Option<LoraSettings>,
+}
+
 /// Everything the loop needs.
 pub struct Session<'a> {
     pub plan: &'a Plan,
+    /// Start from this model; `None` initialises `plan.model` randomly.
+    pub base: Option<BaseModel>,
     pub dataset: &'a DatasetArtifact,
     pub checkpoints: Checkpoints,
     /// URI of the checkpoint directory, for status.
@@ -92,8 +103,26 @@ pub fn train(s: Session<'_>) -> Result<Trained, PretrainError> {
     let rank = s.collective.rank();
     let world = s.collective.world_size();
     tch::manual_seed(plan.seed as i64);
-    let mut vs = nn::VarStore::new(s.device);
-    let model = Model::new(&vs.root(), &plan.model)?;
+    let (mut vs, model) = match &s.base {
+        None => {
+            let vs = nn::VarStore::new(s.device);
+            let model = Model::new(&vs.root(), &plan.model)?;
+            (vs, model)
+        }
+        Some(base) => {
+            let loaded = io::load(&base.dir, s.device, Dtype::F32)?;
+            let mut model = loaded.model;
+            if let Some(lora) = &base.lora {
+                let adapted = model.add_lora(&loaded.vs, lora)?;
+                tracing::info!(
+                    adapters = adapted.len(),
+                    rank = lora.rank,
+                    "LoRA adapters added"
+                );
+            }
+            (loaded.vs, model)
+        }
+    };
     // bf16 on a GPU: the model computes in bf16, AdamW keeps fp32 masters and
     // moments, and the loss is taken in fp32. CPUs train in fp32 (bf16 matmuls
     // there are slower, not faster).
@@ -329,6 +358,7 @@ impl Loop<'_> {
                 .checkpoints
                 .save(&self.state, |dir| -> Result<(), String> {
                     io::save(dir, vs, model, &generation).map_err(|e| e.to_string())?;
+                    io::save_adapters(dir, vs).map_err(|e| e.to_string())?;
                     opt.save(&dir.join(OPTIMIZER_FILE))
                         .map_err(|e| e.to_string())
                 })?;

@@ -1,0 +1,106 @@
+//! From a FineTune, its base model and its dataset to the numbers the training
+//! loop runs with (the loop is pretraining's, started from the base model).
+
+use llmops_crds::FineTune;
+use llmops_crds::finetune::{LoraTarget, MethodType};
+use llmops_model::{Config, LoraSettings};
+
+use crate::artifact::Manifest;
+use crate::pretrain::{Plan, PretrainError, plan::assemble};
+
+/// The PEFT module name of a CRD target.
+pub fn target_name(target: LoraTarget) -> &'static str {
+    match target {
+        LoraTarget::QProj => "q_proj",
+        LoraTarget::KProj => "k_proj",
+        LoraTarget::VProj => "v_proj",
+        LoraTarget::OProj => "o_proj",
+        LoraTarget::GateProj => "gate_proj",
+        LoraTarget::UpProj => "up_proj",
+        LoraTarget::DownProj => "down_proj",
+        LoraTarget::CAttn => "c_attn",
+        LoraTarget::CProj => "c_proj",
+        LoraTarget::CFc => "c_fc",
+    }
+}
+
+/// The adapters to train, or `None` for full fine-tuning.
+pub fn lora(ft: &FineTune) -> Option<LoraSettings> {
+    let method = &ft.spec.method;
+    if method.kind != MethodType::Lora {
+        return None;
+    }
+    let lora = method.lora.clone().unwrap_or_default();
+    Some(LoraSettings {
+        rank: lora.rank as i64,
+        alpha: lora.alpha,
+        dropout: lora.dropout,
+        targets: lora
+            .target_modules
+            .iter()
+            .map(|t| target_name(*t).to_string())
+            .collect(),
+    })
+}
+
+/// Resolves `ft` for a base model of `base` config, a dataset described by
+/// `manifest` with `train_rows` training rows, and `world` ranks.
+pub fn plan(
+    ft: &FineTune,
+    base: &Config,
+    manifest: &Manifest,
+    train_rows: u64,
+    world: usize,
+) -> Result<Plan, PretrainError> {
+    let spec = &ft.spec;
+    let t = &spec.training;
+    let invalid = |m: String| Err(PretrainError::InvalidSpec(m));
+    if spec.early_stopping.is_some() {
+        return invalid(
+            "spec.earlyStopping is not supported by this trainer version yet; remove it (training runs the planned steps)".into(),
+        );
+    }
+    if spec.method.kind == MethodType::Lora && !spec.output.merge_adapter {
+        return invalid(
+            "spec.output.mergeAdapter: false is not supported by this trainer version yet; the output is always a merged, servable model".into(),
+        );
+    }
+    if manifest.vocab_size as i64 > base.vocab_size {
+        return Err(PretrainError::Incompatible(format!(
+            "the dataset's vocabulary ({}) is larger than the base model's ({})",
+            manifest.vocab_size, base.vocab_size
+        )));
+    }
+    let sequence_length = manifest.sequence_length as usize;
+    if sequence_length as i64 > base.max_position_embeddings {
+        return Err(PretrainError::Incompatible(format!(
+            "the dataset's rows ({sequence_length} tokens) are longer than the base model's context ({})",
+            base.max_position_embeddings
+        )));
+    }
+    let (batch, micro) = (t.batch_size as usize, t.micro_batch_size as usize);
+    if batch == 0 || micro == 0 || batch % (micro * world) != 0 {
+        return invalid(format!(
+            "training.batchSize {batch} must be a multiple of microBatchSize {micro} × {world} rank(s)"
+        ));
+    }
+    let tokens_per_step = (batch * sequence_length) as i64;
+    let total_steps = match (t.max_steps, t.max_tokens, t.epochs) {
+        (Some(steps), None, None) if steps > 0 => steps,
+        (None, Some(tokens), None) if tokens > 0 => {
+            (tokens + tokens_per_step - 1) / tokens_per_step
+        }
+        (None, None, epochs) if epochs.is_none_or(|e| e > 0) => {
+            // One epoch unless asked; a partial last batch still takes a step.
+            let rows = epochs.unwrap_or(1) as u64 * train_rows;
+            (rows.div_ceil(batch as u64)).max(1) as i64
+        }
+        _ => {
+            return invalid(
+                "set at most one of training.maxSteps, training.maxTokens or training.epochs, positive".into(),
+            );
+        }
+    };
+    // Fine-tuning keeps the base model's architecture (and its dropout).
+    assemble(t, base.clone(), sequence_length, world, total_steps)
+}

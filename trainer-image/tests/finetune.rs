@@ -1,0 +1,192 @@
+//! `trainer finetune` end to end on CPU: a base model pretrained here on a tiny
+//! instruction set is fine-tuned with LoRA (only the adapted projections change,
+//! merged into a plain model) or fully, evaluated (perplexity, ROUGE-L, BLEU,
+//! exact match), gated, resumed from a checkpoint exactly, and refused when the
+//! dataset's tokenizer is not the base model's.
+
+mod pretrain_common;
+
+use std::path::Path;
+use std::process::Command;
+
+use pretrain_common::*;
+use serde_json::{Value, json};
+
+/// A dataset and a base model trained on it (so they share the tokenizer).
+fn base(dir: &Path) -> (String, String) {
+    let dataset = prepare_instruction_dataset(dir);
+    let job = job("base", "llama", json!({"maxSteps": 20}));
+    assert_ok(&pretrain(dir, &job, &dataset, "base"));
+    (dataset, format!("file://{}", dir.join("base").display()))
+}
+
+fn finetune_resource(method: Value, gates: Value) -> Value {
+    json!({
+        "apiVersion": "llmops.dev/v1alpha1",
+        "kind": "FineTune",
+        "metadata": {"name": "ft", "namespace": "ml"},
+        "spec": {
+            "baseModel": {"uri": "file:///unused"},
+            "datasetRef": {"name": "qa"},
+            "method": method,
+            "training": {"maxSteps": 15, "batchSize": 8, "microBatchSize": 4,
+                         "learningRate": 1e-2, "warmupSteps": 2, "seed": 3,
+                         "evalEvery": 5, "checkpointEvery": 5, "checkpointsKept": 5},
+            "evaluation": {"metrics": ["perplexity", "rougeL", "bleu", "exactMatch"],
+                           "samples": 8, "generation": {"maxNewTokens": 12},
+                           "gates": gates},
+        }
+    })
+}
+
+fn lora() -> Value {
+    json!({"type": "lora", "lora": {"rank": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}})
+}
+
+fn finetune(dir: &Path, resource: &Value, base: &str, dataset: &str, output: &str) -> Run {
+    let path = dir.join(format!("{output}.json"));
+    std::fs::write(&path, resource.to_string()).unwrap();
+    let child = Command::new(TRAINER)
+        .args(["finetune", "--resource"])
+        .arg(&path)
+        .args(["--base-model", base, "--dataset", dataset])
+        .args([
+            "--output",
+            &format!("file://{}", dir.join(output).display()),
+        ])
+        .env("LLMOPS_TERMINATION_LOG", termination_path(dir, output))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("WORLD_SIZE")
+        .env_remove("RANK")
+        .env("OMP_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child, dir, output)
+}
+
+fn result(run: &Run) -> Value {
+    assert_eq!(run.code, 0, "trainer finetune failed:\n{}", run.stderr);
+    serde_json::from_str(&run.termination).unwrap()
+}
+
+#[test]
+fn lora_trains_only_the_adapted_projections_and_exports_a_merged_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dataset, base_uri) = base(tmp.path());
+    let resource = finetune_resource(lora(), json!({"maxPerplexity": 1.0e6}));
+    let run = finetune(tmp.path(), &resource, &base_uri, &dataset, "lora");
+    let out = result(&run);
+
+    let eval = &out["evaluation"];
+    for key in ["perplexity", "rougeL", "bleu", "exactMatch"] {
+        assert!(eval[key].is_number(), "no {key}: {eval}");
+    }
+    // Every held-out record up to the 8 asked for (the tiny set has fewer).
+    let samples = eval["samples"].as_i64().unwrap();
+    assert!((1..=8).contains(&samples), "samples {samples}");
+    assert!(eval["rougeL"].as_f64().unwrap() <= 1.0);
+    assert!(eval["bleu"].as_f64().unwrap() <= 100.0);
+    assert_eq!(out["gate"]["passed"], true, "{}", out["gate"]);
+    assert!(
+        out["artifact"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let losses = losses(&log(tmp.path(), "lora"));
+    assert_eq!(losses.len(), 15);
+    assert!(losses[14] < losses[0], "LoRA did not learn: {losses:?}");
+
+    // The merged model is a plain model: base weights everywhere except the
+    // adapted projections, and no adapter tensors.
+    let base = tensors(&tmp.path().join("base/model.safetensors"));
+    let tuned = tensors(&tmp.path().join("lora/model.safetensors"));
+    assert_eq!(
+        base.keys().collect::<Vec<_>>(),
+        tuned.keys().collect::<Vec<_>>()
+    );
+    for (name, t) in &tuned {
+        let diff = max_abs_diff(t, &base[name]);
+        if name.ends_with("q_proj.weight") || name.ends_with("v_proj.weight") {
+            assert!(diff > 0.0, "{name} was adapted but did not change");
+        } else {
+            assert_eq!(diff, 0.0, "{name} is frozen but changed");
+        }
+    }
+    let lineage: Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("lora/llmops.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lineage["kind"], "FineTune");
+    assert_eq!(lineage["lineage"]["baseModel"]["uri"], base_uri);
+    assert_eq!(lineage["metrics"]["gate"]["passed"], true);
+
+    // Resuming the LoRA run from its step-5 checkpoint (adapters included)
+    // reproduces it exactly.
+    let ckpt = tmp.path().join("lora/checkpoints/step-5");
+    assert!(ckpt.join("adapters.safetensors").exists());
+    let resumed_ckpt = tmp.path().join("resumed/checkpoints/step-5");
+    std::fs::create_dir_all(&resumed_ckpt).unwrap();
+    for entry in std::fs::read_dir(&ckpt).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), resumed_ckpt.join(entry.file_name())).unwrap();
+    }
+    let full_log = log(tmp.path(), "lora");
+    let head: String = full_log[..5].iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(tmp.path().join("resumed/checkpoints/train_log.jsonl"), head).unwrap();
+    result(&finetune(
+        tmp.path(),
+        &resource,
+        &base_uri,
+        &dataset,
+        "resumed",
+    ));
+    assert_eq!(pretrain_common::losses(&log(tmp.path(), "resumed")), losses);
+    let resumed = tensors(&tmp.path().join("resumed/model.safetensors"));
+    for (name, t) in &tuned {
+        assert_eq!(
+            max_abs_diff(t, &resumed[name]),
+            0.0,
+            "{name} differs after resume"
+        );
+    }
+}
+
+#[test]
+fn a_full_fine_tune_changes_every_matrix_and_a_failed_gate_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dataset, base_uri) = base(tmp.path());
+    let resource = finetune_resource(json!({"type": "full"}), json!({"maxPerplexity": 1.0}));
+    let out = result(&finetune(
+        tmp.path(),
+        &resource,
+        &base_uri,
+        &dataset,
+        "full",
+    ));
+    assert_eq!(out["gate"]["passed"], false);
+    let message = out["gate"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("perplexity ") && message.ends_with(" > 1"),
+        "{message}"
+    );
+    let base = tensors(&tmp.path().join("base/model.safetensors"));
+    for (name, t) in tensors(&tmp.path().join("full/model.safetensors")) {
+        if t.dim() == 2 {
+            assert!(max_abs_diff(&t, &base[&name]) > 0.0, "{name} did not train");
+        }
+    }
+}
+
+#[test]
+fn a_dataset_with_another_tokenizer_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, base_uri) = base(tmp.path());
+    let other = prepare_dataset(tmp.path(), 32);
+    let resource = finetune_resource(lora(), json!({}));
+    let run = finetune(tmp.path(), &resource, &base_uri, &other, "mismatch");
+    assert_eq!(run.code, 2, "a permanent error: {}", run.stderr);
+    assert!(run.stderr.contains("different tokenizer"), "{}", run.stderr);
+}
