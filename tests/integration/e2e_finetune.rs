@@ -1,0 +1,257 @@
+//! End to end, FineTune: the real operator and the real `trainer prepare` and
+//! `trainer finetune`, replayed from the operator's pod specs, on the real
+//! control plane: waiting for the Dataset, the lineage in the trainer's resource,
+//! a restricted Job, and a gated, evaluated model.
+
+use anyhow::{Context, ensure};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams};
+use llmops_crds::{Dataset, FineTune};
+use llmops_tests::operator::Operator;
+use llmops_tests::replay::{Replayer, tail};
+use llmops_tests::{Cluster, TestNamespace, workspace_root};
+use serde_json::{Value, json};
+
+use crate::e2e_dataset::{
+    CHILD_TIMEOUT, TRAINER_TIMEOUT, condition, ensure_restricted, has_condition, replay_job,
+    wait_for, wait_for_job,
+};
+
+const DATASET: &str = "qa-set";
+const NAME: &str = "qa";
+const JOB: &str = "qa-finetune";
+
+fn fine_tune(base_model: &str) -> Value {
+    json!({
+        "apiVersion": "llmops.dev/v1alpha1",
+        "kind": "FineTune",
+        "metadata": {"name": NAME},
+        "spec": {
+            "baseModel": {"uri": base_model},
+            "datasetRef": {"name": DATASET},
+            "method": {"type": "lora", "lora": {"rank": 4, "alpha": 8}},
+            "training": {"epochs": 1, "batchSize": 8, "microBatchSize": 8,
+                         "learningRate": 1.0e-2},
+            "evaluation": {"metrics": ["perplexity", "rougeL", "exactMatch"], "samples": 4,
+                           "generation": {"maxNewTokens": 8},
+                           "gates": {"maxPerplexity": 1.0e9}},
+            "resources": {"cpu": "2", "memory": "2Gi"},
+        }
+    })
+}
+
+/// The quickstart's Q&A set, tokenized with the base model's own tokenizer.
+fn dataset(tokenizer: &str) -> anyhow::Result<Value> {
+    let path = workspace_root().join("examples/quickstart/02-dataset-qa.yaml");
+    let mut dataset: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path)?)?;
+    dataset["metadata"] = json!({"name": DATASET});
+    dataset["spec"]["tokenizer"] = json!({"uri": tokenizer});
+    Ok(dataset)
+}
+
+/// A tiny Hugging Face model written by the reference script.
+async fn tiny_model(dir: &std::path::Path) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let output = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/python/tiny_model.py"))
+        .arg(dir)
+        .output()
+        .await
+        .context("running tests/python/tiny_model.py with the project venv")?;
+    ensure!(
+        output.status.success(),
+        "tiny_model.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn finetune_waits_for_its_dataset_records_lineage_and_publishes_a_gated_model()
+-> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let ns = TestNamespace::create(cluster, "e2e-finetune").await?;
+    let mut operator = Operator::start(cluster, &ns).await?;
+    let replayer = Replayer::new(cluster)
+        .await?
+        .with_env("RUST_LOG", "llmops_trainer=info");
+    let client = cluster.client().await?;
+    let fine_tunes: Api<FineTune> = Api::namespaced(client.clone(), ns.name());
+    let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
+    let apply = PatchParams::apply("llmops-tests");
+
+    let model_dir = operator.store().join("models/tiny");
+    tiny_model(&model_dir).await?;
+    let base_model = format!("file://{}", model_dir.display());
+
+    // Before its Dataset exists, the FineTune says what it waits for.
+    let ft: FineTune = serde_json::from_value(fine_tune(&base_model))?;
+    fine_tunes.patch(NAME, &apply, &Patch::Apply(&ft)).await?;
+    wait_for(
+        &mut operator,
+        &fine_tunes,
+        NAME,
+        "Ready=False WaitingForDataset",
+        CHILD_TIMEOUT,
+        |f| {
+            has_condition(f, "Ready", "False")?;
+            let ready = condition(f, "Ready").unwrap();
+            ensure!(ready["reason"] == "WaitingForDataset", "Ready is {ready}");
+            ensure!(
+                f["status"]["phase"] == "Waiting",
+                "phase {}",
+                f["status"]["phase"]
+            );
+            ensure!(
+                condition(f, "Stalled").is_none_or(|c| c["status"] != "True"),
+                "a missing Dataset is no reason to stall"
+            );
+            ensure!(
+                ready["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(DATASET),
+                "the message does not name the Dataset: {ready}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    ensure!(
+        Api::<Job>::namespaced(client.clone(), ns.name())
+            .get_opt(JOB)
+            .await?
+            .is_none(),
+        "a Job before the Dataset is Ready"
+    );
+
+    // The Dataset, prepared for real with the base model's tokenizer.
+    let ds: Dataset = serde_json::from_value(dataset(&format!("{base_model}/tokenizer.json"))?)?;
+    datasets.patch(DATASET, &apply, &Patch::Apply(&ds)).await?;
+    let prepare = format!("{DATASET}-prepare-g1");
+    wait_for_job(&mut operator, &client, &prepare).await?;
+    let exit = replay_job(&mut operator, &replayer, &prepare).await?;
+    ensure!(
+        exit.code == 0,
+        "trainer prepare failed:\n{}",
+        tail(&exit.log, 40)
+    );
+    let prepared = wait_for(
+        &mut operator,
+        &datasets,
+        DATASET,
+        "the Dataset Ready",
+        CHILD_TIMEOUT,
+        |d| has_condition(d, "Ready", "True"),
+    )
+    .await?;
+    let digest = prepared["status"]["artifact"]["digest"].clone();
+
+    // The lineage, recorded and handed to the trainer; the Job is restricted.
+    wait_for(
+        &mut operator,
+        &fine_tunes,
+        NAME,
+        "status.lineage recorded",
+        CHILD_TIMEOUT,
+        |f| {
+            let lineage = &f["status"]["lineage"];
+            ensure!(lineage["dataset"]["digest"] == digest, "lineage {lineage}");
+            ensure!(
+                lineage["baseModel"]["uri"] == base_model.as_str(),
+                "lineage {lineage}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let job = wait_for_job(&mut operator, &client, JOB).await?;
+    ensure_restricted(&job)?;
+    let args =
+        serde_json::to_value(&job)?["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    ensure!(args[0] == "finetune", "the pod runs {args}");
+    let config_map = Api::<ConfigMap>::namespaced(client.clone(), ns.name())
+        .get(JOB)
+        .await?;
+    let resource: FineTune = serde_yaml_ng::from_str(
+        config_map
+            .data
+            .as_ref()
+            .and_then(|d| d.get("resource.yaml"))
+            .context("no resource.yaml")?,
+    )?;
+    let lineage = resource
+        .status
+        .and_then(|s| s.lineage)
+        .context("the trainer's resource has no lineage")?;
+    ensure!(
+        lineage.dataset.as_ref().map(|a| a.digest.as_str()) == digest.as_str()
+            && lineage.base_model.as_ref().map(|a| a.uri.as_str()) == Some(base_model.as_str()),
+        "the trainer's lineage is {lineage:?}"
+    );
+    ensure!(
+        resource
+            .spec
+            .output
+            .location
+            .uri
+            .is_some_and(|uri| uri.ends_with(&format!("/finetunes/{}/{NAME}", ns.name()))),
+        "the output URI is not defaulted to the store"
+    );
+
+    // The real trainer fine-tunes, evaluates and passes its gate: Ready with the model.
+    let exit = replay_job(&mut operator, &replayer, JOB).await?;
+    ensure!(
+        exit.code == 0,
+        "trainer finetune failed ({}):\n{}",
+        exit.code,
+        tail(&exit.log, 40)
+    );
+    let ready = wait_for(
+        &mut operator,
+        &fine_tunes,
+        NAME,
+        "Ready=True with the evaluated model",
+        TRAINER_TIMEOUT,
+        |f| {
+            has_condition(f, "Ready", "True")?;
+            ensure!(
+                f["status"]["phase"] == "Succeeded",
+                "phase {}",
+                f["status"]["phase"]
+            );
+            ensure!(
+                f["status"]["gate"]["passed"] == true,
+                "gate {}",
+                f["status"]["gate"]
+            );
+            let evaluation = &f["status"]["evaluation"];
+            ensure!(
+                evaluation["perplexity"].is_number() && evaluation["rougeL"].is_number(),
+                "evaluation {evaluation}"
+            );
+            ensure!(
+                f.pointer("/status/artifact/digest").is_some(),
+                "no artifact"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let uri = ready["status"]["artifact"]["uri"]
+        .as_str()
+        .unwrap_or_default();
+    let dir = std::path::PathBuf::from(uri.strip_prefix("file://").context("not file://")?);
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        ensure!(
+            dir.join(file).exists(),
+            "the model lacks {file} in {}",
+            dir.display()
+        );
+    }
+    drop(operator);
+    ns.delete(cluster).await
+}
