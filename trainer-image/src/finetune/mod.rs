@@ -132,7 +132,15 @@ pub async fn finetune(
             actual: dataset.manifest.digest.clone(),
         });
     }
-    let base_dir = Store::open(&base_uri, &Credentials::Ambient)?
+    // The operator names the Secret that reaches the base model's store (the
+    // producer's output Secret when the spec gives none).
+    let base_secret = ft
+        .spec
+        .base_model
+        .credentials_secret_ref
+        .as_ref()
+        .map(|s| s.name.as_str());
+    let base_dir = Store::open(&base_uri, &Credentials::from_secret(base_secret))?
         .local_dir(&base_scratch)
         .await?;
     let base_config = Config::from_file(base_dir.join(io::CONFIG_FILE)).map_err(|e| {
