@@ -18,13 +18,14 @@ use llmops_model::{Config, io};
 use llmops_store::{Credentials, Store};
 use serde::Serialize;
 
-use crate::artifact::DatasetArtifact;
-use crate::pretrain::run::{self, BaseModel};
-use crate::pretrain::{PretrainError, checkpoint_location, device, export, export_model};
+use crate::pretrain::run::BaseModel;
+use crate::pretrain::{
+    PretrainError, checkpoint_location, device, export, export_model, fetch_dataset, join_group,
+    train_blocking,
+};
 use crate::progress::Reporter;
 use crate::train::checkpoint::Checkpoints;
 use crate::train::interrupt::Interrupt;
-use crate::train::{distributed, memory};
 
 /// Overrides for running outside a cluster (in a pod the resource carries
 /// the operator's resolved `status.lineage` and `spec.output.uri`).
@@ -120,18 +121,7 @@ pub async fn finetune(
     for dir in [&dataset_scratch, &base_scratch] {
         std::fs::create_dir_all(dir).map_err(PretrainError::io("create a download cache"))?;
     }
-    let dataset = DatasetArtifact::fetch(&dataset_uri, &Credentials::Ambient, &dataset_scratch)
-        .await
-        .map_err(PretrainError::dataset(&dataset_uri))?;
-    if let Some(expected) = recorded_dataset.filter(|d| {
-        d.uri == dataset_uri && !d.digest.is_empty() && d.digest != dataset.manifest.digest
-    }) {
-        return Err(PretrainError::DatasetDigest {
-            uri: dataset_uri,
-            expected: expected.digest.clone(),
-            actual: dataset.manifest.digest.clone(),
-        });
-    }
+    let dataset = fetch_dataset(&dataset_uri, recorded_dataset, &dataset_scratch).await?;
     // The operator names the Secret that reaches the base model's store (the
     // producer's output Secret when the spec gives none).
     let base_secret = ft
@@ -164,12 +154,7 @@ pub async fn finetune(
 
     let (checkpoint_root, checkpoints_uri, mirror) =
         checkpoint_location(&store, &Credentials::from_secret(secret), &name)?;
-    let collective = tokio::task::spawn_blocking(|| distributed::from_env(device()))
-        .await
-        .map_err(|e| PretrainError::Io {
-            op: "join the data-parallel group".into(),
-            source: std::io::Error::other(e),
-        })??;
+    let collective = join_group().await?;
     let world = collective.world_size();
     let rank = collective.rank();
     let train_rows = dataset
@@ -187,35 +172,23 @@ pub async fn finetune(
     );
 
     let session_reporter = if rank == 0 { reporter.clone() } else { None };
-    memory::keep_freed_memory();
     let checkpoints = Checkpoints::new(checkpoint_root, plan.checkpoints_kept);
     let base = BaseModel {
         dir: base_dir.clone(),
         lora: lora.clone(),
     };
-    let (mut trained, dataset) = {
-        let plan = plan.clone();
-        tokio::task::spawn_blocking(move || {
-            let session = run::Session {
-                plan: &plan,
-                base: Some(base),
-                dataset: &dataset,
-                checkpoints,
-                checkpoints_uri,
-                device: device(),
-                collective,
-                reporter: session_reporter,
-                interrupt,
-                mirror,
-            };
-            run::train(session).map(|t| (t, dataset))
-        })
-        .await
-        .map_err(|e| PretrainError::Io {
-            op: "run the training loop".into(),
-            source: std::io::Error::other(e),
-        })??
-    };
+    let (mut trained, dataset) = train_blocking(
+        &plan,
+        Some(base),
+        dataset,
+        checkpoints,
+        checkpoints_uri,
+        collective,
+        session_reporter,
+        interrupt,
+        mirror,
+    )
+    .await?;
     if trained.interrupted {
         return Ok(Outcome::Interrupted {
             step: trained.state.step,

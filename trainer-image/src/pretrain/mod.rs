@@ -26,9 +26,10 @@ pub use plan::{Plan, plan};
 use crate::artifact::DatasetArtifact;
 use crate::progress::Reporter;
 use crate::train::checkpoint::Checkpoints;
+use crate::train::distributed::{self, Collective};
 use crate::train::interrupt::Interrupt;
+use crate::train::memory;
 use crate::train::mirror::Mirror;
-use crate::train::{distributed, memory};
 
 /// Command-line overrides of the resource.
 #[derive(Clone, Debug, Default)]
@@ -122,6 +123,78 @@ pub(crate) async fn export_model(
     export::publish(store, staging.path(), &files).await
 }
 
+/// Fetches the dataset at `uri` into `cache` and checks it against the digest
+/// the operator recorded for it, if any.
+pub(crate) async fn fetch_dataset(
+    uri: &str,
+    recorded: Option<&Artifact>,
+    cache: &Path,
+) -> Result<DatasetArtifact, PretrainError> {
+    let dataset = DatasetArtifact::fetch(uri, &Credentials::Ambient, cache)
+        .await
+        .map_err(PretrainError::dataset(uri))?;
+    if let Some(expected) = recorded
+        .filter(|d| d.uri == uri && !d.digest.is_empty() && d.digest != dataset.manifest.digest)
+    {
+        return Err(PretrainError::DatasetDigest {
+            uri: uri.to_string(),
+            expected: expected.digest.clone(),
+            actual: dataset.manifest.digest.clone(),
+        });
+    }
+    Ok(dataset)
+}
+
+/// Joins the data-parallel group this process's environment describes.
+pub(crate) async fn join_group() -> Result<Box<dyn Collective>, PretrainError> {
+    Ok(
+        tokio::task::spawn_blocking(|| distributed::from_env(device()))
+            .await
+            .map_err(|e| PretrainError::Io {
+                op: "join the data-parallel group".into(),
+                source: std::io::Error::other(e),
+            })??,
+    )
+}
+
+/// Runs the training loop on a blocking thread, from `base` or from scratch;
+/// returns its end state and the dataset back.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn train_blocking(
+    plan: &Plan,
+    base: Option<run::BaseModel>,
+    dataset: DatasetArtifact,
+    checkpoints: Checkpoints,
+    checkpoints_uri: String,
+    collective: Box<dyn Collective>,
+    reporter: Option<Reporter>,
+    interrupt: Interrupt,
+    mirror: Option<Mirror>,
+) -> Result<(run::Trained, DatasetArtifact), PretrainError> {
+    memory::keep_freed_memory();
+    let plan = plan.clone();
+    tokio::task::spawn_blocking(move || {
+        let session = run::Session {
+            plan: &plan,
+            base,
+            dataset: &dataset,
+            checkpoints,
+            checkpoints_uri,
+            device: device(),
+            collective,
+            reporter,
+            interrupt,
+            mirror,
+        };
+        run::train(session).map(|t| (t, dataset))
+    })
+    .await
+    .map_err(|e| PretrainError::Io {
+        op: "run the training loop".into(),
+        source: std::io::Error::other(e),
+    })?
+}
+
 /// Runs `job` to completion or to an interruption.
 pub async fn pretrain(
     job: &PretrainJob,
@@ -146,28 +219,12 @@ pub async fn pretrain(
     let store = Store::open(&output, &Credentials::from_secret(secret))?;
 
     let cache = tempfile::tempdir().map_err(PretrainError::io("create a dataset cache"))?;
-    let dataset = DatasetArtifact::fetch(&dataset_uri, &Credentials::Ambient, cache.path())
-        .await
-        .map_err(PretrainError::dataset(&dataset_uri))?;
-    if let Some(expected) = recorded.filter(|d| {
-        d.uri == dataset_uri && !d.digest.is_empty() && d.digest != dataset.manifest.digest
-    }) {
-        return Err(PretrainError::DatasetDigest {
-            uri: dataset_uri,
-            expected: expected.digest.clone(),
-            actual: dataset.manifest.digest.clone(),
-        });
-    }
+    let dataset = fetch_dataset(&dataset_uri, recorded, cache.path()).await?;
 
     let (checkpoint_root, checkpoints_uri, mirror) =
         checkpoint_location(&store, &Credentials::from_secret(secret), &name)?;
 
-    let collective = tokio::task::spawn_blocking(|| distributed::from_env(device()))
-        .await
-        .map_err(|e| PretrainError::Io {
-            op: "join the data-parallel group".into(),
-            source: std::io::Error::other(e),
-        })??;
+    let collective = join_group().await?;
     let world = collective.world_size();
     let plan = plan(job, &dataset.manifest, world)?;
     let rank = collective.rank();
@@ -181,31 +238,19 @@ pub async fn pretrain(
     );
 
     let session_reporter = if rank == 0 { reporter.clone() } else { None };
-    memory::keep_freed_memory();
     let checkpoints = Checkpoints::new(checkpoint_root, plan.checkpoints_kept);
-    let (trained, dataset) = {
-        let plan = plan.clone();
-        tokio::task::spawn_blocking(move || {
-            let session = run::Session {
-                plan: &plan,
-                base: None,
-                dataset: &dataset,
-                checkpoints,
-                checkpoints_uri,
-                device: device(),
-                collective,
-                reporter: session_reporter,
-                interrupt,
-                mirror,
-            };
-            run::train(session).map(|t| (t, dataset))
-        })
-        .await
-        .map_err(|e| PretrainError::Io {
-            op: "run the training loop".into(),
-            source: std::io::Error::other(e),
-        })??
-    };
+    let (trained, dataset) = train_blocking(
+        &plan,
+        None,
+        dataset,
+        checkpoints,
+        checkpoints_uri,
+        collective,
+        session_reporter,
+        interrupt,
+        mirror,
+    )
+    .await?;
     if trained.interrupted {
         return Ok(Outcome::Interrupted {
             step: trained.state.step,
