@@ -190,3 +190,41 @@ fn a_dataset_with_another_tokenizer_is_refused() {
     assert_eq!(run.code, 2, "a permanent error: {}", run.stderr);
     assert!(run.stderr.contains("different tokenizer"), "{}", run.stderr);
 }
+
+#[test]
+fn early_stopping_ends_training_once_validation_stops_improving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dataset, base_uri) = base(tmp.path());
+    let mut resource = finetune_resource(lora(), json!({}));
+    // No decrease can beat a min delta of 100: the second evaluation (step 10
+    // of 15) is one without improvement, and patience 1 stops there.
+    resource["spec"]["earlyStopping"] = json!({"patience": 1, "minDelta": 100.0});
+    let out = result(&finetune(
+        tmp.path(),
+        &resource,
+        &base_uri,
+        &dataset,
+        "early",
+    ));
+    assert_eq!(out["progress"]["step"], 10, "{}", out["progress"]);
+    assert_eq!(log(tmp.path(), "early").len(), 10);
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            tmp.path()
+                .join("early/checkpoints/step-10/trainer_state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["stoppedEarly"], true, "{state}");
+    // A restart (e.g. after a failed upload) exports again without training on.
+    let again = result(&finetune(
+        tmp.path(),
+        &resource,
+        &base_uri,
+        &dataset,
+        "early",
+    ));
+    assert_eq!(again["progress"]["step"], 10);
+    assert_eq!(log(tmp.path(), "early").len(), 10);
+}

@@ -6,7 +6,8 @@ use llmops_crds::finetune::{LoraTarget, MethodType};
 use llmops_model::{Config, LoraSettings};
 
 use crate::artifact::Manifest;
-use crate::pretrain::{Plan, PretrainError, plan::assemble};
+use crate::pretrain::plan::{EarlyStop, assemble};
+use crate::pretrain::{Plan, PretrainError};
 
 /// The PEFT module name of a CRD target.
 pub fn target_name(target: LoraTarget) -> &'static str {
@@ -55,11 +56,6 @@ pub fn plan(
     let spec = &ft.spec;
     let t = &spec.training;
     let invalid = |m: String| Err(PretrainError::InvalidSpec(m));
-    if spec.early_stopping.is_some() {
-        return invalid(
-            "spec.earlyStopping is not supported by this trainer version yet; remove it (training runs the planned steps)".into(),
-        );
-    }
     if spec.method.kind == MethodType::Lora && !spec.output.merge_adapter {
         return invalid(
             "spec.output.mergeAdapter: false is not supported by this trainer version yet; the output is always a merged, servable model".into(),
@@ -102,5 +98,10 @@ pub fn plan(
         }
     };
     // Fine-tuning keeps the base model's architecture (and its dropout).
-    assemble(t, base.clone(), sequence_length, world, total_steps)
+    let mut plan = assemble(t, base.clone(), sequence_length, world, total_steps)?;
+    plan.early_stopping = spec.early_stopping.as_ref().map(|e| EarlyStop {
+        patience: e.patience.max(1) as u32,
+        min_delta: e.min_delta,
+    });
+    Ok(plan)
 }

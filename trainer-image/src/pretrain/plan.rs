@@ -31,6 +31,16 @@ pub struct Plan {
     pub checkpoint_every: i64,
     pub checkpoints_kept: usize,
     pub precision: Precision,
+    /// Stop when validation loss has not improved for a while.
+    pub early_stopping: Option<EarlyStop>,
+}
+
+/// Stop after `patience` evaluations in a row that did not lower the best
+/// validation loss by more than `min_delta`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EarlyStop {
+    pub patience: u32,
+    pub min_delta: f64,
 }
 
 impl Plan {
@@ -190,6 +200,7 @@ pub fn assemble(
         checkpoint_every: t.checkpoint_every.max(1),
         checkpoints_kept: t.checkpoints_kept.max(1) as usize,
         precision: t.precision,
+        early_stopping: None,
     })
 }
 

@@ -9,6 +9,7 @@ use llmops_crds::common::{Precision, TrainingProgress};
 use llmops_model::{Config, Dtype, GenerationConfig, LoraSettings, Model, io};
 use tch::{Device, Tensor, nn};
 
+use super::plan::EarlyStop;
 use super::{Plan, PretrainError};
 use crate::artifact::DatasetArtifact;
 use crate::progress::Reporter;
@@ -170,6 +171,9 @@ pub fn train(s: Session<'_>) -> Result<Trained, PretrainError> {
         dataset_digest: s.dataset.manifest.digest.clone(),
         train_loss: None,
         validation_loss: None,
+        best_validation_loss: None,
+        evals_without_improvement: 0,
+        stopped_early: false,
         time: String::new(),
     };
     let progress = TrainingProgress {
@@ -207,7 +211,7 @@ impl Loop<'_> {
         let params: Vec<Tensor> = self.opt.parameters().map(Tensor::shallow_clone).collect();
         let mut interrupted = false;
         self.started = Instant::now();
-        while self.state.step < plan.total_steps {
+        while self.state.step < plan.total_steps && !self.state.stopped_early {
             let step = self.state.step;
             let lr = plan.schedule.lr(step);
             let cursor_before = self.loader.cursor();
@@ -239,6 +243,14 @@ impl Loop<'_> {
             self.state.cursor = self.loader.cursor();
             self.state.train_loss = Some(loss);
             self.after_step(loss, lr, grad_norm)?;
+            if self.state.stopped_early {
+                tracing::info!(
+                    step = self.state.step,
+                    best = self.state.best_validation_loss,
+                    "early stop: validation loss stopped improving"
+                );
+                break;
+            }
             if stop {
                 interrupted = true;
                 break;
@@ -334,9 +346,16 @@ impl Loop<'_> {
             }
             writeln!(log, "{line}").map_err(PretrainError::io("append to the training log"))?;
         }
-        // The last step too: a restart after training (e.g. a failed upload) then
-        // only exports.
-        if step % plan.checkpoint_every == 0 || step == plan.total_steps {
+        if let Some(rule) = plan.early_stopping
+            && (step % plan.eval_every == 0 || step == plan.total_steps)
+        {
+            let stop = self.rank() == 0 && self.no_improvement(rule, validation);
+            self.state.stopped_early = self.agree(stop)?;
+        }
+        // The last step too (and an early stop's): a restart after training (e.g.
+        // a failed upload) then only exports.
+        if step % plan.checkpoint_every == 0 || step == plan.total_steps || self.state.stopped_early
+        {
             self.checkpoint_now()?;
         }
         self.losses.push(loss);
@@ -345,6 +364,37 @@ impl Loop<'_> {
         }
         self.report(lr);
         Ok(())
+    }
+
+    /// Records one evaluation for early stopping (rank 0); true once `rule`'s
+    /// patience has run out.
+    fn no_improvement(&mut self, rule: EarlyStop, validation: Option<f64>) -> bool {
+        let Some(loss) = validation else {
+            return false;
+        };
+        match self.state.best_validation_loss {
+            Some(best) if loss > best - rule.min_delta => {
+                self.state.evals_without_improvement += 1;
+            }
+            _ => {
+                self.state.best_validation_loss = Some(loss);
+                self.state.evals_without_improvement = 0;
+            }
+        }
+        self.state.evals_without_improvement >= rule.patience
+    }
+
+    /// Rank 0's decision, on every rank.
+    fn agree(&mut self, decision: bool) -> Result<bool, PretrainError> {
+        let world = self.s.collective.world_size();
+        if world == 1 {
+            return Ok(decision);
+        }
+        // The mean over ranks of (world on rank 0, else 0) is rank 0's flag.
+        let value = if decision { world as f32 } else { 0.0 };
+        let flag = Tensor::f_from_slice(&[value])?.f_to_device(self.s.device)?;
+        self.s.collective.all_reduce_mean(&[flag.shallow_clone()])?;
+        Ok(flag.f_double_value(&[0])? > 0.5)
     }
 
     /// Saves the current state (rank 0 writes; every rank waits for it).

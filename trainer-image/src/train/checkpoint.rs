@@ -46,8 +46,21 @@ pub struct TrainerState {
     pub train_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_loss: Option<f64>,
+    /// Early stopping: the best validation loss so far, evaluations since it
+    /// last improved, and whether the run stopped for it (a restart then only
+    /// exports instead of training on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_validation_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub evals_without_improvement: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_early: bool,
     /// RFC 3339 time the checkpoint was written.
     pub time: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Why checkpoints cannot be read or written.
@@ -214,6 +227,9 @@ mod tests {
             dataset_digest: "sha256:x".into(),
             train_loss: Some(1.0),
             validation_loss: None,
+            best_validation_loss: None,
+            evals_without_improvement: 0,
+            stopped_early: false,
             time: "2026-01-01T00:00:00Z".into(),
         }
     }
