@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -122,7 +122,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
-async fn completions(State(state): State<Arc<AppState>>, _: HeaderMap, body: Bytes) -> Response {
+async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let response = generate::completions(&state, &body)
         .await
         .unwrap_or_else(IntoResponse::into_response);
@@ -132,11 +132,7 @@ async fn completions(State(state): State<Arc<AppState>>, _: HeaderMap, body: Byt
     response
 }
 
-async fn chat_completions(
-    State(state): State<Arc<AppState>>,
-    _: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let response = generate::chat_completions(&state, &body)
         .await
         .unwrap_or_else(IntoResponse::into_response);
