@@ -79,6 +79,34 @@ pub fn child_meta<K: Resource<DynamicType = ()>>(
     }
 }
 
+/// A child that could not be applied.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to apply {kind} {name} (check the operator's RBAC for it): {source}")]
+pub struct ApplyChildError {
+    pub kind: &'static str,
+    pub name: String,
+    pub source: kube::Error,
+}
+
+/// [`apply`], with an error naming the child.
+pub async fn apply_child<C>(client: &Client, child: &C) -> Result<C, ApplyChildError>
+where
+    C: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    apply(client, child)
+        .await
+        .map_err(|source| ApplyChildError {
+            kind: <C as k8s_openapi::Resource>::KIND,
+            name: child.name_any(),
+            source,
+        })
+}
+
 /// Server-side apply `child` (forcing ownership of its fields) and return the live object.
 pub async fn apply<C>(client: &Client, child: &C) -> Result<C, kube::Error>
 where
@@ -172,13 +200,20 @@ pub struct KeptChildren {
     pub rbac: Vec<String>,
 }
 
-/// Delete the children of `parent` not in `kept`; on failure, the child kind that
-/// could not be cleaned up and the API error.
+/// Children of one kind that could not be cleaned up.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to delete outdated {kind} children: {source}")]
+pub struct DeleteOrphansError {
+    pub kind: &'static str,
+    pub source: kube::Error,
+}
+
+/// Delete the children of `parent` not in `kept`.
 pub async fn delete_unkept_children<K: Resource<DynamicType = ()>>(
     client: &Client,
     parent: &K,
     kept: &KeptChildren,
-) -> Result<Vec<String>, (&'static str, kube::Error)> {
+) -> Result<Vec<String>, DeleteOrphansError> {
     use k8s_openapi::api::batch::v1::Job;
     use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -186,7 +221,7 @@ pub async fn delete_unkept_children<K: Resource<DynamicType = ()>>(
     let namespace = parent.namespace().unwrap_or_default();
     let selector = children_selector(parent);
     let (ns, sel) = (namespace.as_str(), selector.as_str());
-    let tag = |kind: &'static str| move |source| (kind, source);
+    let tag = |kind: &'static str| move |source| DeleteOrphansError { kind, source };
     let mut deleted = delete_orphans::<Job>(client, ns, sel, &kept.jobs)
         .await
         .map_err(tag("Job"))?;

@@ -12,11 +12,14 @@ use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::controller::{Action, Config, Controller, Error as ControllerError};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, Resource};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use llmops_crds::LocalObjectRef;
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
 use super::Context;
+use super::apply::{FIELD_MANAGER, MANAGED_BY_LABEL, parent_label_key};
 use super::stop::Stop;
 
 /// Requests for the same object within this window become one reconcile: a Job,
@@ -51,6 +54,80 @@ impl Scope {
             self.namespaces.iter().cloned().map(Some).collect()
         }
     }
+
+    /// One controller per target, started by `start` with its namespace (`None`
+    /// for all).
+    pub fn start_each(
+        &self,
+        mut start: impl FnMut(Option<&str>) -> ControllerRun,
+    ) -> Vec<ControllerRun> {
+        self.targets()
+            .iter()
+            .map(|namespace| start(namespace.as_deref()))
+            .collect()
+    }
+}
+
+/// A controller for the `K`s in `namespace` (or all), before its watches are added.
+pub fn controller_for<K>(client: &Client, namespace: Option<&str>) -> Controller<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    Controller::new(
+        scoped_api::<K>(client, namespace),
+        watcher::Config::default(),
+    )
+}
+
+/// Watches the children the operator applied (by the managed-by label); their
+/// owner reference leads back to the parent.
+pub fn owned_children() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"))
+}
+
+/// Watches the objects labelled as some `P`'s, which includes those without an
+/// owner reference (pods, a cleanup Job); [`parent_of`] leads back to the parent.
+pub fn labelled_children<P: Resource<DynamicType = ()>>() -> watcher::Config {
+    watcher::Config::default().labels(&parent_label_key::<P>())
+}
+
+/// The `P` a labelled child belongs to.
+pub fn parent_of<P, C>(child: C) -> Option<ObjectRef<P>>
+where
+    P: Resource<DynamicType = ()>,
+    C: ResourceExt,
+{
+    let name = child.labels().get(&parent_label_key::<P>())?;
+    Some(ObjectRef::new(name).within(&child.namespace()?))
+}
+
+/// The objects among `objs` whose `reference` names `target` (in its namespace)
+/// and that still `want` it: only they care about a change to `target`.
+pub fn referrers<K, T>(
+    objs: &[Arc<K>],
+    target: &T,
+    reference: impl Fn(&K) -> Option<&LocalObjectRef>,
+    want: impl Fn(&K) -> bool,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()>,
+    T: ResourceExt,
+{
+    let (name, namespace) = (target.name_any(), target.namespace());
+    objs.iter()
+        .filter(|obj| {
+            obj.namespace() == namespace
+                && reference(obj).is_some_and(|r| r.name == name)
+                && want(obj)
+        })
+        .map(|obj| ObjectRef::from_obj(obj.as_ref()))
+        .collect()
 }
 
 /// An API handle for `K` in `namespace`, or across all namespaces.

@@ -9,6 +9,7 @@ pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod status;
 pub mod stop;
 
 use std::sync::Arc;

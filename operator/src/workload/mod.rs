@@ -6,6 +6,7 @@ pub mod job;
 pub mod lineage;
 pub mod observe;
 pub mod rbac;
+pub mod record;
 pub mod security;
 pub mod storage;
 pub mod training;

@@ -4,9 +4,9 @@
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use kube::{Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 
-use crate::runtime::apply::child_meta;
+use crate::runtime::apply::{ApplyChildError, apply_child, child_meta};
 
 /// The ServiceAccount, Role and RoleBinding, all named alike.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,4 +63,12 @@ pub fn trainer_rbac<K: Resource<DynamicType = ()>>(
         role,
         role_binding,
     }
+}
+
+/// Apply the ServiceAccount, then the Role and RoleBinding.
+pub async fn apply_rbac(client: &Client, rbac: &TrainerRbac) -> Result<(), ApplyChildError> {
+    apply_child(client, &rbac.service_account).await?;
+    apply_child(client, &rbac.role).await?;
+    apply_child(client, &rbac.role_binding).await?;
+    Ok(())
 }

@@ -16,7 +16,9 @@ use super::resolve::resolve_with;
 use super::status::{self, JobFields};
 use super::{Error, write_status};
 use crate::runtime::Context;
-use crate::runtime::apply::{apply, children_selector, delete_orphans};
+use crate::runtime::apply::{
+    ApplyChildError, DeleteOrphansError, apply, children_selector, delete_orphans,
+};
 use crate::runtime::conditions::Outcome;
 use crate::workload::observe::{JobState, job_pods, job_state};
 
@@ -101,7 +103,7 @@ pub async fn on_deletion(ds: &Dataset, api: &Api<Dataset>, ctx: &Context) -> Res
         std::slice::from_ref(&clean_name),
     )
     .await
-    .map_err(|source| Error::DeleteOrphans {
+    .map_err(|source| DeleteOrphansError {
         kind: "Job",
         source,
     })?;
@@ -129,7 +131,7 @@ pub async fn on_deletion(ds: &Dataset, api: &Api<Dataset>, ctx: &Context) -> Res
             job.annotations_mut().insert(FOR_UID_ANNOTATION.into(), uid);
             apply(client, &job)
                 .await
-                .map_err(|source| Error::ApplyChild {
+                .map_err(|source| ApplyChildError {
                     kind: "Job",
                     name: clean_name.clone(),
                     source,

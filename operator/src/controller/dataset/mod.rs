@@ -19,7 +19,7 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -27,16 +27,21 @@ use llmops_crds::Dataset;
 
 use crate::runtime::Context;
 use crate::runtime::apply::{
-    FIELD_MANAGER, KeptChildren, MANAGED_BY_LABEL, apply, apply_status, delete_unkept_children,
-    parent_label_key,
+    ApplyChildError, DeleteOrphansError, KeptChildren, apply_child, delete_unkept_children,
 };
-use crate::runtime::conditions::{self, Outcome, transitions};
-use crate::runtime::controller::{ControllerRun, ReconcileError, Scope, scoped_api, start};
+use crate::runtime::conditions::{self, Outcome};
+use crate::runtime::controller::{
+    ControllerRun, ReconcileError, Scope, controller_for, labelled_children, owned_children,
+    parent_of, referrers, scoped_api, start,
+};
+use crate::runtime::status::{WriteStatusError, first_sight};
 use crate::runtime::stop::Stop;
 use crate::workload::observe::{JobState, job_pods, job_state};
+use crate::workload::rbac::apply_rbac;
+use crate::workload::record::{cleaned_up_for, finished_for_generation};
 use build::Children;
 use resolve::Resolution;
-use status::{JobFields, OperatorStatus};
+use status::JobFields;
 
 /// The kind label of metrics and logs.
 pub const KIND: &str = "Dataset";
@@ -54,23 +59,16 @@ pub enum Error {
     ReadReference { name: String, source: kube::Error },
     #[error("failed to render the resource file for the trainer: {0}")]
     RenderResource(#[from] serde_yaml_ng::Error),
-    #[error("failed to apply {kind} {name} (check the operator's RBAC for it): {source}")]
-    ApplyChild {
-        kind: &'static str,
-        name: String,
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    ApplyChild(#[from] ApplyChildError),
     #[error("failed to read Job {name}: {source}")]
     ReadJob { name: String, source: kube::Error },
     #[error("failed to list the pods of Job {job}: {source}")]
     ListPods { job: String, source: kube::Error },
-    #[error("failed to delete outdated {kind} children: {source}")]
-    DeleteOrphans {
-        kind: &'static str,
-        source: kube::Error,
-    },
-    #[error("failed to write the Dataset's status: {source}")]
-    WriteStatus { source: kube::Error },
+    #[error(transparent)]
+    DeleteOrphans(#[from] DeleteOrphansError),
+    #[error(transparent)]
+    WriteStatus(#[from] WriteStatusError),
     #[error("failed to update the Dataset's finalizers: {source}")]
     Finalizer { source: kube::Error },
 }
@@ -80,11 +78,11 @@ impl ReconcileError for Error {
         match self {
             Error::ReadReference { .. } => "ReadReference",
             Error::RenderResource(_) => "RenderResource",
-            Error::ApplyChild { .. } => "ApplyChild",
+            Error::ApplyChild(_) => "ApplyChild",
             Error::ReadJob { .. } => "ReadJob",
             Error::ListPods { .. } => "ListPods",
-            Error::DeleteOrphans { .. } => "DeleteOrphans",
-            Error::WriteStatus { .. } => "WriteStatus",
+            Error::DeleteOrphans(_) => "DeleteOrphans",
+            Error::WriteStatus(_) => "WriteStatus",
             Error::Finalizer { .. } => "Finalizer",
         }
     }
@@ -95,53 +93,39 @@ impl ReconcileError for Error {
 /// Jobs and pods.
 pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<ControllerRun> {
     let client = &ctx.client;
-    let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
-    let by_label = watcher::Config::default().labels(&parent_label_key::<Dataset>());
-    scope
-        .targets()
-        .into_iter()
-        .map(|namespace| {
-            let ns = namespace.as_deref();
-            let controller = Controller::new(
+    scope.start_each(|ns| {
+        let controller = controller_for::<Dataset>(client, ns);
+        let store = controller.store();
+        let controller = controller
+            .owns(scoped_api::<ConfigMap>(client, ns), owned_children())
+            .watches(
+                scoped_api::<Job>(client, ns),
+                labelled_children::<Dataset>(),
+                parent_of,
+            )
+            .watches(
+                scoped_api::<Pod>(client, ns),
+                labelled_children::<Dataset>(),
+                parent_of,
+            )
+            // A Dataset reusing another's tokenizer starts once that one is Ready.
+            .watches(
                 scoped_api::<Dataset>(client, ns),
                 watcher::Config::default(),
+                move |changed| tokenizer_users(&store.state(), &changed),
             );
-            let store = controller.store();
-            let controller = controller
-                .owns(scoped_api::<ConfigMap>(client, ns), ours.clone())
-                .watches(scoped_api::<Job>(client, ns), by_label.clone(), parent_of)
-                .watches(scoped_api::<Pod>(client, ns), by_label.clone(), parent_of)
-                // A Dataset reusing another's tokenizer starts once that one is Ready.
-                .watches(
-                    scoped_api::<Dataset>(client, ns),
-                    watcher::Config::default(),
-                    move |changed| tokenizer_users(&store.state(), &changed),
-                );
-            start(KIND, controller, ctx.clone(), stop.clone(), reconcile)
-        })
-        .collect()
-}
-
-/// The Dataset a labelled child belongs to.
-fn parent_of<K: ResourceExt>(child: K) -> Option<ObjectRef<Dataset>> {
-    let name = child.labels().get(&parent_label_key::<Dataset>())?;
-    Some(ObjectRef::new(name).within(&child.namespace()?))
+        start(KIND, controller, ctx.clone(), stop.clone(), reconcile)
+    })
 }
 
 /// The Datasets whose `tokenizer.datasetRef` names `changed`.
 fn tokenizer_users(datasets: &[Arc<Dataset>], changed: &Dataset) -> Vec<ObjectRef<Dataset>> {
-    datasets
-        .iter()
-        .filter(|d| {
-            d.namespace() == changed.namespace()
-                && d.spec
-                    .tokenizer
-                    .dataset_ref
-                    .as_ref()
-                    .is_some_and(|r| r.name == changed.name_any())
-        })
-        .map(|d| ObjectRef::from_obj(d.as_ref()))
-        .collect()
+    referrers(
+        datasets,
+        changed,
+        |d| d.spec.tokenizer.dataset_ref.as_ref(),
+        |_| true,
+    )
 }
 
 async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -151,7 +135,7 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
         return finalize::on_deletion(&ds, &api, &ctx).await;
     }
     finalize::sync_finalizer(&ds, &api).await?;
-    if status::finished_for_generation(&ds) {
+    if finished_for_generation(ds.as_ref()) {
         // A finished Job is final, and so is the status written from it: nothing to
         // do until the spec changes (not even resolving references again, whose
         // targets may have moved on since).
@@ -160,12 +144,7 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
     // Status writes below update this copy, so later steps compare against them.
     let mut ds = (*ds).clone();
 
-    let first_sight = !ds.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == llmops_crds::condition::READY)
-    });
-    if first_sight {
+    if first_sight(&ds) {
         write_status(
             &mut ds,
             &api,
@@ -185,7 +164,7 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
     };
 
     if let Err(invalid) = validate::validate(&resolved) {
-        delete_children(&ctx.client, &ds, &KeptChildren::default()).await?;
+        delete_unkept_children(&ctx.client, &ds, &KeptChildren::default()).await?;
         let outcome = Outcome::stalled(status::reason::INVALID_SPEC, invalid.to_string());
         write_status(&mut ds, &api, &ctx, &outcome, JobFields::default()).await?;
         return Ok(Action::await_change());
@@ -193,8 +172,8 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
 
     let children = build::build(&resolved, &ctx.config)?;
     let job = apply_children(&ctx.client, &ds, &children).await?;
-    if !status::cleaned_up_for(&ds, &job.name_any()) {
-        delete_children(&ctx.client, &ds, &kept(&children)).await?;
+    if !cleaned_up_for(&ds, &job.name_any()) {
+        delete_unkept_children(&ctx.client, &ds, &kept(&children)).await?;
     }
 
     let pods = job_pods(&ctx.client, &job)
@@ -215,21 +194,8 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
 
 /// Apply the RBAC and ConfigMap, and create the Job unless it exists.
 async fn apply_children(client: &Client, ds: &Dataset, children: &Children) -> Result<Job, Error> {
-    let failed =
-        |kind: &'static str, name: String| move |source| Error::ApplyChild { kind, name, source };
-    let rbac = &children.rbac;
-    apply(client, &rbac.service_account)
-        .await
-        .map_err(failed("ServiceAccount", rbac.service_account.name_any()))?;
-    apply(client, &rbac.role)
-        .await
-        .map_err(failed("Role", rbac.role.name_any()))?;
-    apply(client, &rbac.role_binding)
-        .await
-        .map_err(failed("RoleBinding", rbac.role_binding.name_any()))?;
-    apply(client, &children.config_map)
-        .await
-        .map_err(failed("ConfigMap", children.config_map.name_any()))?;
+    apply_rbac(client, &children.rbac).await?;
+    apply_child(client, &children.config_map).await?;
 
     // A Job's pod template is immutable and a Job is a record of one run: create it
     // once, then only read it.
@@ -241,9 +207,7 @@ async fn apply_children(client: &Client, ds: &Dataset, children: &Children) -> R
     })? {
         return Ok(job);
     }
-    apply(client, &children.job)
-        .await
-        .map_err(failed("Job", name))
+    Ok(apply_child(client, &children.job).await?)
 }
 
 /// Names of the children the current pass produced; everything else labelled as
@@ -257,15 +221,8 @@ fn kept(children: &Children) -> KeptChildren {
     }
 }
 
-async fn delete_children(client: &Client, ds: &Dataset, kept: &KeptChildren) -> Result<(), Error> {
-    delete_unkept_children(client, ds, kept)
-        .await
-        .map(drop)
-        .map_err(|(kind, source)| Error::DeleteOrphans { kind, source })
-}
-
-/// Write the operator's status fields if they differ from the current ones, and
-/// publish an Event per condition transition.
+/// Write the operator's status fields for `outcome` and `fields` (see
+/// [`crate::runtime::status::write`]).
 async fn write_status(
     ds: &mut Dataset,
     api: &Api<Dataset>,
@@ -273,21 +230,6 @@ async fn write_status(
     outcome: &Outcome,
     fields: JobFields,
 ) -> Result<(), Error> {
-    let desired: OperatorStatus = status::desired_status(ds, outcome, fields, &conditions::now());
-    if !status::needs_write(ds.status.as_ref(), &desired) {
-        return Ok(());
-    }
-    apply_status(api, &*ds, &desired)
-        .await
-        .map_err(|source| Error::WriteStatus { source })?;
-    let current = ds
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    ctx.events
-        .transitions(&*ds, &transitions(current, &desired.conditions))
-        .await;
-    status::record(ds.status.get_or_insert_default(), desired);
-    Ok(())
+    let desired = status::desired_status(ds, outcome, fields, &conditions::now());
+    Ok(crate::runtime::status::write(ds, api, &ctx.events, desired).await?)
 }

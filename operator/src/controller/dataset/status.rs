@@ -13,7 +13,8 @@ use llmops_crds::dataset::DatasetStats;
 use llmops_crds::{Artifact, Dataset, DatasetStatus, LocalObjectRef};
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::conditions::{Outcome, next_conditions, owned_conditions_equal};
+use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
+use crate::runtime::status::{ReportsStatus, status_header};
 use crate::workload::observe::{BLOCKING_WAIT_REASONS, JobState, job_condition};
 
 /// Reasons of the Dataset's conditions.
@@ -196,45 +197,25 @@ pub fn desired_status(
     }
 }
 
-/// Whether writing `desired` would change anything the operator owns.
-pub fn needs_write(current: Option<&DatasetStatus>, desired: &OperatorStatus) -> bool {
-    let Some(current) = current else {
-        return true;
-    };
-    current.observed_generation != desired.observed_generation
-        || !owned_conditions_equal(&current.conditions, &desired.conditions)
-        || current.artifact != desired.artifact
-        || current.job.as_ref().map(|j| &j.name) != desired.job.as_ref().map(|j| &j.name)
-        || current.start_time != desired.start_time
-        || current.completion_time != desired.completion_time
-}
+status_header!(OperatorStatus);
 
-/// Copy what was written into the local copy of the status, keeping the
-/// trainer's fields and conditions owned by others.
-pub fn record(status: &mut DatasetStatus, written: OperatorStatus) {
-    status.observed_generation = written.observed_generation;
-    crate::runtime::conditions::replace_owned(&mut status.conditions, written.conditions);
-    status.artifact = written.artifact;
-    status.job = written.job;
-    status.start_time = written.start_time;
-    status.completion_time = written.completion_time;
-}
+impl ReportsStatus for Dataset {
+    type Written = OperatorStatus;
 
-/// Whether an earlier pass for this generation got as far as recording `job` in the
-/// status. That write comes after the outdated children were deleted, so there is
-/// nothing left to clean up; skipping it spares the trainer's frequent status
-/// updates five list calls each.
-pub fn cleaned_up_for(ds: &Dataset, job: &str) -> bool {
-    ds.status.as_ref().is_some_and(|s| {
-        s.observed_generation == ds.metadata.generation
-            && s.job.as_ref().is_some_and(|j| j.name == job)
-    })
-}
+    fn fields_differ(current: &DatasetStatus, desired: &OperatorStatus) -> bool {
+        current.artifact != desired.artifact
+            || current.job.as_ref().map(|j| &j.name) != desired.job.as_ref().map(|j| &j.name)
+            || current.start_time != desired.start_time
+            || current.completion_time != desired.completion_time
+    }
 
-/// Whether the current generation already finished (succeeded or failed), so its
-/// Job must not be created again if it was removed.
-pub fn finished_for_generation(ds: &Dataset) -> bool {
-    ds.status.as_ref().is_some_and(|s| {
-        s.observed_generation == ds.metadata.generation && s.completion_time.is_some()
-    })
+    /// Keeps the trainer's stats.
+    fn record(status: &mut DatasetStatus, written: OperatorStatus) {
+        status.observed_generation = written.observed_generation;
+        replace_owned(&mut status.conditions, written.conditions);
+        status.artifact = written.artifact;
+        status.job = written.job;
+        status.start_time = written.start_time;
+        status.completion_time = written.completion_time;
+    }
 }

@@ -382,6 +382,8 @@ spec:
 
 mod status_tests {
     use super::*;
+    use crate::runtime::status::ReportsStatus;
+    use crate::workload::record::{cleaned_up_for, finished_for_generation};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
     use llmops_crds::condition::{READY, RECONCILING, STALLED};
@@ -583,7 +585,7 @@ status:
         let mut ds = fixture("{}");
         let (outcome, fields) = status::observe(&state, &job, None);
         let first = status::desired_status(&ds, &outcome, fields, &now());
-        assert!(status::needs_write(ds.status.as_ref(), &first));
+        assert!(Dataset::needs_write(ds.status.as_ref(), &first));
 
         // What the API server holds after the write, plus the trainer's stats.
         let mut written: llmops_crds::DatasetStatus = serde_json::from_value(
@@ -597,13 +599,13 @@ status:
         let (outcome, fields) = status::observe(&state, &job, None);
         let second = status::desired_status(&ds, &outcome, fields, &later);
         assert_eq!(first, second);
-        assert!(!status::needs_write(ds.status.as_ref(), &second));
+        assert!(!Dataset::needs_write(ds.status.as_ref(), &second));
 
         // A new generation must be written.
         ds.metadata.generation = Some(2);
         let (outcome, fields) = status::observe(&state, &job, None);
         let third = status::desired_status(&ds, &outcome, fields, &later);
-        assert!(status::needs_write(ds.status.as_ref(), &third));
+        assert!(Dataset::needs_write(ds.status.as_ref(), &third));
     }
 
     #[test]
@@ -639,37 +641,38 @@ status:
     #[test]
     fn cleanup_runs_until_a_pass_recorded_the_current_job() {
         let mut ds = fixture("metadata: {generation: 2}");
-        assert!(!status::cleaned_up_for(&ds, "chats-prepare-g2"));
+        assert!(!cleaned_up_for(&ds, "chats-prepare-g2"));
         ds.status = Some(
             serde_yaml_ng::from_str("observedGeneration: 1\njob: {name: chats-prepare-g1}")
                 .unwrap(),
         );
-        assert!(!status::cleaned_up_for(&ds, "chats-prepare-g2"));
+        assert!(!cleaned_up_for(&ds, "chats-prepare-g2"));
         ds.status = Some(
             serde_yaml_ng::from_str("observedGeneration: 2\njob: {name: chats-prepare-g2}")
                 .unwrap(),
         );
-        assert!(status::cleaned_up_for(&ds, "chats-prepare-g2"));
+        assert!(cleaned_up_for(&ds, "chats-prepare-g2"));
     }
 
     #[test]
     fn finished_generations_are_not_rerun() {
         let mut ds = fixture("metadata: {generation: 3}");
-        assert!(!status::finished_for_generation(&ds));
+        assert!(!finished_for_generation(&ds));
         ds.status = Some(
             serde_yaml_ng::from_str(
                 "observedGeneration: 3\ncompletionTime: \"2026-01-01T00:00:00Z\"",
             )
             .unwrap(),
         );
-        assert!(status::finished_for_generation(&ds));
+        assert!(finished_for_generation(&ds));
         ds.metadata.generation = Some(4);
-        assert!(!status::finished_for_generation(&ds));
+        assert!(!finished_for_generation(&ds));
     }
 }
 
 mod watch_tests {
     use super::*;
+    use crate::runtime::controller::parent_of;
     use kube::runtime::reflector::ObjectRef;
 
     #[test]
@@ -679,11 +682,11 @@ mod watch_tests {
         )
         .unwrap();
         assert_eq!(
-            super::super::parent_of(pod),
-            Some(ObjectRef::new("chats").within("ml"))
+            parent_of(pod),
+            Some(ObjectRef::<Dataset>::new("chats").within("ml"))
         );
         let unrelated: Pod = serde_yaml_ng::from_str("metadata: {name: x, namespace: ml}").unwrap();
-        assert_eq!(super::super::parent_of(unrelated), None);
+        assert_eq!(parent_of::<Dataset, _>(unrelated), None);
     }
 
     #[test]

@@ -45,22 +45,26 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use llmops_crds::{Artifact, FineTune, ModelDeployment, PretrainJob};
+use llmops_crds::{Artifact, FineTune, LocalObjectRef, ModelDeployment, PretrainJob};
 
 use crate::runtime::Context;
 use crate::runtime::apply::{
-    FIELD_MANAGER, MANAGED_BY_LABEL, apply, apply_status, children_selector, delete_orphans,
+    ApplyChildError, DeleteOrphansError, apply_child, children_selector, delete_orphans,
 };
-use crate::runtime::conditions::{self, Outcome, transitions};
-use crate::runtime::controller::{ControllerRun, ReconcileError, Scope, scoped_api, start};
+use crate::runtime::conditions::{self, Outcome};
+use crate::runtime::controller::{
+    ControllerRun, ReconcileError, Scope, controller_for, owned_children, referrers, scoped_api,
+    start,
+};
+use crate::runtime::status::{WriteStatusError, first_sight};
 use crate::runtime::stop::Stop;
 use build::Children;
 use resolve::Resolution;
-use status::{Observed, OperatorStatus, reason};
+use status::{Observed, reason};
 
 /// The kind label of metrics and logs.
 pub const KIND: &str = "ModelDeployment";
@@ -83,31 +87,24 @@ pub enum Error {
         name: String,
         source: kube::Error,
     },
-    #[error("failed to apply {kind} {name} (check the operator's RBAC for it): {source}")]
-    ApplyChild {
-        kind: &'static str,
-        name: String,
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    ApplyChild(#[from] ApplyChildError),
     #[error("failed to read Deployment {name}: {source}")]
     ReadDeployment { name: String, source: kube::Error },
-    #[error("failed to delete outdated {kind} children: {source}")]
-    DeleteOrphans {
-        kind: &'static str,
-        source: kube::Error,
-    },
-    #[error("failed to write the ModelDeployment's status: {source}")]
-    WriteStatus { source: kube::Error },
+    #[error(transparent)]
+    DeleteOrphans(#[from] DeleteOrphansError),
+    #[error(transparent)]
+    WriteStatus(#[from] WriteStatusError),
 }
 
 impl ReconcileError for Error {
     fn reason(&self) -> &'static str {
         match self {
             Error::ReadModel { .. } => "ReadModel",
-            Error::ApplyChild { .. } => "ApplyChild",
+            Error::ApplyChild(_) => "ApplyChild",
             Error::ReadDeployment { .. } => "ReadDeployment",
-            Error::DeleteOrphans { .. } => "DeleteOrphans",
-            Error::WriteStatus { .. } => "WriteStatus",
+            Error::DeleteOrphans(_) => "DeleteOrphans",
+            Error::WriteStatus(_) => "WriteStatus",
         }
     }
 }
@@ -118,44 +115,38 @@ impl ReconcileError for Error {
 /// and a first one ends the wait for it).
 pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<ControllerRun> {
     let client = &ctx.client;
-    let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
-    scope
-        .targets()
-        .into_iter()
-        .map(|namespace| {
-            let ns = namespace.as_deref();
-            let controller = Controller::new(
-                scoped_api::<ModelDeployment>(client, ns),
+    scope.start_each(|ns| {
+        let controller = controller_for::<ModelDeployment>(client, ns);
+        let (for_pretrain, for_finetune) = (controller.store(), controller.store());
+        let controller = controller
+            .owns(scoped_api::<Deployment>(client, ns), owned_children())
+            .owns(scoped_api::<Service>(client, ns), owned_children())
+            .owns(
+                scoped_api::<PodDisruptionBudget>(client, ns),
+                owned_children(),
+            )
+            .watches(
+                scoped_api::<PretrainJob>(client, ns),
                 watcher::Config::default(),
+                move |pt| {
+                    let artifact = pt.status.as_ref().and_then(|s| s.artifact.as_ref());
+                    serving_other_than(&for_pretrain.state(), &pt, artifact, |md| {
+                        md.spec.model.pretrain_job_ref.as_ref()
+                    })
+                },
+            )
+            .watches(
+                scoped_api::<FineTune>(client, ns),
+                watcher::Config::default(),
+                move |ft| {
+                    let artifact = ft.status.as_ref().and_then(|s| s.artifact.as_ref());
+                    serving_other_than(&for_finetune.state(), &ft, artifact, |md| {
+                        md.spec.model.fine_tune_ref.as_ref()
+                    })
+                },
             );
-            let (for_pretrain, for_finetune) = (controller.store(), controller.store());
-            let controller = controller
-                .owns(scoped_api::<Deployment>(client, ns), ours.clone())
-                .owns(scoped_api::<Service>(client, ns), ours.clone())
-                .owns(scoped_api::<PodDisruptionBudget>(client, ns), ours.clone())
-                .watches(
-                    scoped_api::<PretrainJob>(client, ns),
-                    watcher::Config::default(),
-                    move |pt| {
-                        let artifact = pt.status.as_ref().and_then(|s| s.artifact.as_ref());
-                        serving_other_than(&for_pretrain.state(), &pt, artifact, |md| {
-                            md.spec.model.pretrain_job_ref.as_ref()
-                        })
-                    },
-                )
-                .watches(
-                    scoped_api::<FineTune>(client, ns),
-                    watcher::Config::default(),
-                    move |ft| {
-                        let artifact = ft.status.as_ref().and_then(|s| s.artifact.as_ref());
-                        serving_other_than(&for_finetune.state(), &ft, artifact, |md| {
-                            md.spec.model.fine_tune_ref.as_ref()
-                        })
-                    },
-                );
-            start(KIND, controller, ctx.clone(), stop.clone(), reconcile)
-        })
-        .collect()
+        start(KIND, controller, ctx.clone(), stop.clone(), reconcile)
+    })
 }
 
 /// The ModelDeployments referencing `producer` (through `reference`) that do not
@@ -165,26 +156,18 @@ fn serving_other_than<P: ResourceExt>(
     deployments: &[Arc<ModelDeployment>],
     producer: &P,
     artifact: Option<&Artifact>,
-    reference: impl Fn(&ModelDeployment) -> Option<&llmops_crds::LocalObjectRef>,
+    reference: impl Fn(&ModelDeployment) -> Option<&LocalObjectRef>,
 ) -> Vec<ObjectRef<ModelDeployment>> {
     let Some(artifact) = artifact else {
         return Vec::new();
     };
-    let (name, namespace) = (producer.name_any(), producer.namespace());
-    deployments
-        .iter()
-        .filter(|md| {
-            md.namespace() == namespace
-                && reference(md).is_some_and(|r| r.name == name)
-                && md
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.model.as_ref())
-                    .and_then(|m| m.current.as_ref())
-                    != Some(artifact)
-        })
-        .map(|md| ObjectRef::from_obj(md.as_ref()))
-        .collect()
+    referrers(deployments, producer, reference, |md| {
+        md.status
+            .as_ref()
+            .and_then(|s| s.model.as_ref())
+            .and_then(|m| m.current.as_ref())
+            != Some(artifact)
+    })
 }
 
 async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -197,12 +180,7 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
     // Status writes below update this copy, so later steps compare against them.
     let mut md = (*md).clone();
 
-    let first_sight = !md.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == llmops_crds::condition::READY)
-    });
-    if first_sight {
+    if first_sight(&md) {
         let observed = status::without_apply(&md, Outcome::FirstSight, None);
         write_status(&mut md, &api, &ctx, observed).await?;
     }
@@ -260,19 +238,11 @@ async fn hold(
 /// Apply the Service, the PodDisruptionBudget and the Deployment; returns the
 /// live Deployment.
 async fn apply_children(client: &Client, children: &Children) -> Result<Deployment, Error> {
-    let failed =
-        |kind: &'static str, name: String| move |source| Error::ApplyChild { kind, name, source };
-    apply(client, &children.service)
-        .await
-        .map_err(failed("Service", children.service.name_any()))?;
+    apply_child(client, &children.service).await?;
     if let Some(pdb) = &children.pdb {
-        apply(client, pdb)
-            .await
-            .map_err(failed("PodDisruptionBudget", pdb.name_any()))?;
+        apply_child(client, pdb).await?;
     }
-    apply(client, &children.deployment)
-        .await
-        .map_err(failed("Deployment", children.deployment.name_any()))
+    Ok(apply_child(client, &children.deployment).await?)
 }
 
 /// Delete the children labelled as this ModelDeployment's that this pass did not
@@ -284,7 +254,7 @@ async fn delete_outdated(
 ) -> Result<(), Error> {
     let namespace = md.namespace().unwrap_or_default();
     let selector = children_selector(md);
-    let tag = |kind: &'static str| move |source| Error::DeleteOrphans { kind, source };
+    let tag = |kind: &'static str| move |source| DeleteOrphansError { kind, source };
     let keep = |name: String| vec![name];
     let mut deleted = delete_orphans::<Deployment>(
         client,
@@ -316,29 +286,14 @@ async fn delete_outdated(
     Ok(())
 }
 
-/// Write the operator's status fields if they differ from the current ones, and
-/// publish an Event per condition transition.
+/// Write the operator's status fields for `observed` (see
+/// [`crate::runtime::status::write`]).
 async fn write_status(
     md: &mut ModelDeployment,
     api: &Api<ModelDeployment>,
     ctx: &Context,
     observed: Observed,
 ) -> Result<(), Error> {
-    let desired: OperatorStatus = status::desired_status(md, observed, &conditions::now());
-    if !status::needs_write(md.status.as_ref(), &desired) {
-        return Ok(());
-    }
-    apply_status(api, &*md, &desired)
-        .await
-        .map_err(|source| Error::WriteStatus { source })?;
-    let current = md
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    ctx.events
-        .transitions(&*md, &transitions(current, &desired.conditions))
-        .await;
-    status::record(md.status.get_or_insert_default(), desired);
-    Ok(())
+    let desired = status::desired_status(md, observed, &conditions::now());
+    Ok(crate::runtime::status::write(md, api, &ctx.events, desired).await?)
 }

@@ -25,7 +25,8 @@ use serde::Serialize;
 use super::build::{
     MODEL_DIGEST_ANNOTATION, MODEL_URI_ANNOTATION, PROGRESS_DEADLINE_SECONDS, replicas,
 };
-use crate::runtime::conditions::{Outcome, next_conditions, owned_conditions_equal};
+use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
+use crate::runtime::status::{ReportsStatus, status_header};
 
 /// Reasons of the ModelDeployment's conditions.
 pub mod reason {
@@ -350,25 +351,24 @@ pub fn desired_status(md: &ModelDeployment, observed: Observed, now: &Time) -> O
     }
 }
 
-/// Whether writing `desired` would change anything the operator owns.
-pub fn needs_write(current: Option<&ModelDeploymentStatus>, desired: &OperatorStatus) -> bool {
-    let Some(current) = current else {
-        return true;
-    };
-    current.observed_generation != desired.observed_generation
-        || !owned_conditions_equal(&current.conditions, &desired.conditions)
-        || current.replicas != desired.replicas
-        || current.endpoint != desired.endpoint
-        || current.model != desired.model
-        || current.rollout != desired.rollout
-}
+status_header!(OperatorStatus);
 
-/// Copy what was written into the local copy of the status.
-pub fn record(status: &mut ModelDeploymentStatus, written: OperatorStatus) {
-    status.observed_generation = written.observed_generation;
-    crate::runtime::conditions::replace_owned(&mut status.conditions, written.conditions);
-    status.replicas = written.replicas;
-    status.endpoint = written.endpoint;
-    status.model = written.model;
-    status.rollout = written.rollout;
+impl ReportsStatus for ModelDeployment {
+    type Written = OperatorStatus;
+
+    fn fields_differ(current: &ModelDeploymentStatus, desired: &OperatorStatus) -> bool {
+        current.replicas != desired.replicas
+            || current.endpoint != desired.endpoint
+            || current.model != desired.model
+            || current.rollout != desired.rollout
+    }
+
+    fn record(status: &mut ModelDeploymentStatus, written: OperatorStatus) {
+        status.observed_generation = written.observed_generation;
+        replace_owned(&mut status.conditions, written.conditions);
+        status.replicas = written.replicas;
+        status.endpoint = written.endpoint;
+        status.model = written.model;
+        status.rollout = written.rollout;
+    }
 }

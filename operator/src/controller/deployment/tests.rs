@@ -522,6 +522,7 @@ spec:
 
 mod status_tests {
     use super::*;
+    use crate::runtime::status::ReportsStatus;
 
     /// The Deployment built for `uri`, with status `deployment_status` (YAML).
     fn live(uri: &str, deployment_status: &str) -> Deployment {
@@ -664,9 +665,12 @@ mod status_tests {
         let o = status::observe(&md, &live("s3://m/a", ROLLED_OUT), "e".into());
         let first = status::desired_status(&md, o.clone(), &now());
         let mut written = md.clone();
-        status::record(written.status.get_or_insert_default(), first);
+        ModelDeployment::record(written.status.get_or_insert_default(), first);
         let again = status::observe(&written, &live("s3://m/a", ROLLED_OUT), "e".into());
         let second = status::desired_status(&written, again, &now());
-        assert!(!status::needs_write(written.status.as_ref(), &second));
+        assert!(!ModelDeployment::needs_write(
+            written.status.as_ref(),
+            &second
+        ));
     }
 }

@@ -36,43 +36,36 @@ mod validate;
 mod tests;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
-use llmops_crds::{Artifact, Dataset, FineTune, JobPhase, LocalObjectRef, PretrainJob};
-
-use crate::runtime::Context;
-use crate::runtime::apply::{
-    FIELD_MANAGER, KeptChildren, MANAGED_BY_LABEL, apply_status, delete_unkept_children,
-    parent_label_key,
+use llmops_crds::{
+    Artifact, Dataset, FineTune, FineTuneStatus, JobPhase, LocalObjectRef, PretrainJob,
 };
-use crate::runtime::conditions::{self, Outcome, transitions};
-use crate::runtime::controller::{ControllerRun, ReconcileError, Scope, scoped_api, start};
+
+use crate::config::OperatorConfig;
+use crate::runtime::Context;
+use crate::runtime::conditions::Outcome;
+use crate::runtime::controller::{
+    ControllerRun, ReconcileError, Scope, controller_for, labelled_children, owned_children,
+    parent_of, referrers, scoped_api, start,
+};
+use crate::runtime::status::WriteStatusError;
 use crate::runtime::stop::Stop;
-use crate::workload::observe::{JobState, job_pods, job_state};
-use crate::workload::training::run::{self, apply_children, ensure_job, kept};
-use crate::workload::training::status::telling_pods;
-use resolve::Resolution;
-use status::{Observed, OperatorStatus, reason};
+use crate::workload::observe::JobState;
+use crate::workload::training::build::Children;
+use crate::workload::training::reconcile::{TrainingKind, reconcile};
+use crate::workload::training::run;
+use crate::workload::training::validate::Invalid;
+use resolve::{Resolution, Resolved};
+use status::{Observed, OperatorStatus};
 
 /// The kind label of metrics and logs.
 pub const KIND: &str = "FineTune";
-
-/// How often a settled FineTune is looked at again even without a change.
-const RESYNC: Duration = Duration::from_secs(600);
-/// How often a FineTune waiting for its inputs looks again (the watches usually
-/// trigger it sooner).
-const WAIT_RETRY: Duration = Duration::from_secs(30);
-/// How often a running FineTune is looked at without a change to its pods.
-const RUNNING_RESYNC: Duration = Duration::from_secs(120);
-/// How often a Job being replaced is checked for pods still saving a checkpoint.
-const REPLACE_RETRY: Duration = Duration::from_secs(5);
 
 /// Why a FineTune reconcile failed; all are transient and retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +80,8 @@ pub enum Error {
     RenderResource(#[from] serde_yaml_ng::Error),
     #[error(transparent)]
     Run(#[from] run::Error),
-    #[error("failed to delete outdated {kind} children: {source}")]
-    DeleteOrphans {
-        kind: &'static str,
-        source: kube::Error,
-    },
-    #[error("failed to write the FineTune's status: {source}")]
-    WriteStatus { source: kube::Error },
+    #[error(transparent)]
+    WriteStatus(#[from] WriteStatusError),
 }
 
 impl ReconcileError for Error {
@@ -102,8 +90,7 @@ impl ReconcileError for Error {
             Error::ReadInput { .. } => "ReadInput",
             Error::RenderResource(_) => "RenderResource",
             Error::Run(err) => err.reason(),
-            Error::DeleteOrphans { .. } => "DeleteOrphans",
-            Error::WriteStatus { .. } => "WriteStatus",
+            Error::WriteStatus(_) => "WriteStatus",
         }
     }
 }
@@ -114,63 +101,57 @@ impl ReconcileError for Error {
 /// FineTunes waiting for it).
 pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<ControllerRun> {
     let client = &ctx.client;
-    let ours = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={FIELD_MANAGER}"));
-    let by_label = watcher::Config::default().labels(&parent_label_key::<FineTune>());
-    scope
-        .targets()
-        .into_iter()
-        .map(|namespace| {
-            let ns = namespace.as_deref();
-            let controller = Controller::new(
+    scope.start_each(|ns| {
+        let controller = controller_for::<FineTune>(client, ns);
+        let (for_dataset, for_pretrain, for_finetune) =
+            (controller.store(), controller.store(), controller.store());
+        let controller = controller
+            .owns(scoped_api::<Job>(client, ns), owned_children())
+            .owns(scoped_api::<ConfigMap>(client, ns), owned_children())
+            .owns(scoped_api::<Service>(client, ns), owned_children())
+            .watches(
+                scoped_api::<Pod>(client, ns),
+                labelled_children::<FineTune>(),
+                parent_of,
+            )
+            .watches(
+                scoped_api::<Dataset>(client, ns),
+                watcher::Config::default(),
+                move |ds| {
+                    let artifact = ds.status.as_ref().and_then(|s| s.artifact.as_ref());
+                    waiting_for(&for_dataset.state(), &ds, artifact, |ft| {
+                        Some(&ft.spec.dataset_ref)
+                    })
+                },
+            )
+            .watches(
+                scoped_api::<PretrainJob>(client, ns),
+                watcher::Config::default(),
+                move |pt| {
+                    let artifact = pt.status.as_ref().and_then(|s| s.artifact.as_ref());
+                    waiting_for(&for_pretrain.state(), &pt, artifact, |ft| {
+                        ft.spec.base_model.pretrain_job_ref.as_ref()
+                    })
+                },
+            )
+            .watches(
                 scoped_api::<FineTune>(client, ns),
                 watcher::Config::default(),
+                move |base| {
+                    let artifact = base.status.as_ref().and_then(|s| s.artifact.as_ref());
+                    waiting_for(&for_finetune.state(), &base, artifact, |ft| {
+                        ft.spec.base_model.fine_tune_ref.as_ref()
+                    })
+                },
             );
-            let (for_dataset, for_pretrain, for_finetune) =
-                (controller.store(), controller.store(), controller.store());
-            let controller = controller
-                .owns(scoped_api::<Job>(client, ns), ours.clone())
-                .owns(scoped_api::<ConfigMap>(client, ns), ours.clone())
-                .owns(scoped_api::<Service>(client, ns), ours.clone())
-                .watches(scoped_api::<Pod>(client, ns), by_label.clone(), parent_of)
-                .watches(
-                    scoped_api::<Dataset>(client, ns),
-                    watcher::Config::default(),
-                    move |ds| {
-                        let artifact = ds.status.as_ref().and_then(|s| s.artifact.as_ref());
-                        waiting_for(&for_dataset.state(), &ds, artifact, |ft| {
-                            Some(&ft.spec.dataset_ref)
-                        })
-                    },
-                )
-                .watches(
-                    scoped_api::<PretrainJob>(client, ns),
-                    watcher::Config::default(),
-                    move |pt| {
-                        let artifact = pt.status.as_ref().and_then(|s| s.artifact.as_ref());
-                        waiting_for(&for_pretrain.state(), &pt, artifact, |ft| {
-                            ft.spec.base_model.pretrain_job_ref.as_ref()
-                        })
-                    },
-                )
-                .watches(
-                    scoped_api::<FineTune>(client, ns),
-                    watcher::Config::default(),
-                    move |base| {
-                        let artifact = base.status.as_ref().and_then(|s| s.artifact.as_ref());
-                        waiting_for(&for_finetune.state(), &base, artifact, |ft| {
-                            ft.spec.base_model.fine_tune_ref.as_ref()
-                        })
-                    },
-                );
-            start(KIND, controller, ctx.clone(), stop.clone(), reconcile)
-        })
-        .collect()
-}
-
-/// The FineTune a labelled pod belongs to.
-fn parent_of(pod: Pod) -> Option<ObjectRef<FineTune>> {
-    let name = pod.labels().get(&parent_label_key::<FineTune>())?;
-    Some(ObjectRef::new(name).within(&pod.namespace()?))
+        start(
+            KIND,
+            controller,
+            ctx.clone(),
+            stop.clone(),
+            reconcile::<FineTune>,
+        )
+    })
 }
 
 /// The FineTunes referencing `producer` (through `reference`) that have not
@@ -186,137 +167,50 @@ fn waiting_for<P: ResourceExt>(
     if artifact.is_none() {
         return Vec::new();
     }
-    let (name, namespace) = (producer.name_any(), producer.namespace());
-    fine_tunes
-        .iter()
-        .filter(|ft| {
-            ft.namespace() == namespace
-                && reference(ft).is_some_and(|r| r.name == name)
-                && ft.status.as_ref().is_none_or(|s| s.lineage.is_none())
-        })
-        .map(|ft| ObjectRef::from_obj(ft.as_ref()))
-        .collect()
-}
-
-async fn reconcile(ft: Arc<FineTune>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if ft.metadata.deletion_timestamp.is_some() {
-        // Children go with their owner; the model and checkpoints stay.
-        return Ok(Action::await_change());
-    }
-    if status::finished_for_generation(&ft) {
-        // A finished Job is final, and so is the status written from it.
-        return Ok(Action::requeue(RESYNC));
-    }
-    let api: Api<FineTune> =
-        Api::namespaced(ctx.client.clone(), &ft.namespace().unwrap_or_default());
-    // Status writes below update this copy, so later steps compare against them.
-    let mut ft = (*ft).clone();
-
-    let first_sight = !ft.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == llmops_crds::condition::READY)
-    });
-    if first_sight {
-        let observed = Observed::without_job(Outcome::FirstSight, JobPhase::Pending, None);
-        write_status(&mut ft, &api, &ctx, observed).await?;
-    }
-
-    let resolved = match resolve::resolve(&ft, &ctx).await? {
-        Resolution::Resolved(resolved) => resolved,
-        Resolution::Waiting(outcome) => {
-            let observed = Observed::without_job(outcome, JobPhase::Waiting, ft.status.as_ref());
-            write_status(&mut ft, &api, &ctx, observed).await?;
-            return Ok(Action::requeue(WAIT_RETRY));
-        }
-        Resolution::Stalled(outcome) => return stall(&mut ft, &api, &ctx, outcome).await,
-    };
-    if let Err(invalid) = validate::validate(&resolved) {
-        let outcome = Outcome::stalled(reason::INVALID_SPEC, invalid.to_string());
-        return stall(&mut ft, &api, &ctx, outcome).await;
-    }
-
-    let children = build::build(&resolved, &ctx.config)?;
-    apply_children(&ctx.client, &children).await?;
-    let job = ensure_job(&ctx.client, &ft, &children.job).await?;
-    if !status::cleaned_up_for(&ft, &children.job.name_any()) {
-        delete_children(&ctx.client, &ft, &kept(&children)).await?;
-    }
-
-    let Some(job) = job else {
-        let outcome = Outcome::progressing(
-            reason::REPLACING,
-            format!(
-                "replacing Job {}: waiting for the previous pods to save a checkpoint and stop",
-                children.job.name_any()
-            ),
-        );
-        let observed = Observed::without_job(outcome, JobPhase::Pending, ft.status.as_ref());
-        write_status(&mut ft, &api, &ctx, observed).await?;
-        return Ok(Action::requeue(REPLACE_RETRY));
-    };
-
-    let pods = job_pods(&ctx.client, &job)
-        .await
-        .map_err(|source| run::Error::ListPods { source })?;
-    let state = job_state(&job, &telling_pods(&job, pods));
-    let mut observed = status::observe(&state, &job, &ft, &resolved.output_uri);
-    observed.lineage = resolved
-        .fine_tune
-        .status
-        .as_ref()
-        .and_then(|s| s.lineage.clone());
-    write_status(&mut ft, &api, &ctx, observed).await?;
-    Ok(match state {
-        JobState::Running { .. } => Action::requeue(RUNNING_RESYNC),
-        _ => Action::requeue(RESYNC),
+    referrers(fine_tunes, producer, reference, |ft| {
+        ft.status.as_ref().is_none_or(|s| s.lineage.is_none())
     })
 }
 
-/// Stalled before a Job could run: stop what runs (its pods checkpoint on the way
-/// out) and wait for the spec to change.
-async fn stall(
-    ft: &mut FineTune,
-    api: &Api<FineTune>,
-    ctx: &Context,
-    outcome: Outcome,
-) -> Result<Action, Error> {
-    delete_children(&ctx.client, ft, &KeptChildren::default()).await?;
-    let observed = Observed::without_job(outcome, JobPhase::Failed, ft.status.as_ref());
-    write_status(ft, api, ctx, observed).await?;
-    Ok(Action::await_change())
-}
+impl TrainingKind for FineTune {
+    type Resolved = Resolved;
+    type Observed = Observed;
+    type Error = Error;
 
-async fn delete_children(client: &Client, ft: &FineTune, kept: &KeptChildren) -> Result<(), Error> {
-    delete_unkept_children(client, ft, kept)
-        .await
-        .map(drop)
-        .map_err(|(kind, source)| Error::DeleteOrphans { kind, source })
-}
-
-/// Write the operator's status fields if they differ from the current ones, and
-/// publish an Event per condition transition.
-async fn write_status(
-    ft: &mut FineTune,
-    api: &Api<FineTune>,
-    ctx: &Context,
-    observed: Observed,
-) -> Result<(), Error> {
-    let desired: OperatorStatus = status::desired_status(ft, observed, &conditions::now());
-    if !status::needs_write(ft.status.as_ref(), &desired) {
-        return Ok(());
+    async fn resolve(&self, ctx: &Context) -> Result<Resolution, Error> {
+        resolve::resolve(self, ctx).await
     }
-    apply_status(api, &*ft, &desired)
-        .await
-        .map_err(|source| Error::WriteStatus { source })?;
-    let current = ft
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    ctx.events
-        .transitions(&*ft, &transitions(current, &desired.conditions))
-        .await;
-    status::record(ft.status.get_or_insert_default(), desired);
-    Ok(())
+
+    fn validate(resolved: &Resolved) -> Result<(), Invalid> {
+        validate::validate(resolved)
+    }
+
+    fn build(
+        resolved: &Resolved,
+        config: &OperatorConfig,
+    ) -> Result<Children, serde_yaml_ng::Error> {
+        build::build(resolved, config)
+    }
+
+    fn without_job(
+        outcome: Outcome,
+        phase: JobPhase,
+        current: Option<&FineTuneStatus>,
+    ) -> Observed {
+        Observed::without_job(outcome, phase, current)
+    }
+
+    fn observe(&self, state: &JobState, job: &Job, resolved: &Resolved) -> Observed {
+        let mut observed = status::observe(state, job, self, &resolved.output_uri);
+        observed.lineage = resolved
+            .fine_tune
+            .status
+            .as_ref()
+            .and_then(|s| s.lineage.clone());
+        observed
+    }
+
+    fn desired_status(&self, observed: Observed, now: &Time) -> OperatorStatus {
+        status::desired_status(self, observed, now)
+    }
 }

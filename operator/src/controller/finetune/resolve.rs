@@ -52,14 +52,7 @@ pub struct Resolved {
 }
 
 /// The result of resolving: ready to go, waiting for an input, or impossible.
-#[derive(Clone, Debug)]
-pub enum Resolution {
-    Resolved(Box<Resolved>),
-    /// Waiting for something outside our control (Reconciling, phase Waiting).
-    Waiting(Outcome),
-    /// Only a spec change helps (Stalled).
-    Stalled(Outcome),
-}
+pub type Resolution = crate::workload::training::reconcile::Resolution<Resolved>;
 
 /// The producer `spec.baseModel` names, as read from the API.
 #[derive(Clone, Copy, Debug)]

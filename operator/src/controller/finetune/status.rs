@@ -18,7 +18,8 @@ use llmops_crds::finetune::{EvaluationScores, GateResult, Gates, Lineage};
 use llmops_crds::{Artifact, FineTune, FineTuneStatus, JobPhase, LocalObjectRef, TrainingProgress};
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::conditions::{Outcome, next_conditions, owned_conditions_equal};
+use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
+use crate::runtime::status::{ReportsStatus, status_header};
 use crate::workload::observe::JobState;
 use crate::workload::training::status::{self as training, Current, summary};
 
@@ -255,54 +256,35 @@ pub fn desired_status(ft: &FineTune, observed: Observed, now: &Time) -> Operator
     }
 }
 
-/// Whether writing `desired` would change anything the operator owns.
-pub fn needs_write(current: Option<&FineTuneStatus>, desired: &OperatorStatus) -> bool {
-    let Some(current) = current else {
-        return true;
-    };
-    current.observed_generation != desired.observed_generation
-        || !owned_conditions_equal(&current.conditions, &desired.conditions)
-        || current.phase != desired.phase
-        || current.restarts != desired.restarts
-        || current.lineage != desired.lineage
-        || current.evaluation != desired.evaluation
-        || current.gate != desired.gate
-        || current.artifact != desired.artifact
-        || current.job.as_ref().map(|j| &j.name) != desired.job.as_ref().map(|j| &j.name)
-        || current.start_time != desired.start_time
-        || current.completion_time != desired.completion_time
-}
+status_header!(OperatorStatus);
 
-/// Copy what was written into the local copy of the status, keeping the
-/// trainer's progress and conditions owned by others.
-pub fn record(status: &mut FineTuneStatus, written: OperatorStatus) {
-    status.observed_generation = written.observed_generation;
-    crate::runtime::conditions::replace_owned(&mut status.conditions, written.conditions);
-    status.phase = written.phase;
-    status.restarts = written.restarts;
-    status.lineage = written.lineage;
-    status.evaluation = written.evaluation;
-    status.gate = written.gate;
-    status.artifact = written.artifact;
-    status.job = written.job;
-    status.start_time = written.start_time;
-    status.completion_time = written.completion_time;
-}
+impl ReportsStatus for FineTune {
+    type Written = OperatorStatus;
 
-/// Whether an earlier pass for this generation got as far as recording `job` in
-/// the status, after outdated children were deleted: nothing is left to clean up.
-pub fn cleaned_up_for(ft: &FineTune, job: &str) -> bool {
-    ft.status.as_ref().is_some_and(|s| {
-        s.observed_generation == ft.metadata.generation
-            && s.job.as_ref().is_some_and(|j| j.name == job)
-    })
-}
+    fn fields_differ(current: &FineTuneStatus, desired: &OperatorStatus) -> bool {
+        current.phase != desired.phase
+            || current.restarts != desired.restarts
+            || current.lineage != desired.lineage
+            || current.evaluation != desired.evaluation
+            || current.gate != desired.gate
+            || current.artifact != desired.artifact
+            || current.job.as_ref().map(|j| &j.name) != desired.job.as_ref().map(|j| &j.name)
+            || current.start_time != desired.start_time
+            || current.completion_time != desired.completion_time
+    }
 
-/// Whether the current generation already finished (published, rejected by its
-/// gates, or failed): its Job is a final record, and the run is not started again
-/// until the spec changes.
-pub fn finished_for_generation(ft: &FineTune) -> bool {
-    ft.status.as_ref().is_some_and(|s| {
-        s.observed_generation == ft.metadata.generation && s.completion_time.is_some()
-    })
+    /// Keeps the trainer's progress.
+    fn record(status: &mut FineTuneStatus, written: OperatorStatus) {
+        status.observed_generation = written.observed_generation;
+        replace_owned(&mut status.conditions, written.conditions);
+        status.phase = written.phase;
+        status.restarts = written.restarts;
+        status.lineage = written.lineage;
+        status.evaluation = written.evaluation;
+        status.gate = written.gate;
+        status.artifact = written.artifact;
+        status.job = written.job;
+        status.start_time = written.start_time;
+        status.completion_time = written.completion_time;
+    }
 }

@@ -520,10 +520,10 @@ mod status_tests {
     use llmops_crds::JobPhase;
 
     use super::*;
-    use crate::controller::finetune::status::{
-        Observed, desired_status, finished_for_generation, needs_write, observe, record,
-    };
+    use crate::controller::finetune::status::{Observed, desired_status, observe};
+    use crate::runtime::status::ReportsStatus;
     use crate::workload::observe::job_state;
+    use crate::workload::record::finished_for_generation;
     use crate::workload::training::status::telling_pods;
 
     const OUTPUT: &str = "s3://llmops-artifacts/finetunes/ml/qa";
@@ -689,11 +689,11 @@ status:
         o.lineage = lineage.clone();
         let first = desired_status(&ft, o, &now());
         assert_eq!(first.lineage, lineage);
-        record(ft.status.get_or_insert_default(), first);
+        FineTune::record(ft.status.get_or_insert_default(), first);
         // The next pass does not repeat the lineage; it is kept.
         let again = desired_status(&ft, observed("{active: 1}", vec![], &ft), &now());
         assert_eq!(again.lineage, lineage);
-        assert!(!needs_write(ft.status.as_ref(), &again));
+        assert!(!FineTune::needs_write(ft.status.as_ref(), &again));
     }
 
     #[test]
@@ -709,7 +709,7 @@ status:
     fn finished_generations_are_final() {
         let mut ft = fixture("{}");
         let status = desired_status(&ft, succeeded(FAILED, &ft), &now());
-        record(ft.status.get_or_insert_default(), status);
+        FineTune::record(ft.status.get_or_insert_default(), status);
         assert!(finished_for_generation(&ft));
         ft.metadata.generation = Some(2);
         assert!(!finished_for_generation(&ft));

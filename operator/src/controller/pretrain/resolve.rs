@@ -35,14 +35,7 @@ pub struct Resolved {
 }
 
 /// The result of resolving: ready to go, waiting for the Dataset, or impossible.
-#[derive(Clone, Debug)]
-pub enum Resolution {
-    Resolved(Box<Resolved>),
-    /// Waiting for something outside our control (Reconciling, phase Waiting).
-    Waiting(Outcome),
-    /// Only a spec change helps (Stalled).
-    Stalled(Outcome),
-}
+pub type Resolution = crate::workload::training::reconcile::Resolution<Resolved>;
 
 /// Read the referenced Dataset (unless the lineage is already recorded and the
 /// Dataset is gone) and resolve.

@@ -649,11 +649,11 @@ mod status_tests {
     use llmops_crds::JobPhase;
 
     use super::*;
-    use crate::controller::pretrain::status::{
-        Observed, desired_status, finished_for_generation, needs_write, observe,
-    };
+    use crate::controller::pretrain::status::{Observed, desired_status, observe};
     use crate::runtime::conditions::Outcome;
+    use crate::runtime::status::ReportsStatus;
     use crate::workload::observe::{JobState, job_state};
+    use crate::workload::record::finished_for_generation;
     use crate::workload::training::status::{restarts, telling_pods};
 
     fn job(status: &str) -> Job {
@@ -888,12 +888,12 @@ status:
         });
         let first = desired_status(&pt, o.clone(), &now());
         assert_eq!(first.dataset.as_ref().unwrap().digest, "sha256:d1");
-        assert!(needs_write(pt.status.as_ref(), &first));
-        crate::controller::pretrain::status::record(pt.status.get_or_insert_default(), first);
+        assert!(PretrainJob::needs_write(pt.status.as_ref(), &first));
+        PretrainJob::record(pt.status.get_or_insert_default(), first);
 
         let later = Time("2026-02-01T01:00:00Z".parse().unwrap());
         let second = desired_status(&pt, o, &later);
-        assert!(!needs_write(pt.status.as_ref(), &second));
+        assert!(!PretrainJob::needs_write(pt.status.as_ref(), &second));
         // A pass that does not reach the Job keeps the recorded lineage.
         let waiting = Observed::without_job(
             Outcome::progressing("Replacing", "x"),
@@ -919,7 +919,7 @@ status:
 
     #[test]
     fn orphans_are_looked_for_until_a_pass_recorded_the_job() {
-        use crate::controller::pretrain::status::cleaned_up_for;
+        use crate::workload::record::cleaned_up_for;
         assert!(!cleaned_up_for(&fixture("{}"), "base-pretrain"));
         let recorded = "status: {observedGeneration: 1, job: {name: base-pretrain}}";
         assert!(cleaned_up_for(&fixture(recorded), "base-pretrain"));

@@ -1,6 +1,6 @@
 //! Training runs: the trainer Jobs of PretrainJobs and FineTunes, which share how
-//! their pods are built, how their Job is kept, replaced and suspended, and how
-//! its state becomes a status.
+//! their pods are built, how their Job is kept, replaced and suspended, how its
+//! state becomes a status, and the reconcile pass itself ([`reconcile`]).
 //!
 //! - **Children.** For `<name>` running `trainer <command>`: ConfigMap
 //!   `<name>-<command>` (the resolved resource), ServiceAccount, Role and
@@ -18,6 +18,7 @@
 //!   on the live Job.
 
 pub mod build;
+pub mod reconcile;
 pub mod run;
 pub mod status;
 pub mod validate;

@@ -1,27 +1,45 @@
 //! Keeping a run's children: the RBAC, ConfigMap and Service are applied every
 //! pass; the Job is created once and afterwards only suspended, resumed or — when
-//! the spec changed — replaced once its pods stopped.
+//! the spec changed — replaced once its pods stopped. Also the steps of a pass
+//! every training kind takes alike: keeping the run, reading its state, stopping
+//! it, and when to look again.
+
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::{Client, Resource, ResourceExt};
 
 use super::RUN_HASH_ANNOTATION;
 use super::build::Children;
-use crate::runtime::apply::{FIELD_MANAGER, KeptChildren, apply, children_selector};
+use super::status::telling_pods;
+use crate::runtime::apply::{
+    ApplyChildError, DeleteOrphansError, FIELD_MANAGER, KeptChildren, apply_child,
+    children_selector, delete_unkept_children,
+};
 use crate::runtime::controller::ReconcileError;
-use crate::workload::observe::{JobState, job_state};
+use crate::runtime::status::ReportsStatus;
+use crate::workload::observe::{JobState, job_pods, job_state};
+use crate::workload::rbac::apply_rbac;
+use crate::workload::record::{JobRecord, cleaned_up_for};
+
+/// How often a settled run is looked at again even without a change.
+pub const RESYNC: Duration = Duration::from_secs(600);
+/// How often a run waiting for its inputs looks again (the watches on them
+/// usually trigger it sooner).
+pub const WAIT_RETRY: Duration = Duration::from_secs(30);
+/// How often a running run is looked at without a change to its pods.
+pub const RUNNING_RESYNC: Duration = Duration::from_secs(120);
+/// How often a Job being replaced is checked for pods still saving a checkpoint.
+pub const REPLACE_RETRY: Duration = Duration::from_secs(5);
 
 /// Why keeping a run's children failed; all are transient.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("failed to apply {kind} {name} (check the operator's RBAC for it): {source}")]
-    ApplyChild {
-        kind: &'static str,
-        name: String,
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    ApplyChild(#[from] ApplyChildError),
     #[error("failed to read Job {name}: {source}")]
     ReadJob { name: String, source: kube::Error },
     #[error("failed to set spec.suspend of Job {name}: {source}")]
@@ -30,41 +48,75 @@ pub enum Error {
     ReplaceJob { name: String, source: kube::Error },
     #[error("failed to list the trainer pods: {source}")]
     ListPods { source: kube::Error },
+    #[error(transparent)]
+    DeleteOrphans(#[from] DeleteOrphansError),
 }
 
 impl ReconcileError for Error {
     fn reason(&self) -> &'static str {
         match self {
-            Error::ApplyChild { .. } => "ApplyChild",
+            Error::ApplyChild(_) => "ApplyChild",
             Error::ReadJob { .. } => "ReadJob",
             Error::SuspendJob { .. } => "SuspendJob",
             Error::ReplaceJob { .. } => "ReplaceJob",
             Error::ListPods { .. } => "ListPods",
+            Error::DeleteOrphans(_) => "DeleteOrphans",
         }
+    }
+}
+
+/// Keep the run `children` describe: apply them, keep the Job (see [`ensure_job`])
+/// and delete the children of earlier runs. The live Job, or `None` while an
+/// outdated one is replaced.
+pub async fn keep_run<K>(
+    client: &Client,
+    parent: &K,
+    children: &Children,
+) -> Result<Option<Job>, Error>
+where
+    K: ReportsStatus,
+    K::Status: JobRecord,
+{
+    apply_children(client, children).await?;
+    let job = ensure_job(client, parent, &children.job).await?;
+    if !cleaned_up_for(parent, &children.job.name_any()) {
+        delete_unkept_children(client, parent, &kept(children)).await?;
+    }
+    Ok(job)
+}
+
+/// Stop whatever runs for `parent` by deleting all its children (the pods save a
+/// checkpoint on the way out).
+pub async fn stop_run<K: Resource<DynamicType = ()>>(
+    client: &Client,
+    parent: &K,
+) -> Result<(), Error> {
+    delete_unkept_children(client, parent, &KeptChildren::default()).await?;
+    Ok(())
+}
+
+/// Where the run of `job` stands, read from the pods that tell its story.
+pub async fn run_state(client: &Client, job: &Job) -> Result<JobState, Error> {
+    let pods = job_pods(client, job)
+        .await
+        .map_err(|source| Error::ListPods { source })?;
+    Ok(job_state(job, &telling_pods(job, pods)))
+}
+
+/// When to look at a run in `state` again without a change.
+pub fn requeue(state: &JobState) -> Action {
+    match state {
+        JobState::Running { .. } => Action::requeue(RUNNING_RESYNC),
+        _ => Action::requeue(RESYNC),
     }
 }
 
 /// Apply the RBAC, ConfigMap and Service (the Job is handled by [`ensure_job`]).
 pub async fn apply_children(client: &Client, children: &Children) -> Result<(), Error> {
-    let failed =
-        |kind: &'static str, name: String| move |source| Error::ApplyChild { kind, name, source };
-    let rbac = &children.rbac;
-    apply(client, &rbac.service_account)
-        .await
-        .map_err(failed("ServiceAccount", rbac.service_account.name_any()))?;
-    apply(client, &rbac.role)
-        .await
-        .map_err(failed("Role", rbac.role.name_any()))?;
-    apply(client, &rbac.role_binding)
-        .await
-        .map_err(failed("RoleBinding", rbac.role_binding.name_any()))?;
-    apply(client, &children.config_map)
-        .await
-        .map_err(failed("ConfigMap", children.config_map.name_any()))?;
+    apply_rbac(client, &children.rbac).await?;
+    apply_child(client, &children.config_map).await?;
     if let Some(service) = &children.service {
-        apply(client, service)
-            .await
-            .map_err(failed("Service", service.name_any()))?;
+        apply_child(client, service).await?;
     }
     Ok(())
 }
@@ -175,14 +227,7 @@ pub async fn ensure_job<K: Resource<DynamicType = ()>>(
             if trainer_pods_running(client, parent).await? {
                 return Ok(None);
             }
-            apply(client, desired)
-                .await
-                .map(Some)
-                .map_err(|source| Error::ApplyChild {
-                    kind: "Job",
-                    name,
-                    source,
-                })
+            Ok(Some(apply_child(client, desired).await?))
         }
     }
 }

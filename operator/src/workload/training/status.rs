@@ -38,6 +38,14 @@ pub fn summary(progress: &TrainingProgress) -> String {
     text
 }
 
+/// The outcome of a pass that waits for an outdated Job (`job`) to go.
+pub fn replacing(job: &str) -> Outcome {
+    Outcome::progressing(
+        reason::REPLACING,
+        format!("replacing Job {job}: waiting for the previous pods to save a checkpoint and stop"),
+    )
+}
+
 /// Restarts of the data-parallel group: failed pods (disruptions and SIGTERM are
 /// not counted by the Job) per replica, rounded up, since one failing rank takes
 /// the others down with it.
