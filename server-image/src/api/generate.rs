@@ -367,8 +367,8 @@ fn stream_answer(
     let (frames, frames_rx) = mpsc::unbounded_channel::<String>();
     let choices = receivers.len();
     tokio::spawn(async move {
-        // Held until the stream ends or the client leaves.
-        let _guard = guard;
+        // `guard` moves into this task: the request counts as in flight until
+        // the stream ends or the client leaves.
         let send = |value: Value| frames.send(value.to_string()).is_ok();
         if answer.endpoint == Endpoint::Chat {
             for index in 0..choices {
@@ -392,7 +392,7 @@ fn stream_answer(
                     if std::mem::take(&mut first) {
                         metrics
                             .time_to_first_token_seconds
-                            .observe(_guard.started.elapsed().as_secs_f64());
+                            .observe(guard.started.elapsed().as_secs_f64());
                     }
                     send(answer.chunk(index, Some(&text), None))
                 }
