@@ -12,6 +12,7 @@ mod crds;
 mod e2e_dataset;
 mod e2e_deployment;
 mod e2e_finetune;
+mod e2e_pipeline;
 mod e2e_pretrain;
 mod examples;
 mod helm;
