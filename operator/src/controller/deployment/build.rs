@@ -80,8 +80,8 @@ pub fn endpoint(md: &ModelDeployment) -> String {
     )
 }
 
-/// Serving pods: `replicas.min`, fixed (autoscaling is not in this version), and
-/// at least one (scale to zero is not either).
+/// Serving pods without autoscaling: `replicas.min`, and at least one (scale to
+/// zero is not in this version).
 pub fn replicas(md: &ModelDeployment) -> i32 {
     md.spec.replicas.min.max(1)
 }
@@ -95,11 +95,23 @@ pub struct Children {
     pub pdb: Option<PodDisruptionBudget>,
 }
 
+/// The children with [`replicas`] serving pods.
+#[cfg(test)]
 pub fn build(md: &ModelDeployment, model: &Model, config: &OperatorConfig) -> Children {
+    build_with_replicas(md, model, config, replicas(md))
+}
+
+/// The children with `replicas` serving pods (as the autoscaler decided).
+pub fn build_with_replicas(
+    md: &ModelDeployment,
+    model: &Model,
+    config: &OperatorConfig,
+    replicas: i32,
+) -> Children {
     Children {
-        deployment: build_deployment(md, model, config),
+        deployment: build_deployment(md, model, config, replicas),
         service: build_service(md),
-        pdb: (replicas(md) > 1).then(|| build_pdb(md)),
+        pdb: (replicas > 1).then(|| build_pdb(md)),
     }
 }
 
@@ -222,7 +234,12 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn build_deployment(md: &ModelDeployment, model: &Model, config: &OperatorConfig) -> Deployment {
+fn build_deployment(
+    md: &ModelDeployment,
+    model: &Model,
+    config: &OperatorConfig,
+    replicas: i32,
+) -> Deployment {
     let name = md.name_any();
     let scheduling = &md.spec.scheduling;
 
@@ -299,7 +316,7 @@ fn build_deployment(md: &ModelDeployment, model: &Model, config: &OperatorConfig
     Deployment {
         metadata: child_meta(md, deployment_name(&name), SERVER_COMPONENT),
         spec: Some(DeploymentSpec {
-            replicas: Some(replicas(md)),
+            replicas: Some(replicas),
             selector: LabelSelector {
                 match_labels: Some(pod_selector(md)),
                 ..LabelSelector::default()

@@ -7,9 +7,14 @@
 //! (from the Deployment).
 //!
 //! What this version runs, and what it does not yet:
-//! - **Replicas** are fixed at `replicas.min` (at least one). Autoscaling
-//!   (`autoscaling`, `replicas.max`, `scaleToZeroAfter`) is accepted but not
-//!   active; the Ready message says so whenever the spec asks for a range.
+//! - **Replicas** are fixed at `replicas.min` (at least one) when
+//!   `replicas.max` equals it. With a range, the operator autoscales on
+//!   `inFlightRequests` read from each ready pod's `/metrics` every 15 s (see
+//!   [`autoscale`]): up at once, down after `stabilizationWindow`, never on
+//!   missing metrics, and writes `lastScaleTime`/`lastScaleReason` when the
+//!   count changes. `queueDepth` and `tokensPerSecond` are not exported by the
+//!   server: such a deployment runs `replicas.min` and says so. Scale to zero
+//!   (`scaleToZeroAfter`) is not active; the floor is one replica.
 //! - **Rollouts** are Deployment rolling updates (`maxUnavailable: 0`,
 //!   `maxSurge: 1`): a new pod takes traffic once `/readyz` says its model is
 //!   loaded, and an old pod goes only after. `rollout.strategy: Canary` is
@@ -30,6 +35,7 @@
 //!   store's credentials as `LLMOPS_CRED_<SECRET>_<KEY>`, both through
 //!   `secretKeyRef`; the operator never reads a Secret.
 
+mod autoscale;
 mod build;
 mod resolve;
 mod status;
@@ -91,6 +97,8 @@ pub enum Error {
     ApplyChild(#[from] ApplyChildError),
     #[error("failed to read Deployment {name}: {source}")]
     ReadDeployment { name: String, source: kube::Error },
+    #[error("failed to list the serving pods: {0}")]
+    ListPods(kube::Error),
     #[error(transparent)]
     DeleteOrphans(#[from] DeleteOrphansError),
     #[error(transparent)]
@@ -103,6 +111,7 @@ impl ReconcileError for Error {
             Error::ReadModel { .. } => "ReadModel",
             Error::ApplyChild(_) => "ApplyChild",
             Error::ReadDeployment { .. } => "ReadDeployment",
+            Error::ListPods(_) => "ListPods",
             Error::DeleteOrphans(_) => "DeleteOrphans",
             Error::WriteStatus(_) => "WriteStatus",
         }
@@ -200,17 +209,31 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
         return hold(&mut md, &api, &ctx, outcome, Action::await_change()).await;
     }
 
-    let children = build::build(&md, &model, &ctx.config);
+    let plan = if autoscale::active(&md) {
+        Some(autoscale::plan(&md, &ctx.client).await?)
+    } else {
+        None
+    };
+    let replicas = plan
+        .as_ref()
+        .map_or_else(|| build::replicas(&md), |p| p.replicas);
+    let children = build::build_with_replicas(&md, &model, &ctx.config, replicas);
     let deployment = apply_children(&ctx.client, &children).await?;
     delete_outdated(&ctx.client, &md, &children).await?;
 
-    let observed = status::observe(&md, &deployment, build::endpoint(&md));
+    let note = plan.as_ref().map(|p| p.note.as_str());
+    let mut observed = status::observe_with(&md, &deployment, build::endpoint(&md), note);
+    if let Some(reason) = plan.as_ref().and_then(|p| p.change.clone()) {
+        tracing::info!(replicas, %reason, "scaled");
+        observed.last_scale = Some((conditions::now(), reason));
+    }
     let settled = matches!(observed.outcome, Outcome::Ready { .. });
     write_status(&mut md, &api, &ctx, observed).await?;
-    Ok(Action::requeue(if settled {
-        RESYNC
+    let resync = if settled { RESYNC } else { ROLLOUT_RESYNC };
+    Ok(Action::requeue(if plan.is_some_and(|p| p.recheck) {
+        resync.min(autoscale::INTERVAL)
     } else {
-        ROLLOUT_RESYNC
+        resync
     }))
 }
 
@@ -246,7 +269,7 @@ async fn apply_children(client: &Client, children: &Children) -> Result<Deployme
 }
 
 /// Delete the children labelled as this ModelDeployment's that this pass did not
-/// produce (the PodDisruptionBudget once `replicas.min` drops to one).
+/// produce (the PodDisruptionBudget once the Deployment runs one replica).
 async fn delete_outdated(
     client: &Client,
     md: &ModelDeployment,

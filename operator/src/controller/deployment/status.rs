@@ -13,7 +13,8 @@
 //!   away).
 //!
 //! The operator owns `observedGeneration`, `conditions`, `replicas`, `endpoint`,
-//! `model` and `rollout`; `metrics` and the scaling fields are left alone.
+//! `model`, `rollout`, `lastScaleTime` and `lastScaleReason` (kept as they are
+//! by a pass that does not scale); `metrics` is left alone.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -22,9 +23,8 @@ use llmops_crds::deployment::{ReplicaStatus, RolloutPhase, RolloutStatus, Served
 use llmops_crds::{Artifact, ModelDeployment, ModelDeploymentStatus};
 use serde::Serialize;
 
-use super::build::{
-    MODEL_DIGEST_ANNOTATION, MODEL_URI_ANNOTATION, PROGRESS_DEADLINE_SECONDS, replicas,
-};
+use super::autoscale;
+use super::build::{MODEL_DIGEST_ANNOTATION, MODEL_URI_ANNOTATION, PROGRESS_DEADLINE_SECONDS};
 use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
 use crate::runtime::status::{ReportsStatus, status_header};
 
@@ -54,6 +54,10 @@ pub struct OperatorStatus {
     pub model: Option<ServedModels>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
 }
 
 /// Everything a pass concluded.
@@ -64,6 +68,8 @@ pub struct Observed {
     pub endpoint: Option<String>,
     pub model: Option<ServedModels>,
     pub rollout: Option<RolloutStatus>,
+    /// When and why this pass changed the replica count; none keeps the last.
+    pub last_scale: Option<(Time, String)>,
 }
 
 /// `<uri>` or `<uri> (<digest>)`.
@@ -157,17 +163,23 @@ fn deadline_exceeded(deployment: &Deployment) -> bool {
             })
 }
 
-/// `serving <uri> with N replica(s)`, saying that autoscaling is not active when
-/// the spec asks for a range.
-fn serving_message(md: &ModelDeployment, model: &Artifact, ready: i32) -> String {
+/// `serving <uri> with N replica(s)`, then what the autoscaler did (`note`, or
+/// why it did not run) when the spec asks for a range, and that scale to zero
+/// is not active when `replicas.min` is 0.
+fn serving_message(
+    md: &ModelDeployment,
+    model: &Artifact,
+    ready: i32,
+    note: Option<&str>,
+) -> String {
     let mut text = format!("serving {} with {ready} replica(s)", describe(model));
-    let range = &md.spec.replicas;
-    if range.max > range.min {
-        text.push_str(&format!(
-            "; autoscaling is not active in this version (fixed at replicas.min, {})",
-            replicas(md)
-        ));
-    } else if range.min == 0 {
+    let note = note
+        .map(str::to_string)
+        .or_else(|| autoscale::idle_note(md));
+    if let Some(note) = note {
+        text.push_str(&format!("; {note}"));
+    }
+    if md.spec.replicas.min == 0 {
         text.push_str("; scale to zero is not active in this version");
     }
     text
@@ -175,7 +187,18 @@ fn serving_message(md: &ModelDeployment, model: &Artifact, ready: i32) -> String
 
 /// The outcome of a pass that applied the children: read from the live
 /// Deployment and the models the status says are served.
+#[cfg(test)]
 pub fn observe(md: &ModelDeployment, deployment: &Deployment, endpoint: String) -> Observed {
+    observe_with(md, deployment, endpoint, None)
+}
+
+/// [`observe`], with the autoscaler's `note` for the Ready message.
+pub fn observe_with(
+    md: &ModelDeployment,
+    deployment: &Deployment,
+    endpoint: String,
+    note: Option<&str>,
+) -> Observed {
     let c = counts(deployment);
     let served = md.status.as_ref().and_then(|s| s.model.clone());
     let current = served.as_ref().and_then(|m| m.current.clone());
@@ -208,6 +231,7 @@ pub fn observe(md: &ModelDeployment, deployment: &Deployment, endpoint: String) 
                 md,
                 model.current.as_ref().unwrap_or(&Artifact::default()),
                 c.ready,
+                note,
             ),
         );
         (outcome, RolloutPhase::Stable, None)
@@ -224,6 +248,7 @@ pub fn observe(md: &ModelDeployment, deployment: &Deployment, endpoint: String) 
                     md,
                     current.as_ref().unwrap_or(&Artifact::default()),
                     c.available,
+                    note,
                 ),
                 reason::ROLLOUT_FAILED,
                 text.clone(),
@@ -250,6 +275,7 @@ pub fn observe(md: &ModelDeployment, deployment: &Deployment, endpoint: String) 
                 md,
                 current.as_ref().unwrap_or(&Artifact::default()),
                 c.available,
+                note,
             ),
             reason::ROLLING_OUT,
             text.clone(),
@@ -288,6 +314,7 @@ pub fn observe(md: &ModelDeployment, deployment: &Deployment, endpoint: String) 
             weight: 0,
             message,
         }),
+        last_scale: None,
     }
 }
 
@@ -308,7 +335,7 @@ pub fn without_apply(
         (Some(model), Outcome::Progressing { reason, message }) if available > 0 => {
             Outcome::ready_reconciling(
                 reason::SERVING,
-                serving_message(md, model, available),
+                serving_message(md, model, available, None),
                 &reason,
                 message,
             )
@@ -316,7 +343,7 @@ pub fn without_apply(
         (Some(model), Outcome::Stalled { reason, message }) if available > 0 => {
             Outcome::ready_stalled(
                 reason::SERVING,
-                serving_message(md, model, available),
+                serving_message(md, model, available, None),
                 &reason,
                 message,
             )
@@ -329,6 +356,7 @@ pub fn without_apply(
         endpoint: deployment.and(current.and_then(|s| s.endpoint.clone())),
         model: served,
         rollout: current.and_then(|s| s.rollout.clone()),
+        last_scale: None,
     }
 }
 
@@ -341,6 +369,14 @@ pub fn desired_status(md: &ModelDeployment, observed: Observed, now: &Time) -> O
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let generation = md.metadata.generation;
+    let current = md.status.as_ref();
+    let (last_scale_time, last_scale_reason) = match observed.last_scale {
+        Some((time, reason)) => (Some(time), Some(reason)),
+        None => (
+            current.and_then(|s| s.last_scale_time.clone()),
+            current.and_then(|s| s.last_scale_reason.clone()),
+        ),
+    };
     OperatorStatus {
         observed_generation: generation,
         conditions: next_conditions(conditions, &observed.outcome, generation, now),
@@ -348,6 +384,8 @@ pub fn desired_status(md: &ModelDeployment, observed: Observed, now: &Time) -> O
         endpoint: observed.endpoint,
         model: observed.model,
         rollout: observed.rollout,
+        last_scale_time,
+        last_scale_reason,
     }
 }
 
@@ -361,6 +399,8 @@ impl ReportsStatus for ModelDeployment {
             || current.endpoint != desired.endpoint
             || current.model != desired.model
             || current.rollout != desired.rollout
+            || current.last_scale_time != desired.last_scale_time
+            || current.last_scale_reason != desired.last_scale_reason
     }
 
     fn record(status: &mut ModelDeploymentStatus, written: OperatorStatus) {
@@ -370,5 +410,7 @@ impl ReportsStatus for ModelDeployment {
         status.endpoint = written.endpoint;
         status.model = written.model;
         status.rollout = written.rollout;
+        status.last_scale_time = written.last_scale_time;
+        status.last_scale_reason = written.last_scale_reason;
     }
 }

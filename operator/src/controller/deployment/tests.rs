@@ -580,13 +580,23 @@ mod status_tests {
     }
 
     #[test]
-    fn a_range_of_replicas_says_autoscaling_is_not_active() {
+    fn a_range_of_replicas_says_what_the_autoscaler_did() {
         let md = fixture("spec: {replicas: {min: 1, max: 4}}");
+        let note = "autoscaling on inFlightRequests (target 8 per replica, 1-4 replicas)";
+        let o = status::observe_with(&md, &live("s3://m/a", ROLLED_OUT), "e".into(), Some(note));
+        assert!(message(&o.outcome).1.ends_with(note));
+        let fixed = status::observe(&fixture("{}"), &live("s3://m/a", ROLLED_OUT), "e".into());
+        assert!(!message(&fixed.outcome).1.contains("autoscaling"));
+    }
+
+    #[test]
+    fn a_metric_the_server_does_not_export_runs_min_and_says_so() {
+        let md = fixture("spec: {replicas: {min: 2, max: 4}, autoscaling: {metric: queueDepth}}");
         let o = status::observe(&md, &live("s3://m/a", ROLLED_OUT), "e".into());
+        let text = message(&o.outcome).1;
         assert!(
-            message(&o.outcome)
-                .1
-                .contains("autoscaling is not active in this version")
+            text.contains("autoscaling on queueDepth is not active: the server does not export it (fixed at replicas.min, 2)"),
+            "{text}"
         );
     }
 
@@ -668,6 +678,25 @@ mod status_tests {
         ModelDeployment::record(written.status.get_or_insert_default(), first);
         let again = status::observe(&written, &live("s3://m/a", ROLLED_OUT), "e".into());
         let second = status::desired_status(&written, again, &now());
+        assert!(!ModelDeployment::needs_write(
+            written.status.as_ref(),
+            &second
+        ));
+    }
+
+    #[test]
+    fn a_scale_is_recorded_and_kept_by_later_passes() {
+        let md = fixture("spec: {replicas: {min: 1, max: 4}}");
+        let mut o = status::observe(&md, &live("s3://m/a", ROLLED_OUT), "e".into());
+        o.last_scale = Some((now(), "2 → 3".into()));
+        let first = status::desired_status(&md, o, &now());
+        assert_eq!(first.last_scale_reason.as_deref(), Some("2 → 3"));
+        let mut written = md.clone();
+        ModelDeployment::record(written.status.get_or_insert_default(), first.clone());
+        let again = status::observe(&written, &live("s3://m/a", ROLLED_OUT), "e".into());
+        let second = status::desired_status(&written, again, &now());
+        assert_eq!(second.last_scale_time, first.last_scale_time);
+        assert_eq!(second.last_scale_reason, first.last_scale_reason);
         assert!(!ModelDeployment::needs_write(
             written.status.as_ref(),
             &second

@@ -6,9 +6,10 @@
 //! - `rollout.strategy: Canary` stalls: traffic splitting is not in this version,
 //!   and silently rolling out all at once would skip the analysis the user asked
 //!   for. `RollingUpdate` is what runs.
-//! - `autoscaling`, `replicas.max` and `autoscaling.scaleToZeroAfter` do not
-//!   stall: the deployment serves with a fixed `replicas.min` replicas (at least
-//!   one) and its Ready message says that autoscaling is not active.
+//! - `autoscaling` and `replicas.max` do not stall: `inFlightRequests` is
+//!   autoscaled; a metric the server does not export (`queueDepth`,
+//!   `tokensPerSecond`) and `autoscaling.scaleToZeroAfter` run with `replicas.min`
+//!   (at least one) and the Ready message says what is not active.
 //! - `rollout.analysis` and `rollout.autoRollback` belong to Canary and are not
 //!   used by RollingUpdate; a new model that never becomes ready leaves the old
 //!   pods serving anyway (`maxUnavailable: 0`).
