@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use llmops_crds::common::CheckpointInfo;
 use llmops_crds::{Dataset, FineTune, PretrainJob};
 use llmops_trainer::finetune;
 use llmops_trainer::pretrain::{self, Outcome};
@@ -154,15 +153,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// How a training run ended, in the terms the pod's exit needs.
-enum RunEnd<R> {
-    Finished(Option<R>),
-    Interrupted {
-        step: i64,
-        checkpoint: Option<CheckpointInfo>,
-    },
-}
-
 /// The part of `trainer pretrain` and `trainer finetune` around the training
 /// itself: one process per GPU via the launcher, the status reporter on rank 0,
 /// and the exit: the result as termination message (0), the checkpoint of an
@@ -178,7 +168,7 @@ where
         + 'static,
     R: serde::Serialize,
     F: FnOnce(Option<Reporter>, Interrupt) -> Fut,
-    Fut: std::future::Future<Output = Result<RunEnd<R>, pretrain::PretrainError>>,
+    Fut: std::future::Future<Output = Result<Outcome<R>, pretrain::PretrainError>>,
 {
     if let Some(n) = launch::processes_to_launch() {
         return match launch::launch(n, interrupt).await {
@@ -199,7 +189,7 @@ where
         None
     };
     match train(reporter.clone(), interrupt).await {
-        Ok(RunEnd::Finished(result)) => {
+        Ok(Outcome::Finished(result)) => {
             if let Some(result) = result {
                 let line = serde_json::to_string(&result).unwrap_or_default();
                 termination::write(&line);
@@ -207,7 +197,7 @@ where
             }
             ExitCode::SUCCESS
         }
-        Ok(RunEnd::Interrupted { step, checkpoint }) => {
+        Ok(Outcome::Interrupted { step, checkpoint }) => {
             if let Some(r) = &reporter {
                 r.abandon();
             }
@@ -247,15 +237,8 @@ async fn run_pretrain(resource: PathBuf, options: pretrain::Options) -> ExitCode
         Ok(i) => i,
         Err(e) => return fail(&format!("cannot handle termination signals: {e}")),
     };
-    run_training(&job, interrupt, |reporter, interrupt| async {
-        Ok(
-            match pretrain::pretrain(&job, &options, reporter, interrupt).await? {
-                Outcome::Finished(r) => RunEnd::Finished(r),
-                Outcome::Interrupted { step, checkpoint } => {
-                    RunEnd::Interrupted { step, checkpoint }
-                }
-            },
-        )
+    run_training(&job, interrupt, |reporter, interrupt| {
+        pretrain::pretrain(&job, &options, reporter, interrupt)
     })
     .await
 }
@@ -269,15 +252,8 @@ async fn run_finetune(resource: PathBuf, options: finetune::Options) -> ExitCode
         Ok(i) => i,
         Err(e) => return fail(&format!("cannot handle termination signals: {e}")),
     };
-    run_training(&ft, interrupt, |reporter, interrupt| async {
-        Ok(
-            match finetune::finetune(&ft, &options, reporter, interrupt).await? {
-                finetune::Outcome::Finished(r) => RunEnd::Finished(r),
-                finetune::Outcome::Interrupted { step, checkpoint } => {
-                    RunEnd::Interrupted { step, checkpoint }
-                }
-            },
-        )
+    run_training(&ft, interrupt, |reporter, interrupt| {
+        finetune::finetune(&ft, &options, reporter, interrupt)
     })
     .await
 }

@@ -12,7 +12,7 @@ pub mod evaluate;
 pub mod plan;
 
 use llmops_crds::FineTune;
-use llmops_crds::common::{Artifact, CheckpointInfo, TrainingProgress};
+use llmops_crds::common::{Artifact, TrainingProgress};
 use llmops_crds::finetune::{EvaluationScores, GateResult};
 use llmops_model::{Config, io};
 use llmops_store::{Credentials, Store};
@@ -48,17 +48,8 @@ pub struct FineTuned {
     pub gate: GateResult,
 }
 
-/// How a run ended without error.
-#[derive(Clone, Debug)]
-pub enum Outcome {
-    /// Trained, evaluated and exported (rank 0; other ranks get nothing).
-    Finished(Option<Box<FineTuned>>),
-    /// Stopped by a signal after saving a checkpoint.
-    Interrupted {
-        step: i64,
-        checkpoint: Option<CheckpointInfo>,
-    },
-}
+/// How a run ended without error (the result is boxed: it is large).
+pub type Outcome = crate::pretrain::Outcome<Box<FineTuned>>;
 
 fn output_uri(ft: &FineTune, override_uri: Option<&str>) -> Result<String, PretrainError> {
     if let Some(uri) = override_uri.or(ft.spec.output.location.uri.as_deref()) {
@@ -189,14 +180,8 @@ pub async fn finetune(
         mirror,
     )
     .await?;
-    if trained.interrupted {
-        return Ok(Outcome::Interrupted {
-            step: trained.state.step,
-            checkpoint: trained.progress.last_checkpoint.clone(),
-        });
-    }
-    if rank != 0 {
-        return Ok(Outcome::Finished(None));
+    if let Some(early) = Outcome::before_export(&trained, rank) {
+        return Ok(early);
     }
 
     trained.model.merge_lora()?;

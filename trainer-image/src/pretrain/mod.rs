@@ -49,14 +49,28 @@ pub struct Pretrained {
 
 /// How a run ended without error.
 #[derive(Clone, Debug)]
-pub enum Outcome {
-    /// Trained to the end and exported (rank 0; other ranks get no artifact).
-    Finished(Option<Pretrained>),
+pub enum Outcome<R> {
+    /// Trained to the end and exported (rank 0; other ranks get no result).
+    Finished(Option<R>),
     /// Stopped by a signal after saving a checkpoint.
     Interrupted {
         step: i64,
         checkpoint: Option<CheckpointInfo>,
     },
+}
+
+impl<R> Outcome<R> {
+    /// How a run ends before its export: interrupted, or finished on a rank
+    /// other than 0 (which exports nothing). `None` when rank 0 should export.
+    pub(crate) fn before_export(trained: &run::Trained, rank: usize) -> Option<Self> {
+        if trained.interrupted {
+            return Some(Outcome::Interrupted {
+                step: trained.state.step,
+                checkpoint: trained.progress.last_checkpoint.clone(),
+            });
+        }
+        (rank != 0).then_some(Outcome::Finished(None))
+    }
 }
 
 /// Where the model goes.
@@ -201,7 +215,7 @@ pub async fn pretrain(
     options: &Options,
     reporter: Option<Reporter>,
     interrupt: Interrupt,
-) -> Result<Outcome, PretrainError> {
+) -> Result<Outcome<Pretrained>, PretrainError> {
     let name = job.metadata.name.clone().unwrap_or_default();
     let recorded = job.status.as_ref().and_then(|s| s.dataset.as_ref());
     let dataset_uri = options
@@ -251,14 +265,8 @@ pub async fn pretrain(
         mirror,
     )
     .await?;
-    if trained.interrupted {
-        return Ok(Outcome::Interrupted {
-            step: trained.state.step,
-            checkpoint: trained.progress.last_checkpoint.clone(),
-        });
-    }
-    if rank != 0 {
-        return Ok(Outcome::Finished(None));
+    if let Some(early) = Outcome::before_export(&trained, rank) {
+        return Ok(early);
     }
     let lineage = export::Lineage {
         kind: "PretrainJob",
