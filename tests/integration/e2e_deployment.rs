@@ -11,10 +11,6 @@
 //! `tokenizers` and `transformers`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -25,9 +21,10 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use llmops_crds::ModelDeployment;
+use llmops_tests::local::{http, tiny_model};
 use llmops_tests::operator::Operator;
 use llmops_tests::replay::{Replayer, tail};
-use llmops_tests::{Cluster, TestNamespace, eventually, workspace_root};
+use llmops_tests::{Cluster, TestNamespace, eventually};
 use serde_json::{Value, json};
 
 use crate::e2e_dataset::{CHILD_TIMEOUT, ensure_restricted_template, has_condition, wait_for};
@@ -38,50 +35,6 @@ const PORT: i64 = 8080;
 const API_KEY: &str = "sk-e2e-one";
 /// Loading a tiny model takes a second; a busy machine gets more.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Write a tiny random Hugging Face model directory at `dir`.
-fn tiny_model(dir: &Path) -> anyhow::Result<()> {
-    let python = std::env::var_os("LLMOPS_PYTHON")
-        .map_or_else(|| workspace_root().join(".venv/bin/python"), Into::into);
-    let made = Command::new(&python)
-        .arg(workspace_root().join("tests/python/tiny_model.py"))
-        .arg(dir)
-        .output()
-        .with_context(|| {
-            format!(
-                "running {} (create the venv with scripts/setup-venv, or set LLMOPS_PYTHON)",
-                python.display()
-            )
-        })?;
-    ensure!(
-        made.status.success(),
-        "tiny_model.py failed: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    Ok(())
-}
-
-/// `GET path` on 127.0.0.1:`port`, with a bearer key when given: status and body.
-fn get(port: u16, path: &str, key: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let auth = key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n"));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or_else(String::new, |(_, b)| b.to_string());
-    Ok((status, body))
-}
 
 fn model_deployment(uri: &str) -> Value {
     json!({
@@ -308,7 +261,7 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
         "the replayed server to load its model",
         LOAD_TIMEOUT,
         || async {
-            let (status, body) = get(port, "/readyz", None)?;
+            let (status, body) = http(port, "GET", "/readyz", None, None)?;
             ensure!(status == 200, "/readyz: {status} {body}");
             Ok(())
         },
@@ -321,14 +274,14 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
             tail(&replay.log(), 30)
         );
     }
-    let (status, body) = get(port, "/v1/models", Some(API_KEY))?;
+    let (status, body) = http(port, "GET", "/v1/models", Some(API_KEY), None)?;
     ensure!(status == 200, "/v1/models with the key: {status} {body}");
     let models: Value = serde_json::from_str(&body)?;
     ensure!(
         models["data"][0]["id"] == NAME,
         "/v1/models does not list the served model name {NAME}: {body}"
     );
-    let (status, _) = get(port, "/v1/models", None)?;
+    let (status, _) = http(port, "GET", "/v1/models", None, None)?;
     ensure!(status == 401, "/v1/models without a key answered {status}");
     replay.terminate()?;
     Ok(())

@@ -8,6 +8,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use llmops_crds::{Dataset, FineTune};
+use llmops_tests::local::tiny_model;
 use llmops_tests::operator::Operator;
 use llmops_tests::replay::{Replayer, tail};
 use llmops_tests::{Cluster, TestNamespace, workspace_root};
@@ -50,23 +51,6 @@ fn dataset(tokenizer: &str) -> anyhow::Result<Value> {
     Ok(dataset)
 }
 
-/// A tiny Hugging Face model written by the reference script.
-async fn tiny_model(dir: &std::path::Path) -> anyhow::Result<()> {
-    let root = workspace_root();
-    let output = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/python/tiny_model.py"))
-        .arg(dir)
-        .output()
-        .await
-        .context("running tests/python/tiny_model.py with the project venv")?;
-    ensure!(
-        output.status.success(),
-        "tiny_model.py failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
-
 #[tokio::test]
 async fn finetune_waits_for_its_dataset_records_lineage_and_publishes_a_gated_model()
 -> anyhow::Result<()> {
@@ -84,7 +68,7 @@ async fn finetune_waits_for_its_dataset_records_lineage_and_publishes_a_gated_mo
     let apply = PatchParams::apply("llmops-tests");
 
     let model_dir = operator.store().join("models/tiny");
-    tiny_model(&model_dir).await?;
+    tiny_model(&model_dir)?;
     let base_model = format!("file://{}", model_dir.display());
 
     // Before its Dataset exists, the FineTune says what it waits for.

@@ -4,8 +4,6 @@
 //! the real `server`. Each kind waits for the one before it, and the lineage
 //! chains by digest from the served model back to the data.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -13,35 +11,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use llmops_crds::{Dataset, FineTune, ModelDeployment, PretrainJob};
+use llmops_tests::local::http;
 use llmops_tests::operator::Operator;
 use llmops_tests::replay::{Replayer, tail};
 use llmops_tests::{Cluster, TestNamespace, eventually, workspace_root};
 use serde_json::{Value, json};
 
 use crate::e2e_dataset::{CHILD_TIMEOUT, TRAINER_TIMEOUT, has_condition, replay_job, wait_for};
-
-/// `POST path` with a JSON body on 127.0.0.1:`port`: status and body.
-fn post(port: u16, path: &str, body: &Value) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let body = body.to_string();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or_else(String::new, |(_, b)| b.to_string());
-    Ok((status, body))
-}
 
 /// Replays Job `job` and requires a clean exit.
 async fn run_job(operator: &mut Operator, replayer: &Replayer, job: &str) -> anyhow::Result<()> {
@@ -191,11 +167,13 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
         .local_port("http")
         .context("no local port for http")?;
     let answer = eventually("the replayed server to answer", Duration::from_secs(60), || async {
-        let (status, body) = post(
+        let (status, body) = http(
             port,
+            "POST",
             "/v1/completions",
-            &json!({"model": "quickstart", "prompt": "Q: Where did Cleo go in the morning?\nA: ",
-                    "max_tokens": 8, "temperature": 0}),
+            None,
+            Some(&json!({"model": "quickstart", "prompt": "Q: Where did Cleo go in the morning?\nA: ",
+                    "max_tokens": 8, "temperature": 0})),
         )?;
         ensure!(status == 200, "/v1/completions: {status} {body}");
         Ok(serde_json::from_str::<Value>(&body)?)

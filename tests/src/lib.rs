@@ -28,6 +28,7 @@
 //! | `LLMOPS_CLUSTER_DIR`, `LLMOPS_*_PORT` | passed on to `tests/cluster/up` (a second cluster beside the default one) |
 
 mod cluster;
+pub mod local;
 mod namespace;
 pub mod operator;
 pub mod replay;
