@@ -292,9 +292,7 @@ impl Worker {
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
-                for seq in &seqs {
-                    seq.send(Event::Failed(format!("generation failed: {e}")));
-                }
+                fail_all(&seqs, &e);
                 return;
             }
         };
@@ -309,25 +307,13 @@ impl Worker {
                 keep.push(i);
             }
         }
-        let joined = if keep.len() == seqs.len() {
-            Ok(())
-        } else {
-            let indices: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
-            cache.retain(&indices)
-        }
-        .and_then(|()| self.cache.append(cache));
-        if let Err(e) = joined {
-            for &i in &keep {
-                seqs[i].send(Event::Failed(format!("generation failed: {e}")));
-            }
+        let Some(seqs) = keep_rows(seqs, &mut cache, &keep) else {
+            return;
+        };
+        if let Err(e) = self.cache.append(cache) {
+            fail_all(&seqs, &e.to_string());
             return;
         }
-        let mut index = 0;
-        seqs.retain(|_| {
-            let kept = keep.binary_search(&index).is_ok();
-            index += 1;
-            kept
-        });
         self.running.extend(seqs);
     }
 
@@ -371,9 +357,7 @@ impl Worker {
             Ok(rows) => rows,
             Err(e) => {
                 // The batch's cache is in an unknown state: fail every request in it.
-                for seq in self.running.drain(..) {
-                    seq.send(Event::Failed(format!("generation failed: {e}")));
-                }
+                fail_all(&std::mem::take(&mut self.running), &e);
                 self.cache.clear();
                 return;
             }
@@ -388,24 +372,38 @@ impl Worker {
                 keep.push(i);
             }
         }
-        if keep.len() != running.len() {
-            let indices: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
-            if let Err(e) = self.cache.retain(&indices) {
-                for &i in &keep {
-                    running[i].send(Event::Failed(format!("generation failed: {e}")));
-                }
-                self.cache.clear();
-                return;
-            }
-            let mut index = 0;
-            running.retain(|_| {
-                let kept = keep.binary_search(&index).is_ok();
-                index += 1;
-                kept
-            });
+        match keep_rows(running, &mut self.cache, &keep) {
+            Some(kept) => self.running = kept,
+            None => self.cache.clear(),
         }
-        self.running = running;
     }
+}
+
+/// Tells every sequence that generation failed.
+fn fail_all(seqs: &[Sequence], error: &str) {
+    for seq in seqs {
+        seq.send(Event::Failed(format!("generation failed: {error}")));
+    }
+}
+
+/// Keeps the sequences at `keep` (ascending) and their rows of `cache`. When the
+/// cache cannot drop rows, the kept sequences are failed and `None` returned.
+fn keep_rows(seqs: Vec<Sequence>, cache: &mut KvCache, keep: &[usize]) -> Option<Vec<Sequence>> {
+    if keep.len() == seqs.len() {
+        return Some(seqs);
+    }
+    let indices: Vec<i64> = keep.iter().map(|&i| i as i64).collect();
+    let kept: Vec<Sequence> = seqs
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.binary_search(i).is_ok())
+        .map(|(_, seq)| seq)
+        .collect();
+    if let Err(e) = cache.retain(&indices) {
+        fail_all(&kept, &e.to_string());
+        return None;
+    }
+    Some(kept)
 }
 
 /// Runs `prompts` through the model as one batch, left-padded to the longest,
