@@ -21,6 +21,11 @@ use crate::common::{Artifact, Conditions, ModelSource, Scheduling, SecretKeyRef}
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas.ready"}"#,
+    printcolumn = r#"{"name":"RPS","type":"number","jsonPath":".status.metrics.requestsPerSecond"}"#,
+    printcolumn = r#"{"name":"P95ms","type":"number","jsonPath":".status.metrics.p95LatencyMs"}"#,
+    printcolumn = r#"{"name":"Rollout","type":"string","jsonPath":".status.rollout.phase"}"#,
+    printcolumn = r#"{"name":"Step","type":"integer","jsonPath":".status.rollout.step","priority":1}"#,
+    printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.rollout.weight"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -157,6 +162,16 @@ pub struct Rollout {
     /// Return all traffic to the previous model when the analysis fails.
     #[serde(default = "yes")]
     pub auto_rollback: bool,
+    /// Seconds new serving pods may take to become ready (loading their model)
+    /// before the rollout counts as failed: a rolling update then stops with the
+    /// old pods serving, and a canary is rolled back.
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: i32,
+}
+
+fn default_progress_deadline() -> i32 {
+    600
 }
 
 impl Default for Rollout {
@@ -166,6 +181,7 @@ impl Default for Rollout {
             canary: None,
             analysis: Analysis::default(),
             auto_rollback: true,
+            progress_deadline_seconds: default_progress_deadline(),
         }
     }
 }
@@ -276,6 +292,12 @@ pub struct ServerSettings {
     #[serde(default)]
     #[schemars(range(min = 0, max = 256))]
     pub threads: i32,
+    /// Prompts a pod lets wait for its decoding batch. A request that finds the
+    /// queue full is answered 429 with `Retry-After` at once, so an overloaded
+    /// pod sheds load instead of queueing without bound.
+    #[serde(default = "default_max_queue")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub max_queue: i32,
 }
 
 impl Default for ServerSettings {
@@ -286,6 +308,7 @@ impl Default for ServerSettings {
             max_new_tokens: default_server_max_new_tokens(),
             dtype: ServeDtype::default(),
             threads: 0,
+            max_queue: default_max_queue(),
         }
     }
 }
@@ -298,6 +321,9 @@ fn default_max_context() -> i32 {
 }
 fn default_server_max_new_tokens() -> i32 {
     256
+}
+fn default_max_queue() -> i32 {
+    64
 }
 
 /// Serving precision.
@@ -444,20 +470,48 @@ pub struct ServedModels {
 }
 
 /// Rollout state.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     /// Phase of the rollout.
     pub phase: RolloutPhase,
-    /// Canary step (1-based) in progress.
+    /// Canary step (1-based) in progress; 0 outside a canary.
     #[serde(default)]
     pub step: i32,
-    /// Traffic percentage on the new model.
+    /// Canary steps in all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub steps: i32,
+    /// Share of traffic (percent) the new model really gets: canary pods among all
+    /// ready serving pods, since the Service spreads requests over pods.
     #[serde(default)]
     pub weight: i32,
     /// Why the rollout is in this phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When the current canary step's pods were all ready and its pause began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_start_time: Option<Time>,
+    /// The canary's own serving figures over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_metrics: Option<ServingMetrics>,
+    /// A model whose canary was rolled back: it is not tried again until the spec
+    /// changes (a new generation) or the model does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<AbortedRollout>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// A rolled-back canary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortedRollout {
+    /// The model that failed.
+    pub model: Artifact,
+    /// The spec generation it failed under.
+    pub generation: i64,
 }
 
 /// Rollout phase.
@@ -478,11 +532,13 @@ pub enum RolloutPhase {
     Failed,
 }
 
-/// Serving metrics, aggregated over pods.
+/// Serving metrics over the last window, read by the operator from every ready
+/// serving pod's `/metrics` and written at most every 30 s (and only when a
+/// figure changed at the precision shown).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServingMetrics {
-    /// Requests per second.
+    /// Generation requests answered per second.
     #[serde(default)]
     pub requests_per_second: f64,
     /// Median request latency, milliseconds.
@@ -491,16 +547,31 @@ pub struct ServingMetrics {
     /// 95th-percentile request latency, milliseconds.
     #[serde(default)]
     pub p95_latency_ms: f64,
-    /// Median time to first token, milliseconds.
+    /// 95th-percentile time to first token, milliseconds.
     #[serde(default)]
-    pub time_to_first_token_ms: f64,
+    pub p95_time_to_first_token_ms: f64,
+    /// Median time between generated tokens of a request, milliseconds.
+    #[serde(default)]
+    pub time_per_output_token_ms: f64,
     /// Generated tokens per second.
     #[serde(default)]
     pub tokens_per_second: f64,
-    /// Share of requests that failed.
+    /// Share of requests answered with a server error (5xx).
     #[serde(default)]
     pub error_rate: f64,
-    /// Requests in flight.
+    /// Share of requests refused as the client's error (4xx), counted apart.
+    #[serde(default)]
+    pub client_error_rate: f64,
+    /// Requests in flight now (queued or decoding).
     #[serde(default)]
     pub in_flight: i64,
+    /// Requests admitted but not yet decoding now.
+    #[serde(default)]
+    pub queue_depth: i64,
+    /// Serving pods whose metrics answered the last scrape.
+    #[serde(default)]
+    pub pods: i32,
+    /// Seconds of traffic the rates and quantiles summarise.
+    #[serde(default)]
+    pub window_seconds: i64,
 }

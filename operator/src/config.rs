@@ -20,6 +20,8 @@ pub struct OperatorConfig {
     pub gpu_resource_name: String,
     /// Requests (and the memory limit) of CPU-only trainer pods such as `prepare`.
     pub trainer_resources: TrainerResources,
+    /// How serving pods are monitored (scrape interval, window, status writes).
+    pub monitoring: crate::controller::deployment::Monitoring,
 }
 
 /// CPU and memory for trainer pods whose resource has no `resources` field.
@@ -74,6 +76,7 @@ impl OperatorConfig {
             artifact_store_secret: Some("store-creds".into()),
             gpu_resource_name: "nvidia.com/gpu".into(),
             trainer_resources: TrainerResources::default(),
+            monitoring: Default::default(),
         }
     }
 }

@@ -1,10 +1,12 @@
 //! `operator`: run the llmops controllers, or print the CRDs they serve.
 
 use std::io::Write as _;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use llmops_operator::config::{OperatorConfig, TrainerResources, normalize_store_uri};
+use llmops_operator::controller::deployment::Monitoring;
 use llmops_operator::runtime::controller::Scope;
 use llmops_operator::runtime::{LeaderElection, Settings};
 use llmops_operator::telemetry::{self, LogFormat};
@@ -19,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions of every kind as YAML.
     Crd,
 }
@@ -58,6 +60,21 @@ struct RunArgs {
     /// OTLP gRPC endpoint for traces, e.g. http://otel-collector:4317.
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// How often each ModelDeployment's serving pods are scraped (`15s`, `1m`).
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    metrics_interval: Duration,
+    /// The window `status.metrics`, autoscaling and canary analysis summarise.
+    #[arg(long, default_value = "1m", value_parser = duration)]
+    metrics_window: Duration,
+    /// Least time between two writes of a ModelDeployment's `status.metrics`.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    metrics_status_interval: Duration,
+}
+
+/// A duration as the CRDs spell them (`500ms`, `15s`, `1m30s`).
+fn duration(text: &str) -> Result<Duration, String> {
+    llmops_operator::controller::deployment::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration like 15s, 1m or 500ms"))
 }
 
 #[tokio::main]
@@ -67,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Crd => print_crds(),
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
     }
 }
 
@@ -112,6 +129,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             artifact_store_secret: args.artifact_store_secret.filter(|s| !s.is_empty()),
             gpu_resource_name: args.gpu_resource_name,
             trainer_resources: TrainerResources::default(),
+            monitoring: Monitoring {
+                interval: args.metrics_interval,
+                window: args.metrics_window,
+                status_interval: args.metrics_status_interval,
+                ..Monitoring::default()
+            },
         },
         scope: Scope::new(
             args.namespaces

@@ -83,6 +83,8 @@ pub struct Limits {
     pub max_context: usize,
     /// Tokens one request may generate.
     pub max_new_tokens: usize,
+    /// Prompts that may wait for the decoding batch (at least 1).
+    pub max_queue: usize,
 }
 
 /// The model being served, ready to take requests.
@@ -145,6 +147,7 @@ pub fn load(
         tokenizer.clone(),
         eos,
         limits.max_batch,
+        limits.max_queue,
         metrics,
     );
     Ok(Served {

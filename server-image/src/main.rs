@@ -4,14 +4,20 @@
 //! The HTTP port opens at once (`/healthz` answers, `/readyz` says 503) and the
 //! model loads in the background; a model that cannot be loaded ends the
 //! process with one line saying why.
+//!
+//! On SIGTERM (or Ctrl-C) `/readyz` turns 503 at once while every request,
+//! also one arriving meanwhile, is still served; once no request is in flight,
+//! or `--shutdown-grace` has passed, the process exits with status 0.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use llmops_server::api::{AppState, router};
+use llmops_contract::{SERVER_PORT, env};
+use llmops_server::api::{self, AppState, router};
 use llmops_server::load::{self, DtypeChoice};
 use llmops_server::metrics::Metrics;
 use llmops_store::Credentials;
@@ -28,7 +34,7 @@ struct Cli {
     #[arg(long, default_value = "0.0.0.0")]
     host: String,
     /// Port to listen on.
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = SERVER_PORT)]
     port: u16,
     /// File with the accepted API keys, one per line. Without it (and without
     /// LLMOPS_API_KEYS) the API is open.
@@ -38,7 +44,7 @@ struct Cli {
     /// Secret (`secretKeyRef`), never from the command line.
     #[arg(
         long = "api-keys-env-only",
-        env = "LLMOPS_API_KEYS",
+        env = env::API_KEYS,
         hide = true,
         hide_env_values = true
     )]
@@ -48,7 +54,7 @@ struct Cli {
     served_model_name: Option<String>,
     /// Secret whose keys (as LLMOPS_CRED_<SECRET>_<KEY> variables) reach the
     /// model's object store.
-    #[arg(long, env = "LLMOPS_MODEL_CREDENTIALS_SECRET")]
+    #[arg(long, env = env::MODEL_CREDENTIALS_SECRET)]
     credentials_secret: Option<String>,
     /// Weight precision.
     #[arg(long, value_enum, default_value_t = DtypeChoice::Auto)]
@@ -66,6 +72,42 @@ struct Cli {
     /// CPU threads for the model (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
+    /// Most prompts waiting for the decoding batch; a request that does not
+    /// fit is answered 429 with `Retry-After` at once (at least 1).
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Seconds a request may take, queueing included; then a whole answer is a
+    /// 504, a stream ends with an error event, and its generation stops.
+    #[arg(long, default_value_t = 600)]
+    request_timeout: u64,
+    /// Largest request body in bytes (413 above).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Most prompts in one completions request (also at most --max-queue).
+    #[arg(long, default_value_t = 16)]
+    max_prompts: usize,
+    /// Seconds the requests in flight get to finish after SIGTERM.
+    #[arg(long, default_value_t = 25)]
+    shutdown_grace: u64,
+}
+
+/// The request limits, or why the flags are wrong.
+fn limits(cli: &Cli) -> Result<api::Limits, String> {
+    for (flag, value) in [
+        ("--max-queue", cli.max_queue as u64),
+        ("--request-timeout", cli.request_timeout),
+        ("--max-body-bytes", cli.max_body_bytes as u64),
+        ("--max-prompts", cli.max_prompts as u64),
+    ] {
+        if value == 0 {
+            return Err(format!("{flag} must be at least 1"));
+        }
+    }
+    Ok(api::Limits {
+        max_body_bytes: cli.max_body_bytes,
+        max_prompts: cli.max_prompts,
+        request_timeout: Duration::from_secs(cli.request_timeout),
+    })
 }
 
 fn fail(message: &str) -> ExitCode {
@@ -101,7 +143,7 @@ fn api_keys(cli: &Cli) -> Result<Vec<String>, String> {
     if let Some(text) = &cli.api_keys {
         let found = split_keys(text);
         if found.is_empty() {
-            return Err("LLMOPS_API_KEYS is set but holds no key".into());
+            return Err(format!("{} is set but holds no key", env::API_KEYS));
         }
         keys.extend(found);
     }
@@ -130,7 +172,27 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = terminate => {},
     }
-    tracing::info!("shutting down: finishing the requests in flight");
+}
+
+/// Waits for the shutdown signal, then drains: `/readyz` answers 503 while the
+/// requests in flight (and new ones) are served, until none is in flight or
+/// `grace` has passed. Sends the grace deadline on `deadline` when it starts.
+async fn drain(
+    state: Arc<AppState>,
+    grace: Duration,
+    deadline: tokio::sync::oneshot::Sender<tokio::time::Instant>,
+) {
+    shutdown_signal().await;
+    state.start_draining();
+    let until = tokio::time::Instant::now() + grace;
+    let _ = deadline.send(until);
+    tracing::info!(
+        grace_seconds = grace.as_secs(),
+        "shutting down: not ready any more; finishing the requests in flight"
+    );
+    while state.metrics.in_flight_requests.get() > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn main() -> ExitCode {
@@ -154,26 +216,30 @@ fn main() -> ExitCode {
     if api_keys.is_empty() {
         tracing::warn!("no --api-key-file: the API accepts requests without a key");
     }
+    let limits = match limits(&cli) {
+        Ok(limits) => limits,
+        Err(e) => return fail(&e),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
-    runtime.block_on(serve(cli, api_keys))
+    let code = runtime.block_on(serve(cli, api_keys, limits));
+    // Do not wait for a model still loading, nor for cut-off requests.
+    runtime.shutdown_background();
+    code
 }
 
-async fn serve(cli: Cli, api_keys: Vec<String>) -> ExitCode {
+async fn serve(cli: Cli, api_keys: Vec<String>, limits: api::Limits) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(AppState {
-        served: OnceLock::new(),
-        api_keys,
-        metrics: metrics.clone(),
-    });
+    let state = Arc::new(AppState::new(api_keys, metrics.clone(), limits));
     let address = format!("{}:{}", cli.host, cli.port);
     let listener = match tokio::net::TcpListener::bind(&address).await {
         Ok(l) => l,
         Err(e) => return fail(&format!("cannot listen on {address}: {e}")),
     };
     tracing::info!(%address, "listening");
+    let grace = Duration::from_secs(cli.shutdown_grace);
 
     let loader_state = state.clone();
     tokio::spawn(async move {
@@ -189,6 +255,7 @@ async fn serve(cli: Cli, api_keys: Vec<String>) -> ExitCode {
                     max_batch: cli.max_batch_size,
                     max_context: cli.max_context,
                     max_new_tokens: cli.max_new_tokens,
+                    max_queue: cli.max_queue,
                 };
                 load::load(&dir.path, name, cli.dtype, limits, metrics.clone())
                     .map(|served| (served, dir, metrics))
@@ -212,11 +279,32 @@ async fn serve(cli: Cli, api_keys: Vec<String>) -> ExitCode {
         }
     });
 
-    match axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-    {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&format!("the HTTP server failed: {e}")),
+    let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel();
+    let server = axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(drain(state.clone(), grace, deadline_tx))
+        .into_future();
+    // Connections still busy at the end of the grace period (a stream that
+    // outlived it) do not hold the process.
+    let grace_over = async move {
+        match deadline_rx.await {
+            Ok(until) => tokio::time::sleep_until(until).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = server => match result {
+            Ok(()) => {
+                tracing::info!("shut down");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!("the HTTP server failed: {e}")),
+        },
+        () = grace_over => {
+            tracing::warn!(
+                in_flight = state.metrics.in_flight_requests.get(),
+                "shutting down: the grace period ended with requests in flight"
+            );
+            ExitCode::SUCCESS
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The `server` binary end to end: it serves a tiny random model
 //! (`tests/python/tiny_model.py`) and the official Python `openai` client checks the
 //! OpenAI API (`tests/python/test_openai_server.py`); plain HTTP checks the endpoints
-//! the client does not reach (health, readiness, metrics, the error body without a key).
+//! the client does not reach (health, readiness, metrics, the error body without a key),
+//! and how the server shuts down on SIGTERM.
 //!
 //! Needs the project venv (`scripts/setup-venv`), or `LLMOPS_PYTHON` naming a Python
 //! with the packages of `tests/python/requirements.txt`.
@@ -73,7 +74,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(model_dir: &Path, key_file: &Path, log: PathBuf) -> Server {
+    fn start(model_dir: &Path, key_file: &Path, log: PathBuf, extra: &[&str]) -> Server {
         let port = free_port();
         let out = File::create(&log).expect("create the server log");
         let err = out.try_clone().expect("clone the server log handle");
@@ -84,6 +85,7 @@ impl Server {
             .arg("--api-key-file")
             .arg(key_file)
             .args(["--served-model-name", MODEL_NAME])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -151,16 +153,35 @@ impl Response {
 
 /// One HTTP/1.1 GET on a fresh connection (`Connection: close`).
 fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
+    http_request(port, "GET", path, headers, None)
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), with a JSON
+/// body if given.
+fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<Response> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     stream.set_write_timeout(Some(Duration::from_secs(30)))?;
     let mut request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
     request.push_str("\r\n");
+    request.push_str(body.unwrap_or_default());
     stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
@@ -211,15 +232,11 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-#[test]
-fn openai_client_against_the_server() {
-    let python = python();
-    let root = repo_root();
-    let dir = tempfile::tempdir().expect("create a temporary directory");
-
-    let model_dir = dir.path().join("model");
-    let made = Command::new(&python)
-        .arg(root.join("tests/python/tiny_model.py"))
+/// A tiny model directory and an API key file under `dir`.
+fn tiny_model_and_keys(python: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let model_dir = dir.join("model");
+    let made = Command::new(python)
+        .arg(repo_root().join("tests/python/tiny_model.py"))
         .arg(&model_dir)
         .output()
         .expect("run tiny_model.py");
@@ -228,11 +245,19 @@ fn openai_client_against_the_server() {
         "tiny_model.py failed:\n{}",
         output_text(&made)
     );
-
-    let key_file = dir.path().join("api-keys");
+    let key_file = dir.join("api-keys");
     std::fs::write(&key_file, format!("sk-other-key\n{API_KEY}\n")).unwrap();
+    (model_dir, key_file)
+}
 
-    let mut server = Server::start(&model_dir, &key_file, dir.path().join("server.log"));
+#[test]
+fn openai_client_against_the_server() {
+    let python = python();
+    let root = repo_root();
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let (model_dir, key_file) = tiny_model_and_keys(&python, dir.path());
+
+    let mut server = Server::start(&model_dir, &key_file, dir.path().join("server.log"), &[]);
     server.wait_ready();
 
     let health = server.get("/healthz", &[]);
@@ -304,4 +329,152 @@ fn openai_client_against_the_server() {
         "/metrics has no llmops_server_requests_total:\n{}",
         metrics.body
     );
+}
+
+/// The value of an unlabelled sample in a metrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// SIGTERM while a request is in flight: `/readyz` turns 503 at once, the request
+/// in flight and one arriving during the drain are both answered 200, and the
+/// process then exits with status 0, without waiting out its grace period.
+#[test]
+fn sigterm_drains_the_requests_in_flight_then_exits() {
+    const GRACE_SECONDS: u64 = 60;
+    const PROMPTS: usize = 48;
+    let python = python();
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let (model_dir, key_file) = tiny_model_and_keys(&python, dir.path());
+    // One sequence at a time on one thread, so a request of many prompts stays
+    // in flight across the checks below.
+    let grace = GRACE_SECONDS.to_string();
+    let mut server = Server::start(
+        &model_dir,
+        &key_file,
+        dir.path().join("server.log"),
+        &[
+            "--shutdown-grace",
+            &grace,
+            "--max-batch-size",
+            "1",
+            "--threads",
+            "1",
+            "--max-prompts",
+            &PROMPTS.to_string(),
+        ],
+    );
+    server.wait_ready();
+    let port = server.port;
+    let bearer = format!("Bearer {API_KEY}");
+
+    let prompts: Vec<String> = (0..PROMPTS)
+        .map(|i| format!("the cat sees the {i} red house"))
+        .collect();
+    let long_body = serde_json::json!({
+        "model": MODEL_NAME, "prompt": prompts, "max_tokens": 240, "temperature": 0,
+    })
+    .to_string();
+    let long = {
+        let bearer = bearer.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let answer = http_request(
+                port,
+                "POST",
+                "/v1/completions",
+                &[("Authorization", &bearer)],
+                Some(&long_body),
+            );
+            (answer, started.elapsed())
+        })
+    };
+    let start = Instant::now();
+    loop {
+        let metrics = server.get("/metrics", &[]);
+        if sample(&metrics.body, "llmops_server_in_flight_requests") == Some(1.0) {
+            break;
+        }
+        assert!(
+            !long.is_finished() && start.elapsed() < Duration::from_secs(30),
+            "the long request was never seen in flight"
+        );
+        sleep(Duration::from_millis(5));
+    }
+
+    let pid = server.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(killed.success(), "kill -TERM {pid} failed");
+    let signalled = Instant::now();
+
+    // Not ready any more, as soon as the signal is handled.
+    let readyz = loop {
+        let r = server.get("/readyz", &[]);
+        if r.status != 200 || signalled.elapsed() > Duration::from_secs(5) {
+            break r;
+        }
+        sleep(Duration::from_millis(10));
+    };
+    assert_eq!(
+        readyz.status, 503,
+        "/readyz while draining: {}",
+        readyz.body
+    );
+    // A request arriving during the drain is still served (after the long
+    // one's prompts: the queue is first come, first served).
+    assert!(
+        !long.is_finished(),
+        "the long request ended before the drain was checked; it must be longer"
+    );
+    let short = std::thread::spawn(move || {
+        let body = serde_json::json!({"model": MODEL_NAME, "prompt": "hello", "max_tokens": 2})
+            .to_string();
+        http_request(
+            port,
+            "POST",
+            "/v1/completions",
+            &[("Authorization", &bearer)],
+            Some(&body),
+        )
+    });
+
+    let (answer, took) = long.join().expect("the long request's thread");
+    let answer = answer.expect("the request in flight at SIGTERM is answered");
+    assert_eq!(answer.status, 200, "the request in flight: {}", answer.body);
+    let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(
+        body["choices"].as_array().map(Vec::len),
+        Some(PROMPTS),
+        "{body}"
+    );
+    eprintln!("the request in flight took {took:?}");
+    let short = short
+        .join()
+        .expect("the short request's thread")
+        .expect("a request during the drain is answered");
+    assert_eq!(
+        short.status, 200,
+        "a request during the drain: {}",
+        short.body
+    );
+
+    // Then the process ends, well before its grace period would.
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("poll the server process") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(GRACE_SECONDS - 10),
+            "the server did not exit once its requests were answered"
+        );
+        sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "the server exited with {status}");
+    let log = server.log();
+    assert!(log.contains("shutting down"), "server log:\n{log}");
 }

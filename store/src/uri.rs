@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
+use llmops_contract::{env, path};
+
 use crate::StoreError;
 
 /// Where `pvc://<claim>/<path>` is found when `LLMOPS_PVC_ROOT` is not set: the
 /// operator mounts each claim at `/mnt/pvc/<claim>`.
-pub const DEFAULT_PVC_ROOT: &str = "/mnt/pvc";
+pub const DEFAULT_PVC_ROOT: &str = path::PVC_ROOT;
 
 /// A parsed artifact or source location.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +24,7 @@ pub enum ArtifactUri {
 impl ArtifactUri {
     /// Parses `uri`, mapping `pvc://` below `LLMOPS_PVC_ROOT` (default `/mnt/pvc`).
     pub fn parse(uri: &str) -> Result<Self, StoreError> {
-        let pvc_root = std::env::var("LLMOPS_PVC_ROOT").unwrap_or_else(|_| DEFAULT_PVC_ROOT.into());
+        let pvc_root = std::env::var(env::PVC_ROOT).unwrap_or_else(|_| DEFAULT_PVC_ROOT.into());
         Self::parse_with_pvc_root(uri, &pvc_root)
     }
 

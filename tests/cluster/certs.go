@@ -32,7 +32,7 @@ func runCerts(args []string) int {
 	fs := flag.NewFlagSet("certs", flag.ContinueOnError)
 	dir := fs.String("dir", "pki", "output directory")
 	server := fs.String("server", "https://127.0.0.1:16443", "apiserver URL written into the kubeconfigs")
-	serviceIP := fs.String("service-ip", "10.0.0.1", "first IP of the service cluster IP range (the kubernetes Service)")
+	serviceIP := fs.String("service-ip", "127.96.0.1", "first IP of the service cluster IP range (the kubernetes Service)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

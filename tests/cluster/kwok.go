@@ -49,6 +49,39 @@ func runKwok(args []string) int {
 	return 0
 }
 
+// servingLabel marks the pods a ModelDeployment serves with.
+const servingLabel = `.metadata.labels["llmops.dev/modeldeployment"]`
+
+// deletionExpression is the first match expression of the stock pod stages.
+const deletionExpression = "    - key: '.metadata.deletionTimestamp'\n      operator: 'DoesNotExist'\n"
+
+// withSelector adds "the pod is (not) a serving pod" to a stock pod stage.
+func withSelector(stage, operator string) string {
+	extra := fmt.Sprintf("    - key: '%s'\n      operator: '%s'\n", servingLabel, operator)
+	return strings.Replace(stage, deletionExpression, deletionExpression+extra, 1)
+}
+
+// servingPodStart is the stock pod-ready stage for serving pods, except that
+// they start Running but not Ready, as a kubelet starts a container with a
+// readiness probe: the tests' pod replay probes the real server and marks the
+// pod Ready only once it answers (tests/src/probe.rs), so clients and
+// Deployments never see a server as ready before its model has loaded.
+func servingPodStart(stock string) (string, error) {
+	stage := withSelector(stock, "Exists")
+	for _, swap := range [][2]string{
+		{"name: pod-ready", "name: serving-pod-start"},
+		{"status: \"True\"\n        type: Ready", "status: \"False\"\n        type: Ready"},
+		{"status: \"True\"\n        type: ContainersReady", "status: \"False\"\n        type: ContainersReady"},
+		{"name: {{ .name | Quote }}\n        ready: true", "name: {{ .name | Quote }}\n        ready: false"},
+	} {
+		if !strings.Contains(stage, swap[0]) {
+			return "", fmt.Errorf("the stock pod-ready stage has no %q: kwok changed it", swap[0])
+		}
+		stage = strings.Replace(stage, swap[0], swap[1], 1)
+	}
+	return stage, nil
+}
+
 // runKwokStages prints kwok's stock "fast" Stage objects as one YAML stream,
 // for kwok --config. Nodes become Ready at once and keep a heartbeat lease;
 // Pods bound to a kwok node go Running and Ready at once and are removed
@@ -61,10 +94,16 @@ func runKwokStages(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	unprobed, err := servingPodStart(podfast.DefaultPodReady)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kwok-stages:", err)
+		return 1
+	}
 	docs := []string{
 		nodefast.DefaultNodeInit,
 		nodeheartbeat.DefaultNodeHeartbeatWithLease,
-		podfast.DefaultPodReady,
+		withSelector(podfast.DefaultPodReady, "DoesNotExist"),
+		unprobed,
 		podfast.DefaultPodDelete,
 	}
 	if *jobComplete {

@@ -264,7 +264,7 @@ async fn dataset_lifecycle_with_the_real_trainer() -> anyhow::Result<()> {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|m| m["manager"] == "llmops-trainer")
+        .find(|m| m["manager"] == llmops_contract::TRAINER_FIELD_MANAGER)
         .with_context(|| {
             format!(
                 "no managedFields entry of llmops-trainer: {}",

@@ -1,10 +1,11 @@
 //! End to end, ModelDeployment: the real operator (as the chart's ServiceAccount)
 //! on the real control plane serves a model given by URI, in a namespace that
 //! enforces Pod Security "restricted": the Deployment, its Service and budget, the
-//! status once kwok reports the pods ready, and a rolling update to a new model,
-//! whose pod is then replayed with the real `server` binary (on a tiny random model
-//! from `tests/python/tiny_model.py`) and answers `/v1/models` with the API key
-//! from the Secret.
+//! status once the pods are ready, and a rolling update to a new model. Every
+//! serving pod is replayed with the real `server` binary (on tiny random models
+//! from `tests/python/tiny_model.py`), listening on its pod IP and made Ready by
+//! its readiness probe ([`ServingPods`]); a pod of the new model answers
+//! `/v1/models` with the API key from the Secret.
 //!
 //! Needs the `server` binary (`cargo build -p llmops-server`) and the project venv
 //! (`scripts/setup-venv`), or `LLMOPS_PYTHON` naming a Python with `torch`,
@@ -23,8 +24,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use llmops_crds::ModelDeployment;
 use llmops_tests::local::{http, tiny_model};
 use llmops_tests::operator::Operator;
-use llmops_tests::replay::{Replayer, tail};
-use llmops_tests::{Cluster, TestNamespace, eventually};
+use llmops_tests::replay::Replayer;
+use llmops_tests::serving::ServingPods;
+use llmops_tests::{Cluster, TestNamespace};
 use serde_json::{Value, json};
 
 use crate::e2e_dataset::{CHILD_TIMEOUT, ensure_restricted_template, has_condition, wait_for};
@@ -93,6 +95,14 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
         ..Default::default()
     };
     secrets.create(&PostParams::default(), &secret).await?;
+    tiny_model(&operator.store().join("models/chat-a"))?;
+    tiny_model(&operator.store().join("models/chat-b"))?;
+    let replayer = std::sync::Arc::new(Replayer::new(cluster).await?);
+    let serving_pods = ServingPods::start(
+        replayer,
+        &namespace,
+        &format!("llmops.dev/modeldeployment={NAME}"),
+    );
 
     let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), &namespace);
     let apply = PatchParams::apply(llmops_tests::FIELD_MANAGER).force();
@@ -167,16 +177,18 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
         .await
         .context("PodDisruptionBudget chat-server")?;
 
-    // kwok reports the pods ready: the ModelDeployment is Ready and says where.
+    // The replayed servers load the model and pass their readiness probes: the
+    // ModelDeployment is Ready and says where.
     let ready = wait_for(
         &mut operator,
         &deployments,
         NAME,
         "the ModelDeployment to serve the first model",
-        CHILD_TIMEOUT,
+        LOAD_TIMEOUT,
         |md| serving(md, &first),
     )
-    .await?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", serving_pods.describe()))?;
     let status = &ready["status"];
     ensure!(
         status["endpoint"] == format!("http://{NAME}.{namespace}.svc:{PORT}/v1"),
@@ -188,25 +200,21 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
         .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
         .map(|c| c["message"].to_string())
         .unwrap_or_default();
-    // kwok's pod IPs do not answer: the autoscaler reads no metrics and keeps
-    // the replica count, saying so.
+    // Idle servers: the autoscaler reads their metrics and keeps replicas.min.
     ensure!(
-        message.contains("autoscaling on inFlightRequests")
-            && message.contains("metrics unavailable"),
-        "the Ready message hides that the autoscaler has no metrics: {message}"
+        message.contains("autoscaling on inFlightRequests"),
+        "the Ready message does not say what the autoscaler does: {message}"
     );
     ensure!(
         status.get("lastScaleTime").is_none(),
-        "scaled without metrics: {status}"
+        "scaled without load: {status}"
     );
     ensure!(
         !serde_json::to_string(&ready)?.contains(API_KEY),
         "the API key leaked into the object"
     );
 
-    // A new model (a real one, for the replay below) rolls out; the old one
-    // becomes the previous.
-    tiny_model(&operator.store().join("models/chat-b"))?;
+    // A new model rolls out; the old one becomes the previous.
     deployments
         .patch(NAME, &apply, &Patch::Apply(model_deployment(&second)))
         .await?;
@@ -215,7 +223,7 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
         &deployments,
         NAME,
         "the rollout of the second model",
-        CHILD_TIMEOUT,
+        LOAD_TIMEOUT,
         |md| serving(md, &second),
     )
     .await?;
@@ -252,37 +260,28 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
                     .is_some_and(|a| a.contains(&second))
         })
         .context("no pod of the second model")?;
-    let replayer = Replayer::new(cluster).await?;
-    let replay = replayer.start(&pod).await?;
-    let port = replay
-        .local_port("http")
-        .context("no local port for http")?;
-    let loaded = eventually(
-        "the replayed server to load its model",
-        LOAD_TIMEOUT,
-        || async {
-            let (status, body) = http(port, "GET", "/readyz", None, None)?;
-            ensure!(status == 200, "/readyz: {status} {body}");
-            Ok(())
-        },
-    )
-    .await;
-    if let Err(err) = loaded {
-        anyhow::bail!(
-            "{err:#}\nserver log ({}):\n{}",
-            pod.name_any(),
-            tail(&replay.log(), 30)
-        );
-    }
-    let (status, body) = http(port, "GET", "/v1/models", Some(API_KEY), None)?;
+    let address = serving_pods
+        .ready()
+        .into_iter()
+        .find(|p| p.name == pod.name_any())
+        .and_then(|p| p.address)
+        .with_context(|| {
+            format!(
+                "pod {} is not ready\n{}",
+                pod.name_any(),
+                serving_pods.describe()
+            )
+        })?;
+    let (status, body) = http(address, "GET", "/v1/models", Some(API_KEY), None)?;
     ensure!(status == 200, "/v1/models with the key: {status} {body}");
     let models: Value = serde_json::from_str(&body)?;
     ensure!(
         models["data"][0]["id"] == NAME,
         "/v1/models does not list the served model name {NAME}: {body}"
     );
-    let (status, _) = http(port, "GET", "/v1/models", None, None)?;
+    let (status, _) = http(address, "GET", "/v1/models", None, None)?;
     ensure!(status == 401, "/v1/models without a key answered {status}");
-    replay.terminate()?;
-    Ok(())
+    serving_pods.stop().await;
+    drop(operator);
+    ns.delete(cluster).await
 }

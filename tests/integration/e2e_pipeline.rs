@@ -7,13 +7,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use llmops_crds::{Dataset, FineTune, ModelDeployment, PretrainJob};
 use llmops_tests::local::http;
 use llmops_tests::operator::Operator;
 use llmops_tests::replay::{Replayer, tail};
+use llmops_tests::serving::ServingPods;
 use llmops_tests::{Cluster, TestNamespace, eventually, workspace_root};
 use serde_json::{Value, json};
 
@@ -118,6 +117,12 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
 
     // Served: the ModelDeployment picks up the fine-tune's artifact.
     let tuned_digest = digest(&tuned, "/status/artifact/digest")?;
+    // The serving pod runs the real server, Ready once it has loaded the model.
+    let serving_pods = ServingPods::start(
+        std::sync::Arc::new(Replayer::new(cluster).await?),
+        ns.name(),
+        "llmops.dev/modeldeployment=quickstart",
+    );
     let served = wait_for(
         &mut operator,
         &deployments,
@@ -134,7 +139,8 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
             Ok(())
         },
     )
-    .await?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", serving_pods.describe()))?;
 
     // Lineage, by digest, from the served model back to the data.
     ensure!(digest(&served, "/status/model/current/digest")? == tuned_digest);
@@ -154,21 +160,17 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
     );
 
     // The real server from the serving pod answers a completion.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
-    let pod = pods
-        .list(&ListParams::default().labels("llmops.dev/modeldeployment=quickstart"))
-        .await?
-        .items
+    let pod = serving_pods
+        .ready()
         .into_iter()
-        .find(|p| p.metadata.deletion_timestamp.is_none())
-        .context("no serving pod")?;
-    let replay = replayer.start(&pod).await?;
-    let port = replay
-        .local_port("http")
-        .context("no local port for http")?;
+        .next()
+        .with_context(|| format!("no ready serving pod\n{}", serving_pods.describe()))?;
+    let address = pod
+        .address
+        .context("the serving pod declares no http port")?;
     let answer = eventually("the replayed server to answer", Duration::from_secs(60), || async {
         let (status, body) = http(
-            port,
+            address,
             "POST",
             "/v1/completions",
             None,
@@ -182,8 +184,8 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
     let answer = answer.map_err(|e| {
         anyhow::anyhow!(
             "{e:#}\nserver log ({}):\n{}",
-            pod.name_any(),
-            tail(&replay.log(), 30)
+            pod.name,
+            tail(&serving_pods.logs(&pod.name), 30)
         )
     })?;
     ensure!(
@@ -192,6 +194,7 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
             .is_some_and(|n| n > 0),
         "{answer}"
     );
-    replay.terminate()?;
-    Ok(())
+    serving_pods.stop().await;
+    drop(operator);
+    ns.delete(cluster).await
 }

@@ -26,8 +26,6 @@ use crate::e2e_dataset::{
 const DATASET: &str = "quickstart-stories";
 const NAME: &str = "tiny";
 const JOB: &str = "tiny-pretrain";
-/// Exit status of the trainer after SIGTERM with its checkpoint saved.
-const EXIT_INTERRUPTED: i32 = 143;
 /// Enough steps (a few per second on a busy CPU) that each interruption lands
 /// mid-run, yet the whole run takes about a minute.
 const STEPS: i64 = 300;
@@ -230,7 +228,7 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
     ensure!(
         container["env"].as_array().is_some_and(|env| env
             .iter()
-            .any(|e| e["name"] == "LLMOPS_PROCS_PER_POD" && e["value"] == "2")),
+            .any(|e| e["name"] == llmops_contract::env::PROCS_PER_POD && e["value"] == "2")),
         "no process per GPU: {}",
         container["env"]
     );
@@ -289,7 +287,7 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
         .await?;
     let exit = run.finish(TRAINER_TIMEOUT).await?;
     ensure!(
-        exit.code == EXIT_INTERRUPTED,
+        exit.code == i32::from(llmops_contract::exit::INTERRUPTED),
         "the preempted trainer exited {}:\n{}",
         exit.code,
         tail(&exit.log, 30)
@@ -331,7 +329,7 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
     .await?;
     let exit = run.finish(TRAINER_TIMEOUT).await?;
     ensure!(
-        exit.code == EXIT_INTERRUPTED,
+        exit.code == i32::from(llmops_contract::exit::INTERRUPTED),
         "the suspended trainer exited {}:\n{}",
         exit.code,
         tail(&exit.log, 30)
@@ -426,7 +424,7 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
         .into_iter()
         .flatten()
         .any(|m| {
-            m["manager"] == "llmops-trainer"
+            m["manager"] == llmops_contract::TRAINER_FIELD_MANAGER
                 && m["subresource"] == "status"
                 && m.pointer("/fieldsV1/f:status/f:progress").is_some()
         });

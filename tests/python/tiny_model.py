@@ -1,11 +1,15 @@
 """Writes a tiny, randomly initialised Hugging Face model directory for serving tests.
 
-    tiny_model.py OUT_DIR [--family llama|gpt2] [--seed N]
+    tiny_model.py OUT_DIR [--family llama|gpt2] [--seed N] [--defect non-finite|unloadable]
 
 OUT_DIR gets `config.json`, `model.safetensors`, `generation_config.json`, a byte-level
 BPE `tokenizer.json` trained here on a generated English-like corpus, and
 `tokenizer_config.json` with a chat template. Everything is deterministic for a given
 seed and nothing is downloaded.
+
+`--defect` writes a broken model for rollout tests: `non-finite` sets the final
+norm's weights to NaN (the model loads, and every logit is NaN), `unloadable`
+truncates `model.safetensors` (the server cannot load it).
 """
 
 import argparse
@@ -132,6 +136,7 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--family", choices=["llama", "gpt2"], default="llama")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--defect", choices=["non-finite", "unloadable"])
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -142,7 +147,15 @@ def main():
     torch.manual_seed(args.seed)
     model = tiny_model(args.family, tok.get_vocab_size(), eos_id)
     spread_weights(model, args.seed)
+    if args.defect == "non-finite":
+        with torch.no_grad():
+            final_norm = model.model.norm if args.family == "llama" else model.transformer.ln_f
+            final_norm.weight.fill_(float("nan"))
     model.save_pretrained(args.out, safe_serialization=True)
+    if args.defect == "unloadable":
+        weights = os.path.join(args.out, "model.safetensors")
+        with open(weights, "r+b") as f:
+            f.truncate(os.path.getsize(weights) // 2)
 
     write_json(os.path.join(args.out, "generation_config.json"),
                {"bos_token_id": eos_id, "eos_token_id": eos_id})

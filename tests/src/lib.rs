@@ -4,7 +4,9 @@
 //! that answers, else the loopback cluster of `tests/cluster`, started once per test
 //! process with `tests/cluster/up` (a file lock lets parallel test binaries share
 //! it; it is left running, and the next `up` reuses it). Each test works in its own
-//! [`TestNamespace`], deleted when the test ends.
+//! [`TestNamespace`], deleted when the test ends; deleting it first checks that
+//! every Pod, Service and EndpointSlice in it holds only loopback addresses
+//! ([`loopback`]): test traffic never leaves this machine.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
@@ -29,9 +31,13 @@
 
 mod cluster;
 pub mod local;
+pub mod loopback;
 mod namespace;
 pub mod operator;
+pub mod probe;
 pub mod replay;
+pub mod serving;
+pub mod traffic;
 
 pub use cluster::{Cluster, Outcome, SKIP_ENV};
 pub use namespace::TestNamespace;

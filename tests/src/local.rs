@@ -1,8 +1,8 @@
 //! Local helpers the end-to-end tests share: the tiny Hugging Face model of the
-//! reference script, and plain HTTP/1.1 to a replayed server on loopback.
+//! reference script, and plain HTTP/1.1 to a replayed server at its pod address.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -19,10 +19,17 @@ pub fn python() -> std::path::PathBuf {
 
 /// Writes the tiny random model of `tests/python/tiny_model.py` into `dir`.
 pub fn tiny_model(dir: &Path) -> anyhow::Result<()> {
+    tiny_model_with(dir, &[])
+}
+
+/// [`tiny_model`] with more arguments of the script (`--seed 1`, `--defect
+/// non-finite`, ...).
+pub fn tiny_model_with(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let python = python();
     let made = Command::new(&python)
         .arg(workspace_root().join("tests/python/tiny_model.py"))
         .arg(dir)
+        .args(args)
         .output()
         .with_context(|| {
             format!(
@@ -38,16 +45,20 @@ pub fn tiny_model(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One request to 127.0.0.1:`port`: `method path`, a bearer key when given, a
-/// JSON body when given. Returns the status and the body.
+/// One request to `address` (a replayed pod's, on loopback): `method path`, a
+/// bearer key when given, a JSON body when given. Returns the status and the body.
 pub fn http(
-    port: u16,
+    address: SocketAddr,
     method: &str,
     path: &str,
     key: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    anyhow::ensure!(
+        address.ip().is_loopback(),
+        "{address} is not on loopback: tests never connect elsewhere"
+    );
+    let mut stream = TcpStream::connect(address)?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let auth = key.map_or_else(String::new, |k| format!("Authorization: Bearer {k}\r\n"));
     let body = body.map(|b| b.to_string()).unwrap_or_default();

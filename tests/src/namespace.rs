@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
@@ -60,13 +60,25 @@ impl TestNamespace {
         &self.name
     }
 
-    /// Delete the namespace now (unless `LLMOPS_KEEP_NAMESPACES=1`).
+    /// Check that every address in the namespace is on loopback
+    /// ([`crate::loopback`]), then delete it (unless `LLMOPS_KEEP_NAMESPACES=1`);
+    /// a non-loopback address fails the test, naming the object and field.
     pub async fn delete(mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        let client = cluster.client().await?;
+        let violations = crate::loopback::check_namespace(&client, &self.name).await?;
+        if !violations.is_empty() {
+            // Dropped: deleted all the same.
+            bail!(
+                "namespace {}: addresses outside loopback (127.0.0.0/8, ::1), which tests must never reach: {}",
+                self.name,
+                violations.join(", ")
+            );
+        }
         self.deleted = true;
         if keep() {
             return Ok(());
         }
-        let api: Api<Namespace> = Api::all(cluster.client().await?);
+        let api: Api<Namespace> = Api::all(client);
         match api.delete(&self.name, &DeleteParams::background()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),

@@ -54,6 +54,16 @@ impl Operator {
         cluster: &'static Cluster,
         namespace: &TestNamespace,
     ) -> anyhow::Result<Operator> {
+        Operator::start_with(cluster, namespace, &[]).await
+    }
+
+    /// [`Operator::start`] with more `operator run` flags (such as a shorter
+    /// `--metrics-interval`).
+    pub async fn start_with(
+        cluster: &'static Cluster,
+        namespace: &TestNamespace,
+        flags: &[&str],
+    ) -> anyhow::Result<Operator> {
         let binaries = Binaries::get()?;
         let client = cluster.client().await?;
         apply_crds(&client).await?;
@@ -109,6 +119,7 @@ impl Operator {
                 &format!("--artifact-store=file://{}", store.display()),
                 &format!("--namespaces={ns}"),
             ])
+            .args(flags)
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("NO_COLOR", "1")

@@ -5,9 +5,11 @@
 //!
 //! What the process gets, from the pod spec:
 //! - the container's `command` and `args`, `trainer` and `server` being the binaries
-//!   cargo built; a listening port the container declares (`ports`) moves to a free
-//!   local one: the value after `--port` becomes it, `--host 0.0.0.0` becomes
-//!   `127.0.0.1`, and [`Replay::local_port`] tells the test where to connect;
+//!   cargo built; a container that declares ports (`ports`) listens on the pod's
+//!   own IP, which kwok gives from a loopback range (`--host 0.0.0.0` becomes
+//!   `status.podIP`), at the declared port, so the operator and the tests reach it
+//!   at `podIP:port` exactly as in a cluster; [`Replay::address`] tells the test
+//!   where that is;
 //! - its `env`: plain values; `secretKeyRef` and `configMapKeyRef` read as admin
 //!   (an optional reference to a missing Secret, ConfigMap or key is left out, a
 //!   required one is an error, as the kubelet's `CreateContainerConfigError`);
@@ -46,17 +48,44 @@
 //! message}` with the termination file's contents (or, under
 //! `FallbackToLogsOnError`, the log's tail when the file is empty and it failed).
 //! kwok's stages leave a pod that is no longer Pending alone, so nothing overwrites it.
+//!
+//! Readiness is the kubelet's too ([`crate::probe`]): kwok may mark a pod Ready
+//! the moment it runs, but a container with a `readinessProbe` is written not
+//! ready (`Ready` and `ContainersReady` False, `containerStatuses[0].ready=false`)
+//! first thing in [`Replayer::start`]; once its process runs, a [`Prober`] probes
+//! it every `periodSeconds` (`httpGet` at `podIP:<port, by name or number>`, with
+//! `timeoutSeconds`) and writes it ready or not after `successThreshold` or
+//! `failureThreshold` results in a row, by PUT on pods/status retried on
+//! conflicts. The prober stops when the [`Replay`] is dropped, when the process
+//! exits, and when [`Replay::finish`] writes the final status;
+//! [`Replay::readiness`] tells a test what it last wrote.
+//!
+//! Stopping a pod follows the kubelet as well: a `preStop` `sleep` runs (within
+//! the grace period) before SIGTERM. A container whose `restartPolicy` is
+//! `Always` (or `OnFailure`, after a failure) and whose pod is not being deleted
+//! is not finished when its process exits: [`Replay::finish`] then writes what
+//! the kubelet writes before restarting it (phase unchanged, `restartCount` + 1,
+//! `lastState.terminated`, `state.waiting` `CrashLoopBackOff`, not ready) and
+//! says so in [`Exit::restart`]; starting the pod again ([`Replayer::start`])
+//! keeps its volumes and writes the container running.
+//! [`crate::serving::ServingPods`] does all this for every pod of a selector.
+//!
+//! kwok gives a deleted pod's IP to the next pod at once, while the replay of
+//! the deleted pod may still be draining on it; in a cluster the IP would not be
+//! reused before the old sandbox is gone. So a start first waits (up to two
+//! minutes) until nothing listens on the pod's addresses any more.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow, bail, ensure};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerState, ContainerStateTerminated, ContainerStatus, EnvVar,
-    KeyToPath, Pod, PodCondition, Secret, Volume,
+    ConfigMap, Container, ContainerState, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, EnvVar, KeyToPath, Pod, PodCondition, Secret, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -64,7 +93,12 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 
 use crate::operator::{Binaries, write_token_kubeconfig};
+use crate::probe::{Prober, Readiness, readiness_probe, write_ready, write_started};
 use crate::{Cluster, eventually};
+
+/// How long a pod's start waits for its addresses to be released by the
+/// replay of a deleted pod that had the same IP (see [`wait_until_free`]).
+const PORT_RELEASE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the kubelet keeps of a failed container's log as its message.
 const FALLBACK_LINES: usize = 80;
@@ -97,9 +131,11 @@ pub struct Replay {
     root: PathBuf,
     log: PathBuf,
     started: Timestamp,
-    /// Container port name (or number) → the local port it listens on instead.
-    ports: BTreeMap<String, u16>,
+    /// Container port name (or number) → the pod address it listens on.
+    ports: BTreeMap<String, SocketAddr>,
     fallback_to_logs: bool,
+    /// The readiness prober, for a container with a readiness probe.
+    prober: Option<Prober>,
 }
 
 /// How a replayed process ended.
@@ -115,6 +151,10 @@ pub struct Exit {
     pub log: String,
     /// Whether the pod still existed to have its status written.
     pub status_written: bool,
+    /// Whether the kubelet would start the container again (`restartPolicy`
+    /// `Always`, or `OnFailure` after a failure, and the pod not being deleted):
+    /// the status then says it waits to restart rather than a final phase.
+    pub restart: bool,
 }
 
 impl Replayer {
@@ -136,6 +176,11 @@ impl Replayer {
     pub fn with_env(mut self, name: &str, value: &str) -> Replayer {
         self.extra_env.push((name.to_string(), value.to_string()));
         self
+    }
+
+    /// The admin client the replayer reads and writes pods with.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The pod in `namespace` matching `selector` that kwok reports Running and
@@ -183,6 +228,15 @@ impl Replayer {
                 spec.containers.len()
             );
         };
+        let probe = readiness_probe(pod, container)?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        if probe.is_some() {
+            // Not ready from the start, whatever kwok wrote, however long the
+            // start takes.
+            write_ready(&pods, &name, pod.metadata.uid.as_deref(), false)
+                .await
+                .with_context(|| format!("writing pod {name} not ready"))?;
+        }
         let root = self.dir.path().join(&name);
         let fs = root.join("fs");
         std::fs::create_dir_all(&fs)?;
@@ -227,7 +281,8 @@ impl Replayer {
             other => bail!("pod {name} runs {other:?}; replay knows only `trainer` and `server`"),
         };
         let mut argv: Vec<String> = argv.iter().map(|a| rewrite(a)).collect();
-        let ports = local_ports(container, &mut argv)?;
+        let ports = pod_ports(pod, container, &mut argv)?;
+        wait_until_free(&name, ports.values(), PORT_RELEASE_TIMEOUT).await;
 
         for var in container.env.iter().flatten() {
             if let Some(value) = self.env_value(pod, &namespace, var).await? {
@@ -236,7 +291,7 @@ impl Replayer {
         }
         let termination = root.join("termination-log");
         std::fs::write(&termination, "")?;
-        env.entry("LLMOPS_TERMINATION_LOG".into())
+        env.entry(llmops_contract::env::TERMINATION_LOG.into())
             .or_insert_with(|| termination.display().to_string());
         env.extend(self.extra_env.iter().cloned());
         let working_dir = container
@@ -262,16 +317,40 @@ impl Replayer {
         let child = command
             .spawn()
             .with_context(|| format!("starting {} for pod {name}", program.display()))?;
+        let started = Timestamp::now();
+        // As the kubelet: a restarted container is running again, and one with a
+        // readiness probe is not ready until the probe passes.
+        let restarted = pod
+            .status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .next()
+            .and_then(|c| c.state.as_ref())
+            .is_none_or(|s| s.running.is_none());
+        if probe.is_some() || restarted {
+            write_started(
+                &pods,
+                &name,
+                pod.metadata.uid.as_deref(),
+                started,
+                child.id(),
+                probe.is_none(),
+            )
+            .await
+            .with_context(|| format!("writing pod {name} started"))?;
+        }
+        let prober = probe.map(|spec| Prober::spawn(pods, pod, spec, child.id()));
         Ok(Replay {
             client: self.client.clone(),
             pod: pod.clone(),
             child,
             root,
             log,
-            started: Timestamp::now(),
+            started,
             ports,
             fallback_to_logs: container.termination_message_policy.as_deref()
                 == Some("FallbackToLogsOnError"),
+            prober,
         })
     }
 
@@ -322,6 +401,10 @@ impl Replayer {
             let target = fs.join(mount.mount_path.trim_start_matches('/'));
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)?;
+            }
+            // A restarted container finds the links of its previous run.
+            if target.symlink_metadata().is_ok_and(|m| m.is_symlink()) {
+                std::fs::remove_file(&target)?;
             }
             symlink(&source, &target)
                 .with_context(|| format!("linking {} to {}", target.display(), source.display()))?;
@@ -465,9 +548,20 @@ impl Replay {
         self.root.join("fs")
     }
 
-    /// The local port standing for the container's port `name` (or number).
-    pub fn local_port(&self, name: &str) -> Option<u16> {
+    /// Where the container's port `name` (or number) listens: `podIP:port`.
+    pub fn address(&self, name: &str) -> Option<SocketAddr> {
         self.ports.get(name).copied()
+    }
+
+    /// The readiness prober's state, for a container with a readiness probe.
+    pub fn readiness(&self) -> Option<Readiness> {
+        self.prober.as_ref().map(Prober::readiness)
+    }
+
+    /// The file the process's output goes to (rewritten when the pod is
+    /// started again).
+    pub fn log_file(&self) -> &Path {
+        &self.log
     }
 
     /// The process's output so far.
@@ -506,37 +600,60 @@ impl Replay {
     }
 
     /// Wait up to `timeout` for the process to exit, stopping it when the pod is
-    /// deleted meanwhile, then write the pod's status as the kubelet would.
+    /// deleted meanwhile (the container's `preStop` sleep, then SIGTERM, then
+    /// SIGKILL when the grace period is over), then write the pod's status as the
+    /// kubelet would: finished, or waiting to restart (see [`Exit::restart`]).
     pub async fn finish(mut self, timeout: Duration) -> anyhow::Result<Exit> {
         let name = self.pod.name_any();
         let namespace = self.pod.namespace().unwrap_or_default();
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        let grace = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
-            .unwrap_or(30);
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let grace =
+            Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+        let pre_stop = spec
+            .containers
+            .first()
+            .and_then(|c| c.lifecycle.as_ref())
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .map_or(Duration::ZERO, |s| {
+                Duration::from_secs(s.seconds.max(0) as u64)
+            });
         let deadline = Instant::now() + timeout;
-        let mut kill_at: Option<Instant> = None;
+        // Once the pod is stopping: when SIGTERM is due (after preStop), whether
+        // it was sent, and when SIGKILL is due.
+        let mut stop: Option<(Instant, bool, Instant)> = None;
+        let pid = self.child.id();
         let status = loop {
+            let poll = if stop.is_some() { 100 } else { 500 };
             tokio::select! {
                 status = self.child.wait() => break status?,
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = tokio::time::sleep(Duration::from_millis(poll)) => {}
             }
-            if let Some(at) = kill_at {
-                if Instant::now() >= at {
-                    self.child.start_kill()?;
+            let now = Instant::now();
+            match &mut stop {
+                Some((term_at, termed, kill_at)) => {
+                    if !*termed && now >= *term_at {
+                        let _ = self.terminate();
+                        *termed = true;
+                    }
+                    if now >= *kill_at {
+                        self.child.start_kill()?;
+                    }
                 }
-            } else {
-                let stopping = match pods.get_opt(&name).await {
-                    Ok(Some(pod)) => pod.metadata.deletion_timestamp.is_some(),
-                    Ok(None) => true,
-                    Err(_) => false,
-                };
-                if stopping {
-                    let _ = self.terminate();
-                    kill_at = Some(Instant::now() + Duration::from_secs(grace.max(0) as u64));
+                None => {
+                    let stopping = match pods.get_opt(&name).await {
+                        Ok(Some(pod)) => pod.metadata.deletion_timestamp.is_some(),
+                        Ok(None) => true,
+                        Err(_) => false,
+                    };
+                    if stopping {
+                        let termed = pre_stop.is_zero();
+                        if termed {
+                            let _ = self.terminate();
+                        }
+                        stop = Some((now + pre_stop.min(grace), termed, now + grace));
+                    }
                 }
             }
             if Instant::now() >= deadline {
@@ -548,7 +665,18 @@ impl Replay {
                 );
             }
         };
+        // The container has stopped: so has its readiness prober, before the
+        // final status is written.
+        if let Some(prober) = self.prober.take() {
+            prober.stop().await;
+        }
         let code = exit_code(status);
+        let restart = stop.is_none()
+            && match spec.restart_policy.as_deref().unwrap_or("Always") {
+                "Always" => true,
+                "OnFailure" => code != 0,
+                _ => false,
+            };
         let log = self.log();
         let mut message =
             std::fs::read_to_string(self.root.join("termination-log")).unwrap_or_default();
@@ -562,8 +690,8 @@ impl Replay {
             }
             message.truncate(end);
         }
-        let status_written = self
-            .write_terminated(&pods, code, &message)
+        let written = self
+            .write_terminated(&pods, pid, code, &message, restart)
             .await
             .with_context(|| format!("writing the status of pod {name}"))?;
         Ok(Exit {
@@ -571,24 +699,31 @@ impl Replay {
             code,
             message,
             log,
-            status_written,
+            status_written: written.is_some(),
+            restart: written == Some(true),
         })
     }
 
     /// Phase, conditions and container state of the finished pod, by PUT on
-    /// pods/status (retried on conflicts). `false` when the pod is gone.
+    /// pods/status (retried on conflicts). `None` when the pod is gone, else
+    /// whether the container waits to restart: asked by `restart` and the pod
+    /// not being deleted, it keeps its phase, counts one more restart and keeps
+    /// the exit as `lastState`.
     async fn write_terminated(
         &self,
         pods: &Api<Pod>,
+        pid: Option<u32>,
         code: i32,
         message: &str,
-    ) -> anyhow::Result<bool> {
+        restart: bool,
+    ) -> anyhow::Result<Option<bool>> {
         let name = self.pod.name_any();
         let finished = Time(Timestamp::now());
         for _ in 0..20 {
             let Some(mut pod) = pods.get_opt(&name).await? else {
-                return Ok(false);
+                return Ok(None);
             };
+            let restart = restart && pod.metadata.deletion_timestamp.is_none();
             let container = pod
                 .spec
                 .as_ref()
@@ -603,32 +738,59 @@ impl Replay {
                 .cloned()
                 .unwrap_or_default();
             let succeeded = code == 0;
-            status.phase = Some(if succeeded { "Succeeded" } else { "Failed" }.into());
+            let container_id = Some(format!("replay://{}", pid.unwrap_or(0)));
+            let terminated = ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: code,
+                    reason: Some(if succeeded { "Completed" } else { "Error" }.into()),
+                    message: (!message.is_empty()).then(|| message.to_string()),
+                    started_at: Some(Time(self.started)),
+                    finished_at: Some(finished.clone()),
+                    container_id: container_id.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let (state, last_state, restart_count) = if restart {
+                let waiting = ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some("CrashLoopBackOff".into()),
+                        message: Some(format!(
+                            "back-off restarting failed container {} in pod {name}",
+                            container.name
+                        )),
+                    }),
+                    ..Default::default()
+                };
+                (waiting, Some(terminated), previous.restart_count + 1)
+            } else {
+                (terminated, previous.last_state, previous.restart_count)
+            };
+            if !restart {
+                status.phase = Some(if succeeded { "Succeeded" } else { "Failed" }.into());
+            }
             status.container_statuses = Some(vec![ContainerStatus {
                 name: container.name.clone(),
                 image: container.image.clone().unwrap_or_default(),
                 image_id: previous.image_id,
-                container_id: Some(format!("replay://{}", self.child.id().unwrap_or(0))),
+                container_id: if restart { None } else { container_id },
                 ready: false,
                 started: Some(false),
-                restart_count: previous.restart_count,
-                state: Some(ContainerState {
-                    terminated: Some(ContainerStateTerminated {
-                        exit_code: code,
-                        reason: Some(if succeeded { "Completed" } else { "Error" }.into()),
-                        message: (!message.is_empty()).then(|| message.to_string()),
-                        started_at: Some(Time(self.started)),
-                        finished_at: Some(finished.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
+                restart_count,
+                state: Some(state),
+                last_state,
                 ..Default::default()
             }]);
-            let reason = if succeeded {
-                "PodCompleted"
-            } else {
-                "PodFailed"
+            let (reason, message) = match (restart, succeeded) {
+                (true, _) => (
+                    "ContainersNotReady",
+                    Some(format!(
+                        "containers with unready status: [{}]",
+                        container.name
+                    )),
+                ),
+                (false, true) => ("PodCompleted", None),
+                (false, false) => ("PodFailed", None),
             };
             let conditions = status.conditions.get_or_insert_default();
             for kind in ["Ready", "ContainersReady"] {
@@ -636,6 +798,7 @@ impl Replay {
                     type_: kind.into(),
                     status: "False".into(),
                     reason: Some(reason.into()),
+                    message: message.clone(),
                     last_transition_time: Some(finished.clone()),
                     ..Default::default()
                 };
@@ -648,9 +811,9 @@ impl Replay {
                 .replace_status(&name, &PostParams::default(), &pod)
                 .await
             {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(Some(restart)),
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
-                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -658,35 +821,73 @@ impl Replay {
     }
 }
 
-/// Move each port the container declares to a free local one, in `argv`
-/// (`--port <n>`; `--host 0.0.0.0` becomes `127.0.0.1`, since many replays share
-/// this machine); returns port name (and number) → local port.
-fn local_ports(
+/// Where each port the container declares listens: the pod's IP and the declared
+/// port, as in a cluster (kwok hands out pod IPs from a loopback range, so no two
+/// replays collide). `--host 0.0.0.0` in `argv` becomes the pod IP. Returns port
+/// name (and number) → address.
+fn pod_ports(
+    pod: &Pod,
     container: &Container,
     argv: &mut [String],
-) -> anyhow::Result<BTreeMap<String, u16>> {
+) -> anyhow::Result<BTreeMap<String, SocketAddr>> {
     let mut ports = BTreeMap::new();
-    for declared in container.ports.iter().flatten() {
-        let local = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let number = declared.container_port.to_string();
-        for i in 1..argv.len() {
-            if argv[i - 1] == "--port" && argv[i] == number {
-                argv[i] = local.to_string();
-            }
-        }
-        ports.insert(number, local);
-        if let Some(name) = &declared.name {
-            ports.insert(name.clone(), local);
+    let declared = container.ports.iter().flatten().collect::<Vec<_>>();
+    if declared.is_empty() {
+        return Ok(ports);
+    }
+    let name = pod.name_any();
+    let ip: IpAddr = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .with_context(|| format!("pod {name} declares ports but has no status.podIP yet"))?
+        .parse()
+        .with_context(|| format!("pod {name}: status.podIP is not an IP address"))?;
+    ensure!(
+        ip.is_loopback(),
+        "pod {name} has podIP {ip}, outside loopback: the test cluster must hand out 127.0.0.0/8 (tests/cluster/up)"
+    );
+    for port in declared {
+        let number = u16::try_from(port.container_port)
+            .with_context(|| format!("pod {name}: containerPort {}", port.container_port))?;
+        let address = SocketAddr::new(ip, number);
+        ports.insert(number.to_string(), address);
+        if let Some(port_name) = &port.name {
+            ports.insert(port_name.clone(), address);
         }
     }
     for i in 1..argv.len() {
         if argv[i - 1] == "--host" && argv[i] == "0.0.0.0" {
-            argv[i] = "127.0.0.1".into();
+            argv[i] = ip.to_string();
         }
     }
     Ok(ports)
+}
+
+/// Wait up to `timeout` until each address can be listened on. kwok hands a
+/// deleted pod's IP to the next pod at once, while the replay of the deleted pod
+/// may still be draining on it (`preStop`, then SIGTERM and the server's grace);
+/// in a cluster the two would be apart (the IP is not reused before the old
+/// sandbox is gone). After `timeout` the start goes ahead, and the server says
+/// why it cannot listen.
+async fn wait_until_free<'a>(
+    pod: &str,
+    addresses: impl Iterator<Item = &'a SocketAddr>,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    let mut addresses: Vec<SocketAddr> = addresses.copied().collect();
+    addresses.sort();
+    addresses.dedup();
+    for address in addresses {
+        while std::net::TcpListener::bind(address).is_err() {
+            if Instant::now() >= deadline {
+                eprintln!("replay: pod {pod}: {address} is still in use after {timeout:?}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// `value` with an absolute path related to a mount moved under `fs`.

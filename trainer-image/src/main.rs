@@ -5,16 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use llmops_contract::{env, exit};
 use llmops_crds::{Dataset, FineTune, PretrainJob};
 use llmops_trainer::finetune;
 use llmops_trainer::pretrain::{self, Outcome};
 use llmops_trainer::train::{interrupt::Interrupt, launch};
 use llmops_trainer::{bench, prepare, progress::Reporter, resource, termination};
-
-/// Exit status after SIGTERM once the checkpoint is saved (128 + 15, as a shell
-/// reports a process killed by SIGTERM), so the operator can tell an
-/// interruption from a failure.
-const EXIT_INTERRUPTED: u8 = 143;
 
 #[derive(Parser)]
 #[command(
@@ -32,7 +28,7 @@ enum Command {
     /// Prepare a Dataset: collect, clean, dedup, tokenize, segment and shard.
     Prepare {
         /// The Dataset resource (YAML or JSON).
-        #[arg(long, env = "LLMOPS_RESOURCE")]
+        #[arg(long, env = env::RESOURCE)]
         resource: PathBuf,
         /// Output URI when the resource has no spec.output.uri
         /// (default file://./out/<name>).
@@ -42,7 +38,7 @@ enum Command {
     /// Pretrain a PretrainJob's model from scratch, resuming from the newest checkpoint.
     Pretrain {
         /// The PretrainJob resource (YAML or JSON).
-        #[arg(long, env = "LLMOPS_RESOURCE")]
+        #[arg(long, env = env::RESOURCE)]
         resource: PathBuf,
         /// Dataset artifact URI (default: the resource's status.dataset.uri).
         #[arg(long)]
@@ -56,7 +52,7 @@ enum Command {
     /// gates and export it, resuming from the newest checkpoint.
     Finetune {
         /// The FineTune resource (YAML or JSON).
-        #[arg(long, env = "LLMOPS_RESOURCE")]
+        #[arg(long, env = env::RESOURCE)]
         resource: PathBuf,
         /// Base model URI (default: status.lineage.baseModel.uri, else spec.baseModel.uri).
         #[arg(long)]
@@ -176,13 +172,13 @@ where
             Err(e) => fail(&format!("cannot start the training processes: {e}")),
         };
     }
-    if std::env::var_os(launch::STOP_ON_STDIN_EOF).is_some() {
+    if std::env::var_os(env::STOP_ON_STDIN_EOF).is_some() {
         interrupt.on_stdin_eof();
     }
     let meta = resource.meta();
     let name = meta.name.clone().unwrap_or_default();
     // Only rank 0 writes the resource's status.
-    let rank0 = std::env::var("RANK").map_or(true, |r| r.is_empty() || r == "0");
+    let rank0 = std::env::var(env::RANK).map_or(true, |r| r.is_empty() || r == "0");
     let reporter = if rank0 {
         Some(Reporter::start::<K>(meta.namespace.as_deref(), &name, "progress").await)
     } else {
@@ -212,7 +208,7 @@ where
             .to_string();
             eprintln!("{message}");
             termination::write(&line);
-            ExitCode::from(EXIT_INTERRUPTED)
+            ExitCode::from(exit::INTERRUPTED)
         }
         Err(e) => {
             if let Some(r) = &reporter {
@@ -220,7 +216,7 @@ where
             }
             let code = fail(&e.to_string());
             if e.is_permanent() {
-                ExitCode::from(pretrain::error::EXIT_PERMANENT)
+                ExitCode::from(exit::INVALID)
             } else {
                 code
             }

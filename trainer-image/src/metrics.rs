@@ -1,7 +1,7 @@
 //! Text metrics for a FineTune's evaluation: ROUGE-L, BLEU and exact match.
 //!
 //! ROUGE-L and BLEU reproduce the reference implementations that FineTune results are
-//! compared with (DESIGN §5.4), at the versions pinned in `tests/python/requirements.txt`:
+//! compared with (the reference-parity tests), at the versions pinned in `tests/python/requirements.txt`:
 //! `rouge-score` 0.1.2 and `sacrebleu` 2.6.0. `tests/metrics_parity.rs` checks them
 //! against the real libraries. All functions pair `candidates[i]` (the model's output)
 //! with `references[i]` (the expected text) and panic when the two lists differ in

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 /// The field manager of everything the trainer writes.
-pub const FIELD_MANAGER: &str = "llmops-trainer";
+pub const FIELD_MANAGER: &str = llmops_contract::TRAINER_FIELD_MANAGER;
 /// Minimum time between two status writes or two JSON progress lines.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 

@@ -3,13 +3,15 @@
 
 use std::path::PathBuf;
 
+use llmops_contract::{env, path};
+
 /// Where Kubernetes reads the termination message by default.
-pub const DEFAULT_PATH: &str = "/dev/termination-log";
+pub const DEFAULT_PATH: &str = path::TERMINATION_MESSAGE;
 
 /// `$LLMOPS_TERMINATION_LOG`, else the Kubernetes default when it exists (it
 /// does only in a pod).
 pub fn path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LLMOPS_TERMINATION_LOG").filter(|p| !p.is_empty()) {
+    if let Some(p) = std::env::var_os(env::TERMINATION_LOG).filter(|p| !p.is_empty()) {
         return Some(p.into());
     }
     let default = PathBuf::from(DEFAULT_PATH);

@@ -24,10 +24,10 @@ pub fn prepare(dir: &Path, yaml: &str, output: &str, env: &[(&str, String)]) -> 
     cmd.args(["prepare", "--resource"])
         .arg(&resource)
         .args(["--output", output])
-        .env("LLMOPS_TERMINATION_LOG", &termination)
+        .env(llmops_contract::env::TERMINATION_LOG, &termination)
         .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("LLMOPS_PVC_ROOT", dir.join("pvc"))
-        .env("LLMOPS_SOURCES_DIR", dir.join("sources"));
+        .env(llmops_contract::env::PVC_ROOT, dir.join("pvc"))
+        .env(llmops_contract::env::SOURCES_DIR, dir.join("sources"));
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -54,7 +54,10 @@ fn finetune(dir: &Path, resource: &Value, base: &str, dataset: &str, output: &st
             "--output",
             &format!("file://{}", dir.join(output).display()),
         ])
-        .env("LLMOPS_TERMINATION_LOG", termination_path(dir, output))
+        .env(
+            llmops_contract::env::TERMINATION_LOG,
+            termination_path(dir, output),
+        )
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("WORLD_SIZE")
         .env_remove("RANK")

@@ -59,6 +59,10 @@ fn boto(endpoint: &str, script: &str) {
 }
 
 #[test]
+#[allow(
+    unsafe_code,
+    reason = "setting the environment is unsafe in edition 2024"
+)]
 fn reads_a_prefix_and_publishes_to_s3() {
     let moto = start_moto();
     let docs: Vec<String> = (0..120).map(|i| common::words(i, 40).join(" ")).collect();

@@ -35,7 +35,7 @@ fn two_ranks_track_one_rank_with_the_whole_batch() {
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", &port)
                 .env(
-                    "LLMOPS_TERMINATION_LOG",
+                    llmops_contract::env::TERMINATION_LOG,
                     tmp.path().join(format!("rank-{rank}.termination")),
                 )
                 .spawn()
@@ -64,7 +64,7 @@ fn two_ranks_track_one_rank_with_the_whole_batch() {
     // GPUs per pod): the same run again.
     let run = finish(
         command(tmp.path(), &job, &dataset, "pod")
-            .env("LLMOPS_PROCS_PER_POD", "2")
+            .env(llmops_contract::env::PROCS_PER_POD, "2")
             .env("MASTER_PORT", free_port().to_string())
             .spawn()
             .unwrap(),
@@ -113,7 +113,7 @@ fn two_ranks_track_one_rank_on_masked_instruction_data() {
                 .env("WORLD_SIZE", "2")
                 .env("MASTER_PORT", &port)
                 .env(
-                    "LLMOPS_TERMINATION_LOG",
+                    llmops_contract::env::TERMINATION_LOG,
                     tmp.path().join(format!("rank-{rank}.termination")),
                 )
                 .spawn()
@@ -142,7 +142,7 @@ fn sigterm_to_the_launcher_checkpoints_every_rank_at_one_step() {
     );
     let launch = |output: &str| {
         command(tmp.path(), &job, &dataset, output)
-            .env("LLMOPS_PROCS_PER_POD", "2")
+            .env(llmops_contract::env::PROCS_PER_POD, "2")
             .env("MASTER_PORT", free_port().to_string())
             .spawn()
             .unwrap()

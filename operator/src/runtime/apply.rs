@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The one field manager the operator applies with.
-pub const FIELD_MANAGER: &str = "llmops-operator";
+pub const FIELD_MANAGER: &str = llmops_contract::OPERATOR_FIELD_MANAGER;
 
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";

@@ -1,4 +1,4 @@
-//! Conditions in the kstatus vocabulary (DESIGN §2), computed as a pure function of
+//! Conditions in the kstatus vocabulary, computed as a pure function of
 //! what a reconcile pass concluded and what the object already says.
 //!
 //! `Ready` is always present. `Reconciling` and `Stalled` appear only while true and

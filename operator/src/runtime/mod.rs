@@ -38,6 +38,8 @@ pub struct Context {
     pub events: EventPublisher,
     pub metrics: Arc<Metrics>,
     pub backoff: Backoff,
+    /// What the operator remembers of the serving pods it monitors.
+    pub monitor: Arc<crate::controller::deployment::Monitor>,
 }
 
 /// Leader election settings: the Lease lives in `namespace`, held as `identity`.
@@ -74,6 +76,7 @@ pub async fn run(settings: Settings, start_controllers: StartControllers) -> any
         events: EventPublisher::new(client.clone(), settings.instance),
         metrics: metrics.clone(),
         backoff: Backoff::default(),
+        monitor: Arc::default(),
     });
     let listener = http::bind(settings.metrics_port).await?;
     let shutdown = stop::on_termination_signal();

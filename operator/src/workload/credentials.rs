@@ -1,41 +1,13 @@
 //! Object-store credentials reach pods only as `secretKeyRef` environment variables;
 //! the operator never reads a Secret (the chart grants it no access to them).
 //!
-//! Contract with the trainer and server: for a URI whose resource names a credentials
-//! Secret `<secret>`, key `<KEY>` of that Secret is in `LLMOPS_CRED_<SECRET>_<KEY>`,
-//! where `<SECRET>` is the Secret's name upper-cased with every other character than
-//! A-Z and 0-9 replaced by `_`. Every reference is optional: a missing key is simply
-//! absent, and the program says which credential it lacked.
+//! The variables are named by [`llmops_contract::credentials`]
+//! (`LLMOPS_CRED_<SECRET>_<KEY>`). Every reference is optional: a missing key is
+//! simply absent, and the program says which credential it lacked.
 
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
-
-/// The Secret keys passed through, covering S3, GCS and Azure in `object_store`.
-pub const CREDENTIAL_KEYS: [&str; 9] = [
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_REGION",
-    "AWS_ENDPOINT",
-    "AWS_ALLOW_HTTP",
-    "GOOGLE_SERVICE_ACCOUNT_KEY",
-    "AZURE_STORAGE_ACCOUNT_NAME",
-    "AZURE_STORAGE_ACCOUNT_KEY",
-];
-
-/// `LLMOPS_CRED_<SECRET>_`: the prefix of the variables carrying `secret`'s keys.
-pub fn env_prefix(secret: &str) -> String {
-    let normalized: String = secret
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("LLMOPS_CRED_{normalized}_")
-}
+pub use llmops_contract::credentials::CREDENTIAL_KEYS;
+use llmops_contract::credentials::credential_env_prefix;
 
 /// Optional `secretKeyRef` variables for every credential key of each Secret, in
 /// the order given (callers pass distinct names).
@@ -43,7 +15,7 @@ pub fn credential_env<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Vec<Env
     secrets
         .into_iter()
         .flat_map(|secret| {
-            let prefix = env_prefix(secret);
+            let prefix = credential_env_prefix(secret);
             CREDENTIAL_KEYS.iter().map(move |key| EnvVar {
                 name: format!("{prefix}{key}"),
                 value_from: Some(EnvVarSource {
@@ -65,7 +37,7 @@ pub fn colliding_secrets<'a>(secrets: &[&'a str]) -> Option<(&'a str, &'a str)> 
     secrets.iter().enumerate().find_map(|(i, a)| {
         secrets[i + 1..]
             .iter()
-            .find(|b| a != *b && env_prefix(a) == env_prefix(b))
+            .find(|b| a != *b && credential_env_prefix(a) == credential_env_prefix(b))
             .map(|b| (*a, *b))
     })
 }
@@ -73,11 +45,6 @@ pub fn colliding_secrets<'a>(secrets: &[&'a str]) -> Option<(&'a str, &'a str)> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_upper_cases_and_replaces_non_alphanumerics() {
-        assert_eq!(env_prefix("s3-creds.v2"), "LLMOPS_CRED_S3_CREDS_V2_");
-    }
 
     #[test]
     fn every_key_is_an_optional_secret_key_ref() {

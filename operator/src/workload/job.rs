@@ -8,17 +8,12 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec, ResourceRequirements, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use llmops_contract::path::{RESOURCE_KEY, RESOURCE_PATH};
 
 use super::security::{container_security_context, pod_security_context};
 
 /// Name of the trainer container; the operator reads its termination message.
 pub const TRAINER_CONTAINER: &str = "trainer";
-/// Directory of the files the operator mounts for the trainer.
-pub const CONFIG_DIR: &str = "/etc/llmops";
-/// The resource file's key in its ConfigMap.
-pub const RESOURCE_KEY: &str = "resource.yaml";
-/// Where the resource file is mounted.
-pub const RESOURCE_PATH: &str = "/etc/llmops/resource.yaml";
 
 /// A Job running `trainer <args>`.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,5 +1,5 @@
 //! The identity of a trainer pod: a ServiceAccount whose Role lets it read its own
-//! object and patch that object's status (live progress, DESIGN §3) — nothing else,
+//! object and patch that object's status (live progress) — nothing else,
 //! and no other object (`resourceNames`).
 
 use k8s_openapi::api::core::v1::ServiceAccount;

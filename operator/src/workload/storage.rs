@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume, VolumeMount};
-
-/// Where claims are mounted.
-pub const PVC_ROOT: &str = "/mnt/pvc";
+use llmops_contract::path::PVC_ROOT;
 
 /// The claim of a `pvc://` URI; `None` for other schemes or an empty claim.
 pub fn pvc_claim(uri: &str) -> Option<&str> {

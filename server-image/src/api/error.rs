@@ -1,9 +1,11 @@
 //! Errors in OpenAI's shape, so clients raise their usual exceptions
-//! (`BadRequestError`, `AuthenticationError`, `NotFoundError`, ...):
-//! `{"error": {"message", "type", "param", "code"}}`.
+//! (`BadRequestError`, `AuthenticationError`, `NotFoundError`,
+//! `RateLimitError`, ...): `{"error": {"message", "type", "param", "code"}}`.
+
+use std::time::Duration;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -14,7 +16,12 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
+
+/// Seconds an overloaded server asks clients to wait before retrying.
+pub const OVERLOADED_RETRY_AFTER_SECONDS: u64 = 1;
 
 impl ApiError {
     /// 400 about one request parameter.
@@ -25,6 +32,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some(param.to_string()),
             code: None,
+            retry_after: None,
         }
     }
 
@@ -36,6 +44,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -46,6 +55,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: Some("invalid_api_key"),
+            retry_after: None,
         }
     }
 
@@ -56,6 +66,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some("model".into()),
             code: Some("model_not_found"),
+            retry_after: None,
         }
     }
 
@@ -67,6 +78,49 @@ impl ApiError {
             kind: "server_error",
             param: None,
             code: Some("model_loading"),
+            retry_after: None,
+        }
+    }
+
+    /// 429 when the waiting queue is full; clients retry after `Retry-After`.
+    pub fn overloaded(max_queue: usize) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "the server is overloaded: its queue of {max_queue} waiting prompts has no room for this request; retry after {OVERLOADED_RETRY_AFTER_SECONDS} s"
+            ),
+            kind: "server_error",
+            param: None,
+            code: Some("server_overloaded"),
+            retry_after: Some(OVERLOADED_RETRY_AFTER_SECONDS),
+        }
+    }
+
+    /// 413 for a body above `--max-body-bytes`.
+    pub fn payload_too_large(limit: usize) -> Self {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the request body is larger than this server accepts ({limit} bytes)"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_too_large"),
+            retry_after: None,
+        }
+    }
+
+    /// 504 for a request still unanswered after `--request-timeout`; its
+    /// generation has been stopped.
+    pub fn timeout(limit: Duration) -> Self {
+        ApiError {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            message: format!(
+                "the request did not finish within the server's limit of {} s; its generation was stopped",
+                limit.as_secs_f64()
+            ),
+            kind: "server_error",
+            param: None,
+            code: Some("timeout"),
+            retry_after: None,
         }
     }
 
@@ -77,6 +131,7 @@ impl ApiError {
             kind: "server_error",
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -98,6 +153,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

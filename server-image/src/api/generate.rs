@@ -1,6 +1,11 @@
 //! `/v1/completions` and `/v1/chat/completions`: tokenize, check the context
 //! window, hand each prompt to the engine, and answer with one JSON body or a
 //! stream of server-sent events in OpenAI's chunk format.
+//!
+//! A request's prompts enter the engine's bounded queue together or not at all
+//! (429 when it is full). A request has until `--request-timeout` after it
+//! arrived: then a whole answer is a 504 and a stream ends with an error event,
+//! and dropping the request's receivers stops its generation.
 
 use std::convert::Infallible;
 use std::hash::{BuildHasher, RandomState};
@@ -13,12 +18,13 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tokio::time::{Instant as Deadline, timeout_at};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::AppState;
 use super::error::ApiError;
 use super::request::{ChatRequest, CompletionRequest, Plan, Prompt, parse};
-use crate::engine::{Event, Finish, Request};
+use crate::engine::{Event, Finish, Request, SubmitError};
 use crate::load::Served;
 use crate::metrics::{Metrics, RouteLabels};
 
@@ -79,6 +85,21 @@ pub async fn completions(state: &AppState, body: &[u8]) -> Result<Response, ApiE
     let request: CompletionRequest = parse(body)?;
     check_model(&served, &request.common.model)?;
     let plan = request.plan()?;
+    // More prompts than the queue holds could never be taken: the queue bounds them too.
+    let max_prompts = state.limits.max_prompts.min(served.engine.max_queue());
+    let count = match &request.prompt {
+        Prompt::Text(_) | Prompt::Tokens(_) => 1,
+        Prompt::Texts(ts) => ts.len(),
+        Prompt::TokenLists(lists) => lists.len(),
+    };
+    if count > max_prompts {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!(
+                "prompt: this server takes at most {max_prompts} prompts per request, got {count}"
+            ),
+        ));
+    }
     let encode = |text: &str| -> Result<Vec<i64>, ApiError> {
         let encoding = served
             .tokenizer
@@ -283,24 +304,28 @@ async fn run(
         .collect::<Result<Vec<_>, _>>()?;
     let guard = InFlight::new(state.metrics.clone(), endpoint.route(), started);
     let mut receivers = Vec::with_capacity(prompts.len());
+    let mut requests = Vec::with_capacity(prompts.len());
     for (i, (prompt, budget)) in prompts.into_iter().zip(budgets).enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
-        served
-            .engine
-            .submit(Request {
-                prompt,
-                max_new_tokens: budget,
-                sampling: plan.sampling,
-                // Each prompt of a seeded request gets its own reproducible stream.
-                seed: plan
-                    .seed
-                    .map_or_else(random_u64, |s| s.wrapping_add(i as u64)),
-                stop: plan.stop_sequences(),
-                events: tx,
-            })
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        requests.push(Request {
+            prompt,
+            max_new_tokens: budget,
+            sampling: plan.sampling,
+            // Each prompt of a seeded request gets its own reproducible stream.
+            seed: plan
+                .seed
+                .map_or_else(random_u64, |s| s.wrapping_add(i as u64)),
+            stop: plan.stop_sequences(),
+            events: tx,
+        });
         receivers.push(rx);
     }
+    served.engine.submit_all(requests).map_err(|e| match e {
+        SubmitError::Overloaded { max_queue } => ApiError::overloaded(max_queue),
+        SubmitError::Stopped => ApiError::internal(e.to_string()),
+    })?;
+    let timeout = state.limits.request_timeout;
+    let deadline = Deadline::from_std(started) + timeout;
     let answer = Answer {
         endpoint,
         id: format!("{}-{:016x}", endpoint.id_prefix(), random_u64()),
@@ -314,9 +339,17 @@ async fn run(
             receivers,
             plan.include_usage,
             guard,
+            (deadline, timeout),
         ))
     } else {
-        whole_answer(&state.metrics, answer, receivers, started).await
+        // Past the deadline the future, and with it the receivers, is dropped:
+        // the engine stops generating for them.
+        timeout_at(
+            deadline,
+            whole_answer(&state.metrics, answer, receivers, started),
+        )
+        .await
+        .unwrap_or_else(|_| Err(ApiError::timeout(timeout)))
     }
 }
 
@@ -363,12 +396,16 @@ fn stream_answer(
     receivers: Vec<mpsc::UnboundedReceiver<Event>>,
     include_usage: bool,
     guard: InFlight,
+    (deadline, timeout): (Deadline, std::time::Duration),
 ) -> Response {
     let (frames, frames_rx) = mpsc::unbounded_channel::<String>();
     let choices = receivers.len();
     tokio::spawn(async move {
         // `guard` moves into this task: the request counts as in flight until
-        // the stream ends or the client leaves.
+        // the stream ends or the client leaves. Bound whole here: a block that
+        // only read `guard.started` would capture just that field, and the
+        // guard would drop as soon as the response is returned.
+        let in_flight = guard;
         let send = |value: Value| frames.send(value.to_string()).is_ok();
         if answer.endpoint == Endpoint::Chat {
             for index in 0..choices {
@@ -386,13 +423,22 @@ fn stream_answer(
                 .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |e| (i, e))),
         );
         let (mut prompt_tokens, mut completion_tokens, mut first) = (0, 0, true);
-        while let Some((index, event)) = merged.next().await {
+        loop {
+            let Ok(next) = timeout_at(deadline, merged.next()).await else {
+                // Out of time: an error event ends the stream, and dropping
+                // the receivers (on return) stops the generation.
+                let _ = send(ApiError::timeout(timeout).body());
+                return;
+            };
+            let Some((index, event)) = next else {
+                break;
+            };
             let ok = match event {
                 Event::Text(text) => {
                     if std::mem::take(&mut first) {
                         metrics
                             .time_to_first_token_seconds
-                            .observe(guard.started.elapsed().as_secs_f64());
+                            .observe(in_flight.started.elapsed().as_secs_f64());
                     }
                     send(answer.chunk(index, Some(&text), None))
                 }

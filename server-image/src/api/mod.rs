@@ -1,25 +1,53 @@
 //! The HTTP API: OpenAI's `/v1/models`, `/v1/completions` and
 //! `/v1/chat/completions`, plus `/healthz`, `/readyz` and `/metrics`.
+//!
+//! Overload answers are OpenAI error bodies too: a full waiting queue is a 429
+//! with `Retry-After`, a body above the limit a 413, a request past its time a
+//! 504 (its generation stopped).
 
 mod error;
 mod generate;
 mod request;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-pub use error::ApiError;
+pub use error::{ApiError, OVERLOADED_RETRY_AFTER_SECONDS};
 
 use crate::load::Served;
 use crate::metrics::Metrics;
+
+/// What one request may ask of the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Most prompts in one completions request (400 naming `prompt` above).
+    pub max_prompts: usize,
+    /// Longest time a request may take, queueing included (504 after it).
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1 << 20,
+            max_prompts: 16,
+            request_timeout: Duration::from_secs(600),
+        }
+    }
+}
 
 /// Shared by every handler.
 pub struct AppState {
@@ -28,11 +56,34 @@ pub struct AppState {
     /// Accepted bearer tokens; empty means no authentication.
     pub api_keys: Vec<String>,
     pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// Set when the server is shutting down: `/readyz` answers 503 so no new
+    /// traffic is routed here, while requests (also new ones) are still served.
+    pub draining: AtomicBool,
 }
 
 impl AppState {
+    pub fn new(api_keys: Vec<String>, metrics: Arc<Metrics>, limits: Limits) -> Self {
+        AppState {
+            served: OnceLock::new(),
+            api_keys,
+            metrics,
+            limits,
+            draining: AtomicBool::new(false),
+        }
+    }
+
     fn served(&self) -> Result<Arc<Served>, ApiError> {
         self.served.get().cloned().ok_or_else(ApiError::loading)
+    }
+
+    /// Turns `/readyz` to 503 for good.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 }
 
@@ -41,6 +92,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/models", get(models))
         .route("/completions", post(completions))
         .route("/chat/completions", post(chat_completions))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -51,7 +103,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.served.get().is_some() {
+    if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if state.served.get().is_some() {
         "ready".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "the model is loading").into_response()
@@ -122,25 +176,49 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
     response
 }
 
-async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let response = generate::completions(&state, &body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+/// The body, or the OpenAI error for one that is too large or unreadable.
+fn body_or_error(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large(state.limits.max_body_bytes)
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {rejection}"))
+        }
+    })
+}
+
+async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let response = match body_or_error(&state, body) {
+        Ok(body) => generate::completions(&state, &body).await,
+        Err(e) => Err(e),
+    }
+    .unwrap_or_else(IntoResponse::into_response);
     state
         .metrics
         .answered("completions", response.status().as_u16());
     response
 }
 
-async fn chat_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
-    let response = generate::chat_completions(&state, &body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let response = match body_or_error(&state, body) {
+        Ok(body) => generate::chat_completions(&state, &body).await,
+        Err(e) => Err(e),
+    }
+    .unwrap_or_else(IntoResponse::into_response);
     state
         .metrics
         .answered("chat_completions", response.status().as_u16());
     response
 }
+
+#[cfg(test)]
+mod limits_tests;
 
 #[cfg(test)]
 mod tests {

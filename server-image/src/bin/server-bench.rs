@@ -156,6 +156,8 @@ fn run(o: &Options) -> anyhow::Result<()> {
                 tokenizer.clone(),
                 Vec::new(),
                 max_batch,
+                // Every request is submitted at once: the queue takes them all.
+                o.requests.max(1),
                 Arc::new(Metrics::new()),
             );
             engine_throughput(&engine, &prompts[..1], 4)?; // warm-up

@@ -7,8 +7,16 @@
 //! to its request, and drops finished or abandoned sequences from the batch. A
 //! request therefore starts within one step of arriving instead of waiting for
 //! the batch before it to finish, and a long answer does not hold up short ones.
+//!
+//! The queue of requests waiting for the batch is bounded ([`Engine::submit_all`]
+//! refuses what does not fit), and a request whose client left is dropped from
+//! it at the next step, so abandoned requests neither run nor hold queue places.
+//! A sequence whose logits are not finite (a diverged model) fails instead of
+//! sampling from them.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use llmops_model::{KvCache, LogitsProcessor, Model, Sampling, StopMatch, StopSequences};
@@ -66,27 +74,78 @@ impl FinishReason {
     }
 }
 
+/// What the failure of a sequence whose logits are NaN or infinite says.
+pub const NON_FINITE_LOGITS: &str =
+    "the model produced non-finite logits (NaN or infinity); its weights or inputs have diverged";
+
 /// Sends requests to the engine thread.
 #[derive(Clone, Debug)]
 pub struct Engine {
     requests: mpsc::UnboundedSender<Request>,
+    queue: Queue,
 }
 
-/// The engine thread has stopped (it only stops when the process does).
-#[derive(Debug, thiserror::Error)]
-#[error("the generation engine has stopped")]
-pub struct EngineStopped;
+/// Why requests were not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The waiting queue has no room for them: the server is overloaded.
+    #[error("the server is overloaded: {max_queue} prompts are already waiting")]
+    Overloaded { max_queue: usize },
+    /// The engine thread has stopped (it only stops when the process does).
+    #[error("the generation engine has stopped")]
+    Stopped,
+}
+
+/// Prompts submitted and not yet taken into the running batch, bounded by
+/// `max`; shared by the submitters and the engine thread, and mirrored in the
+/// `queue_depth` gauge.
+#[derive(Clone, Debug)]
+struct Queue {
+    depth: Arc<AtomicUsize>,
+    max: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    /// Reserves `n` places, all or none.
+    fn reserve(&self, n: usize) -> Result<(), SubmitError> {
+        self.depth
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |depth| {
+                depth.checked_add(n).filter(|&d| d <= self.max)
+            })
+            .map_err(|_| SubmitError::Overloaded {
+                max_queue: self.max,
+            })?;
+        self.metrics.queue_depth.inc_by(n as i64);
+        Ok(())
+    }
+
+    /// Gives back `n` places (taken into the batch, or abandoned).
+    fn release(&self, n: usize) {
+        if n > 0 {
+            self.depth.fetch_sub(n, Ordering::AcqRel);
+            self.metrics.queue_depth.dec_by(n as i64);
+        }
+    }
+}
 
 impl Engine {
-    /// Starts the engine thread. `max_batch` bounds the sequences decoded together.
+    /// Starts the engine thread. `max_batch` bounds the sequences decoded
+    /// together, `max_queue` the prompts waiting for the batch (both at least 1).
     pub fn start(
         model: Model,
         tokenizer: Arc<Tokenizer>,
         eos_token_ids: Vec<i64>,
         max_batch: usize,
+        max_queue: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Queue {
+            depth: Arc::new(AtomicUsize::new(0)),
+            max: max_queue.max(1),
+            metrics: metrics.clone(),
+        };
         let worker = Worker {
             model,
             tokenizer,
@@ -94,6 +153,8 @@ impl Engine {
             max_batch: max_batch.max(1),
             metrics,
             requests: rx,
+            queue: queue.clone(),
+            waiting: VecDeque::new(),
             running: Vec::new(),
             cache: KvCache::new(0),
         };
@@ -101,11 +162,32 @@ impl Engine {
             .name("engine".into())
             .spawn(move || worker.run())
             .expect("cannot start the engine thread");
-        Engine { requests: tx }
+        Engine {
+            requests: tx,
+            queue,
+        }
     }
 
-    pub fn submit(&self, request: Request) -> Result<(), EngineStopped> {
-        self.requests.send(request).map_err(|_| EngineStopped)
+    /// Most prompts that may wait for the batch.
+    pub fn max_queue(&self) -> usize {
+        self.queue.max
+    }
+
+    pub fn submit(&self, request: Request) -> Result<(), SubmitError> {
+        self.submit_all(vec![request])
+    }
+
+    /// Queues every request, or none of them when the queue cannot take them all.
+    pub fn submit_all(&self, requests: Vec<Request>) -> Result<(), SubmitError> {
+        let n = requests.len();
+        self.queue.reserve(n)?;
+        for (sent, request) in requests.into_iter().enumerate() {
+            if self.requests.send(request).is_err() {
+                self.queue.release(n - sent);
+                return Err(SubmitError::Stopped);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -129,6 +211,9 @@ struct Sequence {
     sent: usize,
     /// The token to feed at the next decoding step.
     next_input: i64,
+    /// When the first and the latest generated token were taken.
+    first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
 }
 
 impl Sequence {
@@ -150,6 +235,8 @@ impl Sequence {
             read: 0,
             sent: 0,
             next_input: 0,
+            first_token_at: None,
+            last_token_at: None,
         };
         (seq, request.prompt)
     }
@@ -180,6 +267,18 @@ impl Sequence {
         Ok(())
     }
 
+    /// Seconds between generated tokens, on average; none below two tokens.
+    fn time_per_output_token(&self) -> Option<f64> {
+        let (first, last) = (self.first_token_at?, self.last_token_at?);
+        let intervals = self.generated.len().checked_sub(1).filter(|&n| n > 0)?;
+        Some(last.duration_since(first).as_secs_f64() / intervals as f64)
+    }
+
+    /// Tokens this sequence keeps in the KV cache: its prompt and what it generated.
+    fn cached_tokens(&self) -> usize {
+        self.prompt_tokens + self.generated.len()
+    }
+
     fn finish(&self, reason: FinishReason) -> Option<FinishReason> {
         self.send(Event::Done(Finish {
             reason,
@@ -203,6 +302,9 @@ impl Sequence {
         }
         self.generated.push(token as u32);
         self.next_input = token;
+        let now = Instant::now();
+        self.first_token_at.get_or_insert(now);
+        self.last_token_at = Some(now);
         let last = self.generated.len() >= self.max_new_tokens;
         self.detokenize(tokenizer, last)?;
         match self.stop.check(&self.text) {
@@ -235,6 +337,10 @@ struct Worker {
     max_batch: usize,
     metrics: Arc<Metrics>,
     requests: mpsc::UnboundedReceiver<Request>,
+    /// The places of the submitted requests not yet in the batch.
+    queue: Queue,
+    /// Received requests waiting for room in the batch, oldest first.
+    waiting: VecDeque<Request>,
     /// Row `i` of `cache` belongs to `running[i]`.
     running: Vec<Sequence>,
     cache: KvCache,
@@ -243,35 +349,45 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         self.cache = self.model.new_cache();
-        let mut waiting = Vec::new();
         loop {
-            if self.running.is_empty() {
+            if self.running.is_empty() && self.waiting.is_empty() {
                 // Idle: sleep until a request comes (or the server stops).
                 match self.requests.blocking_recv() {
-                    Some(request) => waiting.push(request),
+                    Some(request) => self.waiting.push_back(request),
                     None => return,
                 }
             }
-            while self.running.len() + waiting.len() < self.max_batch {
-                match self.requests.try_recv() {
-                    Ok(request) => waiting.push(request),
-                    Err(_) => break,
-                }
+            while let Ok(request) = self.requests.try_recv() {
+                self.waiting.push_back(request);
             }
-            if !waiting.is_empty() {
-                self.admit(std::mem::take(&mut waiting));
+            // Requests whose client left (a timeout, a closed connection) give
+            // their place back without running.
+            let before = self.waiting.len();
+            self.waiting.retain(|r| !r.events.is_closed());
+            self.queue.release(before - self.waiting.len());
+            let room = self.max_batch.saturating_sub(self.running.len());
+            let take = room.min(self.waiting.len());
+            if take > 0 {
+                let batch: Vec<Request> = self.waiting.drain(..take).collect();
+                self.queue.release(take);
+                self.admit(batch);
             }
-            self.metrics
-                .running_sequences
-                .set(self.running.len() as i64);
+            self.publish();
             if !self.running.is_empty() {
                 self.step();
                 // Also after the step: an idle engine shows zero.
-                self.metrics
-                    .running_sequences
-                    .set(self.running.len() as i64);
+                self.publish();
             }
         }
+    }
+
+    /// The running batch's gauges.
+    fn publish(&self) {
+        self.metrics
+            .running_sequences
+            .set(self.running.len() as i64);
+        let cached: usize = self.running.iter().map(Sequence::cached_tokens).sum();
+        self.metrics.kv_cache_tokens.set(cached as i64);
     }
 
     /// Prefills `requests` together (left-padded to the longest prompt) and adds
@@ -317,8 +433,15 @@ impl Worker {
         self.running.extend(seqs);
     }
 
-    /// Samples the next token of `seq` from its logits row.
+    /// Samples the next token of `seq` from its logits row; a row with a NaN or
+    /// an infinity fails the sequence instead.
     fn sample_into(&self, seq: &mut Sequence, logits: &[f32]) -> Result<Option<FinishReason>, ()> {
+        if !logits.iter().all(|v| v.is_finite()) {
+            seq.send(Event::Failed(format!(
+                "generation failed: {NON_FINITE_LOGITS}"
+            )));
+            return Err(());
+        }
         let token = match seq.sampler.sample_slice(logits) {
             Ok(t) => t as i64,
             Err(e) => {
@@ -330,6 +453,11 @@ impl Worker {
             Ok(finished) => {
                 if !self.eos_token_ids.contains(&token) {
                     self.metrics.generated_tokens.inc();
+                }
+                if finished.is_some()
+                    && let Some(seconds) = seq.time_per_output_token()
+                {
+                    self.metrics.time_per_output_token_seconds.observe(seconds);
                 }
                 Ok(finished)
             }
@@ -444,4 +572,28 @@ fn host_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>, String> {
 }
 
 #[cfg(test)]
-mod tests;
+impl Engine {
+    /// An engine without its thread: what is submitted arrives on the returned
+    /// receiver, and the test answers it (or does not).
+    pub(crate) fn manual(
+        max_queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Self, mpsc::UnboundedReceiver<Request>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Queue {
+            depth: Arc::new(AtomicUsize::new(0)),
+            max: max_queue.max(1),
+            metrics,
+        };
+        (
+            Engine {
+                requests: tx,
+                queue,
+            },
+            rx,
+        )
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

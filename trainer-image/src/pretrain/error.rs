@@ -2,10 +2,6 @@ use crate::artifact::ArtifactError;
 use crate::train::checkpoint::CheckpointError;
 use crate::train::distributed::CollectiveError;
 
-/// Exit status for an error a restart cannot fix (the same status as a command-line
-/// usage error): the operator fails the Job at once on it.
-pub const EXIT_PERMANENT: u8 = 2;
-
 /// Why `trainer pretrain` cannot run or finish; each message says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum PretrainError {
@@ -59,7 +55,7 @@ pub enum PretrainError {
 
 impl PretrainError {
     /// Errors that a restart cannot fix: the spec, the data or the output must
-    /// change first. The process exits with [`EXIT_PERMANENT`] for these, and the
+    /// change first. The process exits with [`llmops_contract::exit::INVALID`] for these, and the
     /// operator's pod failure policy fails the Job at once instead of retrying.
     pub fn is_permanent(&self) -> bool {
         matches!(

@@ -89,7 +89,7 @@ pub fn output_uri(job: &PretrainJob, override_uri: Option<&str>) -> Result<Strin
 /// The device of this rank: its GPU (`LOCAL_RANK`) when CUDA is available.
 pub fn device() -> Device {
     if tch::Cuda::is_available() {
-        let local = std::env::var("LOCAL_RANK")
+        let local = std::env::var(llmops_contract::env::LOCAL_RANK)
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
@@ -112,7 +112,7 @@ pub(crate) fn checkpoint_location(
     if let Some(root) = store.local_root() {
         return Ok((run::checkpoint_dir(root), uri, None));
     }
-    let work = std::env::var_os("LLMOPS_WORK_DIR")
+    let work = std::env::var_os(llmops_contract::env::WORK_DIR)
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new("out/pretrainjobs").join(name));
     let mirror = Mirror::new(store.uri(), credentials, tokio::runtime::Handle::current())?;

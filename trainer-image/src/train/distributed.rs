@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use llmops_contract::{MASTER_PORT, env};
 use tch::{Device, Kind, Tensor};
 
 /// Why ranks could not talk to each other.
@@ -77,12 +78,13 @@ impl Collective for Single {
 /// Picks the backend: `LLMOPS_COLLECTIVE` (`nccl` or `tcp`) when set, else NCCL
 /// on CUDA and TCP on the CPU.
 fn use_nccl(device: Device) -> Result<bool, CollectiveError> {
-    match std::env::var("LLMOPS_COLLECTIVE").ok().as_deref() {
+    match std::env::var(env::COLLECTIVE).ok().as_deref() {
         None | Some("") => Ok(device.is_cuda()),
         Some("tcp") => Ok(false),
         Some("nccl") => Ok(true),
         Some(other) => Err(CollectiveError::Environment(format!(
-            "LLMOPS_COLLECTIVE={other} is not a backend (nccl or tcp)"
+            "{}={other} is not a backend (nccl or tcp)",
+            env::COLLECTIVE
         ))),
     }
 }
@@ -96,21 +98,21 @@ pub fn from_env(device: Device) -> Result<Box<dyn Collective>, CollectiveError> 
             .parse::<usize>()
             .map_err(|_| CollectiveError::Environment(format!("{name}={value} is not a number")))
     };
-    let world = match var("WORLD_SIZE") {
-        Some(v) => parse("WORLD_SIZE", v)?,
+    let world = match var(env::WORLD_SIZE) {
+        Some(v) => parse(env::WORLD_SIZE, v)?,
         None => 1,
     };
     if world <= 1 {
         return Ok(Box::new(Single));
     }
     let rank = parse(
-        "RANK",
-        var("RANK")
+        env::RANK,
+        var(env::RANK)
             .ok_or_else(|| CollectiveError::Environment("WORLD_SIZE set without RANK".into()))?,
     )?;
-    let addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
-    let port = var("MASTER_PORT").unwrap_or_else(|| "29500".into());
-    let timeout = var("LLMOPS_DIST_TIMEOUT_SECONDS")
+    let addr = var(env::MASTER_ADDR).unwrap_or_else(|| "127.0.0.1".into());
+    let port = var(env::MASTER_PORT).unwrap_or_else(|| MASTER_PORT.to_string());
+    let timeout = var(env::DIST_TIMEOUT_SECONDS)
         .and_then(|v| v.parse().ok())
         .unwrap_or(600);
     let tcp = TcpCollective::connect(
@@ -149,7 +151,8 @@ impl TcpCollective {
             )));
         }
         let peers = if rank == 0 {
-            let port = addr.rsplit(':').next().unwrap_or("29500");
+            let default_port = MASTER_PORT.to_string();
+            let port = addr.rsplit(':').next().unwrap_or(&default_port);
             let listener = TcpListener::bind(format!("0.0.0.0:{port}"))?;
             // Polled, so that a rank that never comes is an error, not a hang.
             listener.set_nonblocking(true)?;

@@ -6,27 +6,24 @@
 //! `WORLD_SIZE` the number of pods. Each child gets process-level values:
 //! `LOCAL_RANK = i`, `RANK = pod × n + i`, `WORLD_SIZE = pods × n`. Kubernetes
 //! signals only the launcher, so it forwards termination by closing the
-//! children's stdin, which they watch ([`STOP_ON_STDIN_EOF`]); a launcher that
-//! dies outright closes it too.
+//! children's stdin, which they watch ([`env::STOP_ON_STDIN_EOF`]); a launcher
+//! that dies outright closes it too.
 
 use std::process::Stdio;
 
+use llmops_contract::{env, exit};
 use tokio::process::{Child, Command};
 
 use super::interrupt::Interrupt;
 
-/// Set for launched children: stop gracefully when stdin reaches end of file.
-pub const STOP_ON_STDIN_EOF: &str = "LLMOPS_STOP_ON_STDIN_EOF";
-/// Processes per pod; defaults to the number of visible GPUs.
-pub const PROCS_PER_POD: &str = "LLMOPS_PROCS_PER_POD";
-
-/// How many processes this pod should run, when more than one and this process
-/// is not already one of them.
+/// How many processes this pod should run ([`env::PROCS_PER_POD`], else the
+/// number of visible GPUs), when more than one and this process is not already
+/// one of them.
 pub fn processes_to_launch() -> Option<usize> {
-    if std::env::var_os("LOCAL_RANK").is_some() {
+    if std::env::var_os(env::LOCAL_RANK).is_some() {
         return None;
     }
-    let n = match std::env::var(PROCS_PER_POD)
+    let n = match std::env::var(env::PROCS_PER_POD)
         .ok()
         .and_then(|v| v.parse().ok())
     {
@@ -47,22 +44,22 @@ fn env_number(name: &str, default: usize) -> usize {
 /// exit code of the pod: the first failure's, else 143 if any child was
 /// interrupted, else 0.
 pub async fn launch(n: usize, interrupt: Interrupt) -> std::io::Result<i32> {
-    let pod = env_number("RANK", 0);
-    let pods = env_number("WORLD_SIZE", 1);
+    let pod = env_number(env::RANK, 0);
+    let pods = env_number(env::WORLD_SIZE, 1);
     let exe = std::env::current_exe()?;
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let mut children: Vec<Child> = Vec::with_capacity(n);
     for local in 0..n {
         let mut cmd = Command::new(&exe);
         cmd.args(&args)
-            .env("LOCAL_RANK", local.to_string())
-            .env("RANK", (pod * n + local).to_string())
-            .env("WORLD_SIZE", (pods * n).to_string())
-            .env(STOP_ON_STDIN_EOF, "1")
+            .env(env::LOCAL_RANK, local.to_string())
+            .env(env::RANK, (pod * n + local).to_string())
+            .env(env::WORLD_SIZE, (pods * n).to_string())
+            .env(env::STOP_ON_STDIN_EOF, "1")
             .stdin(Stdio::piped());
         if local > 0 {
             // One termination message per pod: the first process's.
-            cmd.env("LLMOPS_TERMINATION_LOG", "/dev/null");
+            cmd.env(env::TERMINATION_LOG, "/dev/null");
         }
         children.push(cmd.spawn()?);
     }
@@ -83,10 +80,11 @@ pub async fn launch(n: usize, interrupt: Interrupt) -> std::io::Result<i32> {
         .into_iter()
         .map(|s| s.map(|s| s.code().unwrap_or(1)).unwrap_or(1))
         .collect();
+    let interrupted = i32::from(exit::INTERRUPTED);
     Ok(codes
         .iter()
         .copied()
-        .find(|&c| c != 0 && c != 143)
-        .or_else(|| codes.iter().copied().find(|&c| c == 143))
+        .find(|&c| c != 0 && c != interrupted)
+        .or_else(|| codes.iter().copied().find(|&c| c == interrupted))
         .unwrap_or(0))
 }

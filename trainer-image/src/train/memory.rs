@@ -11,6 +11,7 @@
 
 /// Makes glibc keep freed memory for reuse instead of returning it to the kernel.
 /// Call before the first step; a no-op where the C library is not glibc.
+#[allow(unsafe_code, reason = "mallopt is a C function of glibc")]
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before the

@@ -8,6 +8,11 @@
 //! CUDA at all. The ranks agree on NCCL's unique id over the TCP group, the same
 //! rendezvous the CPU backend uses.
 
+#![allow(
+    unsafe_code,
+    reason = "NCCL is opened with dlopen and called through C function pointers"
+)]
+
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 
 use tch::{Device, Kind, Tensor};
@@ -15,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 use super::distributed::{Collective, CollectiveError, TcpCollective};
 
 /// Where to find NCCL when it is not the copy libtorch loaded.
-pub const LIBRARY_ENV: &str = "LLMOPS_NCCL_LIBRARY";
+pub const LIBRARY_ENV: &str = llmops_contract::env::NCCL_LIBRARY;
 const DEFAULT_LIBRARY: &str = "libnccl.so.2";
 
 /// `ncclUniqueId`: 128 opaque bytes, passed by value to `ncclCommInitRank`.

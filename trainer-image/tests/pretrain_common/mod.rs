@@ -189,7 +189,10 @@ pub fn command(dir: &Path, job: &Value, dataset: &str, output: &str) -> Command 
             "--output",
             &format!("file://{}", dir.join(output).display()),
         ])
-        .env("LLMOPS_TERMINATION_LOG", termination_path(dir, output))
+        .env(
+            llmops_contract::env::TERMINATION_LOG,
+            termination_path(dir, output),
+        )
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("WORLD_SIZE")
         .env_remove("RANK")

@@ -18,22 +18,21 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
+use llmops_contract::{env as var, path};
 use llmops_crds::Dataset;
 
 use super::resolve::Resolved;
 use crate::config::OperatorConfig;
 use crate::runtime::apply::{child_labels, child_meta};
 use crate::workload::credentials::credential_env;
-use crate::workload::job::{RESOURCE_KEY, RESOURCE_PATH, TrainerJob, env, resource_file};
+use crate::workload::job::{TrainerJob, env, resource_file};
 use crate::workload::rbac::{TrainerRbac, trainer_rbac};
-use crate::workload::storage::{PVC_ROOT, PvcMounts, pvc_claim};
+use crate::workload::storage::{PvcMounts, pvc_claim};
 
 /// `app.kubernetes.io/component` of the preparation children.
 pub const PREPARE_COMPONENT: &str = "prepare";
 /// `app.kubernetes.io/component` of the artifact cleanup Job.
 pub const CLEAN_COMPONENT: &str = "clean";
-/// Where ConfigMap sources are mounted: `<dir>/<source index>/<key>`.
-pub const SOURCES_DIR: &str = "/etc/llmops/sources";
 /// Seconds a finished cleanup Job is kept. It has no owner (it must outlive the
 /// Dataset's deletion), so the TTL controller removes it.
 pub const CLEAN_JOB_TTL_SECONDS: i32 = 600;
@@ -80,7 +79,7 @@ fn build_config_map(ds: &Dataset) -> Result<ConfigMap, serde_yaml_ng::Error> {
     let resource = serde_yaml_ng::to_string(ds)?;
     Ok(ConfigMap {
         metadata: child_meta(ds, config_map_name(&ds.name_any()), PREPARE_COMPONENT),
-        data: Some(BTreeMap::from([(RESOURCE_KEY.to_string(), resource)])),
+        data: Some(BTreeMap::from([(path::RESOURCE_KEY.to_string(), resource)])),
         ..ConfigMap::default()
     })
 }
@@ -126,7 +125,7 @@ fn build_prepare_job(resolved: &Resolved, config: &OperatorConfig, generation: i
             });
             mounts.push(VolumeMount {
                 name: volume,
-                mount_path: format!("{SOURCES_DIR}/{index}"),
+                mount_path: format!("{}/{index}", path::SOURCES_DIR),
                 read_only: Some(true),
                 ..VolumeMount::default()
             });
@@ -151,16 +150,20 @@ fn build_prepare_job(resolved: &Resolved, config: &OperatorConfig, generation: i
 
     let secrets = credential_secrets(ds);
     let mut job_env = vec![
-        env("LLMOPS_OUTPUT_URI", resolved.output_uri.clone()),
-        env("LLMOPS_PVC_ROOT", PVC_ROOT),
-        env("LLMOPS_SOURCES_DIR", SOURCES_DIR),
+        env(var::OUTPUT_URI, resolved.output_uri.clone()),
+        env(var::PVC_ROOT, path::PVC_ROOT),
+        env(var::SOURCES_DIR, path::SOURCES_DIR),
     ];
     job_env.extend(credential_env(secrets.iter().map(String::as_str)));
 
     TrainerJob {
         meta: child_meta(ds, job_name(&name, generation), PREPARE_COMPONENT),
         image: config.trainer_image.clone(),
-        args: vec!["prepare".into(), "--resource".into(), RESOURCE_PATH.into()],
+        args: vec![
+            "prepare".into(),
+            "--resource".into(),
+            path::RESOURCE_PATH.into(),
+        ],
         service_account: Some(trainer_name(&name)),
         env: job_env,
         volumes,
@@ -180,7 +183,7 @@ pub fn build_clean_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
         claims.write(claim);
     }
     let (volumes, mounts) = claims.volumes_and_mounts();
-    let mut job_env = vec![env("LLMOPS_PVC_ROOT", PVC_ROOT)];
+    let mut job_env = vec![env(var::PVC_ROOT, path::PVC_ROOT)];
     let output_secret = ds.spec.output.credentials_secret_ref.as_ref();
     job_env.extend(credential_env(output_secret.map(|s| s.name.as_str())));
     TrainerJob {

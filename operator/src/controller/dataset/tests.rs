@@ -3,6 +3,7 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Volume};
 use kube::ResourceExt;
+use llmops_contract::env;
 use llmops_crds::Dataset;
 use serde_json::Value;
 
@@ -229,12 +230,12 @@ spec:
                 .and_then(|e| e.value.clone())
         };
         assert_eq!(
-            value("LLMOPS_OUTPUT_URI").as_deref(),
+            value(env::OUTPUT_URI).as_deref(),
             Some("s3://llmops-artifacts/datasets/ml/chats")
         );
-        assert_eq!(value("LLMOPS_PVC_ROOT").as_deref(), Some("/mnt/pvc"));
+        assert_eq!(value(env::PVC_ROOT).as_deref(), Some("/mnt/pvc"));
         assert_eq!(
-            value("LLMOPS_SOURCES_DIR").as_deref(),
+            value(env::SOURCES_DIR).as_deref(),
             Some("/etc/llmops/sources")
         );
         let credentials: Vec<_> = env

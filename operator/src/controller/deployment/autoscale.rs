@@ -1,41 +1,34 @@
 //! Autoscale: the replica count of a ModelDeployment whose `replicas.max`
-//! exceeds `replicas.min`, read from the servers' own metrics.
+//! exceeds `replicas.min`, from the figures the monitor reads off the serving
+//! pods ([`super::monitor`]).
 //!
-//! Every pass (at least every [`INTERVAL`] while autoscaling is active) reads
-//! `GET http://<podIP>:8000/metrics` of each ready serving pod, sums the
-//! per-pod signal and wants `ceil(total / target)` replicas within
-//! `[max(replicas.min, 1), replicas.max]`:
-//! - a scale-up happens at once;
-//! - a scale-down happens only once the last scale (`status.lastScaleTime`) is
-//!   older than `autoscaling.stabilizationWindow`, and only when every ready pod
-//!   answered;
-//! - without metrics (no ready pod, or none answered) the Deployment keeps its
-//!   replica count, brought into the range if the spec moved it;
-//! - only `inFlightRequests` is exported by the server
-//!   (`llmops_server_in_flight_requests`); `queueDepth` and `tokensPerSecond`
-//!   are not, so a deployment asking for them runs `replicas.min` and its Ready
-//!   message says why;
+//! The signal is summed over the stable pods: `inFlightRequests` and
+//! `queueDepth` are the pods' gauges at the last scrape, `tokensPerSecond` the
+//! generated-token rate over the monitoring window. Each pass recommends
+//! `ceil(total / target)` replicas within `[max(replicas.min, 1), replicas.max]`:
+//! - a recommendation above the current count is applied at once;
+//! - below it, the count follows the Horizontal Pod Autoscaler's rule: the
+//!   highest recommendation over the last `autoscaling.stabilizationWindow`, so a
+//!   brief lull does not remove pods that the next burst needs. The
+//!   recommendations live in the operator's memory; until they cover a whole
+//!   window (after the operator starts), scale-downs wait;
+//! - a scale-down also waits until every ready pod's metrics answered, and
+//!   nothing scales without data (no ready pod, none answered, no rate yet);
+//!   only the spec's bounds move the count then;
 //! - scale to zero (`scaleToZeroAfter`) is not active: the floor is one replica.
 //!
-//! Parsing and deciding are pure; [`plan`] does the reading.
+//! Everything here is pure: [`plan`] takes the observation, the current count,
+//! the remembered recommendations and the clock.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures::future::join_all;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
 use llmops_crds::ModelDeployment;
 use llmops_crds::deployment::ScalingMetric;
 
-use super::Error;
-use super::build::{SERVER_PORT, deployment_name, pod_selector};
-
-/// How often an autoscaled ModelDeployment reads its pods' metrics.
-pub const INTERVAL: Duration = Duration::from_secs(15);
-/// How long one pod's `/metrics` may take to answer.
-pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+use super::build::SERVER_PORT;
+use super::monitor::Observation;
 
 /// Whether the spec asks for a range of replicas.
 pub fn active(md: &ModelDeployment) -> bool {
@@ -48,25 +41,6 @@ pub fn floor(md: &ModelDeployment) -> i32 {
     md.spec.replicas.min.max(1)
 }
 
-/// A load signal the server exports: the series and how messages name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Signal {
-    pub series: &'static str,
-    pub unit: &'static str,
-}
-
-/// The series the server exports for `metric`; none for a metric it does not
-/// export.
-pub fn signal(metric: ScalingMetric) -> Option<Signal> {
-    match metric {
-        ScalingMetric::InFlightRequests => Some(Signal {
-            series: "llmops_server_in_flight_requests",
-            unit: "in-flight requests",
-        }),
-        ScalingMetric::QueueDepth | ScalingMetric::TokensPerSecond => None,
-    }
-}
-
 /// `autoscaling.metric` as the spec spells it.
 pub fn metric_name(metric: ScalingMetric) -> &'static str {
     match metric {
@@ -76,50 +50,31 @@ pub fn metric_name(metric: ScalingMetric) -> &'static str {
     }
 }
 
-/// Why a metrics text gave no value.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
-    #[error("no {0} sample")]
-    Missing(String),
-    #[error("{series}: {value:?} is not a finite number")]
-    NotANumber { series: String, value: String },
+/// How messages name a unit of `metric`.
+fn unit(metric: ScalingMetric) -> &'static str {
+    match metric {
+        ScalingMetric::InFlightRequests => "in-flight requests",
+        ScalingMetric::QueueDepth => "queued requests",
+        ScalingMetric::TokensPerSecond => "tokens/s",
+    }
 }
 
-/// The value of the gauge `series` in a Prometheus/OpenMetrics text, summed over
-/// its label sets (the server's gauges have none).
-pub fn parse_gauge(text: &str, series: &str) -> Result<f64, ParseError> {
-    let mut total = None;
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(series) else {
-            continue;
-        };
-        let rest = if let Some(labels) = rest.strip_prefix('{') {
-            match labels.find('}') {
-                Some(end) => &labels[end + 1..],
-                None => continue,
-            }
-        } else if rest.starts_with(char::is_whitespace) {
-            rest
-        } else {
-            // A longer name sharing the prefix.
-            continue;
-        };
-        let value = rest.split_whitespace().next().unwrap_or_default();
-        let parsed: f64 = value
-            .parse()
-            .ok()
-            .filter(|v: &f64| v.is_finite())
-            .ok_or_else(|| ParseError::NotANumber {
-                series: series.into(),
-                value: value.into(),
-            })?;
-        *total.get_or_insert(0.0) += parsed;
+/// The load `metric` measures over the stable pods, or none without data.
+pub fn load(metric: ScalingMetric, observation: &Observation) -> Option<Load> {
+    let stable = &observation.stable;
+    if stable.pods == 0 {
+        return None;
     }
-    total.ok_or_else(|| ParseError::Missing(series.into()))
+    let total = match metric {
+        ScalingMetric::InFlightRequests => stable.in_flight,
+        ScalingMetric::QueueDepth => stable.queue_depth,
+        ScalingMetric::TokensPerSecond => stable.tokens_per_second?,
+    };
+    Some(Load {
+        total,
+        scraped: observation.answered,
+        skipped: observation.ready.saturating_sub(observation.answered),
+    })
 }
 
 /// A duration as the CRD spells it: `5m`, `1h30m`, `10.5s`, `500ms`.
@@ -172,6 +127,15 @@ pub struct Policy {
     pub window: Duration,
 }
 
+/// What the stabilization window allows a scale-down to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stabilized {
+    /// The highest recommendation over the whole window.
+    Highest(i32),
+    /// The recommendations cover only `seen` of the window so far.
+    Covering { seen: Duration },
+}
+
 /// The replica count to run, and why it changed or why a change waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -187,13 +151,22 @@ fn number(x: f64) -> String {
     format!("{}", (x * 100.0).round() / 100.0)
 }
 
-/// The replicas for `load` (none: no pod answered) with `current` replicas
-/// running, `since_last_scale` after the last scale (none: never scaled).
+/// The replicas `load` asks for within the spec's bounds.
+pub fn recommend(load: &Load, policy: &Policy) -> i32 {
+    let (min, max) = (policy.min, policy.max.max(policy.min));
+    // Clamped as a float first, so the cast cannot overflow.
+    (load.total / policy.target)
+        .ceil()
+        .clamp(f64::from(min), f64::from(max)) as i32
+}
+
+/// The replicas for `load` (none: no data) with `current` replicas running and
+/// what the stabilization window allows.
 pub fn decide(
     load: Option<&Load>,
     current: i32,
     policy: &Policy,
-    since_last_scale: Option<Duration>,
+    stabilized: Stabilized,
 ) -> Decision {
     let (min, max) = (policy.min, policy.max.max(policy.min));
     let unchanged = Decision {
@@ -220,8 +193,7 @@ pub fn decide(
         };
     };
     let needed = (load.total / policy.target).ceil();
-    // Clamped as a float first, so the cast cannot overflow.
-    let wanted = needed.clamp(f64::from(min), f64::from(max)) as i32;
+    let wanted = recommend(load, policy);
     if wanted == current {
         return unchanged;
     }
@@ -248,36 +220,79 @@ pub fn decide(
     if needed >= f64::from(current) {
         return spec_bound(wanted);
     }
+    let hold = |why: String| Decision {
+        held: Some(why),
+        ..unchanged.clone()
+    };
     if load.skipped > 0 {
-        return Decision {
-            held: Some(format!(
-                "scale-down to {wanted} waits until every ready pod's metrics answer"
-            )),
-            ..unchanged
-        };
+        return hold(format!(
+            "scale-down to {wanted} waits until every ready pod's metrics answer"
+        ));
     }
-    if since_last_scale.is_some_and(|since| since < policy.window) {
-        return Decision {
-            held: Some(format!(
-                "scale-down to {wanted} held by the stabilization window ({}s since the last scale, window {}s)",
-                since_last_scale.unwrap_or_default().as_secs(),
+    let to = match stabilized {
+        Stabilized::Covering { seen } => {
+            return hold(format!(
+                "scale-down to {wanted} waits for a whole stabilization window of load ({}s of {}s seen)",
+                seen.as_secs(),
                 policy.window.as_secs()
-            )),
-            ..unchanged
-        };
+            ));
+        }
+        Stabilized::Highest(highest) => highest.max(wanted).clamp(min, max),
+    };
+    if to >= current {
+        return hold(format!(
+            "scale-down to {wanted} held by the stabilization window (highest recommendation in the last {}s: {to})",
+            policy.window.as_secs()
+        ));
     }
-    let floored = if needed < f64::from(min) {
+    let floored = if needed < f64::from(min) && to == min {
         " (replicas.min)"
     } else {
         ""
     };
     Decision {
-        replicas: wanted,
+        replicas: to,
         change: Some(format!(
-            "{per_replica} {unit} per replica < target {target}: {current} → {wanted}{floored}"
+            "{per_replica} {unit} per replica < target {target}: {current} → {to}{floored}"
         )),
         held: None,
     }
+}
+
+/// Remembers `recommendation` made at `now` and answers what the window allows:
+/// the highest recommendation over it once the remembered ones cover it.
+/// Recommendations older than the window are forgotten (the newest of those
+/// is kept: it marks that the window is covered).
+pub fn stabilize(
+    recommendations: &mut VecDeque<(f64, i32)>,
+    recommendation: Option<i32>,
+    now: f64,
+    window: Duration,
+) -> Stabilized {
+    if let Some(r) = recommendation {
+        recommendations.push_back((now, r));
+    }
+    let start = now - window.as_secs_f64();
+    while recommendations.len() > 1 && recommendations[1].0 <= start {
+        recommendations.pop_front();
+    }
+    let Some(&(oldest, _)) = recommendations.front() else {
+        return Stabilized::Covering {
+            seen: Duration::ZERO,
+        };
+    };
+    if oldest > start {
+        return Stabilized::Covering {
+            seen: Duration::from_secs_f64((now - oldest).max(0.0)),
+        };
+    }
+    let highest = recommendations
+        .iter()
+        .filter(|(t, _)| *t > start)
+        .map(|(_, r)| *r)
+        .max()
+        .unwrap_or(i32::MIN);
+    Stabilized::Highest(highest)
 }
 
 /// What a pass runs: the replica count, the note for the Ready message, and the
@@ -287,36 +302,102 @@ pub struct Plan {
     pub replicas: i32,
     pub note: String,
     pub change: Option<String>,
-    /// Whether to look again after [`INTERVAL`].
-    pub recheck: bool,
 }
 
-/// The note of a ModelDeployment whose range is not being acted on this pass
-/// (fixed replicas, an unsupported metric, or a pass that applies nothing).
+/// The note of a ModelDeployment whose range is not being acted on this pass.
 pub fn idle_note(md: &ModelDeployment) -> Option<String> {
-    if !active(md) {
-        return None;
-    }
-    let metric = md.spec.autoscaling.metric;
-    Some(match signal(metric) {
-        None => unsupported_note(md),
-        Some(_) => format!(
+    active(md).then(|| {
+        format!(
             "autoscaling on {} resumes once the spec can be applied",
-            metric_name(metric)
-        ),
+            metric_name(md.spec.autoscaling.metric)
+        )
     })
 }
 
-fn unsupported_note(md: &ModelDeployment) -> String {
-    format!(
-        "autoscaling on {} is not active: the server does not export it (fixed at replicas.min, {})",
-        metric_name(md.spec.autoscaling.metric),
-        floor(md)
-    )
+/// The policy the spec asks for.
+pub fn policy(md: &ModelDeployment) -> Policy {
+    let spec = &md.spec.autoscaling;
+    Policy {
+        unit: unit(spec.metric),
+        target: spec.target,
+        min: floor(md),
+        max: md.spec.replicas.max,
+        window: parse_duration(&spec.stabilization_window).unwrap_or(Duration::from_secs(300)),
+    }
 }
 
-/// Whether a pod is ready to serve and has an address.
-fn ready_ip(pod: &Pod) -> Option<String> {
+/// Decides the replica count of an autoscaled ModelDeployment from what the
+/// monitor observed, with `current` replicas in the live Deployment (none: not
+/// created yet), remembering the recommendation at `now`.
+pub fn plan(
+    md: &ModelDeployment,
+    current: Option<i32>,
+    observation: &Observation,
+    recommendations: &mut VecDeque<(f64, i32)>,
+    now: f64,
+) -> Plan {
+    let policy = policy(md);
+    let metric = md.spec.autoscaling.metric;
+    let head = format!(
+        "autoscaling on {} (target {} per replica, {}-{} replicas)",
+        metric_name(metric),
+        number(policy.target),
+        policy.min,
+        policy.max
+    );
+    let Some(current) = current else {
+        return Plan {
+            replicas: policy.min,
+            note: format!("{head}: starting at {}", policy.min),
+            change: None,
+        };
+    };
+    let load = load(metric, observation);
+    let stabilized = stabilize(
+        recommendations,
+        load.as_ref().map(|l| recommend(l, &policy)),
+        now,
+        policy.window,
+    );
+    let decision = decide(load.as_ref(), current, &policy, stabilized);
+    let mut note = head;
+    if observation.ready == 0 {
+        note.push_str(&format!(
+            ": metrics unavailable (no ready pod); running {} replica(s)",
+            decision.replicas
+        ));
+    } else if observation.answered == 0 {
+        note.push_str(&format!(
+            ": metrics unavailable (0 of {} ready pod(s) answered); running {} replica(s)",
+            observation.ready, decision.replicas
+        ));
+    } else if load.is_none() {
+        note.push_str(&format!(
+            ": waiting for a second scrape to measure {}; running {} replica(s)",
+            metric_name(metric),
+            decision.replicas
+        ));
+    } else if observation.answered < observation.ready {
+        note.push_str(&format!(
+            "; metrics of {} of {} ready pod(s) unavailable",
+            observation.ready - observation.answered,
+            observation.ready
+        ));
+    }
+    if let Some(held) = &decision.held {
+        note.push_str(&format!("; {held}"));
+    }
+    Plan {
+        replicas: decision.replicas,
+        note,
+        change: decision.change,
+    }
+}
+
+/// Where to read a serving pod's metrics: `http://<status.podIP>:<port>/metrics`
+/// of a pod that is Ready and not terminating, else none. The address is only
+/// ever the one the API gives; the operator holds no address ranges of its own.
+pub fn metrics_url(pod: &Pod) -> Option<String> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
@@ -326,159 +407,17 @@ fn ready_ip(pod: &Pod) -> Option<String> {
         .as_ref()?
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    ready.then(|| status.pod_ip.clone()).flatten()
-}
-
-fn http() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .timeout(SCRAPE_TIMEOUT)
-            .connect_timeout(SCRAPE_TIMEOUT)
-            .no_proxy()
-            .build()
-            .unwrap_or_default()
-    })
-}
-
-/// One pod's signal, or why it gave none.
-async fn scrape(ip: &str, series: &str) -> anyhow::Result<f64> {
-    let host = if ip.contains(':') {
-        format!("[{ip}]")
-    } else {
-        ip.to_string()
-    };
-    let text = http()
-        .get(format!("http://{host}:{SERVER_PORT}/metrics"))
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    Ok(parse_gauge(&text, series)?)
-}
-
-/// Read the ready pods' metrics and decide the replica count of an autoscaled
-/// ModelDeployment.
-pub async fn plan(md: &ModelDeployment, client: &Client) -> Result<Plan, Error> {
-    let spec = &md.spec.autoscaling;
-    let Some(signal) = signal(spec.metric) else {
-        return Ok(Plan {
-            replicas: floor(md),
-            note: unsupported_note(md),
-            change: None,
-            recheck: false,
-        });
-    };
-    let namespace = md.namespace().unwrap_or_default();
-    let (min, max) = (floor(md), md.spec.replicas.max);
-    let metric = metric_name(spec.metric);
-    let target = number(spec.target);
-    let head =
-        format!("autoscaling on {metric} (target {target} per replica, {min}-{max} replicas)");
-    let name = deployment_name(&md.name_any());
-    let live = Api::<Deployment>::namespaced(client.clone(), &namespace)
-        .get_opt(&name)
-        .await
-        .map_err(|source| Error::ReadDeployment { name, source })?;
-    let Some(current) = live.map(|d| d.spec.and_then(|s| s.replicas).unwrap_or(1)) else {
-        return Ok(Plan {
-            replicas: min,
-            note: format!("{head}: starting at {min}"),
-            change: None,
-            recheck: true,
-        });
-    };
-
-    let selector = pod_selector(md)
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(Error::ListPods)?;
-    let ips: Vec<String> = pods.items.iter().filter_map(ready_ip).collect();
-    let answers = join_all(ips.iter().map(|ip| scrape(ip, signal.series))).await;
-    let mut load = Load {
-        total: 0.0,
-        scraped: 0,
-        skipped: 0,
-    };
-    for (ip, answer) in ips.iter().zip(answers) {
-        match answer {
-            Ok(value) => {
-                load.total += value;
-                load.scraped += 1;
-            }
-            Err(err) => {
-                tracing::debug!(pod_ip = %ip, error = %err, "no metrics from a serving pod");
-                load.skipped += 1;
-            }
-        }
-    }
-
-    let window = parse_duration(&spec.stabilization_window).unwrap_or(Duration::from_secs(300));
-    let since_last_scale = md
-        .status
-        .as_ref()
-        .and_then(|s| s.last_scale_time.as_ref())
-        .map(|t| {
-            let now = k8s_openapi::jiff::Timestamp::now();
-            let seconds = now.as_second().saturating_sub(t.0.as_second()).max(0);
-            Duration::from_secs(seconds.unsigned_abs())
-        });
-    let policy = Policy {
-        unit: signal.unit,
-        target: spec.target,
-        min,
-        max,
-        window,
-    };
-    let decision = decide(
-        (load.scraped > 0).then_some(&load),
-        current,
-        &policy,
-        since_last_scale,
-    );
-    let mut note = head;
-    if ips.is_empty() {
-        note.push_str(&format!(
-            ": metrics unavailable (no ready pod); running {} replica(s)",
-            decision.replicas
-        ));
-    } else if load.scraped == 0 {
-        note.push_str(&format!(
-            ": metrics unavailable (0 of {} ready pod(s) answered); running {} replica(s)",
-            ips.len(),
-            decision.replicas
-        ));
-    } else if load.skipped > 0 {
-        note.push_str(&format!(
-            "; metrics of {} of {} ready pod(s) unavailable",
-            load.skipped,
-            ips.len()
-        ));
-    }
-    if let Some(held) = &decision.held {
-        note.push_str(&format!("; {held}"));
-    }
-    Ok(Plan {
-        replicas: decision.replicas,
-        note,
-        change: decision.change,
-        recheck: true,
-    })
+    let ip: std::net::IpAddr = status.pod_ip.as_deref()?.parse().ok().filter(|_| ready)?;
+    Some(format!(
+        "http://{}/metrics",
+        std::net::SocketAddr::new(ip, SERVER_PORT as u16)
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `Metrics::render` of a server with 3 requests in flight, 3 answered.
-    const RENDERED: &str = include_str!("testdata/server-metrics.txt");
-    const IN_FLIGHT: &str = "llmops_server_in_flight_requests";
+    use crate::controller::deployment::monitor::Summary;
 
     fn policy(min: i32, max: i32) -> Policy {
         Policy {
@@ -498,35 +437,49 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_in_flight_gauge_is_read_from_the_servers_text() {
-        assert_eq!(parse_gauge(RENDERED, IN_FLIGHT), Ok(3.0));
-        // Not confused with a longer name sharing the prefix, nor with comments.
-        assert_eq!(parse_gauge(RENDERED, "llmops_server_ready"), Ok(1.0));
-        assert_eq!(
-            parse_gauge(
-                "llmops_server_in_flight_requests_x 9\nllmops_server_in_flight_requests 0\n",
-                IN_FLIGHT
-            ),
-            Ok(0.0)
-        );
-        assert_eq!(
-            parse_gauge("g{pod=\"a\"} 1\ng{pod=\"b\"} 2.5\n", "g"),
-            Ok(3.5)
-        );
+    const COVERING: Stabilized = Stabilized::Covering {
+        seen: Duration::from_secs(60),
+    };
+
+    fn pod(ip: Option<&str>, ready: &str, terminating: bool) -> Pod {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]}
+        }))
+        .unwrap();
+        if let Some(status) = pod.status.as_mut() {
+            status.pod_ip = ip.map(String::from);
+        }
+        if terminating {
+            pod.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
+        }
+        pod
     }
 
     #[test]
-    fn a_text_without_the_gauge_or_with_garbage_is_an_error() {
-        assert_eq!(
-            parse_gauge("# HELP x\n# EOF\n", IN_FLIGHT),
-            Err(ParseError::Missing(IN_FLIGHT.into()))
-        );
-        assert!(matches!(
-            parse_gauge("llmops_server_in_flight_requests NaN\n", IN_FLIGHT),
-            Err(ParseError::NotANumber { .. })
-        ));
-        assert!(parse_gauge("<html>oops</html>", IN_FLIGHT).is_err());
+    fn metrics_are_read_only_at_the_pod_ip_the_api_gives() {
+        // Whatever the address, it is the pod's own: no range is assumed (a
+        // private one is built, not written, so the source holds no address).
+        let private = std::net::Ipv4Addr::new(10, 1, 2, 3).to_string();
+        for (ip, url) in [
+            ("127.244.0.7", "http://127.244.0.7:8000/metrics".to_string()),
+            (&private, format!("http://{private}:8000/metrics")),
+            ("::1", "http://[::1]:8000/metrics".into()),
+            ("fd00::5", "http://[fd00::5]:8000/metrics".into()),
+        ] {
+            assert_eq!(metrics_url(&pod(Some(ip), "True", false)), Some(url));
+        }
+    }
+
+    #[test]
+    fn pods_not_ready_terminating_or_without_an_address_are_not_read() {
+        assert_eq!(metrics_url(&pod(Some("127.0.0.9"), "False", false)), None);
+        assert_eq!(metrics_url(&pod(Some("127.0.0.9"), "True", true)), None);
+        assert_eq!(metrics_url(&pod(None, "True", false)), None);
+        assert_eq!(metrics_url(&pod(Some("not an ip"), "True", false)), None);
     }
 
     #[test]
@@ -540,20 +493,40 @@ mod tests {
     }
 
     #[test]
-    fn only_in_flight_requests_is_exported() {
-        assert!(signal(ScalingMetric::InFlightRequests).is_some());
-        assert!(signal(ScalingMetric::QueueDepth).is_none());
-        assert!(signal(ScalingMetric::TokensPerSecond).is_none());
+    fn every_metric_reads_its_figure_of_the_stable_pods() {
+        let observation = Observation {
+            stable: Summary {
+                in_flight: 7.0,
+                queue_depth: 3.0,
+                tokens_per_second: Some(420.0),
+                pods: 2,
+                ..Summary::default()
+            },
+            ready: 3,
+            answered: 2,
+            ..Observation::default()
+        };
+        let read = |m| super::load(m, &observation).map(|l| (l.total, l.scraped, l.skipped));
+        assert_eq!(read(ScalingMetric::InFlightRequests), Some((7.0, 2, 1)));
+        assert_eq!(read(ScalingMetric::QueueDepth), Some((3.0, 2, 1)));
+        assert_eq!(read(ScalingMetric::TokensPerSecond), Some((420.0, 2, 1)));
+        // A rate needs two scrapes; gauges need one pod that answered.
+        let first = Observation {
+            stable: Summary {
+                pods: 1,
+                ..Summary::default()
+            },
+            ready: 1,
+            answered: 1,
+            ..Observation::default()
+        };
+        assert!(super::load(ScalingMetric::TokensPerSecond, &first).is_none());
+        assert!(super::load(ScalingMetric::InFlightRequests, &Observation::default()).is_none());
     }
 
     #[test]
     fn load_above_target_scales_up_at_once() {
-        let d = decide(
-            Some(&load(6.0, 2)),
-            2,
-            &policy(1, 8),
-            Some(Duration::from_secs(1)),
-        );
+        let d = decide(Some(&load(6.0, 2)), 2, &policy(1, 8), COVERING);
         assert_eq!(d.replicas, 3);
         assert_eq!(
             d.change.as_deref(),
@@ -563,45 +536,48 @@ mod tests {
 
     #[test]
     fn a_scale_up_stops_at_max() {
-        let d = decide(Some(&load(100.0, 2)), 2, &policy(1, 4), None);
+        let d = decide(Some(&load(40.0, 2)), 2, &policy(1, 4), COVERING);
         assert_eq!(d.replicas, 4);
-        assert_eq!(
-            d.change.as_deref(),
-            Some("50 in-flight requests per replica > target 2: 2 → 4 (replicas.max)")
-        );
-        let at_max = decide(Some(&load(100.0, 4)), 4, &policy(1, 4), None);
-        assert_eq!(at_max.replicas, 4);
-        assert_eq!(at_max.change, None);
+        assert!(d.change.unwrap().ends_with("(replicas.max)"));
     }
 
     #[test]
-    fn no_load_scales_down_to_min_once_the_window_passed() {
+    fn a_scale_down_goes_to_the_highest_recommendation_of_the_window() {
         let d = decide(
             Some(&load(0.0, 3)),
             3,
-            &policy(2, 4),
-            Some(Duration::from_secs(301)),
+            &policy(1, 4),
+            Stabilized::Highest(1),
         );
-        assert_eq!(d.replicas, 2);
+        assert_eq!(d.replicas, 1);
         assert_eq!(
             d.change.as_deref(),
-            Some("0 in-flight requests per replica < target 2: 3 → 2 (replicas.min)")
+            Some("0 in-flight requests per replica < target 2: 3 → 1 (replicas.min)")
         );
-        let never_scaled = decide(Some(&load(1.0, 3)), 3, &policy(1, 4), None);
-        assert_eq!(never_scaled.replicas, 1);
+        // A burst two minutes ago asked for 2: the count goes no lower.
+        let d = decide(
+            Some(&load(0.0, 3)),
+            3,
+            &policy(1, 4),
+            Stabilized::Highest(2),
+        );
+        assert_eq!(d.replicas, 2);
+        // The burst asked for all 3: held.
+        let d = decide(
+            Some(&load(0.0, 3)),
+            3,
+            &policy(1, 4),
+            Stabilized::Highest(3),
+        );
+        assert_eq!((d.replicas, d.change), (3, None));
+        assert!(d.held.unwrap().contains("highest recommendation"));
     }
 
     #[test]
-    fn a_scale_down_waits_for_the_stabilization_window() {
-        let d = decide(
-            Some(&load(1.0, 3)),
-            3,
-            &policy(1, 4),
-            Some(Duration::from_secs(60)),
-        );
-        assert_eq!(d.replicas, 3);
-        assert_eq!(d.change, None);
-        assert!(d.held.unwrap().contains("stabilization window"));
+    fn a_scale_down_waits_until_the_window_is_covered() {
+        let d = decide(Some(&load(1.0, 3)), 3, &policy(1, 4), COVERING);
+        assert_eq!((d.replicas, d.change), (3, None));
+        assert!(d.held.unwrap().contains("60s of 300s"));
     }
 
     #[test]
@@ -611,7 +587,7 @@ mod tests {
             scraped: 1,
             skipped: 1,
         };
-        let d = decide(Some(&partial), 2, &policy(1, 4), None);
+        let d = decide(Some(&partial), 2, &policy(1, 4), Stabilized::Highest(1));
         assert_eq!((d.replicas, d.change), (2, None));
         assert!(d.held.is_some());
         // A scale-up on partial data still goes.
@@ -619,12 +595,12 @@ mod tests {
             total: 9.0,
             ..partial
         };
-        assert_eq!(decide(Some(&busy), 2, &policy(1, 8), None).replicas, 5);
+        assert_eq!(decide(Some(&busy), 2, &policy(1, 8), COVERING).replicas, 5);
     }
 
     #[test]
     fn no_data_keeps_the_count() {
-        let none = decide(None, 3, &policy(1, 4), None);
+        let none = decide(None, 3, &policy(1, 4), Stabilized::Highest(1));
         assert_eq!(
             none,
             Decision {
@@ -633,26 +609,61 @@ mod tests {
                 held: None
             }
         );
-        let nobody_answered = decide(Some(&load(0.0, 0)), 3, &policy(1, 4), None);
-        assert_eq!(
-            (nobody_answered.replicas, nobody_answered.change),
-            (3, None)
+        let nobody = decide(
+            Some(&load(0.0, 0)),
+            3,
+            &policy(1, 4),
+            Stabilized::Highest(1),
         );
+        assert_eq!((nobody.replicas, nobody.change), (3, None));
     }
 
     #[test]
     fn the_spec_bounds_move_the_count_even_without_data() {
-        let raised = decide(None, 1, &policy(2, 4), None);
+        let raised = decide(None, 1, &policy(2, 4), COVERING);
         assert_eq!(raised.replicas, 2);
         assert_eq!(raised.change.as_deref(), Some("replicas.min is 2: 1 → 2"));
-        let lowered = decide(Some(&load(20.0, 6)), 6, &policy(1, 4), None);
+        let lowered = decide(Some(&load(20.0, 6)), 6, &policy(1, 4), COVERING);
         assert_eq!(lowered.replicas, 4);
         assert_eq!(lowered.change.as_deref(), Some("replicas.max is 4: 6 → 4"));
     }
 
     #[test]
     fn load_at_target_keeps_the_count() {
-        let d = decide(Some(&load(4.0, 2)), 2, &policy(1, 4), None);
+        let d = decide(Some(&load(4.0, 2)), 2, &policy(1, 4), COVERING);
         assert_eq!((d.replicas, d.change, d.held), (2, None, None));
+    }
+
+    #[test]
+    fn the_window_remembers_the_highest_recommendation() {
+        let window = Duration::from_secs(60);
+        let mut recs = VecDeque::new();
+        assert_eq!(
+            stabilize(&mut recs, Some(4), 0.0, window),
+            Stabilized::Covering {
+                seen: Duration::ZERO
+            }
+        );
+        assert_eq!(
+            stabilize(&mut recs, Some(1), 30.0, window),
+            Stabilized::Covering {
+                seen: Duration::from_secs(30)
+            }
+        );
+        // At 60 s the window (0, 60] holds 1 and 2; the 4 at 0 s only marks coverage.
+        assert_eq!(
+            stabilize(&mut recs, Some(2), 60.0, window),
+            Stabilized::Highest(2)
+        );
+        // Missing data adds nothing but time moves on.
+        assert_eq!(
+            stabilize(&mut recs, None, 100.0, window),
+            Stabilized::Highest(2)
+        );
+        assert_eq!(
+            stabilize(&mut recs, Some(1), 125.0, window),
+            Stabilized::Highest(1)
+        );
+        assert!(recs.len() <= 3);
     }
 }

@@ -12,6 +12,13 @@
 //! The pod template carries the model's URI and digest as annotations: a new
 //! artifact at the same URI (a re-trained PretrainJob) rolls the pods too, and the
 //! status reads which model a Deployment revision serves from them.
+//!
+//! A serving pod loads its model before `/readyz` answers, which a startup probe
+//! waits for ([`startup_probe_failures`]) before liveness is checked. When
+//! it is stopped, `preStop` sleeps [`PRE_STOP_SLEEP_SECONDS`] so the endpoints
+//! drop it before SIGTERM; the server then finishes its requests in flight
+//! within `--shutdown-grace` [`SHUTDOWN_GRACE_SECONDS`], all inside
+//! [`TERMINATION_GRACE_PERIOD_SECONDS`].
 
 use std::collections::BTreeMap;
 
@@ -19,9 +26,9 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
+    Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -37,30 +44,75 @@ use crate::runtime::apply::{COMPONENT_LABEL, child_labels, child_meta, parent_la
 use crate::workload::credentials::credential_env;
 use crate::workload::job::env;
 use crate::workload::security::{container_security_context, pod_security_context};
-use crate::workload::storage::{PVC_ROOT, PvcMounts, pvc_claim};
+use crate::workload::storage::{PvcMounts, pvc_claim};
 
 /// `app.kubernetes.io/component` of every child.
 pub const SERVER_COMPONENT: &str = "server";
 /// Name of the server container.
 pub const SERVER_CONTAINER: &str = "server";
 /// The port the server listens on, named [`PORT_NAME`].
-pub const SERVER_PORT: i32 = 8000;
+pub const SERVER_PORT: i32 = llmops_contract::SERVER_PORT as i32;
 pub const PORT_NAME: &str = "http";
 /// Pod template annotations naming the served model.
 pub const MODEL_URI_ANNOTATION: &str = "llmops.dev/model-uri";
 pub const MODEL_DIGEST_ANNOTATION: &str = "llmops.dev/model-digest";
 /// The variable holding the accepted API keys, one per line.
-pub const API_KEYS_ENV: &str = "LLMOPS_API_KEYS";
+pub const API_KEYS_ENV: &str = llmops_contract::env::API_KEYS;
 /// The variable naming the Secret whose `LLMOPS_CRED_<SECRET>_*` keys read the model.
-pub const CREDENTIALS_SECRET_ENV: &str = "LLMOPS_MODEL_CREDENTIALS_SECRET";
-/// Seconds a rollout may go without progress before the Deployment reports
-/// `ProgressDeadlineExceeded`: generous, since a pod loads its model before it is
-/// ready.
-pub const PROGRESS_DEADLINE_SECONDS: i32 = 600;
+pub const CREDENTIALS_SECRET_ENV: &str = llmops_contract::env::MODEL_CREDENTIALS_SECRET;
+/// The startup probe's period and least failures: `/readyz` may take this long
+/// (10 minutes, or `rollout.progressDeadlineSeconds` when longer) to answer
+/// while the model loads, and liveness is not checked before it does.
+pub const STARTUP_PROBE_PERIOD_SECONDS: i32 = 5;
+pub const STARTUP_PROBE_FAILURES: i32 = 120;
+
+/// The startup probe's failure threshold: ten minutes of loading, and at least
+/// the rollout's progress deadline, so a pod still loading within it is not
+/// restarted.
+pub fn startup_probe_failures(md: &ModelDeployment) -> i32 {
+    let deadline = u32::try_from(md.spec.rollout.progress_deadline_seconds).unwrap_or(0);
+    let period = STARTUP_PROBE_PERIOD_SECONDS.unsigned_abs();
+    let covering = i32::try_from(deadline.div_ceil(period)).unwrap_or(i32::MAX);
+    STARTUP_PROBE_FAILURES.max(covering)
+}
+/// `preStop` sleep: time for the endpoints to drop a stopping pod before the
+/// server hears SIGTERM (the server image has no shell, hence `sleep`).
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
+/// `--shutdown-grace`: after SIGTERM the server finishes its requests in flight
+/// within this many seconds.
+pub const SHUTDOWN_GRACE_SECONDS: i64 = 25;
+/// The pod's `terminationGracePeriodSeconds`: the preStop sleep, the server's
+/// grace and a margin, so the kubelet never kills a draining server.
+pub const TERMINATION_GRACE_PERIOD_SECONDS: i64 =
+    PRE_STOP_SLEEP_SECONDS + SHUTDOWN_GRACE_SECONDS + 10;
 
 pub fn deployment_name(name: &str) -> String {
     format!("{name}-server")
 }
+
+/// The Deployment of a canary's pods.
+pub fn canary_deployment_name(name: &str) -> String {
+    format!("{name}-canary")
+}
+
+/// Which of a ModelDeployment's Deployments a pod belongs to: the stable one,
+/// or a canary's (label [`REVISION_LABEL`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revision {
+    Stable,
+    Canary,
+}
+
+impl Revision {
+    pub fn label(self) -> &'static str {
+        match self {
+            Revision::Stable => super::monitor::STABLE,
+            Revision::Canary => super::monitor::CANARY,
+        }
+    }
+}
+
+pub use super::monitor::REVISION_LABEL;
 
 pub fn service_name(name: &str) -> String {
     name.to_string()
@@ -90,6 +142,8 @@ pub fn replicas(md: &ModelDeployment) -> i32 {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Children {
     pub deployment: Deployment,
+    /// A canary's Deployment, while one runs.
+    pub canary: Option<Deployment>,
     pub service: Service,
     /// Only with more than one replica.
     pub pdb: Option<PodDisruptionBudget>,
@@ -109,7 +163,8 @@ pub fn build_with_replicas(
     replicas: i32,
 ) -> Children {
     Children {
-        deployment: build_deployment(md, model, config, replicas),
+        deployment: build_deployment(md, model, config, replicas, Revision::Stable),
+        canary: None,
         service: build_service(md),
         pdb: (replicas > 1).then(|| build_pdb(md)),
     }
@@ -154,6 +209,10 @@ pub fn server_args(md: &ModelDeployment, model: &Model) -> Vec<String> {
         server.max_context.to_string(),
         "--max-new-tokens".into(),
         server.max_new_tokens.to_string(),
+        "--max-queue".into(),
+        server.max_queue.to_string(),
+        "--shutdown-grace".into(),
+        SHUTDOWN_GRACE_SECONDS.to_string(),
     ];
     if server.threads > 0 {
         args.extend(["--threads".into(), server.threads.to_string()]);
@@ -196,7 +255,10 @@ fn server_env(md: &ModelDeployment, model: &Model) -> Vec<EnvVar> {
     let mut vars = vec![
         env("HOME", "/work"),
         env("TMPDIR", "/tmp"),
-        env("LLMOPS_PVC_ROOT", PVC_ROOT),
+        env(
+            llmops_contract::env::PVC_ROOT,
+            llmops_contract::path::PVC_ROOT,
+        ),
     ];
     if let Some(secret) = &model.credentials_secret {
         vars.push(env(CREDENTIALS_SECRET_ENV, secret.clone()));
@@ -234,11 +296,54 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// A canary's Deployment: `replicas` pods of the new `model`, beside the stable
+/// ones behind the same Service.
+pub fn build_canary(
+    md: &ModelDeployment,
+    model: &Model,
+    config: &OperatorConfig,
+    replicas: i32,
+) -> Deployment {
+    build_deployment(md, model, config, replicas, Revision::Canary)
+}
+
+/// The model a live Deployment's pods serve: the annotations of its template and
+/// the credentials Secret its server is given.
+pub fn served_model(deployment: &Deployment) -> Option<Model> {
+    let template = &deployment.spec.as_ref()?.template;
+    let annotations = template.metadata.as_ref()?.annotations.as_ref()?;
+    let credentials_secret = template
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.env.as_ref())
+        .and_then(|env| env.iter().find(|e| e.name == CREDENTIALS_SECRET_ENV))
+        .and_then(|e| e.value.clone());
+    Some(Model {
+        artifact: llmops_crds::Artifact {
+            uri: annotations.get(MODEL_URI_ANNOTATION)?.clone(),
+            digest: annotations
+                .get(MODEL_DIGEST_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
+        },
+        credentials_secret,
+    })
+}
+
+/// The labels selecting one revision's pods (the Service selects both).
+pub fn revision_selector(md: &ModelDeployment, revision: Revision) -> BTreeMap<String, String> {
+    let mut labels = pod_selector(md);
+    labels.insert(REVISION_LABEL.into(), revision.label().into());
+    labels
+}
+
 fn build_deployment(
     md: &ModelDeployment,
     model: &Model,
     config: &OperatorConfig,
     replicas: i32,
+    revision: Revision,
 ) -> Deployment {
     let name = md.name_any();
     let scheduling = &md.spec.scheduling;
@@ -280,9 +385,24 @@ fn build_deployment(
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        // Ready once the model is loaded; alive as long as HTTP answers.
+        // Started and ready once the model is loaded; alive as long as HTTP
+        // answers.
+        startup_probe: Some(http_probe(
+            "/readyz",
+            STARTUP_PROBE_PERIOD_SECONDS,
+            startup_probe_failures(md),
+        )),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         resources: Some(resource_requirements(md, config)),
         security_context: Some(container_security_context()),
         volume_mounts: Some(mounts),
@@ -293,6 +413,7 @@ fn build_deployment(
         containers: vec![container],
         // The server never talks to the API.
         automount_service_account_token: Some(false),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
         security_context: Some(pod_security_context()),
         volumes: Some(volumes),
         node_selector: (!scheduling.node_selector.is_empty())
@@ -303,7 +424,11 @@ fn build_deployment(
         ..PodSpec::default()
     };
     let pod_meta = ObjectMeta {
-        labels: Some(child_labels(md, SERVER_COMPONENT)),
+        labels: Some({
+            let mut labels = child_labels(md, SERVER_COMPONENT);
+            labels.insert(REVISION_LABEL.into(), revision.label().into());
+            labels
+        }),
         annotations: Some(BTreeMap::from([
             (MODEL_URI_ANNOTATION.into(), model.artifact.uri.clone()),
             (
@@ -314,11 +439,18 @@ fn build_deployment(
         ..ObjectMeta::default()
     };
     Deployment {
-        metadata: child_meta(md, deployment_name(&name), SERVER_COMPONENT),
+        metadata: child_meta(
+            md,
+            match revision {
+                Revision::Stable => deployment_name(&name),
+                Revision::Canary => canary_deployment_name(&name),
+            },
+            SERVER_COMPONENT,
+        ),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
             selector: LabelSelector {
-                match_labels: Some(pod_selector(md)),
+                match_labels: Some(revision_selector(md, revision)),
                 ..LabelSelector::default()
             },
             strategy: Some(DeploymentStrategy {
@@ -328,7 +460,7 @@ fn build_deployment(
                     max_surge: Some(IntOrString::Int(1)),
                 }),
             }),
-            progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
+            progress_deadline_seconds: Some(md.spec.rollout.progress_deadline_seconds),
             revision_history_limit: Some(3),
             template: PodTemplateSpec {
                 metadata: Some(pod_meta),

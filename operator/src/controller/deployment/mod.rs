@@ -1,29 +1,38 @@
 //! The ModelDeployment controller: serves a model with `server` pods behind a
-//! Service, and rolls out model changes so that a bad model leaves the old one
-//! serving.
+//! Service, watches what they serve, and rolls out model changes so that a bad
+//! model leaves the old one serving.
 //!
-//! resolve (`spec.model` → artifact) → validate → build (Deployment, Service,
-//! PodDisruptionBudget) → apply (server-side apply, orphans deleted) → status
-//! (from the Deployment).
+//! resolve (`spec.model` → artifact) → validate → read (the live Deployments,
+//! the pods' metrics) → decide (replicas, rollout) → build (Deployments,
+//! Service, PodDisruptionBudget) → apply (server-side apply, orphans deleted) →
+//! status.
 //!
-//! What this version runs, and what it does not yet:
+//! - **Monitoring** ([`monitor`]): every pass that is due (each
+//!   `--metrics-interval`, 15 s by default) reads each ready serving pod's
+//!   `/metrics` at its pod IP and keeps the samples in memory; `status.metrics`
+//!   summarises the last `--metrics-window` (1 min): requests/s, 5xx share (4xx
+//!   apart), p50/p95 latency, p95 time to first token, time per output token,
+//!   tokens/s, in flight, queue depth. It is written at most every 30 s, and
+//!   only when a figure changed at the precision shown.
 //! - **Replicas** are fixed at `replicas.min` (at least one) when
-//!   `replicas.max` equals it. With a range, the operator autoscales on
-//!   `inFlightRequests` read from each ready pod's `/metrics` every 15 s (see
-//!   [`autoscale`]): up at once, down after `stabilizationWindow`, never on
-//!   missing metrics, and writes `lastScaleTime`/`lastScaleReason` when the
-//!   count changes. `queueDepth` and `tokensPerSecond` are not exported by the
-//!   server: such a deployment runs `replicas.min` and says so. Scale to zero
-//!   (`scaleToZeroAfter`) is not active; the floor is one replica.
-//! - **Rollouts** are Deployment rolling updates (`maxUnavailable: 0`,
-//!   `maxSurge: 1`): a new pod takes traffic once `/readyz` says its model is
-//!   loaded, and an old pod goes only after. `rollout.strategy: Canary` is
-//!   Stalled (`InvalidSpec`) rather than silently rolled out all at once; the
-//!   analysis and `autoRollback` settings belong to Canary and are unused.
+//!   `replicas.max` equals it. With a range, [`autoscale`] follows
+//!   `inFlightRequests`, `queueDepth` or `tokensPerSecond`: up at once, down to
+//!   the highest recommendation over `stabilizationWindow` (the HPA's rule),
+//!   never on missing metrics, and `lastScaleTime`/`lastScaleReason` record
+//!   each change. Scale to zero (`scaleToZeroAfter`) is not active; the floor
+//!   is one replica.
+//! - **Rollouts**: `RollingUpdate` is a Deployment rolling update
+//!   (`maxUnavailable: 0`, `maxSurge: 1`): a new pod takes traffic once
+//!   `/readyz` says its model is loaded, and an old pod goes only after.
+//!   `Canary` ([`canary`]) runs the new model in a Deployment of its own
+//!   beside the stable one, step by step, analyses its own figures, promotes it
+//!   or rolls it back automatically.
 //! - **Failed rollouts**: when the Deployment reports `ProgressDeadlineExceeded`
-//!   (600 s without progress), the status says the new model failed to become
-//!   ready (Stalled=True, `RolloutFailed`) while Ready stays True for the old
-//!   model, whose pods keep serving. Fixing or reverting `spec.model` goes on.
+//!   (`rollout.progressDeadlineSeconds`, 600 s by default), the status says the
+//!   new model failed to become ready (Stalled=True, `RolloutFailed`) while
+//!   Ready stays True for the old model, whose pods keep serving. A canary is
+//!   rolled back instead (Stalled=True, `RolloutAborted`, with its figures
+//!   against their limits).
 //! - **Models**: a `uri` is served as given; a `pretrainJobRef` waits
 //!   (`WaitingForModel`) until the PretrainJob is Ready and serves its
 //!   `status.artifact` (a re-trained PretrainJob rolls out its new artifact);
@@ -37,9 +46,14 @@
 
 mod autoscale;
 mod build;
+mod canary;
+pub mod monitor;
 mod resolve;
 mod status;
 mod validate;
+
+pub use autoscale::parse_duration;
+pub use monitor::{Monitor, Monitoring};
 
 #[cfg(test)]
 mod tests;
@@ -55,6 +69,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use llmops_crds::deployment::RolloutStrategy;
 use llmops_crds::{Artifact, FineTune, LocalObjectRef, ModelDeployment, PretrainJob};
 
 use crate::runtime::Context;
@@ -182,6 +197,7 @@ fn serving_other_than<P: ResourceExt>(
 async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     if md.metadata.deletion_timestamp.is_some() {
         // Children go with their owner.
+        ctx.monitor.forget(&md);
         return Ok(Action::await_change());
     }
     let api: Api<ModelDeployment> =
@@ -209,32 +225,210 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
         return hold(&mut md, &api, &ctx, outcome, Action::await_change()).await;
     }
 
+    let live = Live::read(&md, &ctx.client).await?;
+    let observation = monitor::observe(&md, &ctx.client, &ctx.monitor, &monitoring(&ctx)).await?;
     let plan = if autoscale::active(&md) {
-        Some(autoscale::plan(&md, &ctx.client).await?)
+        let current = live
+            .stable
+            .as_ref()
+            .map(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
+        Some(ctx.monitor.with(&md, |memory| {
+            autoscale::plan(
+                &md,
+                current,
+                &observation,
+                &mut memory.recommendations,
+                monitor::now(),
+            )
+        }))
     } else {
         None
     };
     let replicas = plan
         .as_ref()
         .map_or_else(|| build::replicas(&md), |p| p.replicas);
-    let children = build::build_with_replicas(&md, &model, &ctx.config, replicas);
+    let rollout = rollout_pass(&md, &model, &live, &observation, replicas);
+    let mut children =
+        build::build_with_replicas(&md, &rollout.stable_model, &ctx.config, replicas);
+    children.canary = rollout
+        .canary_replicas
+        .map(|n| build::build_canary(&md, &model, &ctx.config, n));
     let deployment = apply_children(&ctx.client, &children).await?;
     delete_outdated(&ctx.client, &md, &children).await?;
 
     let note = plan.as_ref().map(|p| p.note.as_str());
     let mut observed = status::observe_with(&md, &deployment, build::endpoint(&md), note);
+    if let Some(canary) = rollout.canary {
+        let mut status = canary.rollout;
+        status.canary_metrics =
+            monitor::serving_metrics(&observation.canary, monitoring(&ctx).window);
+        let serving_canary = (!canary.aborted).then(|| model.artifact.clone());
+        observed = status::with_canary(
+            observed,
+            status,
+            &canary.message,
+            canary.aborted,
+            serving_canary,
+        );
+        if canary.aborted {
+            tracing::warn!(message = %canary.message, "canary rolled back");
+        }
+    }
     if let Some(reason) = plan.as_ref().and_then(|p| p.change.clone()) {
         tracing::info!(replicas, %reason, "scaled");
         observed.last_scale = Some((conditions::now(), reason));
     }
+    observed.metrics = metrics_update(&md, &ctx, &observation);
     let settled = matches!(observed.outcome, Outcome::Ready { .. });
     write_status(&mut md, &api, &ctx, observed).await?;
     let resync = if settled { RESYNC } else { ROLLOUT_RESYNC };
-    Ok(Action::requeue(if plan.is_some_and(|p| p.recheck) {
-        resync.min(autoscale::INTERVAL)
-    } else {
-        resync
-    }))
+    // Serving pods are watched through their figures: look again when the next
+    // scrape is due.
+    Ok(Action::requeue(resync.min(monitoring(&ctx).interval)))
+}
+
+/// The live stable and canary Deployments of a ModelDeployment.
+struct Live {
+    stable: Option<Deployment>,
+    canary: Option<Deployment>,
+}
+
+impl Live {
+    async fn read(md: &ModelDeployment, client: &Client) -> Result<Live, Error> {
+        let api =
+            Api::<Deployment>::namespaced(client.clone(), &md.namespace().unwrap_or_default());
+        let get = |name: String| {
+            let api = api.clone();
+            async move {
+                api.get_opt(&name)
+                    .await
+                    .map_err(|source| Error::ReadDeployment { name, source })
+            }
+        };
+        Ok(Live {
+            stable: get(build::deployment_name(&md.name_any())).await?,
+            canary: get(build::canary_deployment_name(&md.name_any())).await?,
+        })
+    }
+}
+
+/// What the rollout asks of this pass: the model of the stable pods, the canary
+/// pods (none: no canary), and the canary's decision when one runs.
+struct RolloutPass {
+    stable_model: resolve::Model,
+    canary_replicas: Option<i32>,
+    canary: Option<canary::Decision>,
+}
+
+/// The rollout part of a pass. Under `strategy: Canary` a model other than the
+/// one the stable pods serve runs as a canary ([`canary::decide`]); a canary
+/// that was rolled back is not tried again until the spec changes. Otherwise the
+/// stable Deployment serves the model (a rolling update), and a promoted canary
+/// stays until the stable pods all serve its model.
+fn rollout_pass(
+    md: &ModelDeployment,
+    model: &resolve::Model,
+    live: &Live,
+    observation: &monitor::Observation,
+    stable_replicas: i32,
+) -> RolloutPass {
+    let serving = live.stable.as_ref().and_then(build::served_model);
+    let canary_model = live.canary.as_ref().and_then(build::served_model);
+    let generation = md.metadata.generation.unwrap_or_default();
+    let previous = md.status.as_ref().and_then(|s| s.rollout.as_ref());
+    let is_canary = md.spec.rollout.strategy == RolloutStrategy::Canary;
+    match serving {
+        Some(serving) if is_canary && serving.artifact != model.artifact => {
+            if canary::refused(previous, &model.artifact, generation) {
+                let rollout = previous.cloned().unwrap_or_default();
+                let message = rollout.message.clone().unwrap_or_default();
+                return RolloutPass {
+                    stable_model: serving,
+                    canary_replicas: None,
+                    canary: Some(canary::Decision {
+                        action: canary::Action::Abort,
+                        rollout,
+                        message,
+                        aborted: true,
+                    }),
+                };
+            }
+            let stable_ready = live
+                .stable
+                .as_ref()
+                .and_then(|d| d.status.as_ref())
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
+            let decision = canary::decide(&canary::Inputs {
+                md,
+                stable: &serving.artifact,
+                new: &model.artifact,
+                stable_replicas,
+                stable_ready,
+                canary: live.canary.as_ref(),
+                canary_model: canary_model.as_ref().map(|m| &m.artifact),
+                figures: &observation.canary,
+                now: &conditions::now(),
+            });
+            let (stable_model, canary_replicas) = match decision.action {
+                canary::Action::Run { replicas } => (serving, Some(replicas)),
+                canary::Action::Promote { replicas } => (model.clone(), Some(replicas)),
+                canary::Action::Abort => (serving, None),
+            };
+            RolloutPass {
+                stable_model,
+                canary_replicas,
+                canary: Some(decision),
+            }
+        }
+        _ => {
+            // A promoted canary keeps serving until the stable pods serve its model.
+            let promoted = canary_model.is_some_and(|m| m.artifact == model.artifact)
+                && live.stable.as_ref().is_some_and(|d| {
+                    !status::rolled_out(d)
+                        || build::served_model(d).map(|m| m.artifact)
+                            != Some(model.artifact.clone())
+                });
+            let canary_replicas = promoted
+                .then(|| live.canary.as_ref().and_then(|d| d.spec.as_ref()?.replicas))
+                .flatten();
+            RolloutPass {
+                stable_model: model.clone(),
+                canary_replicas,
+                canary: None,
+            }
+        }
+    }
+}
+
+fn monitoring(ctx: &Context) -> Monitoring {
+    ctx.config.monitoring
+}
+
+/// The `status.metrics` this pass writes (none keeps what status says), and
+/// when, in the monitor's memory.
+fn metrics_update(
+    md: &ModelDeployment,
+    ctx: &Context,
+    observation: &monitor::Observation,
+) -> Option<llmops_crds::deployment::ServingMetrics> {
+    let settings = monitoring(ctx);
+    let fresh = monitor::serving_metrics(&observation.stable, settings.window);
+    let current = md.status.as_ref().and_then(|s| s.metrics.as_ref());
+    let now = monitor::now();
+    ctx.monitor.with(md, |memory| {
+        let update = monitor::metrics_to_write(
+            current,
+            fresh,
+            now,
+            memory.metrics_written,
+            settings.status_interval,
+        );
+        if update.is_some() {
+            memory.metrics_written = Some(now);
+        }
+        update
+    })
 }
 
 /// A pass that leaves the children as they are (waiting for the model, or a spec
@@ -265,6 +459,9 @@ async fn apply_children(client: &Client, children: &Children) -> Result<Deployme
     if let Some(pdb) = &children.pdb {
         apply_child(client, pdb).await?;
     }
+    if let Some(canary) = &children.canary {
+        apply_child(client, canary).await?;
+    }
     Ok(apply_child(client, &children.deployment).await?)
 }
 
@@ -279,14 +476,13 @@ async fn delete_outdated(
     let selector = children_selector(md);
     let tag = |kind: &'static str| move |source| DeleteOrphansError { kind, source };
     let keep = |name: String| vec![name];
-    let mut deleted = delete_orphans::<Deployment>(
-        client,
-        &namespace,
-        &selector,
-        &keep(children.deployment.name_any()),
-    )
-    .await
-    .map_err(tag("Deployment"))?;
+    let deployments: Vec<String> = std::iter::once(&children.deployment)
+        .chain(&children.canary)
+        .map(|d| d.name_any())
+        .collect();
+    let mut deleted = delete_orphans::<Deployment>(client, &namespace, &selector, &deployments)
+        .await
+        .map_err(tag("Deployment"))?;
     deleted.extend(
         delete_orphans::<Service>(
             client,

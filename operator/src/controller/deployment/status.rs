@@ -13,18 +13,20 @@
 //!   away).
 //!
 //! The operator owns `observedGeneration`, `conditions`, `replicas`, `endpoint`,
-//! `model`, `rollout`, `lastScaleTime` and `lastScaleReason` (kept as they are
-//! by a pass that does not scale); `metrics` is left alone.
+//! `model`, `rollout`, `metrics`, `lastScaleTime` and `lastScaleReason` (the
+//! last three kept as they are by a pass that does not change them).
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use llmops_crds::deployment::{ReplicaStatus, RolloutPhase, RolloutStatus, ServedModels};
+use llmops_crds::deployment::{
+    ReplicaStatus, RolloutPhase, RolloutStatus, ServedModels, ServingMetrics,
+};
 use llmops_crds::{Artifact, ModelDeployment, ModelDeploymentStatus};
 use serde::Serialize;
 
 use super::autoscale;
-use super::build::{MODEL_DIGEST_ANNOTATION, MODEL_URI_ANNOTATION, PROGRESS_DEADLINE_SECONDS};
+use super::build::{MODEL_DIGEST_ANNOTATION, MODEL_URI_ANNOTATION};
 use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
 use crate::runtime::status::{ReportsStatus, status_header};
 
@@ -37,6 +39,8 @@ pub mod reason {
     pub const ROLLING_OUT: &str = "RollingOut";
     pub const ROLLOUT_FAILED: &str = "RolloutFailed";
     pub const UNAVAILABLE: &str = "Unavailable";
+    pub const CANARY: &str = "Canary";
+    pub const ROLLOUT_ABORTED: &str = "RolloutAborted";
 }
 
 /// The fields of `status` the operator writes.
@@ -55,6 +59,8 @@ pub struct OperatorStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<ServingMetrics>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_scale_reason: Option<String>,
@@ -70,6 +76,8 @@ pub struct Observed {
     pub rollout: Option<RolloutStatus>,
     /// When and why this pass changed the replica count; none keeps the last.
     pub last_scale: Option<(Time, String)>,
+    /// New serving figures; none keeps the last.
+    pub metrics: Option<ServingMetrics>,
 }
 
 /// `<uri>` or `<uri> (<digest>)`.
@@ -236,8 +244,10 @@ pub fn observe_with(
         );
         (outcome, RolloutPhase::Stable, None)
     } else if deadline_exceeded(deployment) {
-        let failed =
-            format!("model {target_text} did not become ready within {PROGRESS_DEADLINE_SECONDS}s");
+        let failed = format!(
+            "model {target_text} did not become ready within {}s",
+            md.spec.rollout.progress_deadline_seconds
+        );
         let (outcome, text) = if old_serves {
             let text = format!(
                 "{failed}; {current_text} keeps serving (see the pods of Deployment {name})"
@@ -310,12 +320,60 @@ pub fn observe_with(
         model: (model != ServedModels::default()).then_some(model),
         rollout: Some(RolloutStatus {
             phase,
-            step: 0,
-            weight: 0,
             message,
+            // What a rolled-back canary refuses outlives the rollouts after it.
+            aborted: md
+                .status
+                .as_ref()
+                .and_then(|s| s.rollout.as_ref())
+                .and_then(|r| r.aborted.clone()),
+            ..RolloutStatus::default()
         }),
         last_scale: None,
+        metrics: None,
     }
+}
+
+/// Whether `deployment` has rolled every pod to its template (for its current
+/// generation).
+pub fn rolled_out(deployment: &Deployment) -> bool {
+    let c = counts(deployment);
+    generation_observed(deployment)
+        && c.updated == c.desired
+        && c.total == c.desired
+        && c.available == c.desired
+}
+
+/// `observed` (about the stable pods) with a canary's part: Ready stays about
+/// the stable model while the canary runs beside it (Reconciling `Canary`), and
+/// once the canary was rolled back (Stalled `RolloutAborted`); the rollout
+/// status is the canary's, with its own figures.
+pub fn with_canary(
+    mut observed: Observed,
+    rollout: RolloutStatus,
+    message: &str,
+    aborted: bool,
+    canary: Option<Artifact>,
+) -> Observed {
+    let ready = match &observed.outcome {
+        Outcome::Ready { reason, message } => Some((reason.clone(), message.clone())),
+        Outcome::ReadyWhile {
+            reason, message, ..
+        } => Some((reason.clone(), message.clone())),
+        _ => None,
+    };
+    if let Some((reason, ready_message)) = ready {
+        observed.outcome = if aborted {
+            Outcome::ready_stalled(&reason, ready_message, reason::ROLLOUT_ABORTED, message)
+        } else {
+            Outcome::ready_reconciling(&reason, ready_message, reason::CANARY, message)
+        };
+    }
+    let mut model = observed.model.take().unwrap_or_default();
+    model.canary = canary;
+    observed.model = (model != ServedModels::default()).then_some(model);
+    observed.rollout = Some(rollout);
+    observed
 }
 
 /// A pass that did not apply the children (waiting for the model, or a spec this
@@ -357,6 +415,7 @@ pub fn without_apply(
         model: served,
         rollout: current.and_then(|s| s.rollout.clone()),
         last_scale: None,
+        metrics: None,
     }
 }
 
@@ -384,6 +443,9 @@ pub fn desired_status(md: &ModelDeployment, observed: Observed, now: &Time) -> O
         endpoint: observed.endpoint,
         model: observed.model,
         rollout: observed.rollout,
+        metrics: observed
+            .metrics
+            .or_else(|| current.and_then(|s| s.metrics.clone())),
         last_scale_time,
         last_scale_reason,
     }
@@ -399,6 +461,7 @@ impl ReportsStatus for ModelDeployment {
             || current.endpoint != desired.endpoint
             || current.model != desired.model
             || current.rollout != desired.rollout
+            || current.metrics != desired.metrics
             || current.last_scale_time != desired.last_scale_time
             || current.last_scale_reason != desired.last_scale_reason
     }
@@ -410,6 +473,7 @@ impl ReportsStatus for ModelDeployment {
         status.endpoint = written.endpoint;
         status.model = written.model;
         status.rollout = written.rollout;
+        status.metrics = written.metrics;
         status.last_scale_time = written.last_scale_time;
         status.last_scale_reason = written.last_scale_reason;
     }

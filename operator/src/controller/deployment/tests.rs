@@ -235,11 +235,9 @@ mod validate_tests {
     use super::*;
 
     #[test]
-    fn canary_stalls_naming_the_field_and_what_runs() {
+    fn canary_is_run_not_stalled() {
         let md = fixture("spec: {rollout: {strategy: Canary, canary: {steps: [{weight: 10}]}}}");
-        let err = validate(&md).unwrap_err();
-        assert_eq!(err.field, "spec.rollout.strategy");
-        assert!(err.message.contains("RollingUpdate"));
+        assert_eq!(validate(&md), Ok(()));
     }
 
     #[test]
@@ -355,7 +353,8 @@ mod build_tests {
         assert_eq!(
             container.args.as_ref().unwrap().join(" "),
             "--model s3://models/chat-v1 --host 0.0.0.0 --port 8000 --served-model-name chat \
-             --dtype bfloat16 --max-batch-size 4 --max-context 512 --max-new-tokens 64"
+             --dtype bfloat16 --max-batch-size 4 --max-context 512 --max-new-tokens 64 \
+             --max-queue 64 --shutdown-grace 25"
         );
         let with_threads = children("spec: {server: {threads: 6}}");
         let args = server(&with_threads.deployment).args.clone().unwrap();
@@ -387,6 +386,91 @@ mod build_tests {
             path(&container.liveness_probe),
             ("/healthz".into(), "http".into())
         );
+        assert_eq!(
+            path(&container.startup_probe),
+            ("/readyz".into(), "http".into())
+        );
+    }
+
+    fn arg_after<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        let at = args.iter().position(|a| a == flag)?;
+        args.get(at + 1).map(String::as_str)
+    }
+
+    #[test]
+    fn the_queue_bound_follows_the_spec_and_defaults_to_64() {
+        let c = children("spec: {server: {maxQueue: 8}}");
+        let args = server(&c.deployment).args.clone().unwrap();
+        assert_eq!(arg_after(&args, "--max-queue"), Some("8"));
+        let c = children("{}");
+        let args = server(&c.deployment).args.clone().unwrap();
+        assert_eq!(arg_after(&args, "--max-queue"), Some("64"));
+    }
+
+    #[test]
+    fn a_loading_model_gets_a_startup_probe_before_liveness_counts() {
+        let c = children("{}");
+        let startup = server(&c.deployment).startup_probe.clone().unwrap();
+        let (period, failures) = (
+            startup.period_seconds.unwrap(),
+            startup.failure_threshold.unwrap(),
+        );
+        assert_eq!((period, failures), (5, 120));
+        // As long as a rollout may take to progress by default: ten minutes of loading.
+        assert_eq!(
+            period * failures,
+            llmops_crds::deployment::Rollout::default().progress_deadline_seconds
+        );
+        let liveness = server(&c.deployment).liveness_probe.clone().unwrap();
+        assert!(
+            period * failures
+                > liveness.period_seconds.unwrap() * liveness.failure_threshold.unwrap()
+        );
+        // A longer progress deadline gets as long to load; a shorter one keeps
+        // the ten minutes.
+        let failures = |overlay: &str| {
+            let c = children(overlay);
+            let probe = server(&c.deployment).startup_probe.clone().unwrap();
+            probe.period_seconds.unwrap() * probe.failure_threshold.unwrap()
+        };
+        assert_eq!(
+            failures("spec: {rollout: {progressDeadlineSeconds: 1801}}"),
+            1805
+        );
+        assert_eq!(
+            failures("spec: {rollout: {progressDeadlineSeconds: 60}}"),
+            600
+        );
+    }
+
+    #[test]
+    fn a_stopping_pod_leaves_the_endpoints_then_drains_within_its_grace_period() {
+        let c = children("{}");
+        let container = server(&c.deployment);
+        let pre_stop = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .unwrap();
+        // The image has no shell: a sleep action, not `exec sleep`.
+        assert_eq!(pre_stop.exec, None);
+        let sleep = pre_stop.sleep.as_ref().unwrap().seconds;
+        assert_eq!(sleep, 5);
+        let args = container.args.clone().unwrap();
+        let grace: i64 = arg_after(&args, "--shutdown-grace")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(grace, 25);
+        let period = pod_spec(&c.deployment)
+            .termination_grace_period_seconds
+            .unwrap();
+        assert!(
+            period > sleep + grace,
+            "terminationGracePeriodSeconds {period} must exceed preStop {sleep} s + --shutdown-grace {grace} s"
+        );
+        let yaml = serde_json::to_value(container).unwrap();
+        assert_eq!(yaml["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
     }
 
     #[test]
@@ -590,12 +674,12 @@ mod status_tests {
     }
 
     #[test]
-    fn a_metric_the_server_does_not_export_runs_min_and_says_so() {
+    fn a_pass_that_could_not_autoscale_says_when_it_resumes() {
         let md = fixture("spec: {replicas: {min: 2, max: 4}, autoscaling: {metric: queueDepth}}");
         let o = status::observe(&md, &live("s3://m/a", ROLLED_OUT), "e".into());
         let text = message(&o.outcome).1;
         assert!(
-            text.contains("autoscaling on queueDepth is not active: the server does not export it (fixed at replicas.min, 2)"),
+            text.contains("autoscaling on queueDepth resumes once the spec can be applied"),
             "{text}"
         );
     }

@@ -3,20 +3,14 @@
 //! `InvalidSpec`); the Deployment of the last valid spec, if any, is left serving.
 //!
 //! Decided per field:
-//! - `rollout.strategy: Canary` stalls: traffic splitting is not in this version,
-//!   and silently rolling out all at once would skip the analysis the user asked
-//!   for. `RollingUpdate` is what runs.
-//! - `autoscaling` and `replicas.max` do not stall: `inFlightRequests` is
-//!   autoscaled; a metric the server does not export (`queueDepth`,
-//!   `tokensPerSecond`) and `autoscaling.scaleToZeroAfter` run with `replicas.min`
-//!   (at least one) and the Ready message says what is not active.
+//! - `autoscaling.scaleToZeroAfter` does not stall: the floor stays one replica
+//!   and the Ready message says scale to zero is not active.
 //! - `rollout.analysis` and `rollout.autoRollback` belong to Canary and are not
 //!   used by RollingUpdate; a new model that never becomes ready leaves the old
 //!   pods serving anyway (`maxUnavailable: 0`).
 
 use kube::ResourceExt;
 use llmops_crds::ModelDeployment;
-use llmops_crds::deployment::RolloutStrategy;
 
 use super::resolve::Model;
 use crate::workload::storage::pvc_claim;
@@ -54,12 +48,6 @@ pub fn validate(md: &ModelDeployment) -> Result<(), Invalid> {
             format!(
                 "the name is also the name of its Service, which must be a DNS label: at most {MAX_DNS_LABEL} lower-case letters, digits and '-', starting with a letter"
             ),
-        );
-    }
-    if md.spec.rollout.strategy == RolloutStrategy::Canary {
-        return invalid(
-            "spec.rollout.strategy",
-            "Canary rollouts are not run by this llmops version yet; use RollingUpdate (new pods take traffic once ready, and a model that never becomes ready leaves the old pods serving)",
         );
     }
     Ok(())

@@ -4,6 +4,7 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use kube::ResourceExt;
+use llmops_contract::env;
 use llmops_crds::{Dataset, FineTune, PretrainJob};
 use serde_json::Value;
 
@@ -366,8 +367,8 @@ mod validate_tests {
 
 mod build_tests {
     use super::*;
-    use crate::workload::job::RESOURCE_KEY;
     use crate::workload::training::RUN_HASH_ANNOTATION;
+    use llmops_contract::path::RESOURCE_KEY;
 
     #[test]
     fn names_labels_and_command() {
@@ -451,7 +452,7 @@ mod build_tests {
                 .any(|v| v.name == "dshm")
         );
         assert_eq!(
-            env_var(&c.job, "LLMOPS_OUTPUT_URI").and_then(|e| e.value.as_deref()),
+            env_var(&c.job, env::OUTPUT_URI).and_then(|e| e.value.as_deref()),
             Some("s3://llmops-artifacts/finetunes/ml/qa")
         );
     }
@@ -483,11 +484,11 @@ mod build_tests {
         assert_eq!(spec.backoff_limit, Some(6));
         assert_eq!(c.service.unwrap().name_any(), "qa-workers");
         assert_eq!(
-            env_var(&c.job, "MASTER_ADDR").and_then(|e| e.value.as_deref()),
+            env_var(&c.job, env::MASTER_ADDR).and_then(|e| e.value.as_deref()),
             Some("qa-finetune-0.qa-workers")
         );
         assert_eq!(
-            env_var(&c.job, "LLMOPS_PROCS_PER_POD").and_then(|e| e.value.as_deref()),
+            env_var(&c.job, env::PROCS_PER_POD).and_then(|e| e.value.as_deref()),
             Some("2")
         );
         let limits = trainer(&c.job)

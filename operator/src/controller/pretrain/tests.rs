@@ -4,6 +4,7 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use kube::ResourceExt;
+use llmops_contract::env;
 use llmops_crds::{Dataset, PretrainJob};
 use serde_json::Value;
 
@@ -285,7 +286,7 @@ mod validate_tests {
 
 mod build_tests {
     use super::*;
-    use crate::workload::job::RESOURCE_KEY;
+    use llmops_contract::path::RESOURCE_KEY;
 
     #[test]
     fn names_and_labels() {
@@ -387,9 +388,9 @@ mod build_tests {
             trainer(&job).args.as_ref().unwrap(),
             &["pretrain", "--resource", "/etc/llmops/resource.yaml"]
         );
-        assert!(env_var(&job, "RANK").is_none() && env_var(&job, "WORLD_SIZE").is_none());
+        assert!(env_var(&job, env::RANK).is_none() && env_var(&job, env::WORLD_SIZE).is_none());
         assert_eq!(
-            env_value(&job, "LLMOPS_OUTPUT_URI"),
+            env_value(&job, env::OUTPUT_URI),
             Some("s3://llmops-artifacts/pretrainjobs/ml/base")
         );
     }
@@ -423,16 +424,20 @@ mod build_tests {
 
         let job = &c.job;
         assert_eq!(pod_spec(job).subdomain.as_deref(), Some("base-workers"));
-        assert_eq!(env_value(job, "WORLD_SIZE"), Some("4"));
+        assert_eq!(env_value(job, env::WORLD_SIZE), Some("4"));
         // One GPU per pod: the pod's process is the rank; no launcher.
-        assert_eq!(env_value(job, "LOCAL_RANK"), None);
-        assert_eq!(env_value(job, "LLMOPS_PROCS_PER_POD"), None);
+        assert_eq!(env_value(job, env::LOCAL_RANK), None);
+        assert_eq!(env_value(job, env::PROCS_PER_POD), None);
         assert_eq!(
-            env_value(job, "MASTER_ADDR"),
+            env_value(job, env::MASTER_ADDR),
             Some("base-pretrain-0.base-workers")
         );
-        assert_eq!(env_value(job, "MASTER_PORT"), Some("29500"));
-        let rank = env_var(job, "RANK").unwrap().value_from.as_ref().unwrap();
+        assert_eq!(env_value(job, env::MASTER_PORT), Some("29500"));
+        let rank = env_var(job, env::RANK)
+            .unwrap()
+            .value_from
+            .as_ref()
+            .unwrap();
         assert_eq!(
             rank.field_ref.as_ref().unwrap().field_path,
             "metadata.annotations['batch.kubernetes.io/job-completion-index']"
@@ -447,10 +452,10 @@ mod build_tests {
     fn several_gpus_per_pod_run_one_trainer_process_per_gpu() {
         let c = children("spec: {resources: {replicas: 2, gpusPerReplica: 2}}");
         let job = &c.job;
-        assert_eq!(env_value(job, "LLMOPS_PROCS_PER_POD"), Some("2"));
+        assert_eq!(env_value(job, env::PROCS_PER_POD), Some("2"));
         // The pod-level values; the trainer derives each process's rank from them.
-        assert_eq!(env_value(job, "WORLD_SIZE"), Some("2"));
-        assert_eq!(env_value(job, "LOCAL_RANK"), None);
+        assert_eq!(env_value(job, env::WORLD_SIZE), Some("2"));
+        assert_eq!(env_value(job, env::LOCAL_RANK), None);
         let limits = trainer(job)
             .resources
             .as_ref()
@@ -618,7 +623,7 @@ spec:
             .find(|m| m.mount_path == "/mnt/pvc/models")
             .unwrap();
         assert_eq!(mount.read_only, Some(false));
-        assert_eq!(env_value(&job, "LLMOPS_PVC_ROOT"), Some("/mnt/pvc"));
+        assert_eq!(env_value(&job, env::PVC_ROOT), Some("/mnt/pvc"));
     }
 
     #[test]

@@ -15,29 +15,26 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use llmops_contract::{env as var, exit, path};
 use llmops_crds::{ComputeResources, FailurePolicy, Scheduling};
 use serde::Serialize;
 
 use super::{
-    COMPLETION_INDEX_ANNOTATION, EXIT_INTERRUPTED, FATAL_EXIT_CODES, RUN_HASH_ANNOTATION, job_name,
-    service_name, trainer_name,
+    COMPLETION_INDEX_ANNOTATION, FATAL_EXIT_CODES, RUN_HASH_ANNOTATION, job_name, service_name,
+    trainer_name,
 };
 use crate::config::OperatorConfig;
 use crate::runtime::apply::{COMPONENT_LABEL, child_meta, parent_label_key};
 use crate::workload::credentials::{CREDENTIAL_KEYS, credential_env};
-use crate::workload::job::{
-    RESOURCE_KEY, RESOURCE_PATH, TRAINER_CONTAINER, TrainerJob, env, resource_file,
-};
+use crate::workload::job::{TRAINER_CONTAINER, TrainerJob, env, resource_file};
 use crate::workload::rbac::{TrainerRbac, trainer_rbac};
-use crate::workload::storage::{PVC_ROOT, PvcMounts, pvc_claim};
+use crate::workload::storage::{PvcMounts, pvc_claim};
 
-/// Port rank 0 listens on for the other ranks.
-pub const MASTER_PORT: i32 = 29500;
+/// Port rank 0 listens on for the other ranks ([`llmops_contract::MASTER_PORT`]).
+pub const MASTER_PORT: i32 = llmops_contract::MASTER_PORT as i32;
 /// Time a stopping pod gets to save its checkpoint before it is killed; the
 /// default 30 s is short for writing a large model and its optimizer state.
 pub const TERMINATION_GRACE_SECONDS: i64 = 120;
-/// Processes the trainer starts in each pod, one per GPU.
-const PROCS_PER_POD_ENV: &str = "LLMOPS_PROCS_PER_POD";
 
 /// What shapes the pods of a run, taken from a PretrainJob's or FineTune's spec.
 #[derive(Clone, Debug)]
@@ -101,7 +98,7 @@ where
     let text = serde_yaml_ng::to_string(resource)?;
     Ok(ConfigMap {
         metadata: child_meta(resource, job_name(&resource.name_any(), command), command),
-        data: Some(BTreeMap::from([(RESOURCE_KEY.to_string(), text)])),
+        data: Some(BTreeMap::from([(path::RESOURCE_KEY.to_string(), text)])),
         ..ConfigMap::default()
     })
 }
@@ -192,7 +189,7 @@ pub fn pod_failure_policy() -> PodFailurePolicy {
                 }]),
                 ..PodFailurePolicyRule::default()
             },
-            on_exit("Ignore", vec![EXIT_INTERRUPTED]),
+            on_exit("Ignore", vec![i32::from(exit::INTERRUPTED)]),
             on_exit("FailJob", FATAL_EXIT_CODES.to_vec()),
         ],
     }
@@ -231,7 +228,7 @@ fn ambient_credential_env(secret: &str) -> Vec<EnvVar> {
 fn data_parallel_env(name: &str, command: &str, replicas: i32) -> Vec<EnvVar> {
     vec![
         EnvVar {
-            name: "RANK".into(),
+            name: var::RANK.into(),
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
                     field_path: format!("metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"),
@@ -241,12 +238,12 @@ fn data_parallel_env(name: &str, command: &str, replicas: i32) -> Vec<EnvVar> {
             }),
             ..EnvVar::default()
         },
-        env("WORLD_SIZE", replicas.to_string()),
+        env(var::WORLD_SIZE, replicas.to_string()),
         env(
-            "MASTER_ADDR",
+            var::MASTER_ADDR,
             format!("{}-0.{}", job_name(name, command), service_name(name)),
         ),
-        env("MASTER_PORT", MASTER_PORT.to_string()),
+        env(var::MASTER_PORT, MASTER_PORT.to_string()),
     ]
 }
 
@@ -290,8 +287,8 @@ fn build_job<K: Resource<DynamicType = ()>>(
     mounts.extend(pvc_mounts);
 
     let mut job_env = vec![
-        env("LLMOPS_OUTPUT_URI", run.output_uri),
-        env("LLMOPS_PVC_ROOT", PVC_ROOT),
+        env(var::OUTPUT_URI, run.output_uri),
+        env(var::PVC_ROOT, path::PVC_ROOT),
     ];
     let mut secrets: Vec<&str> = Vec::new();
     for secret in &run.secrets {
@@ -310,13 +307,17 @@ fn build_job<K: Resource<DynamicType = ()>>(
     if gpus > 1 {
         // The trainer starts one process per GPU and gives each its LOCAL_RANK,
         // global RANK (pod × gpus + local) and WORLD_SIZE (pods × gpus).
-        job_env.push(env(PROCS_PER_POD_ENV, gpus.to_string()));
+        job_env.push(env(var::PROCS_PER_POD, gpus.to_string()));
     }
 
     let mut job = TrainerJob {
         meta: child_meta(parent, job_name(&name, command), command),
         image: config.trainer_image.clone(),
-        args: vec![command.into(), "--resource".into(), RESOURCE_PATH.into()],
+        args: vec![
+            command.into(),
+            "--resource".into(),
+            path::RESOURCE_PATH.into(),
+        ],
         service_account: Some(trainer_name(&name)),
         env: job_env,
         volumes,

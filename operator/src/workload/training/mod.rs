@@ -23,12 +23,12 @@ pub mod run;
 pub mod status;
 pub mod validate;
 
-/// Exit status of the trainer after SIGTERM, once its checkpoint is saved.
-pub const EXIT_INTERRUPTED: i32 = 143;
-/// Exit statuses that no retry can fix: 2 is an error only a spec, data or output
-/// change can fix (invalid spec, an input digest mismatch, a foreign checkpoint,
-/// divergence) or a command line the trainer rejects.
-pub const FATAL_EXIT_CODES: [i32; 1] = [2];
+use llmops_contract::exit;
+
+/// Exit statuses that no retry can fix: [`exit::INVALID`] is an error only a spec,
+/// data or output change can fix (invalid spec, an input digest mismatch, a
+/// foreign checkpoint, divergence) or a command line the trainer rejects.
+pub const FATAL_EXIT_CODES: [i32; 1] = [exit::INVALID as i32];
 /// The pod annotation holding an Indexed Job pod's index (the rank).
 pub const COMPLETION_INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completion-index";
 /// Annotation on the Job: hash of the spec it runs, `suspend` aside.

@@ -6,9 +6,10 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
+use llmops_contract::exit;
 use llmops_crds::{JobPhase, TrainingProgress};
 
-use super::{COMPLETION_INDEX_ANNOTATION, EXIT_INTERRUPTED};
+use super::COMPLETION_INDEX_ANNOTATION;
 use crate::runtime::conditions::Outcome;
 use crate::workload::job::TRAINER_CONTAINER;
 use crate::workload::observe::{BLOCKING_WAIT_REASONS, JobState, job_condition};
@@ -68,7 +69,9 @@ pub fn telling_pods(job: &Job, pods: Vec<Pod>) -> Vec<Pod> {
     if job_condition(job, "Failed").is_some() {
         let failed: Vec<Pod> = pods
             .iter()
-            .filter(|pod| exit_code(pod).is_some_and(|code| code != 0 && code != EXIT_INTERRUPTED))
+            .filter(|pod| {
+                exit_code(pod).is_some_and(|code| code != 0 && code != i32::from(exit::INTERRUPTED))
+            })
             .cloned()
             .collect();
         if !failed.is_empty() {

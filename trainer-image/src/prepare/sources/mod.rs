@@ -21,7 +21,7 @@ pub use counting::CountingReader;
 use super::PrepareError;
 
 /// Where the operator mounts ConfigMap sources: `<dir>/<index>/<key>`.
-pub const DEFAULT_SOURCES_DIR: &str = "/etc/llmops/sources";
+pub const DEFAULT_SOURCES_DIR: &str = llmops_contract::path::SOURCES_DIR;
 
 /// One readable input of a source (a prefix source has several).
 pub struct Input {
@@ -50,8 +50,8 @@ pub fn inputs(index: usize, source: &Source, rt: &Handle) -> Result<Vec<Input>, 
         }]);
     }
     if let Some(cm) = &source.config_map {
-        let dir =
-            std::env::var("LLMOPS_SOURCES_DIR").unwrap_or_else(|_| DEFAULT_SOURCES_DIR.into());
+        let dir = std::env::var(llmops_contract::env::SOURCES_DIR)
+            .unwrap_or_else(|_| DEFAULT_SOURCES_DIR.into());
         let path = PathBuf::from(dir).join(index.to_string()).join(&cm.key);
         return Ok(vec![Input {
             name: named(&format!("configMap {}/{}", cm.name, cm.key)),

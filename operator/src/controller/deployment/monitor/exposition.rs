@@ -1,0 +1,229 @@
+//! The Prometheus/OpenMetrics text a serving pod answers at `/metrics`, read
+//! into the figures the monitor keeps ([`Reading`]).
+
+use std::collections::BTreeMap;
+
+/// The series the server exports (see `server-image/src/metrics.rs`).
+pub mod series {
+    pub const REQUESTS: &str = "llmops_server_requests_total";
+    pub const REQUEST_DURATION: &str = "llmops_server_request_duration_seconds_bucket";
+    pub const TIME_TO_FIRST_TOKEN: &str = "llmops_server_time_to_first_token_seconds_bucket";
+    pub const TIME_PER_OUTPUT_TOKEN: &str = "llmops_server_time_per_output_token_seconds_bucket";
+    pub const GENERATED_TOKENS: &str = "llmops_server_generated_tokens_total";
+    pub const IN_FLIGHT: &str = "llmops_server_in_flight_requests";
+    pub const QUEUE_DEPTH: &str = "llmops_server_queue_depth";
+}
+
+/// The routes whose requests count as traffic (`/v1/models` does not).
+const GENERATION_ROUTES: [&str; 2] = ["completions", "chat_completions"];
+
+/// One sample line: name, labels, value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Why a metrics text could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("line {line}: {problem}")]
+    Line { line: usize, problem: String },
+    #[error("no {0} sample")]
+    Missing(&'static str),
+}
+
+/// Every sample of a text exposition (comments and blank lines skipped).
+pub fn samples(text: &str) -> Result<Vec<Sample>, ParseError> {
+    let mut out = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |problem: &str| ParseError::Line {
+            line: index + 1,
+            problem: problem.to_string(),
+        };
+        let name_end = line
+            .find(|c: char| c == '{' || c.is_whitespace())
+            .ok_or_else(|| bad("a sample without a value"))?;
+        let name = &line[..name_end];
+        let mut rest = &line[name_end..];
+        let mut labels = BTreeMap::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            let close = inner.find('}').ok_or_else(|| bad("unclosed label set"))?;
+            for pair in inner[..close].split(',').filter(|p| !p.trim().is_empty()) {
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| bad("a label without ="))?;
+                labels.insert(
+                    key.trim().to_string(),
+                    value.trim().trim_matches('"').to_string(),
+                );
+            }
+            rest = &inner[close + 1..];
+        }
+        let value = rest
+            .split_whitespace()
+            .next()
+            .ok_or_else(|| bad("a sample without a value"))?;
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .map_err(|_| bad(&format!("{v:?} is not a number")))?,
+        };
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+/// Cumulative histogram buckets: upper bound → observations at or below it,
+/// `+Inf` last.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Buckets(pub Vec<(f64, f64)>);
+
+impl Buckets {
+    /// Observations in all.
+    pub fn count(&self) -> f64 {
+        self.0.last().map_or(0.0, |(_, c)| *c)
+    }
+}
+
+/// What the monitor keeps of one scrape of one pod. Counters are cumulative since
+/// the server started; gauges are as read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reading {
+    pub ok: f64,
+    pub client_errors: f64,
+    pub server_errors: f64,
+    pub duration: Buckets,
+    pub time_to_first_token: Buckets,
+    pub time_per_output_token: Buckets,
+    pub generated_tokens: f64,
+    pub in_flight: f64,
+    pub queue_depth: f64,
+}
+
+/// Sums the buckets of `name` over the generation routes (or over all series of
+/// a histogram without a route label), by upper bound.
+fn buckets(samples: &[Sample], name: &str) -> Buckets {
+    let mut by_bound: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.name == name) {
+        if s.labels
+            .get("route")
+            .is_some_and(|r| !GENERATION_ROUTES.contains(&r.as_str()))
+        {
+            continue;
+        }
+        let Some(le) = s.labels.get("le").and_then(|le| match le.as_str() {
+            "+Inf" => Some(f64::INFINITY),
+            v => v.parse::<f64>().ok(),
+        }) else {
+            continue;
+        };
+        // Order by the bound's bits: non-negative floats sort like their bits.
+        let entry = by_bound.entry(le.to_bits()).or_insert((le, 0.0));
+        entry.1 += s.value;
+    }
+    Buckets(by_bound.into_values().collect())
+}
+
+/// Reads a server's metrics text. The in-flight gauge must be there (it is what
+/// tells a server's text from anything else); the rest may be missing (an older
+/// server) and reads as zero.
+pub fn read(text: &str) -> Result<Reading, ParseError> {
+    let samples = samples(text)?;
+    let sum = |name: &str, status: Option<&str>| -> f64 {
+        samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                s.labels
+                    .get("route")
+                    .is_none_or(|r| GENERATION_ROUTES.contains(&r.as_str()))
+            })
+            .filter(|s| {
+                status.is_none_or(|st| s.labels.get("status").map(String::as_str) == Some(st))
+            })
+            .map(|s| s.value)
+            .sum()
+    };
+    let gauge = |name: &'static str| -> Option<f64> {
+        samples
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.value)
+            .reduce(|a, b| a + b)
+    };
+    let in_flight = gauge(series::IN_FLIGHT).ok_or(ParseError::Missing(series::IN_FLIGHT))?;
+    Ok(Reading {
+        ok: sum(series::REQUESTS, Some("2xx")),
+        client_errors: sum(series::REQUESTS, Some("4xx")),
+        server_errors: sum(series::REQUESTS, Some("5xx")),
+        duration: buckets(&samples, series::REQUEST_DURATION),
+        time_to_first_token: buckets(&samples, series::TIME_TO_FIRST_TOKEN),
+        time_per_output_token: buckets(&samples, series::TIME_PER_OUTPUT_TOKEN),
+        generated_tokens: sum(series::GENERATED_TOKENS, None),
+        in_flight,
+        queue_depth: gauge(series::QUEUE_DEPTH).unwrap_or(0.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real rendering of the server's metrics: 3 in flight, 2 answered, 1 failed.
+    const RENDERED: &str = include_str!("../testdata/server-metrics.txt");
+
+    #[test]
+    fn the_servers_text_reads_into_a_reading() {
+        let r = read(RENDERED).unwrap();
+        assert_eq!((r.ok, r.client_errors, r.server_errors), (2.0, 0.0, 1.0));
+        assert_eq!(r.in_flight, 3.0);
+        assert_eq!(r.duration.count(), 2.0);
+        assert_eq!(r.duration.0.first(), Some(&(0.005, 0.0)));
+        assert_eq!(r.duration.0.last(), Some(&(f64::INFINITY, 2.0)));
+        assert_eq!(r.time_to_first_token.count(), 1.0);
+    }
+
+    #[test]
+    fn histograms_add_up_over_generation_routes_only() {
+        let text = "\
+x_bucket{route=\"completions\",le=\"0.1\"} 1
+x_bucket{route=\"completions\",le=\"+Inf\"} 2
+x_bucket{le=\"0.1\",route=\"chat_completions\"} 3
+x_bucket{le=\"+Inf\",route=\"chat_completions\"} 3
+x_bucket{le=\"0.1\",route=\"models\"} 50
+x_bucket{le=\"+Inf\",route=\"models\"} 50
+";
+        assert_eq!(
+            buckets(&samples(text).unwrap(), "x_bucket"),
+            Buckets(vec![(0.1, 4.0), (f64::INFINITY, 5.0)])
+        );
+    }
+
+    #[test]
+    fn a_text_without_the_in_flight_gauge_or_with_garbage_is_an_error() {
+        assert_eq!(
+            read("other_metric 1\n"),
+            Err(ParseError::Missing(series::IN_FLIGHT))
+        );
+        assert!(matches!(
+            read("llmops_server_in_flight_requests three\n"),
+            Err(ParseError::Line { line: 1, .. })
+        ));
+        assert!(matches!(
+            read("llmops_server_in_flight_requests{a=\"b\" 1\n"),
+            Err(ParseError::Line { .. })
+        ));
+    }
+}

@@ -1,0 +1,457 @@
+//! End to end, serving under real traffic: the real operator on the real control
+//! plane, every serving pod replayed with the real `server` listening on its pod
+//! IP (loopback), readiness probed as the kubelet does ([`ServingPods`]), and
+//! clients spreading requests over the ready pods as kube-proxy would
+//! ([`Traffic`]). The operator reads the pods' `/metrics` exactly as in a
+//! cluster (`podIP:8000`).
+//!
+//! - `status.metrics` agrees with what the clients measured, and an autoscaled
+//!   deployment scales up to `replicas.max` under load from 16 clients and back
+//!   down once the load stops and the stabilization window has passed;
+//! - canary rollouts: a good model walks every step and is promoted without one
+//!   client request failing; a model whose logits are NaN is rolled back on its
+//!   error rate; a model that cannot load is rolled back at its progress
+//!   deadline; the stable model serves throughout.
+//!
+//! The operator runs with a 1 s scrape interval, a 10 s window and status
+//! writes at most every 2 s, so each phase takes seconds, not minutes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use llmops_crds::ModelDeployment;
+use llmops_tests::local::tiny_model_with;
+use llmops_tests::operator::Operator;
+use llmops_tests::replay::Replayer;
+use llmops_tests::serving::ServingPods;
+use llmops_tests::traffic::{Backends, Load, Report, Request, Traffic};
+use llmops_tests::{Cluster, TestNamespace, eventually};
+use serde_json::{Value, json};
+
+use crate::e2e_dataset::{has_condition, wait_for};
+
+const NAME: &str = "chat";
+const MONITORING: [&str; 3] = [
+    "--metrics-interval=1s",
+    "--metrics-window=10s",
+    "--metrics-status-interval=2s",
+];
+/// Loading a tiny model takes a second; a busy machine gets more.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A completion of at most 12 tokens, greedy.
+fn completion() -> Request {
+    Request::post(
+        "/v1/completions",
+        json!({"model": NAME, "prompt": "the old man sees a red house", "max_tokens": 12,
+               "temperature": 0}),
+    )
+}
+
+fn model_deployment(uri: &str, spec: Value) -> Value {
+    let mut md = json!({
+        "apiVersion": "llmops.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": NAME},
+        "spec": {
+            "model": {"uri": uri},
+            "server": {"maxBatch": 4, "maxContext": 128, "maxNewTokens": 16, "threads": 1},
+            "resources": {"cpu": "1", "memory": "1Gi"},
+        }
+    });
+    if let (Some(base), Some(extra)) = (md["spec"].as_object_mut(), spec.as_object()) {
+        for (key, value) in extra {
+            base.insert(key.clone(), value.clone());
+        }
+    }
+    md
+}
+
+/// A namespace with the operator, the serving pods' kubelet and a store of
+/// tiny models.
+struct Setup {
+    ns: TestNamespace,
+    operator: Operator,
+    client: Client,
+    pods: ServingPods,
+    deployments: Api<ModelDeployment>,
+}
+
+impl Setup {
+    async fn start(cluster: &'static Cluster, prefix: &str) -> anyhow::Result<Setup> {
+        let ns = TestNamespace::create(cluster, prefix).await?;
+        let operator = Operator::start_with(cluster, &ns, &MONITORING).await?;
+        let client = cluster.client().await?;
+        let replayer = Arc::new(Replayer::new(cluster).await?);
+        let pods = ServingPods::start(
+            replayer,
+            ns.name(),
+            &format!("llmops.dev/modeldeployment={NAME}"),
+        );
+        let deployments = Api::namespaced(client.clone(), ns.name());
+        Ok(Setup {
+            ns,
+            operator,
+            client,
+            pods,
+            deployments,
+        })
+    }
+
+    /// A tiny model in the store (`args` for `tiny_model.py`); its URI.
+    fn model(&self, name: &str, args: &[&str]) -> anyhow::Result<String> {
+        let dir = self.operator.store().join("models").join(name);
+        tiny_model_with(&dir, args)?;
+        Ok(format!("file://{}", dir.display()))
+    }
+
+    async fn apply(&self, md: Value) -> anyhow::Result<()> {
+        let apply = PatchParams::apply(llmops_tests::FIELD_MANAGER).force();
+        self.deployments
+            .patch(NAME, &apply, &Patch::Apply(md))
+            .await
+            .context("applying the ModelDeployment")?;
+        Ok(())
+    }
+
+    async fn wait(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Value> {
+        let result = wait_for(
+            &mut self.operator,
+            &self.deployments,
+            NAME,
+            what,
+            timeout,
+            check,
+        )
+        .await;
+        result.map_err(|e| anyhow::anyhow!("{e:#}\nserving pods:\n{}", self.pods.describe()))
+    }
+
+    async fn status(&self) -> anyhow::Result<Value> {
+        Ok(serde_json::to_value(self.deployments.get(NAME).await?)?["status"].clone())
+    }
+
+    /// `concurrency` clients sending completions to the Service's ready pods
+    /// for `duration`, in the background.
+    fn traffic(
+        &self,
+        concurrency: usize,
+        duration: Duration,
+    ) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
+        let load = Load::new(completion())
+            .concurrency(concurrency)
+            .duration(duration)
+            .timeout(Duration::from_secs(30));
+        let (client, namespace) = (self.client.clone(), self.ns.name().to_string());
+        tokio::spawn(async move {
+            Traffic::run(client, &namespace, Backends::service(NAME), load).await
+        })
+    }
+
+    async fn replicas(&self) -> anyhow::Result<i32> {
+        let apps: Api<Deployment> = Api::namespaced(self.client.clone(), self.ns.name());
+        let live = apps.get(&format!("{NAME}-server")).await?;
+        Ok(live.spec.and_then(|s| s.replicas).unwrap_or(0))
+    }
+
+    async fn finish(self, cluster: &'static Cluster) -> anyhow::Result<()> {
+        let Setup {
+            ns, operator, pods, ..
+        } = self;
+        pods.stop().await;
+        drop(operator);
+        ns.delete(cluster).await
+    }
+}
+
+/// `model.current` is `uri`, and Ready is True for the current generation.
+fn serving(status: &Value, uri: &str) -> anyhow::Result<()> {
+    ensure!(
+        status.pointer("/status/model/current/uri") == Some(&json!(uri)),
+        "not serving {uri}"
+    );
+    has_condition(status, "Ready", "True")
+}
+
+#[tokio::test]
+async fn serving_figures_match_the_clients_and_autoscaling_follows_the_load() -> anyhow::Result<()>
+{
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let mut setup = Setup::start(cluster, "e2e-serving").await?;
+    let uri = setup.model("a", &[])?;
+    setup.apply(model_deployment(&uri, json!({}))).await?;
+    setup.pods.wait_ready(1, READY_TIMEOUT).await?;
+    setup
+        .wait("the first model to serve", READY_TIMEOUT, |md| {
+            serving(md, &uri)
+        })
+        .await?;
+
+    // Steady load on one pod: the status agrees with the clients.
+    let load = setup.traffic(4, Duration::from_secs(24));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let figures = setup.status().await?["metrics"].clone();
+    let report = load.await??;
+    ensure!(report.failed.is_empty(), "requests failed: {report}");
+    let measured = figures["requestsPerSecond"].as_f64().unwrap_or(0.0);
+    let sent = report.rate();
+    ensure!(
+        (measured - sent).abs() <= 0.2 * sent,
+        "status.metrics.requestsPerSecond {measured} is not within 20% of the {sent:.2}/s the clients sent: {figures}"
+    );
+    let p95 = figures["p95LatencyMs"].as_f64().unwrap_or(0.0);
+    let client_p95 = report.p95().context("no latency")?.as_secs_f64() * 1000.0;
+    // The server's buckets double: one bucket either way is a factor of two.
+    ensure!(
+        p95 >= client_p95 / 2.0 && p95 <= client_p95 * 2.0,
+        "status.metrics.p95LatencyMs {p95} is more than one bucket from the clients' p95 {client_p95:.1} ms: {figures}"
+    );
+    ensure!(
+        figures["errorRate"] == json!(0.0) && figures["windowSeconds"] == json!(10),
+        "{figures}"
+    );
+
+    // Autoscaling on in-flight requests: 16 clients push it to max, and it comes
+    // back to min once the load is gone and the window has passed.
+    setup
+        .apply(model_deployment(
+            &uri,
+            json!({"replicas": {"min": 1, "max": 3},
+                   "autoscaling": {"metric": "inFlightRequests", "target": 2, "stabilizationWindow": "15s"}}),
+        ))
+        .await?;
+    let load = setup.traffic(16, Duration::from_secs(40));
+    let started = Instant::now();
+    eventually(
+        "a scale-up to 3 replicas",
+        Duration::from_secs(40),
+        || async {
+            let replicas = setup.replicas().await?;
+            ensure!(replicas == 3, "{replicas} replicas");
+            Ok(())
+        },
+    )
+    .await?;
+    let up = started.elapsed();
+    setup.pods.wait_ready(3, READY_TIMEOUT).await?;
+    let report = load.await??;
+    let status = setup.status().await?;
+    ensure!(
+        status["lastScaleReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("→ 3")),
+        "{status}"
+    );
+    ensure!(report.failed.is_empty(), "requests failed: {report}");
+    ensure!(
+        report.per_pod.len() >= 2,
+        "the load never reached the new pods: {report}"
+    );
+    let idle = Instant::now();
+    eventually(
+        "a scale-down to 1 replica",
+        Duration::from_secs(60),
+        || async {
+            let replicas = setup.replicas().await?;
+            ensure!(replicas == 1, "{replicas} replicas");
+            Ok(())
+        },
+    )
+    .await?;
+    let down = idle.elapsed();
+    ensure!(
+        down >= Duration::from_secs(10),
+        "scaled down {down:?} after the load stopped, inside the 15 s window"
+    );
+    eprintln!(
+        "scaled up in {up:?} under {} requests at {:.1}/s; down {down:?} after the load stopped",
+        report.sent,
+        report.rate()
+    );
+    setup.finish(cluster).await
+}
+
+/// The canary settings of the rollout tests: two stable pods, a step at 25%
+/// (one canary pod: a third of the traffic) and one at 50% (two).
+fn canary_spec() -> Value {
+    json!({
+        "replicas": {"min": 2, "max": 2},
+        "rollout": {
+            "strategy": "Canary",
+            "canary": {"steps": [{"weight": 25, "pause": "5s"}, {"weight": 50, "pause": "5s"}]},
+            "analysis": {"maxErrorRate": 0.05, "minRequests": 20},
+            "progressDeadlineSeconds": 20
+        }
+    })
+}
+
+/// The pods a request went to that failed, by name.
+fn failing_pods(report: &Report) -> std::collections::BTreeSet<String> {
+    report
+        .failed
+        .iter()
+        .map(|f| f.pod.clone().unwrap_or_else(|| "(no ready pod)".into()))
+        .collect()
+}
+
+#[tokio::test]
+async fn canaries_are_promoted_or_rolled_back_on_their_own_figures() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let mut setup = Setup::start(cluster, "e2e-canary").await?;
+    let first = setup.model("first", &[])?;
+    setup.apply(model_deployment(&first, canary_spec())).await?;
+    setup.pods.wait_ready(2, READY_TIMEOUT).await?;
+    setup
+        .wait("the first model to serve", READY_TIMEOUT, |md| {
+            serving(md, &first)
+        })
+        .await?;
+
+    // A good model walks both steps and is promoted; no request fails.
+    let second = setup.model("second", &["--seed", "1"])?;
+    let load = setup.traffic(6, Duration::from_secs(300));
+    setup
+        .apply(model_deployment(&second, canary_spec()))
+        .await?;
+    let mut steps_seen = std::collections::BTreeSet::new();
+    let mut weights_seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let promoted = loop {
+        let status = setup.status().await?;
+        if let Some(step) = status.pointer("/rollout/step").and_then(Value::as_i64) {
+            steps_seen.insert(step);
+        }
+        if let Some(weight) = status.pointer("/rollout/weight").and_then(Value::as_i64) {
+            weights_seen.insert(weight);
+        }
+        if status.pointer("/model/current/uri") == Some(&json!(second))
+            && status.pointer("/model/canary").is_none()
+        {
+            break status;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the canary was not promoted in 180 s: rollout {}\n{}\nserving pods:\n{}",
+            status["rollout"],
+            setup.operator.log_tail(60),
+            setup.pods.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    ensure!(
+        promoted.pointer("/model/previous/uri") == Some(&json!(first)),
+        "{promoted}"
+    );
+    ensure!(
+        steps_seen.contains(&1) && steps_seen.contains(&2),
+        "steps seen: {steps_seen:?}"
+    );
+    ensure!(
+        weights_seen.contains(&33) && weights_seen.contains(&50),
+        "effective weights seen: {weights_seen:?}"
+    );
+    // The canary goes once the stable pods serve its model.
+    eventually(
+        "the canary Deployment to go",
+        Duration::from_secs(60),
+        || async {
+            let apps: Api<Deployment> = Api::namespaced(setup.client.clone(), setup.ns.name());
+            ensure!(
+                apps.get_opt(&format!("{NAME}-canary")).await?.is_none(),
+                "still there"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    load.abort();
+
+    // A model with NaN logits answers 500: rolled back on its error rate while
+    // the stable pods keep answering.
+    let broken = setup.model("nan", &["--defect", "non-finite"])?;
+    let load = setup.traffic(6, Duration::from_secs(60));
+    setup
+        .apply(model_deployment(&broken, canary_spec()))
+        .await?;
+    let aborted = setup
+        .wait(
+            "the NaN canary to be rolled back",
+            Duration::from_secs(120),
+            |md| {
+                ensure!(
+                    md.pointer("/status/rollout/phase") == Some(&json!("RolledBack")),
+                    "rollout: {}",
+                    md["status"]["rollout"]
+                );
+                has_condition(md, "Stalled", "True")?;
+                has_condition(md, "Ready", "True")
+            },
+        )
+        .await?;
+    let message = aborted["status"]["rollout"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        message.contains("error rate") && message.contains("> maxErrorRate 5%"),
+        "{message}"
+    );
+    ensure!(
+        aborted.pointer("/status/model/current/uri") == Some(&json!(second)),
+        "{}",
+        aborted["status"]["model"]
+    );
+    let report = load.await??;
+    let stable: std::collections::BTreeSet<String> =
+        setup.pods.ready().into_iter().map(|p| p.name).collect();
+    ensure!(
+        failing_pods(&report).is_disjoint(&stable),
+        "the stable pods failed requests: {report}"
+    );
+    ensure!(report.ok > 0, "{report}");
+
+    // A model that cannot load never gets ready: rolled back at its deadline,
+    // and the clients never see it.
+    let unloadable = setup.model("unloadable", &["--defect", "unloadable"])?;
+    let load = setup.traffic(2, Duration::from_secs(90));
+    setup
+        .apply(model_deployment(&unloadable, canary_spec()))
+        .await?;
+    let aborted = setup
+        .wait(
+            "the unloadable canary to be rolled back",
+            Duration::from_secs(120),
+            |md| {
+                ensure!(
+                    md.pointer("/status/rollout/aborted/model/uri") == Some(&json!(unloadable)),
+                    "rollout: {}",
+                    md["status"]["rollout"]
+                );
+                has_condition(md, "Ready", "True")
+            },
+        )
+        .await?;
+    let message = aborted["status"]["rollout"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        message.contains("did not become ready within 20s"),
+        "{message}"
+    );
+    load.abort();
+    serving(&aborted, &second)?;
+    setup.finish(cluster).await
+}
