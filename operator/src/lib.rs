@@ -9,3 +9,6 @@ pub mod controller;
 pub mod runtime;
 pub mod telemetry;
 pub mod workload;
+
+#[cfg(test)]
+mod test_support;

@@ -1,9 +1,11 @@
 //! One controller per kind, each a pipeline resolve → validate → build → apply → status.
+//! PretrainJobs and FineTunes share one such pass ([`training`]).
 
 pub mod dataset;
 pub mod deployment;
 pub mod finetune;
 pub mod pretrain;
+pub mod training;
 
 use std::sync::Arc;
 

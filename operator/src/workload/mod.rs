@@ -9,4 +9,3 @@ pub mod rbac;
 pub mod record;
 pub mod security;
 pub mod storage;
-pub mod training;

@@ -1,5 +1,5 @@
-//! Build: the children of a Dataset, as a pure function of the resolved Dataset and
-//! the operator's settings.
+//! Build: the children of a Dataset, as a pure function of the validated Dataset
+//! and the operator's settings.
 //!
 //! For generation G of Dataset `<name>`:
 //! - ConfigMap `<name>-prepare`, key `resource.yaml`: the resolved Dataset;
@@ -22,6 +22,7 @@ use llmops_contract::{env as var, path};
 use llmops_crds::Dataset;
 
 use super::resolve::Resolved;
+use super::validate::Valid;
 use crate::config::OperatorConfig;
 use crate::runtime::apply::{child_labels, child_meta};
 use crate::workload::credentials::credential_env;
@@ -61,17 +62,12 @@ pub struct Children {
     pub job: Job,
 }
 
-pub fn build(
-    resolved: &Resolved,
-    config: &OperatorConfig,
-) -> Result<Children, serde_yaml_ng::Error> {
-    let ds = &resolved.dataset;
-    let name = ds.name_any();
-    let generation = ds.metadata.generation.unwrap_or(0);
+pub fn build(valid: &Valid<'_>, config: &OperatorConfig) -> Result<Children, serde_yaml_ng::Error> {
+    let ds = valid.dataset;
     Ok(Children {
         config_map: build_config_map(ds)?,
-        rbac: trainer_rbac(ds, &trainer_name(&name), PREPARE_COMPONENT),
-        job: build_prepare_job(resolved, config, generation),
+        rbac: trainer_rbac(ds, &trainer_name(&ds.name_any()), PREPARE_COMPONENT),
+        job: build_prepare_job(valid, config),
     })
 }
 
@@ -100,8 +96,8 @@ pub fn credential_secrets(ds: &Dataset) -> Vec<String> {
     secrets
 }
 
-fn build_prepare_job(resolved: &Resolved, config: &OperatorConfig, generation: i64) -> Job {
-    let ds = &resolved.dataset;
+fn build_prepare_job(valid: &Valid<'_>, config: &OperatorConfig) -> Job {
+    let ds = valid.dataset;
     let name = ds.name_any();
     let (resource_volume, resource_mount) = resource_file(&config_map_name(&name));
     let mut volumes = vec![resource_volume];
@@ -141,23 +137,22 @@ fn build_prepare_job(resolved: &Resolved, config: &OperatorConfig, generation: i
     if let Some(claim) = ds.spec.tokenizer.uri.as_deref().and_then(pvc_claim) {
         claims.read(claim);
     }
-    if let Some(claim) = pvc_claim(&resolved.output_uri) {
+    if let Some(claim) = pvc_claim(valid.output_uri) {
         claims.write(claim);
     }
     let (pvc_volumes, pvc_mounts) = claims.volumes_and_mounts();
     volumes.extend(pvc_volumes);
     mounts.extend(pvc_mounts);
 
-    let secrets = credential_secrets(ds);
     let mut job_env = vec![
-        env(var::OUTPUT_URI, resolved.output_uri.clone()),
+        env(var::OUTPUT_URI, valid.output_uri),
         env(var::PVC_ROOT, path::PVC_ROOT),
         env(var::SOURCES_DIR, path::SOURCES_DIR),
     ];
-    job_env.extend(credential_env(secrets.iter().map(String::as_str)));
+    job_env.extend(credential_env(valid.secrets.iter().map(String::as_str)));
 
     TrainerJob {
-        meta: child_meta(ds, job_name(&name, generation), PREPARE_COMPONENT),
+        meta: child_meta(ds, valid.job_name.clone(), PREPARE_COMPONENT),
         image: config.trainer_image.clone(),
         args: vec![
             "prepare".into(),
@@ -175,7 +170,9 @@ fn build_prepare_job(resolved: &Resolved, config: &OperatorConfig, generation: i
 }
 
 /// The Job deleting the artifact directory. It has no owner reference: it runs
-/// while the Dataset is being deleted and must not be collected with it.
+/// while the Dataset is being deleted and must not be collected with it. It is
+/// built from the resolved Dataset, not a validated one: an artifact is cleaned up
+/// even when the spec that wrote it would no longer pass validation.
 pub fn build_clean_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
     let ds = &resolved.dataset;
     let mut claims = PvcMounts::default();

@@ -8,13 +8,14 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use llmops_crds::{Dataset, DeletionPolicy};
 
 use super::build::{build_clean_job, clean_job_name};
-use super::resolve::resolve_with;
+use super::resolve::{Resolved, resolve_with};
 use super::status::{self, JobFields};
 use super::{Error, write_status};
+use crate::config::OperatorConfig;
 use crate::runtime::Context;
 use crate::runtime::apply::{
     ApplyChildError, DeleteOrphansError, apply, children_selector, delete_orphans,
@@ -93,50 +94,12 @@ pub async fn on_deletion(ds: &Dataset, api: &Api<Dataset>, ctx: &Context) -> Res
         return Ok(Action::await_change());
     }
     let client = &ctx.client;
-    let namespace = ds.namespace().unwrap_or_default();
     let clean_name = clean_job_name(&ds.name_any());
-    // A prepare Job still writing would race the cleanup.
-    delete_orphans::<Job>(
-        client,
-        &namespace,
-        &children_selector(ds),
-        std::slice::from_ref(&clean_name),
-    )
-    .await
-    .map_err(|source| DeleteOrphansError {
-        kind: "Job",
-        source,
-    })?;
+    stop_preparing(client, ds, &clean_name).await?;
 
     let resolved = resolve_with(ds, &ctx.config, None);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
-    let existing = jobs
-        .get_opt(&clean_name)
-        .await
-        .map_err(|source| Error::ReadJob {
-            name: clean_name.clone(),
-            source,
-        })?;
-    let uid = ds.meta().uid.clone().unwrap_or_default();
-    let job = match existing {
-        Some(job) if job.annotations().get(FOR_UID_ANNOTATION) == Some(&uid) => job,
-        Some(stale) => {
-            let _ = jobs
-                .delete(&stale.name_any(), &DeleteParams::background())
-                .await;
-            return Ok(Action::requeue(Duration::from_secs(2)));
-        }
-        None => {
-            let mut job = build_clean_job(&resolved, &ctx.config);
-            job.annotations_mut().insert(FOR_UID_ANNOTATION.into(), uid);
-            apply(client, &job)
-                .await
-                .map_err(|source| ApplyChildError {
-                    kind: "Job",
-                    name: clean_name.clone(),
-                    source,
-                })?
-        }
+    let Some(job) = clean_job(client, ds, &resolved, &ctx.config).await? else {
+        return Ok(Action::requeue(Duration::from_secs(2)));
     };
 
     let pods = job_pods(client, &job)
@@ -172,6 +135,63 @@ pub async fn on_deletion(ds: &Dataset, api: &Api<Dataset>, ctx: &Context) -> Res
             );
             write_status(&mut ds, api, ctx, &outcome, JobFields::of(&job)).await?;
             Ok(Action::requeue(Duration::from_secs(30)))
+        }
+    }
+}
+
+/// Delete the prepare Jobs of `ds`: one still writing would race the cleanup.
+async fn stop_preparing(client: &Client, ds: &Dataset, clean_name: &str) -> Result<(), Error> {
+    delete_orphans::<Job>(
+        client,
+        &ds.namespace().unwrap_or_default(),
+        &children_selector(ds),
+        &[clean_name.to_string()],
+    )
+    .await
+    .map_err(|source| DeleteOrphansError {
+        kind: "Job",
+        source,
+    })?;
+    Ok(())
+}
+
+/// The cleanup Job of this Dataset, created unless it exists; `None` while one
+/// left by an earlier Dataset of the same name is deleted.
+async fn clean_job(
+    client: &Client,
+    ds: &Dataset,
+    resolved: &Resolved,
+    config: &OperatorConfig,
+) -> Result<Option<Job>, Error> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ds.namespace().unwrap_or_default());
+    let clean_name = clean_job_name(&ds.name_any());
+    let existing = jobs
+        .get_opt(&clean_name)
+        .await
+        .map_err(|source| Error::ReadJob {
+            name: clean_name.clone(),
+            source,
+        })?;
+    let uid = ds.meta().uid.clone().unwrap_or_default();
+    match existing {
+        Some(job) if job.annotations().get(FOR_UID_ANNOTATION) == Some(&uid) => Ok(Some(job)),
+        Some(stale) => {
+            let _ = jobs
+                .delete(&stale.name_any(), &DeleteParams::background())
+                .await;
+            Ok(None)
+        }
+        None => {
+            let mut job = build_clean_job(resolved, config);
+            job.annotations_mut().insert(FOR_UID_ANNOTATION.into(), uid);
+            let job = apply(client, &job)
+                .await
+                .map_err(|source| ApplyChildError {
+                    kind: "Job",
+                    name: clean_name,
+                    source,
+                })?;
+            Ok(Some(job))
         }
     }
 }

@@ -163,14 +163,15 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
         }
     };
 
-    if let Err(invalid) = validate::validate(&resolved) {
-        delete_unkept_children(&ctx.client, &ds, &KeptChildren::default()).await?;
-        let outcome = Outcome::stalled(status::reason::INVALID_SPEC, invalid.to_string());
-        write_status(&mut ds, &api, &ctx, &outcome, JobFields::default()).await?;
-        return Ok(Action::await_change());
-    }
-
-    let children = build::build(&resolved, &ctx.config)?;
+    let children = match validate::validate(&resolved) {
+        Ok(valid) => build::build(&valid, &ctx.config)?,
+        Err(invalid) => {
+            delete_unkept_children(&ctx.client, &ds, &KeptChildren::default()).await?;
+            let outcome = Outcome::stalled(status::reason::INVALID_SPEC, invalid.to_string());
+            write_status(&mut ds, &api, &ctx, &outcome, JobFields::default()).await?;
+            return Ok(Action::await_change());
+        }
+    };
     let job = apply_children(&ctx.client, &ds, &children).await?;
     if !cleaned_up_for(&ds, &job.name_any()) {
         delete_unkept_children(&ctx.client, &ds, &kept(&children)).await?;

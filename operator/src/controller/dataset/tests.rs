@@ -1,17 +1,18 @@
 //! Shared fixtures, and tests of the Dataset pipeline as a whole (build, status).
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Volume};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use llmops_contract::env;
 use llmops_crds::Dataset;
-use serde_json::Value;
 
 use super::build::{self, Children};
 use super::resolve::resolve_with;
 use super::status;
+use super::validate::validate;
 use crate::config::OperatorConfig;
 use crate::runtime::conditions::Outcome;
+use crate::test_support::{self, volume, with_overlay};
 use crate::workload::observe::{JobState, job_state, trainer_error};
 
 const BASE: &str = r#"
@@ -25,40 +26,12 @@ spec:
 
 /// The base Dataset with `overlay` merged in (objects merge, `null` removes a field).
 pub fn fixture(overlay: &str) -> Dataset {
-    let mut base: Value = serde_yaml_ng::from_str(BASE).unwrap();
-    let overlay: Value = serde_yaml_ng::from_str(overlay).unwrap();
-    merge(&mut base, overlay);
-    serde_json::from_value(base).unwrap()
-}
-
-fn merge(target: &mut Value, overlay: Value) {
-    match (target, overlay) {
-        (Value::Object(target), Value::Object(overlay)) => {
-            for (key, value) in overlay {
-                if value.is_null() {
-                    target.remove(&key);
-                } else {
-                    merge(target.entry(key).or_insert(Value::Null), value);
-                }
-            }
-        }
-        (target, overlay) => *target = overlay,
-    }
+    with_overlay(BASE, overlay)
 }
 
 fn children(overlay: &str) -> Children {
     let resolved = resolve_with(&fixture(overlay), &OperatorConfig::example(), None);
-    build::build(&resolved, &OperatorConfig::example()).unwrap()
-}
-
-fn volume<'a>(job: &'a Job, name: &str) -> &'a Volume {
-    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
-    pod.volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| v.name == name)
-        .unwrap()
+    build::build(&validate(&resolved).unwrap(), &OperatorConfig::example()).unwrap()
 }
 
 mod build_tests {
@@ -384,45 +357,30 @@ spec:
 mod status_tests {
     use super::*;
     use crate::runtime::status::ReportsStatus;
+    use crate::test_support::{condition, now};
     use crate::workload::record::{cleaned_up_for, finished_for_generation};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
     use llmops_crds::condition::{READY, RECONCILING, STALLED};
 
     fn job(status: &str) -> Job {
-        serde_yaml_ng::from_str(&format!(
-            "metadata: {{name: chats-prepare-g1, namespace: ml, creationTimestamp: \"2026-01-01T00:00:00Z\"}}\nstatus: {status}"
-        ))
-        .unwrap()
+        test_support::job(
+            r#"{name: chats-prepare-g1, namespace: ml, creationTimestamp: "2026-01-01T00:00:00Z"}"#,
+            status,
+        )
     }
 
     fn pod(container_state: &str) -> Pod {
-        serde_yaml_ng::from_str(&format!(
-            r#"
-metadata: {{name: chats-prepare-g1-x, namespace: ml, creationTimestamp: "2026-01-01T00:00:01Z"}}
-status:
-  containerStatuses:
-    - {{name: trainer, image: t, imageID: "", ready: false, restartCount: 0, state: {container_state}}}
-"#
-        ))
-        .unwrap()
+        test_support::trainer_pod(
+            r#"{name: chats-prepare-g1-x, namespace: ml, creationTimestamp: "2026-01-01T00:00:01Z"}"#,
+            container_state,
+        )
     }
 
     const RUNNING: &str = r#"{startTime: "2026-01-01T00:00:02Z", active: 1}"#;
     const SUCCEEDED: &str = r#"{startTime: "2026-01-01T00:00:02Z", completionTime: "2026-01-01T00:10:00Z", conditions: [{type: Complete, status: "True"}]}"#;
     const FAILED: &str = r#"{startTime: "2026-01-01T00:00:02Z", conditions: [{type: Failed, status: "True", reason: BackoffLimitExceeded, message: "Job has reached the specified backoff limit", lastTransitionTime: "2026-01-01T00:05:00Z"}]}"#;
     const RESULT: &str = r#"{"artifact":{"uri":"s3://llmops-artifacts/datasets/ml/chats","digest":"sha256:abc"},"stats":{"documentsIn":42538,"documentsOut":41220,"exactDuplicates":1000,"nearDuplicates":318,"trainTokens":11800000,"validationTokens":600000}}"#;
-
-    fn now() -> Time {
-        Time(Timestamp::from_second(1_800_000_000).unwrap())
-    }
-
-    fn condition<'a>(
-        status: &'a status::OperatorStatus,
-        type_: &str,
-    ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-        status.conditions.iter().find(|c| c.type_ == type_)
-    }
 
     #[test]
     fn a_running_job_is_preparing_and_reconciling() {
@@ -431,9 +389,18 @@ status:
         assert_eq!(state, JobState::Running { waiting: None });
         let (outcome, fields) = status::observe(&state, &job, None);
         let desired = status::desired_status(&fixture("{}"), &outcome, fields, &now());
-        assert_eq!(condition(&desired, READY).unwrap().status, "False");
-        assert_eq!(condition(&desired, READY).unwrap().reason, "Preparing");
-        assert_eq!(condition(&desired, RECONCILING).unwrap().status, "True");
+        assert_eq!(
+            condition(&desired.conditions, READY).unwrap().status,
+            "False"
+        );
+        assert_eq!(
+            condition(&desired.conditions, READY).unwrap().reason,
+            "Preparing"
+        );
+        assert_eq!(
+            condition(&desired.conditions, RECONCILING).unwrap().status,
+            "True"
+        );
         assert_eq!(desired.job.as_ref().unwrap().name, "chats-prepare-g1");
         assert_eq!(
             desired.start_time.as_ref().unwrap().0.to_string(),
@@ -463,8 +430,8 @@ status:
             desired.completion_time.as_ref().unwrap().0.to_string(),
             "2026-01-01T00:10:00Z"
         );
-        assert!(condition(&desired, RECONCILING).is_none());
-        assert!(condition(&desired, STALLED).is_none());
+        assert!(condition(&desired.conditions, RECONCILING).is_none());
+        assert!(condition(&desired.conditions, STALLED).is_none());
     }
 
     #[test]
@@ -486,8 +453,14 @@ status:
             )
         );
         let desired = status::desired_status(&fixture("{}"), &outcome, fields, &now());
-        assert_eq!(condition(&desired, STALLED).unwrap().status, "True");
-        assert_eq!(condition(&desired, READY).unwrap().status, "False");
+        assert_eq!(
+            condition(&desired.conditions, STALLED).unwrap().status,
+            "True"
+        );
+        assert_eq!(
+            condition(&desired.conditions, READY).unwrap().status,
+            "False"
+        );
         assert_eq!(
             desired.completion_time.as_ref().unwrap().0.to_string(),
             "2026-01-01T00:05:00Z"

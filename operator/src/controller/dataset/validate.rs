@@ -2,6 +2,7 @@
 //! Each problem names the field to change and becomes a Stalled condition.
 
 use kube::ResourceExt;
+use llmops_crds::Dataset;
 
 use super::build::{credential_secrets, job_name};
 use super::resolve::Resolved;
@@ -23,14 +24,30 @@ pub struct Invalid {
     pub message: String,
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> Result<(), Invalid> {
+/// A Dataset that passed validation: what its children are built from.
+#[derive(Clone, Debug)]
+pub struct Valid<'a> {
+    /// The resolved Dataset, which the ConfigMap holds for the trainer and the
+    /// children name as their owner.
+    pub dataset: &'a Dataset,
+    /// Where the artifact is written; a `pvc://` URI names its claim.
+    pub output_uri: &'a str,
+    /// The prepare Job of this generation, short enough to label its pods.
+    pub job_name: String,
+    /// The distinct credential Secrets, sources first, then output; no two map to
+    /// the same variables.
+    pub secrets: Vec<String>,
+}
+
+fn invalid<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Invalid> {
     Err(Invalid {
         field: field.into(),
         message: message.into(),
     })
 }
 
-pub fn validate(resolved: &Resolved) -> Result<(), Invalid> {
+/// What the children of `resolved` are built from, once nothing stands in its way.
+pub fn validate(resolved: &Resolved) -> Result<Valid<'_>, Invalid> {
     let ds = &resolved.dataset;
     let name = ds.name_any();
     let generation = ds.metadata.generation.unwrap_or(0);
@@ -101,7 +118,12 @@ pub fn validate(resolved: &Resolved) -> Result<(), Invalid> {
             ),
         );
     }
-    Ok(())
+    Ok(Valid {
+        dataset: ds,
+        output_uri: &resolved.output_uri,
+        job_name: job,
+        secrets,
+    })
 }
 
 #[cfg(test)]
@@ -117,6 +139,7 @@ mod tests {
             &OperatorConfig::example(),
             None,
         ))
+        .map(|_| ())
     }
 
     #[test]

@@ -5,7 +5,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use kube::ResourceExt;
 use llmops_crds::{Artifact, FineTune, ModelDeployment, PretrainJob};
-use serde_json::Value;
 
 use super::build::{self, Children};
 use super::resolve::{Model, Producer, Resolution, resolve_with};
@@ -13,6 +12,7 @@ use super::status::{self, reason};
 use super::validate::{validate, validate_model};
 use crate::config::OperatorConfig;
 use crate::runtime::conditions::{Aside, Outcome, now};
+use crate::test_support::with_overlay;
 
 const BASE: &str = r#"
 apiVersion: llmops.dev/v1alpha1
@@ -35,29 +35,6 @@ status:
     - {type: Ready, status: "True", reason: Trained, message: ok, observedGeneration: 2, lastTransitionTime: "2026-01-01T00:00:00Z"}
   artifact: {uri: "s3://llmops-artifacts/pretrainjobs/ml/base", digest: "sha256:m1"}
 "#;
-
-/// `base` with `overlay` merged in (objects merge, `null` removes a field).
-fn with_overlay<T: serde::de::DeserializeOwned>(base: &str, overlay: &str) -> T {
-    let mut base: Value = serde_yaml_ng::from_str(base).unwrap();
-    let overlay: Value = serde_yaml_ng::from_str(overlay).unwrap();
-    merge(&mut base, overlay);
-    serde_json::from_value(base).unwrap()
-}
-
-fn merge(target: &mut Value, overlay: Value) {
-    match (target, overlay) {
-        (Value::Object(target), Value::Object(overlay)) => {
-            for (key, value) in overlay {
-                if value.is_null() {
-                    target.remove(&key);
-                } else {
-                    merge(target.entry(key).or_insert(Value::Null), value);
-                }
-            }
-        }
-        (target, overlay) => *target = overlay,
-    }
-}
 
 fn fixture(overlay: &str) -> ModelDeployment {
     with_overlay(BASE, overlay)

@@ -6,7 +6,7 @@
 //! resolve (base model and Dataset artifacts, output URI) → validate → build
 //! (ConfigMap, RBAC, Service, Job) → apply (server-side apply, orphans deleted) →
 //! status (from the Job and its pods). The Job, its pods and its lifecycle are
-//! those of a PretrainJob ([`crate::workload::training`]).
+//! those of a PretrainJob ([`crate::controller::training`]).
 //!
 //! Contracts:
 //! - **Lineage.** `spec.baseModel` is a `uri` (digest unknown to the operator), or
@@ -47,7 +47,9 @@ use llmops_crds::{
     Artifact, Dataset, FineTune, FineTuneStatus, JobPhase, LocalObjectRef, PretrainJob,
 };
 
-use crate::config::OperatorConfig;
+use crate::controller::training::reconcile::{TrainingKind, reconcile};
+use crate::controller::training::run;
+use crate::controller::training::validate::{Invalid, Valid};
 use crate::runtime::Context;
 use crate::runtime::conditions::Outcome;
 use crate::runtime::controller::{
@@ -57,10 +59,6 @@ use crate::runtime::controller::{
 use crate::runtime::status::WriteStatusError;
 use crate::runtime::stop::Stop;
 use crate::workload::observe::JobState;
-use crate::workload::training::build::Children;
-use crate::workload::training::reconcile::{TrainingKind, reconcile};
-use crate::workload::training::run;
-use crate::workload::training::validate::Invalid;
 use resolve::{Resolution, Resolved};
 use status::{Observed, OperatorStatus};
 
@@ -181,15 +179,8 @@ impl TrainingKind for FineTune {
         resolve::resolve(self, ctx).await
     }
 
-    fn validate(resolved: &Resolved) -> Result<(), Invalid> {
+    fn validate(resolved: &Resolved) -> Result<Valid<'_, FineTune>, Invalid> {
         validate::validate(resolved)
-    }
-
-    fn build(
-        resolved: &Resolved,
-        config: &OperatorConfig,
-    ) -> Result<Children, serde_yaml_ng::Error> {
-        build::build(resolved, config)
     }
 
     fn without_job(

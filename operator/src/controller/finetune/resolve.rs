@@ -52,7 +52,7 @@ pub struct Resolved {
 }
 
 /// The result of resolving: ready to go, waiting for an input, or impossible.
-pub type Resolution = crate::workload::training::reconcile::Resolution<Resolved>;
+pub type Resolution = crate::controller::training::reconcile::Resolution<Resolved>;
 
 /// The producer `spec.baseModel` names, as read from the API.
 #[derive(Clone, Copy, Debug)]

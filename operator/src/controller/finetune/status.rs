@@ -18,14 +18,14 @@ use llmops_crds::finetune::{EvaluationScores, GateResult, Gates, Lineage};
 use llmops_crds::{Artifact, FineTune, FineTuneStatus, JobPhase, LocalObjectRef, TrainingProgress};
 use serde::{Deserialize, Serialize};
 
+use crate::controller::training::status::{self as training, Current, summary};
 use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
 use crate::runtime::status::{ReportsStatus, status_header};
 use crate::workload::observe::JobState;
-use crate::workload::training::status::{self as training, Current, summary};
 
 /// Reasons of the FineTune's conditions.
 pub mod reason {
-    pub use crate::workload::training::status::reason::*;
+    pub use crate::controller::training::status::reason::*;
     pub const WAITING_FOR_BASE_MODEL: &str = "WaitingForBaseModel";
     pub const WAITING_FOR_DATASET: &str = "WaitingForDataset";
     pub const GATE_FAILED: &str = "GateFailed";

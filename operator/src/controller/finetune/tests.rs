@@ -2,17 +2,16 @@
 //! the children it builds, and the status read from the Job.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use kube::ResourceExt;
 use llmops_contract::env;
 use llmops_crds::{Dataset, FineTune, PretrainJob};
-use serde_json::Value;
 
-use super::build::{self, Children};
 use super::resolve::{BaseModel, Resolution, Resolved, resolve_with};
 use super::validate::{Invalid, validate};
 use crate::config::OperatorConfig;
+use crate::controller::training::build::{Children, build};
 use crate::runtime::conditions::Outcome;
+use crate::test_support::{env_var, pod_spec, text, trainer, with_overlay};
 
 const BASE: &str = r#"
 apiVersion: llmops.dev/v1alpha1
@@ -56,29 +55,6 @@ status:
   artifact: {uri: "s3://corp/models/base", digest: "sha256:m1"}
 "#;
 
-/// `base` with `overlay` merged in (objects merge, `null` removes a field).
-fn with_overlay<T: serde::de::DeserializeOwned>(base: &str, overlay: &str) -> T {
-    let mut base: Value = serde_yaml_ng::from_str(base).unwrap();
-    let overlay: Value = serde_yaml_ng::from_str(overlay).unwrap();
-    merge(&mut base, overlay);
-    serde_json::from_value(base).unwrap()
-}
-
-fn merge(target: &mut Value, overlay: Value) {
-    match (target, overlay) {
-        (Value::Object(target), Value::Object(overlay)) => {
-            for (key, value) in overlay {
-                if value.is_null() {
-                    target.remove(&key);
-                } else {
-                    merge(target.entry(key).or_insert(Value::Null), value);
-                }
-            }
-        }
-        (target, overlay) => *target = overlay,
-    }
-}
-
 fn fixture(overlay: &str) -> FineTune {
     with_overlay(BASE, overlay)
 }
@@ -112,31 +88,11 @@ fn resolved(ft: &str) -> Resolved {
 }
 
 fn children(ft: &str) -> Children {
-    build::build(&resolved(ft), &OperatorConfig::example()).unwrap()
+    children_with(ft, &OperatorConfig::example())
 }
 
-fn pod_spec(job: &Job) -> &PodSpec {
-    job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
-}
-
-fn trainer(job: &Job) -> &Container {
-    &pod_spec(job).containers[0]
-}
-
-fn env_var<'a>(job: &'a Job, name: &str) -> Option<&'a EnvVar> {
-    trainer(job).env.as_ref()?.iter().find(|e| e.name == name)
-}
-
-fn text(outcome: &Outcome) -> (&str, &str) {
-    match outcome {
-        Outcome::Progressing { reason, message }
-        | Outcome::Ready { reason, message }
-        | Outcome::Stalled { reason, message }
-        | Outcome::ReadyWhile {
-            reason, message, ..
-        } => (reason, message),
-        Outcome::FirstSight => ("", ""),
-    }
+fn children_with(ft: &str, config: &OperatorConfig) -> Children {
+    build(&validate(&resolved(ft)).unwrap(), config).unwrap()
 }
 
 mod resolve_tests {
@@ -323,7 +279,7 @@ mod validate_tests {
     use super::*;
 
     fn check(ft: &str) -> Result<(), Invalid> {
-        validate(&resolved(ft))
+        validate(&resolved(ft)).map(|_| ())
     }
 
     #[test]
@@ -367,7 +323,7 @@ mod validate_tests {
 
 mod build_tests {
     use super::*;
-    use crate::workload::training::RUN_HASH_ANNOTATION;
+    use crate::controller::training::RUN_HASH_ANNOTATION;
     use llmops_contract::path::RESOURCE_KEY;
 
     #[test]
@@ -517,35 +473,28 @@ mod build_tests {
 
 mod status_tests {
     use k8s_openapi::api::core::v1::Pod;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use llmops_crds::JobPhase;
 
     use super::*;
     use crate::controller::finetune::status::{Observed, desired_status, observe};
+    use crate::controller::training::status::telling_pods;
     use crate::runtime::status::ReportsStatus;
+    use crate::test_support::{self, now};
     use crate::workload::observe::job_state;
     use crate::workload::record::finished_for_generation;
-    use crate::workload::training::status::telling_pods;
 
     const OUTPUT: &str = "s3://llmops-artifacts/finetunes/ml/qa";
     const COMPLETE: &str = r#"{startTime: "2026-01-01T00:00:00Z", completionTime: "2026-01-01T01:00:00Z", succeeded: 1, conditions: [{type: Complete, status: "True"}]}"#;
 
     fn job(status: &str) -> Job {
-        with_overlay(
-            "{apiVersion: batch/v1, kind: Job, metadata: {name: qa-finetune, namespace: ml}}",
-            &format!("status: {status}"),
-        )
+        test_support::job("{name: qa-finetune, namespace: ml}", status)
     }
 
     fn finished_pod(message: &str) -> Pod {
-        let mut pod: Pod = serde_yaml_ng::from_str(
-            r#"
-metadata: {name: qa-finetune-x, creationTimestamp: "2026-01-01T00:00:00Z"}
-status:
-  containerStatuses: [{name: trainer, image: t, imageID: "", ready: false, restartCount: 0, state: {terminated: {exitCode: 0}}}]
-"#,
-        )
-        .unwrap();
+        let mut pod = test_support::trainer_pod(
+            r#"{name: qa-finetune-x, creationTimestamp: "2026-01-01T00:00:00Z"}"#,
+            "{terminated: {exitCode: 0}}",
+        );
         let statuses = pod
             .status
             .as_mut()
@@ -572,10 +521,6 @@ status:
 
     fn succeeded(result: &str, ft: &FineTune) -> Observed {
         observed(COMPLETE, vec![finished_pod(result)], ft)
-    }
-
-    fn now() -> Time {
-        Time("2026-02-01T00:00:00Z".parse().unwrap())
     }
 
     const PASSED: &str = r#"{"artifact":{"uri":"s3://llmops-artifacts/finetunes/ml/qa","digest":"sha256:f1"},"progress":{"step":40,"totalSteps":40},"evaluation":{"perplexity":6.2041,"rougeL":0.4123,"samples":20},"gate":{"passed":true,"message":"rougeL 0.41 >= 0.30"}}"#;

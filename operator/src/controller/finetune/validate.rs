@@ -3,15 +3,17 @@
 //! that starts, fails and retries with the same error.
 
 use kube::ResourceExt;
+use llmops_crds::FineTune;
 
-pub use crate::workload::training::validate::Invalid;
+pub use crate::controller::training::validate::{Invalid, Valid};
 
-use super::build::FINETUNE;
+use super::build::{FINETUNE, credential_secrets, run};
 use super::resolve::Resolved;
+use crate::controller::training::validate::{batch, invalid, names, pvc_uri};
 use crate::workload::credentials::colliding_secrets;
-use crate::workload::training::validate::{batch, invalid, names, pvc_uri};
 
-pub fn validate(resolved: &Resolved) -> Result<(), Invalid> {
+/// The run of `resolved`, once nothing stands in its way.
+pub fn validate(resolved: &Resolved) -> Result<Valid<'_, FineTune>, Invalid> {
     let ft = &resolved.fine_tune;
     let spec = &ft.spec;
     names(&ft.name_any(), FINETUNE, &spec.resources)?;
@@ -21,13 +23,7 @@ pub fn validate(resolved: &Resolved) -> Result<(), Invalid> {
         pvc_uri("spec.baseModel.uri", &resolved.base_model.uri)?;
     }
 
-    let output_secret = spec.output.location.credentials_secret_ref.as_ref();
-    let secrets: Vec<&str> = output_secret
-        .map(|s| s.name.as_str())
-        .into_iter()
-        .chain(resolved.base_model_secret.as_deref())
-        .collect();
-    if let Some((a, b)) = colliding_secrets(&secrets) {
+    if let Some((a, b)) = colliding_secrets(&credential_secrets(resolved)) {
         return invalid(
             "spec.baseModel.credentialsSecretRef",
             format!(
@@ -35,5 +31,8 @@ pub fn validate(resolved: &Resolved) -> Result<(), Invalid> {
             ),
         );
     }
-    Ok(())
+    Ok(Valid {
+        resource: ft,
+        run: run(resolved),
+    })
 }

@@ -1,5 +1,5 @@
-//! Build: the children of a PretrainJob, as a pure function of the resolved
-//! PretrainJob and the operator's settings ([`crate::workload::training`]).
+//! Build: the children of a PretrainJob, as a pure function of the validated
+//! PretrainJob and the operator's settings ([`crate::controller::training`]).
 //!
 //! For PretrainJob `<name>`:
 //! - ConfigMap `<name>-pretrain`, key `resource.yaml`: the resolved PretrainJob with
@@ -14,24 +14,19 @@
 //! Job, and the new pods resume from the newest checkpoint. `suspend` is set on the
 //! live Job.
 
-pub use crate::workload::training::build::Children;
-
 use super::resolve::Resolved;
-use crate::config::OperatorConfig;
-use crate::workload::training::build::{Run, run_hash};
+use crate::controller::training::build::{Run, run_hash};
 
 /// `trainer pretrain`, and the component label of every child.
 pub const PRETRAIN: &str = "pretrain";
 
-pub fn build(
-    resolved: &Resolved,
-    config: &OperatorConfig,
-) -> Result<Children, serde_yaml_ng::Error> {
-    let pt = &resolved.job;
-    let spec = &pt.spec;
+/// What shapes the pods of `resolved`'s run; [`super::validate`] hands it to the
+/// build once the spec is known to be runnable.
+pub fn run(resolved: &Resolved) -> Run<'_> {
+    let spec = &resolved.job.spec;
     let mut intent = spec.clone();
     intent.suspend = false;
-    let run = Run {
+    Run {
         command: PRETRAIN,
         resources: &spec.resources,
         scheduling: &spec.scheduling,
@@ -47,6 +42,5 @@ pub fn build(
         inputs: vec![resolved.dataset.uri.as_str()],
         ambient_secret: resolved.dataset_secret.as_deref(),
         run_hash: run_hash(&intent),
-    };
-    crate::workload::training::build::build(pt, &run, config)
+    }
 }

@@ -44,7 +44,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use llmops_crds::{Dataset, JobPhase, PretrainJob, PretrainJobStatus};
 
-use crate::config::OperatorConfig;
+use crate::controller::training::reconcile::{TrainingKind, reconcile};
+use crate::controller::training::run;
+use crate::controller::training::validate::{Invalid, Valid};
 use crate::runtime::Context;
 use crate::runtime::conditions::Outcome;
 use crate::runtime::controller::{
@@ -54,10 +56,6 @@ use crate::runtime::controller::{
 use crate::runtime::status::WriteStatusError;
 use crate::runtime::stop::Stop;
 use crate::workload::observe::JobState;
-use crate::workload::training::build::Children;
-use crate::workload::training::reconcile::{TrainingKind, reconcile};
-use crate::workload::training::run;
-use crate::workload::training::validate::Invalid;
 use resolve::{Resolution, Resolved};
 use status::{Observed, OperatorStatus};
 
@@ -140,15 +138,8 @@ impl TrainingKind for PretrainJob {
         resolve::resolve(self, ctx).await
     }
 
-    fn validate(resolved: &Resolved) -> Result<(), Invalid> {
+    fn validate(resolved: &Resolved) -> Result<Valid<'_, PretrainJob>, Invalid> {
         validate::validate(resolved)
-    }
-
-    fn build(
-        resolved: &Resolved,
-        config: &OperatorConfig,
-    ) -> Result<Children, serde_yaml_ng::Error> {
-        build::build(resolved, config)
     }
 
     fn without_job(

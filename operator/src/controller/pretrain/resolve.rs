@@ -35,7 +35,7 @@ pub struct Resolved {
 }
 
 /// The result of resolving: ready to go, waiting for the Dataset, or impossible.
-pub type Resolution = crate::workload::training::reconcile::Resolution<Resolved>;
+pub type Resolution = crate::controller::training::reconcile::Resolution<Resolved>;
 
 /// Read the referenced Dataset (unless the lineage is already recorded and the
 /// Dataset is gone) and resolve.

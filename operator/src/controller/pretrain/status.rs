@@ -13,14 +13,14 @@ use llmops_crds::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::controller::training::status::{self as training, Current, summary};
 use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
 use crate::runtime::status::{ReportsStatus, status_header};
 use crate::workload::observe::JobState;
-use crate::workload::training::status::{self as training, Current, summary};
 
 /// Reasons of the PretrainJob's conditions.
 pub mod reason {
-    pub use crate::workload::training::status::reason::*;
+    pub use crate::controller::training::status::reason::*;
     pub const WAITING_FOR_DATASET: &str = "WaitingForDataset";
 }
 

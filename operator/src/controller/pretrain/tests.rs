@@ -2,16 +2,15 @@
 //! decisions, the children it builds, and the status read from the Job.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
 use kube::ResourceExt;
 use llmops_contract::env;
 use llmops_crds::{Dataset, PretrainJob};
-use serde_json::Value;
 
-use super::build::{self, Children};
 use super::resolve::{Resolution, Resolved, resolve_with};
 use super::validate::{Invalid, validate};
 use crate::config::OperatorConfig;
+use crate::controller::training::build::{Children, build};
+use crate::test_support::{env_value, env_var, pod_spec, trainer, with_overlay};
 
 const BASE: &str = r#"
 apiVersion: llmops.dev/v1alpha1
@@ -38,29 +37,6 @@ status:
   artifact: {uri: "s3://llmops-artifacts/datasets/ml/web", digest: "sha256:d1"}
 "#;
 
-/// `base` with `overlay` merged in (objects merge, `null` removes a field).
-fn with_overlay<T: serde::de::DeserializeOwned>(base: &str, overlay: &str) -> T {
-    let mut base: Value = serde_yaml_ng::from_str(base).unwrap();
-    let overlay: Value = serde_yaml_ng::from_str(overlay).unwrap();
-    merge(&mut base, overlay);
-    serde_json::from_value(base).unwrap()
-}
-
-fn merge(target: &mut Value, overlay: Value) {
-    match (target, overlay) {
-        (Value::Object(target), Value::Object(overlay)) => {
-            for (key, value) in overlay {
-                if value.is_null() {
-                    target.remove(&key);
-                } else {
-                    merge(target.entry(key).or_insert(Value::Null), value);
-                }
-            }
-        }
-        (target, overlay) => *target = overlay,
-    }
-}
-
 pub fn fixture(overlay: &str) -> PretrainJob {
     with_overlay(BASE, overlay)
 }
@@ -82,23 +58,11 @@ fn resolved(job: &str) -> Resolved {
 }
 
 fn children(job: &str) -> Children {
-    build::build(&resolved(job), &OperatorConfig::example()).unwrap()
+    children_with(job, &OperatorConfig::example())
 }
 
-fn pod_spec(job: &Job) -> &PodSpec {
-    job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
-}
-
-fn trainer(job: &Job) -> &Container {
-    &pod_spec(job).containers[0]
-}
-
-fn env_var<'a>(job: &'a Job, name: &str) -> Option<&'a EnvVar> {
-    trainer(job).env.as_ref()?.iter().find(|e| e.name == name)
-}
-
-fn env_value<'a>(job: &'a Job, name: &str) -> Option<&'a str> {
-    env_var(job, name)?.value.as_deref()
+fn children_with(job: &str, config: &OperatorConfig) -> Children {
+    build(&validate(&resolved(job)).unwrap(), config).unwrap()
 }
 
 mod resolve_tests {
@@ -198,7 +162,7 @@ mod validate_tests {
 
     fn check(job: &str, ds: &str) -> Result<(), Invalid> {
         match resolution(job, Some(ds)) {
-            Resolution::Resolved(r) => validate(&r),
+            Resolution::Resolved(r) => validate(&r).map(|_| ()),
             other => panic!("not resolved: {other:?}"),
         }
     }
@@ -629,7 +593,7 @@ spec:
     #[test]
     fn suspend_is_on_the_job_but_not_in_its_run_hash() {
         let hash =
-            |job: &Job| job.annotations()[crate::workload::training::RUN_HASH_ANNOTATION].clone();
+            |job: &Job| job.annotations()[crate::controller::training::RUN_HASH_ANNOTATION].clone();
         let running = children("{}").job;
         let suspended = children("spec: {suspend: true}").job;
         assert_eq!(suspended.spec.as_ref().unwrap().suspend, Some(true));
@@ -643,7 +607,7 @@ spec:
         // A new trainer image (an operator upgrade) does not interrupt a run.
         let mut config = OperatorConfig::example();
         config.trainer_image = "ghcr.io/llmops-dev/trainer:next".into();
-        let upgraded = build::build(&resolved("{}"), &config).unwrap().job;
+        let upgraded = children_with("{}", &config).job;
         assert_eq!(hash(&running), hash(&upgraded));
     }
 }
@@ -655,35 +619,24 @@ mod status_tests {
 
     use super::*;
     use crate::controller::pretrain::status::{Observed, desired_status, observe};
+    use crate::controller::training::status::{restarts, telling_pods};
     use crate::runtime::conditions::Outcome;
     use crate::runtime::status::ReportsStatus;
+    use crate::test_support::{self, now, text};
     use crate::workload::observe::{JobState, job_state};
     use crate::workload::record::finished_for_generation;
-    use crate::workload::training::status::{restarts, telling_pods};
 
     fn job(status: &str) -> Job {
-        with_overlay(
-            "{apiVersion: batch/v1, kind: Job, metadata: {name: base-pretrain, namespace: ml}}",
-            &format!("status: {status}"),
-        )
+        test_support::job("{name: base-pretrain, namespace: ml}", status)
     }
 
     fn pod(name: &str, index: &str, created: &str, state: &str) -> Pod {
-        serde_yaml_ng::from_str(&format!(
-            r#"
-metadata:
-  name: {name}
-  creationTimestamp: "{created}"
-  annotations: {{batch.kubernetes.io/job-completion-index: "{index}"}}
-status:
-  containerStatuses: [{{name: trainer, image: t, imageID: "", ready: false, restartCount: 0, state: {state}}}]
-"#
-        ))
-        .unwrap()
-    }
-
-    fn now() -> Time {
-        Time("2026-02-01T00:00:00Z".parse().unwrap())
+        test_support::trainer_pod(
+            &format!(
+                r#"{{name: {name}, creationTimestamp: "{created}", annotations: {{batch.kubernetes.io/job-completion-index: "{index}"}}}}"#
+            ),
+            state,
+        )
     }
 
     fn observed(job_status: &str, pods: Vec<Pod>, pt: &PretrainJob) -> Observed {
@@ -696,18 +649,6 @@ status:
             pt.spec.resources.replicas,
             pt.status.as_ref(),
         )
-    }
-
-    fn text(outcome: &Outcome) -> (&str, &str) {
-        match outcome {
-            Outcome::Progressing { reason, message }
-            | Outcome::Ready { reason, message }
-            | Outcome::Stalled { reason, message }
-            | Outcome::ReadyWhile {
-                reason, message, ..
-            } => (reason, message),
-            Outcome::FirstSight => ("", ""),
-        }
     }
 
     const COMPLETE: &str = r#"{startTime: "2026-01-01T00:00:00Z", completionTime: "2026-01-01T02:00:00Z", succeeded: 1, conditions: [{type: Complete, status: "True"}]}"#;
@@ -996,7 +937,7 @@ mod watch_tests {
 
 mod job_action_tests {
     use super::*;
-    use crate::workload::training::run::{JobAction, job_action};
+    use crate::controller::training::run::{JobAction, job_action};
 
     fn live(desired: &Job, status: &str) -> Job {
         let mut job = desired.clone();

@@ -3,14 +3,16 @@
 //! that starts, fails and retries with the same error.
 
 use kube::ResourceExt;
+use llmops_crds::PretrainJob;
 
-pub use crate::workload::training::validate::Invalid;
+pub use crate::controller::training::validate::{Invalid, Valid};
 
-use super::build::PRETRAIN;
+use super::build::{PRETRAIN, run};
 use super::resolve::Resolved;
-use crate::workload::training::validate::{batch, invalid, names, pvc_uri};
+use crate::controller::training::validate::{batch, invalid, names, pvc_uri};
 
-pub fn validate(resolved: &Resolved) -> Result<(), Invalid> {
+/// The run of `resolved`, once nothing stands in its way.
+pub fn validate(resolved: &Resolved) -> Result<Valid<'_, PretrainJob>, Invalid> {
     let job = &resolved.job;
     let spec = &job.spec;
     names(&job.name_any(), PRETRAIN, &spec.resources)?;
@@ -41,5 +43,9 @@ pub fn validate(resolved: &Resolved) -> Result<(), Invalid> {
     }
 
     batch(&spec.training, &spec.resources)?;
-    pvc_uri("spec.output.uri", &resolved.output_uri)
+    pvc_uri("spec.output.uri", &resolved.output_uri)?;
+    Ok(Valid {
+        resource: job,
+        run: run(resolved),
+    })
 }

@@ -1,5 +1,6 @@
-//! The children of a training run, as a pure function of the resolved resource,
-//! what shapes its pods ([`Run`]) and the operator's settings.
+//! The children of a training run, as a pure function of the validated run
+//! ([`Valid`]: the resolved resource and what shapes its pods) and the
+//! operator's settings.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,7 @@ use k8s_openapi::api::batch::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec, Volume,
+    PodSpec, ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec, Volume,
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -19,6 +20,7 @@ use llmops_contract::{env as var, exit, path};
 use llmops_crds::{ComputeResources, FailurePolicy, Scheduling};
 use serde::Serialize;
 
+use super::validate::Valid;
 use super::{
     COMPLETION_INDEX_ANNOTATION, FATAL_EXIT_CODES, RUN_HASH_ANNOTATION, job_name, service_name,
     trainer_name,
@@ -71,23 +73,23 @@ pub struct Children {
     pub job: Job,
 }
 
-/// The children of `resource` (the resolved object, with the identity of the
-/// parent: name, namespace, uid), which the ConfigMap holds for the trainer.
+/// The children of `valid.resource` (the resolved object, with the identity of
+/// the parent: name, namespace, uid), which the ConfigMap holds for the trainer.
 pub fn build<K>(
-    resource: &K,
-    run: &Run<'_>,
+    valid: &Valid<'_, K>,
     config: &OperatorConfig,
 ) -> Result<Children, serde_yaml_ng::Error>
 where
     K: Resource<DynamicType = ()> + Serialize,
 {
+    let Valid { resource, run } = valid;
     let name = resource.name_any();
     let multi = run.resources.replicas > 1;
     Ok(Children {
-        config_map: build_config_map(resource, run.command)?,
-        rbac: trainer_rbac(resource, &trainer_name(&name), run.command),
-        service: multi.then(|| build_service(resource, run.command)),
-        job: build_job(resource, run, config),
+        config_map: build_config_map(*resource, run.command)?,
+        rbac: trainer_rbac(*resource, &trainer_name(&name), run.command),
+        service: multi.then(|| build_service(*resource, run.command)),
+        job: build_job(*resource, run, config),
     })
 }
 
@@ -255,8 +257,52 @@ fn build_job<K: Resource<DynamicType = ()>>(
     let name = parent.name_any();
     let command = run.command;
     let replicas = run.resources.replicas.max(1);
+    let (volumes, mounts) = volumes_and_mounts(&name, run);
 
-    let (resource_volume, resource_mount) = resource_file(&job_name(&name, command));
+    let mut job = TrainerJob {
+        meta: child_meta(parent, job_name(&name, command), command),
+        image: config.trainer_image.clone(),
+        args: vec![
+            command.into(),
+            "--resource".into(),
+            path::RESOURCE_PATH.into(),
+        ],
+        service_account: Some(trainer_name(&name)),
+        env: trainer_env(&name, run),
+        volumes,
+        mounts,
+        resources: resource_requirements(run.resources, config),
+        ttl_seconds_after_finished: None,
+    }
+    .into_job();
+
+    let job_spec = job.spec.get_or_insert_default();
+    job_spec.backoff_limit = Some(backoff_limit(run.failure_policy, run.resources));
+    job_spec.completions = Some(replicas);
+    job_spec.parallelism = Some(replicas);
+    job_spec.pod_failure_policy = Some(pod_failure_policy());
+    if replicas > 1 {
+        job_spec.completion_mode = Some("Indexed".into());
+    }
+    let pod = job_spec.template.spec.get_or_insert_default();
+    schedule(pod, run.scheduling);
+    pod.termination_grace_period_seconds = Some(TERMINATION_GRACE_SECONDS);
+    if replicas > 1 {
+        rendezvous(pod, &name);
+    }
+
+    job_spec.suspend = Some(run.suspend);
+    job.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(RUN_HASH_ANNOTATION.into(), run.run_hash.clone());
+    job
+}
+
+/// The resource file, a memory-backed `/dev/shm`, and the PVCs of the inputs
+/// (read-only) and the output.
+fn volumes_and_mounts(name: &str, run: &Run<'_>) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let (resource_volume, resource_mount) = resource_file(&job_name(name, run.command));
     let shm = Volume {
         name: "dshm".into(),
         // Memory-backed: counts against the pod's memory limit.
@@ -285,7 +331,13 @@ fn build_job<K: Resource<DynamicType = ()>>(
     let (pvc_volumes, pvc_mounts) = claims.volumes_and_mounts();
     volumes.extend(pvc_volumes);
     mounts.extend(pvc_mounts);
+    (volumes, mounts)
+}
 
+/// The trainer's environment: the output, credentials, and with several ranks
+/// where they find each other.
+fn trainer_env(name: &str, run: &Run<'_>) -> Vec<EnvVar> {
+    let replicas = run.resources.replicas.max(1);
     let mut job_env = vec![
         env(var::OUTPUT_URI, run.output_uri),
         env(var::PVC_ROOT, path::PVC_ROOT),
@@ -301,7 +353,7 @@ fn build_job<K: Resource<DynamicType = ()>>(
         job_env.extend(ambient_credential_env(secret));
     }
     if replicas > 1 {
-        job_env.extend(data_parallel_env(&name, command, replicas));
+        job_env.extend(data_parallel_env(name, run.command, replicas));
     }
     let gpus = run.resources.gpus_per_replica;
     if gpus > 1 {
@@ -309,58 +361,30 @@ fn build_job<K: Resource<DynamicType = ()>>(
         // global RANK (pod × gpus + local) and WORLD_SIZE (pods × gpus).
         job_env.push(env(var::PROCS_PER_POD, gpus.to_string()));
     }
+    job_env
+}
 
-    let mut job = TrainerJob {
-        meta: child_meta(parent, job_name(&name, command), command),
-        image: config.trainer_image.clone(),
-        args: vec![
-            command.into(),
-            "--resource".into(),
-            path::RESOURCE_PATH.into(),
-        ],
-        service_account: Some(trainer_name(&name)),
-        env: job_env,
-        volumes,
-        mounts,
-        resources: resource_requirements(run.resources, config),
-        ttl_seconds_after_finished: None,
-    }
-    .into_job();
-
-    let job_spec = job.spec.get_or_insert_default();
-    job_spec.backoff_limit = Some(backoff_limit(run.failure_policy, run.resources));
-    job_spec.completions = Some(replicas);
-    job_spec.parallelism = Some(replicas);
-    job_spec.pod_failure_policy = Some(pod_failure_policy());
-    if replicas > 1 {
-        job_spec.completion_mode = Some("Indexed".into());
-    }
-    let pod = job_spec.template.spec.get_or_insert_default();
-    let scheduling = run.scheduling;
+/// Where the spec's scheduling puts the pod.
+fn schedule(pod: &mut PodSpec, scheduling: &Scheduling) {
     pod.node_selector =
         (!scheduling.node_selector.is_empty()).then(|| scheduling.node_selector.clone());
     pod.tolerations = (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone());
     pod.affinity = scheduling.affinity.clone();
     pod.priority_class_name = scheduling.priority_class_name.clone();
-    pod.termination_grace_period_seconds = Some(TERMINATION_GRACE_SECONDS);
-    if replicas > 1 {
-        pod.subdomain = Some(service_name(&name));
-        if let Some(container) = pod.containers.first_mut() {
-            container.ports = Some(vec![ContainerPort {
-                name: Some("rendezvous".into()),
-                container_port: MASTER_PORT,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            }]);
-        }
-    }
+}
 
-    job_spec.suspend = Some(run.suspend);
-    job.metadata
-        .annotations
-        .get_or_insert_default()
-        .insert(RUN_HASH_ANNOTATION.into(), run.run_hash.clone());
-    job
+/// An Indexed Job's pod reachable as `<pod>.<service>`, listening for the other
+/// ranks.
+fn rendezvous(pod: &mut PodSpec, name: &str) {
+    pod.subdomain = Some(service_name(name));
+    if let Some(container) = pod.containers.first_mut() {
+        container.ports = Some(vec![ContainerPort {
+            name: Some("rendezvous".into()),
+            container_port: MASTER_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]);
+    }
 }
 
 /// A stable hash (FNV-1a, the same across operator builds) of a resolved spec,

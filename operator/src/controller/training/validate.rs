@@ -4,6 +4,7 @@
 
 use llmops_crds::{ComputeResources, TrainingSpec};
 
+use super::build::Run;
 use super::{job_name, service_name};
 use crate::workload::storage::pvc_claim;
 
@@ -20,7 +21,16 @@ pub struct Invalid {
     pub message: String,
 }
 
-pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Result<(), Invalid> {
+/// A run that passed validation: what its children are built from.
+#[derive(Clone, Debug)]
+pub struct Valid<'a, K> {
+    /// The resolved resource, which the ConfigMap holds for the trainer and the
+    /// children name as their owner.
+    pub resource: &'a K,
+    pub run: Run<'a>,
+}
+
+pub fn invalid<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Invalid> {
     Err(Invalid {
         field: field.into(),
         message: message.into(),

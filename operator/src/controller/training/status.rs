@@ -137,7 +137,6 @@ pub fn observe(
     succeeded: impl FnOnce(&str, Option<&TrainingProgress>) -> Result<(Outcome, JobPhase), String>,
 ) -> RunStatus {
     let job_status = job.status.as_ref();
-    let job_name = job.name_any();
     let progress = current.progress;
     let restarts = restarts(job, replicas);
     let finished_at = job_status
@@ -152,18 +151,12 @@ pub fn observe(
         outcome: Outcome::FirstSight,
         phase: JobPhase::Pending,
         restarts,
-        job: Some(job_name.clone()),
+        job: Some(job.name_any()),
         start_time,
         completion_time: None,
     };
 
-    let with_restarts = |text: String| match restarts {
-        0 => text,
-        1 => format!("{text} (1 restart)"),
-        n => format!("{text} ({n} restarts)"),
-    };
-
-    match state {
+    (observed.outcome, observed.phase) = match state {
         JobState::Succeeded { message } => {
             observed.completion_time = finished_at;
             let read = match message.as_deref() {
@@ -173,65 +166,90 @@ pub fn observe(
                     "trainer {command} succeeded but wrote no result to its termination message"
                 )),
             };
-            (observed.outcome, observed.phase) = read.unwrap_or_else(|text| {
+            read.unwrap_or_else(|text| {
                 (
                     Outcome::stalled(reason::INVALID_RESULT, text),
                     JobPhase::Failed,
                 )
-            });
+            })
         }
         JobState::Failed { error } => {
             // The checkpoints stay where they are: a fixed spec resumes from them.
             observed.completion_time = finished_at;
-            observed.phase = JobPhase::Failed;
-            observed.outcome = Outcome::stalled(reason::TRAINING_FAILED, error.clone());
+            (
+                Outcome::stalled(reason::TRAINING_FAILED, error.clone()),
+                JobPhase::Failed,
+            )
         }
-        JobState::Running { .. } if suspend => {
-            observed.phase = JobPhase::Suspended;
-            let active = job_status.and_then(|s| s.active).unwrap_or(0);
-            let at = progress.map_or_else(String::new, |p| format!(" at step {}", p.step));
-            let text = if active > 0 {
-                format!("suspending{at}: {active} pod(s) saving a checkpoint")
-            } else {
-                format!(
-                    "suspended{at}; set spec.suspend to false to resume from the newest checkpoint"
-                )
-            };
-            observed.outcome = Outcome::progressing(reason::SUSPENDED, text);
-        }
+        JobState::Running { .. } if suspend => suspended(job, progress),
         JobState::Running {
             waiting: Some((why, detail)),
-        } => {
-            let text = if detail.is_empty() {
-                why.clone()
-            } else {
-                format!("{why}: {detail}")
-            };
-            observed.outcome = if BLOCKING_WAIT_REASONS.contains(&why.as_str()) {
-                Outcome::stalled(reason::POD_BLOCKED, text)
-            } else {
-                Outcome::progressing(
-                    reason::STARTING,
-                    with_restarts(format!("pod waiting: {text}")),
-                )
-            };
-        }
-        JobState::Running { waiting: None } => {
-            let active = job_status.and_then(|s| s.active).unwrap_or(0);
-            if active > 0 {
-                observed.phase = JobPhase::Running;
-                // Not the step and loss: the trainer updates them every few seconds
-                // (they are columns of their own), and a message following them
-                // would double the status writes.
-                let text = format!("training (Job {job_name})");
-                observed.outcome = Outcome::progressing(reason::TRAINING, with_restarts(text));
-            } else {
-                observed.outcome = Outcome::progressing(
-                    reason::STARTING,
-                    with_restarts(format!("starting pods (Job {job_name})")),
-                );
-            }
-        }
-    }
+        } => (waiting(why, detail, restarts), JobPhase::Pending),
+        JobState::Running { waiting: None } => running(job, restarts),
+    };
     observed
+}
+
+/// A suspended run: its pods saving a checkpoint, then none.
+fn suspended(job: &Job, progress: Option<&TrainingProgress>) -> (Outcome, JobPhase) {
+    let active = job.status.as_ref().and_then(|s| s.active).unwrap_or(0);
+    let at = progress.map_or_else(String::new, |p| format!(" at step {}", p.step));
+    let text = if active > 0 {
+        format!("suspending{at}: {active} pod(s) saving a checkpoint")
+    } else {
+        format!("suspended{at}; set spec.suspend to false to resume from the newest checkpoint")
+    };
+    (
+        Outcome::progressing(reason::SUSPENDED, text),
+        JobPhase::Suspended,
+    )
+}
+
+/// A pod that cannot start (`why`): Stalled when only a change helps, starting
+/// otherwise.
+fn waiting(why: &str, detail: &str, restarts: i32) -> Outcome {
+    let text = if detail.is_empty() {
+        why.to_string()
+    } else {
+        format!("{why}: {detail}")
+    };
+    if BLOCKING_WAIT_REASONS.contains(&why) {
+        Outcome::stalled(reason::POD_BLOCKED, text)
+    } else {
+        Outcome::progressing(
+            reason::STARTING,
+            with_restarts(format!("pod waiting: {text}"), restarts),
+        )
+    }
+}
+
+/// A run whose pods are active, or about to be.
+fn running(job: &Job, restarts: i32) -> (Outcome, JobPhase) {
+    let job_name = job.name_any();
+    let active = job.status.as_ref().and_then(|s| s.active).unwrap_or(0);
+    if active > 0 {
+        // Not the step and loss: the trainer updates them every few seconds
+        // (they are columns of their own), and a message following them
+        // would double the status writes.
+        let text = format!("training (Job {job_name})");
+        (
+            Outcome::progressing(reason::TRAINING, with_restarts(text, restarts)),
+            JobPhase::Running,
+        )
+    } else {
+        let text = format!("starting pods (Job {job_name})");
+        (
+            Outcome::progressing(reason::STARTING, with_restarts(text, restarts)),
+            JobPhase::Pending,
+        )
+    }
+}
+
+/// `text`, with the restarts so far.
+fn with_restarts(text: String, restarts: i32) -> String {
+    match restarts {
+        0 => text,
+        1 => format!("{text} (1 restart)"),
+        n => format!("{text} ({n} restarts)"),
+    }
 }

@@ -13,12 +13,12 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use llmops_crds::JobPhase;
+use serde::Serialize;
 
-use super::build::Children;
+use super::build::build;
 use super::run::{self, REPLACE_RETRY, RESYNC, WAIT_RETRY, keep_run, run_state, stop_run};
 use super::status::{reason, replacing};
-use super::validate::Invalid;
-use crate::config::OperatorConfig;
+use super::validate::{Invalid, Valid};
 use crate::runtime::Context;
 use crate::runtime::conditions::{Outcome, now};
 use crate::runtime::controller::ReconcileError;
@@ -38,7 +38,7 @@ pub enum Resolution<R> {
 
 /// What sets one training kind apart in a pass.
 pub trait TrainingKind:
-    ReportsStatus<Status: JobRecord, Scope = NamespaceResourceScope> + Send + Sync + 'static
+    ReportsStatus<Status: JobRecord, Scope = NamespaceResourceScope> + Serialize + Send + Sync + 'static
 {
     /// The kind as the trainer sees it, with its inputs.
     type Resolved: Send + Sync;
@@ -53,11 +53,9 @@ pub trait TrainingKind:
         &self,
         ctx: &Context,
     ) -> impl Future<Output = Result<Resolution<Self::Resolved>, Self::Error>> + Send;
-    fn validate(resolved: &Self::Resolved) -> Result<(), Invalid>;
-    fn build(
-        resolved: &Self::Resolved,
-        config: &OperatorConfig,
-    ) -> Result<Children, serde_yaml_ng::Error>;
+    /// What the run's children are built from, once `resolved` is known to be
+    /// runnable.
+    fn validate(resolved: &Self::Resolved) -> Result<Valid<'_, Self>, Invalid>;
     /// A pass that did not get as far as a Job: results, times and counters stay
     /// as they are in `current`.
     fn without_job(
@@ -103,12 +101,13 @@ pub async fn reconcile<K: TrainingKind>(
         }
         Resolution::Stalled(outcome) => return stall(&mut obj, &api, &ctx, outcome).await,
     };
-    if let Err(invalid) = K::validate(&resolved) {
-        let outcome = Outcome::stalled(reason::INVALID_SPEC, invalid.to_string());
-        return stall(&mut obj, &api, &ctx, outcome).await;
-    }
-
-    let children = K::build(&resolved, &ctx.config)?;
+    let children = match K::validate(&resolved) {
+        Ok(valid) => build(&valid, &ctx.config)?,
+        Err(invalid) => {
+            let outcome = Outcome::stalled(reason::INVALID_SPEC, invalid.to_string());
+            return stall(&mut obj, &api, &ctx, outcome).await;
+        }
+    };
     let Some(job) = keep_run(&ctx.client, &obj, &children).await? else {
         let outcome = replacing(&children.job.name_any());
         let observed = K::without_job(outcome, JobPhase::Pending, obj.status());
