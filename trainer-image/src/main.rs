@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use llmops_contract::{env, exit};
 use llmops_crds::{Dataset, FineTune, PretrainJob};
 use llmops_trainer::finetune;
-use llmops_trainer::pretrain::{self, Outcome};
-use llmops_trainer::train::{interrupt::Interrupt, launch};
+use llmops_trainer::pretrain;
+use llmops_trainer::train::{Outcome, Permanence, interrupt::Interrupt, launch};
 use llmops_trainer::{bench, prepare, progress::Reporter, resource, termination};
 
 #[derive(Parser)]
@@ -153,7 +153,7 @@ fn main() -> ExitCode {
 /// itself: one process per GPU via the launcher, the status reporter on rank 0,
 /// and the exit: the result as termination message (0), the checkpoint of an
 /// interruption (143), or one line of error (2 when a restart cannot help).
-async fn run_training<K, R, F, Fut>(resource: &K, interrupt: Interrupt, train: F) -> ExitCode
+async fn run_training<K, R, E, F, Fut>(resource: &K, interrupt: Interrupt, train: F) -> ExitCode
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + serde::de::DeserializeOwned
@@ -163,8 +163,9 @@ where
         + Sync
         + 'static,
     R: serde::Serialize,
+    E: Permanence + std::fmt::Display,
     F: FnOnce(Option<Reporter>, Interrupt) -> Fut,
-    Fut: std::future::Future<Output = Result<Outcome<R>, pretrain::PretrainError>>,
+    Fut: std::future::Future<Output = Result<Outcome<R>, E>>,
 {
     if let Some(n) = launch::processes_to_launch() {
         return match launch::launch(n, interrupt).await {

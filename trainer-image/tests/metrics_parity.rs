@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use llmops_trainer::metrics::{corpus_bleu, mean_rouge_l, rouge_l};
+use llmops_trainer::text_overlap::{corpus_bleu, mean_rouge_l, rouge_l};
 
 const PAIRS: usize = 360;
 

@@ -14,9 +14,9 @@ use llmops_model::{LogitsProcessor, Model, Sampling, generate};
 use tch::Device;
 use tokenizers::Tokenizer;
 
+use super::FineTuneError;
 use crate::artifact::{DatasetArtifact, SplitReader};
-use crate::metrics;
-use crate::pretrain::PretrainError;
+use crate::text_overlap;
 use crate::train::data;
 use crate::train::loss;
 
@@ -24,15 +24,15 @@ use crate::train::loss;
 const MAX_PERPLEXITY_ROWS: u64 = 1024;
 
 /// The split evaluation uses: test, else validation.
-fn held_out(dataset: &DatasetArtifact) -> Result<(String, SplitReader), PretrainError> {
+fn held_out(dataset: &DatasetArtifact) -> Result<(String, SplitReader), FineTuneError> {
     let uri = dataset.dir().display().to_string();
     for name in ["test", "validation"] {
-        let split = dataset.split(name).map_err(PretrainError::dataset(&uri))?;
+        let split = dataset.split(name).map_err(FineTuneError::dataset(&uri))?;
         if !split.is_empty() {
             return Ok((name.to_string(), split));
         }
     }
-    Err(PretrainError::Incompatible(
+    Err(FineTuneError::Incompatible(
         "the dataset has no test or validation rows to evaluate on".into(),
     ))
 }
@@ -66,37 +66,87 @@ pub fn evaluate(
     spec: &Evaluation,
     sequence_length: usize,
     device: Device,
-) -> Result<EvaluationScores, PretrainError> {
-    let uri = dataset.dir().display().to_string();
+) -> Result<EvaluationScores, FineTuneError> {
     let (split_name, split) = held_out(dataset)?;
     let mut scores = EvaluationScores::default();
     if spec.metrics.contains(&Metric::Perplexity) {
-        let batches = data::eval_batches(&split, sequence_length, 8, MAX_PERPLEXITY_ROWS, device)
-            .map_err(PretrainError::dataset(&uri))?;
-        let mean = loss::evaluate(model, &batches)?.ok_or_else(|| {
-            PretrainError::Incompatible(format!(
-                "the {split_name} split has no response tokens to compute perplexity on"
-            ))
-        })?;
-        scores.perplexity = Some(mean.exp());
+        scores.perplexity = Some(perplexity(
+            model,
+            dataset,
+            (&split_name, &split),
+            sequence_length,
+            device,
+        )?);
     }
     let generated = [Metric::RougeL, Metric::Bleu, Metric::ExactMatch];
     if !spec.metrics.iter().any(|m| generated.contains(m)) {
         scores.samples = split.len().min(MAX_PERPLEXITY_ROWS) as i64;
         return Ok(scores);
     }
+    let (candidates, references) = answers(model, dataset, &split, tokenizer, spec)?;
+    if candidates.is_empty() {
+        return Err(FineTuneError::Incompatible(format!(
+            "rougeL, bleu and exactMatch need prompt/answer records (instruction data with loss masks); the {split_name} split has none"
+        )));
+    }
+    for metric in &spec.metrics {
+        match metric {
+            Metric::RougeL => {
+                scores.rouge_l = Some(text_overlap::mean_rouge_l(&candidates, &references))
+            }
+            Metric::Bleu => scores.bleu = Some(text_overlap::corpus_bleu(&candidates, &references)),
+            Metric::ExactMatch => {
+                scores.exact_match = Some(text_overlap::exact_match(&candidates, &references))
+            }
+            Metric::Perplexity => {}
+        }
+    }
+    scores.samples = candidates.len() as i64;
+    Ok(scores)
+}
+
+/// `exp` of the mean loss over the response tokens of the held-out `split`
+/// (its name and reader).
+fn perplexity(
+    model: &Model,
+    dataset: &DatasetArtifact,
+    (split_name, split): (&str, &SplitReader),
+    sequence_length: usize,
+    device: Device,
+) -> Result<f64, FineTuneError> {
+    let uri = dataset.dir().display().to_string();
+    let batches = data::eval_batches(split, sequence_length, 8, MAX_PERPLEXITY_ROWS, device)
+        .map_err(FineTuneError::dataset(&uri))?;
+    let mean = loss::evaluate(model, &batches)?.ok_or_else(|| {
+        FineTuneError::Incompatible(format!(
+            "the {split_name} split has no response tokens to compute perplexity on"
+        ))
+    })?;
+    Ok(mean.exp())
+}
+
+/// The model's answers to the first `spec.samples` prompt/answer records of
+/// `split`, decoded, and the reference answers beside them.
+fn answers(
+    model: &Model,
+    dataset: &DatasetArtifact,
+    split: &SplitReader,
+    tokenizer: &Tokenizer,
+    spec: &Evaluation,
+) -> Result<(Vec<String>, Vec<String>), FineTuneError> {
+    let uri = dataset.dir().display().to_string();
     let g = &spec.generation;
     let sampling = Sampling::from_params(
         g.temperature,
         (g.top_k > 0).then_some(g.top_k as usize),
         Some(g.top_p),
     )
-    .map_err(|e| PretrainError::InvalidSpec(format!("evaluation.generation: {e}")))?;
+    .map_err(|e| FineTuneError::InvalidSpec(format!("evaluation.generation: {e}")))?;
     let eos: Vec<i64> = vec![dataset.manifest.eos_id as i64];
     let decode = |ids: &[u32]| {
         tokenizer
             .decode(ids, true)
-            .map_err(|e| PretrainError::Incompatible(format!("cannot decode tokens: {e}")))
+            .map_err(|e| FineTuneError::Incompatible(format!("cannot decode tokens: {e}")))
     };
     let (mut candidates, mut references) = (Vec::new(), Vec::new());
     let wanted = spec.samples.max(1) as usize;
@@ -104,7 +154,7 @@ pub fn evaluate(
         if candidates.len() >= wanted {
             break;
         }
-        let row = row.map_err(PretrainError::dataset(&uri))?;
+        let row = row.map_err(FineTuneError::dataset(&uri))?;
         let Some(rec) = record(&row.tokens, row.mask.as_deref()) else {
             continue;
         };
@@ -118,25 +168,7 @@ pub fn evaluate(
         candidates.push(decode(&ids)?);
         references.push(decode(&rec.reference)?);
     }
-    if candidates.is_empty() {
-        return Err(PretrainError::Incompatible(format!(
-            "rougeL, bleu and exactMatch need prompt/answer records (instruction data with loss masks); the {split_name} split has none"
-        )));
-    }
-    for metric in &spec.metrics {
-        match metric {
-            Metric::RougeL => {
-                scores.rouge_l = Some(metrics::mean_rouge_l(&candidates, &references))
-            }
-            Metric::Bleu => scores.bleu = Some(metrics::corpus_bleu(&candidates, &references)),
-            Metric::ExactMatch => {
-                scores.exact_match = Some(metrics::exact_match(&candidates, &references))
-            }
-            Metric::Perplexity => {}
-        }
-    }
-    scores.samples = candidates.len() as i64;
-    Ok(scores)
+    Ok((candidates, references))
 }
 
 /// Checks `scores` against the gates; every gate is named with its score.

@@ -1,13 +1,13 @@
 //! From a FineTune, its base model and its dataset to the numbers the training
-//! loop runs with (the loop is pretraining's, started from the base model).
+//! loop runs with (the shared loop, started from the base model).
 
 use llmops_crds::FineTune;
 use llmops_crds::finetune::{LoraTarget, MethodType};
 use llmops_model::{Config, LoraSettings};
 
+use super::FineTuneError;
 use crate::artifact::Manifest;
-use crate::pretrain::plan::{EarlyStop, assemble};
-use crate::pretrain::{Plan, PretrainError};
+use crate::train::plan::{EarlyStop, Plan, assemble};
 
 /// The PEFT module name of a CRD target.
 pub fn target_name(target: LoraTarget) -> &'static str {
@@ -52,24 +52,24 @@ pub fn plan(
     manifest: &Manifest,
     train_rows: u64,
     world: usize,
-) -> Result<Plan, PretrainError> {
+) -> Result<Plan, FineTuneError> {
     let spec = &ft.spec;
     let t = &spec.training;
-    let invalid = |m: String| Err(PretrainError::InvalidSpec(m));
+    let invalid = |m: String| Err(FineTuneError::InvalidSpec(m));
     if spec.method.kind == MethodType::Lora && !spec.output.merge_adapter {
         return invalid(
             "spec.output.mergeAdapter: false is not supported by this trainer version yet; the output is always a merged, servable model".into(),
         );
     }
     if manifest.vocab_size as i64 > base.vocab_size {
-        return Err(PretrainError::Incompatible(format!(
+        return Err(FineTuneError::Incompatible(format!(
             "the dataset's vocabulary ({}) is larger than the base model's ({})",
             manifest.vocab_size, base.vocab_size
         )));
     }
     let sequence_length = manifest.sequence_length as usize;
     if sequence_length as i64 > base.max_position_embeddings {
-        return Err(PretrainError::Incompatible(format!(
+        return Err(FineTuneError::Incompatible(format!(
             "the dataset's rows ({sequence_length} tokens) are longer than the base model's context ({})",
             base.max_position_embeddings
         )));

@@ -190,7 +190,25 @@ pub fn stats_json(stats: &DatasetStats) -> serde_json::Value {
 /// Runs all passes; on success the staging directory holds the complete artifact.
 pub fn run(job: Job) -> Result<Manifest, PrepareError> {
     let spec = &job.spec;
-    let dedup_spec = &spec.preprocessing.dedup;
+    let (spill, mut stats, redactions) = collect(&job)?;
+    let tokenizer = match &job.tokenizer {
+        Some(t) => t.clone(),
+        None => train_tokenizer(&job, &spill, &stats)?,
+    };
+    let (eos, pad) = tokenizer::special_ids(&tokenizer, spec.tokenizer.train.as_ref())?;
+    stats.vocab_size = tokenizer.get_vocab_size(true) as i64;
+
+    let splits = tokenize(&job, &tokenizer, &spill, eos, pad, &mut stats)?;
+    if splits["train"].sequences == 0 {
+        return Err(PrepareError::EmptyTrainSplit);
+    }
+    write_artifact(&job, &tokenizer, splits, stats, redactions, eos, pad)
+}
+
+/// Pass 1: every kept document into the spill file; returns it with the
+/// statistics and redaction counts so far.
+fn collect(job: &Job) -> Result<(File, DatasetStats, Redactions), PrepareError> {
+    let dedup_spec = &job.spec.preprocessing.dedup;
     let near = dedup_spec.near_duplicate.as_ref().map(|nd| {
         let permutations = usize::try_from(nd.permutations).unwrap_or(128).max(1);
         let shingle = usize::try_from(nd.shingle_size).unwrap_or(5);
@@ -200,7 +218,7 @@ pub fn run(job: Job) -> Result<Manifest, PrepareError> {
         )
     });
     let mut collector = Collector {
-        job: &job,
+        job,
         stats: DatasetStats::default(),
         redactions: Redactions::default(),
         bytes_in: Arc::new(AtomicU64::new(0)),
@@ -218,9 +236,7 @@ pub fn run(job: Job) -> Result<Manifest, PrepareError> {
         .map_err(PrepareError::io("write spill file"))?;
     // Dropping the collector frees the dedup tables before tokenization.
     let Collector {
-        mut stats,
-        redactions,
-        ..
+        stats, redactions, ..
     } = collector;
     if stats.documents_out == 0 {
         return Err(PrepareError::NothingLeft {
@@ -229,49 +245,129 @@ pub fn run(job: Job) -> Result<Manifest, PrepareError> {
             duplicates: stats.exact_duplicates + stats.near_duplicates,
         });
     }
+    Ok((spill, stats, redactions))
+}
 
+/// Pass 2: a tokenizer trained on the first documents of the spill file, as
+/// the model will see them (instruction pairs through the labeling template).
+fn train_tokenizer(
+    job: &Job,
+    spill: &File,
+    stats: &DatasetStats,
+) -> Result<Tokenizer, PrepareError> {
+    let spec = &job.spec;
     let template = spec
         .labeling
         .as_ref()
         .map(|l| l.template.clone())
         .unwrap_or_default();
-    let tokenizer = match &job.tokenizer {
-        Some(t) => t.clone(),
-        None => {
-            let training =
-                spec.tokenizer.train.as_ref().ok_or_else(|| {
-                    PrepareError::InvalidSpec("tokenizer: set train or uri".into())
-                })?;
-            job.reporter
-                .report(stats_json(&stats), "training tokenizer");
-            let mut budget = tokenizer::TRAINING_SAMPLE_BYTES;
-            let texts = SpillReader::new(&spill)
-                .map_err(PrepareError::io("read spill file"))?
-                .map_while(Result::ok)
-                .map(|r| match r {
-                    Record::Text(t) => t,
-                    Record::Pair { prompt, response } => {
-                        label::render_prompt(&template, &prompt) + &response
-                    }
-                })
-                .take_while(move |t| {
-                    let more = budget > 0;
-                    budget = budget.saturating_sub(t.len() as u64);
-                    more
-                });
-            tokenizer::train(texts, training)?
-        }
-    };
-    let (eos, pad) = tokenizer::special_ids(&tokenizer, spec.tokenizer.train.as_ref())?;
-    stats.vocab_size = tokenizer.get_vocab_size(true) as i64;
-
-    let splits = tokenize(&job, &tokenizer, &spill, eos, pad, &mut stats)?;
-    if splits["train"].sequences == 0 {
-        return Err(PrepareError::EmptyTrainSplit);
-    }
-    write_artifact(&job, &tokenizer, splits, stats, redactions, eos, pad)
+    let training = spec
+        .tokenizer
+        .train
+        .as_ref()
+        .ok_or_else(|| PrepareError::InvalidSpec("tokenizer: set train or uri".into()))?;
+    job.reporter.report(stats_json(stats), "training tokenizer");
+    let mut budget = tokenizer::TRAINING_SAMPLE_BYTES;
+    let texts = SpillReader::new(spill)
+        .map_err(PrepareError::io("read spill file"))?
+        .map_while(Result::ok)
+        .map(|r| match r {
+            Record::Text(t) => t,
+            Record::Pair { prompt, response } => {
+                label::render_prompt(&template, &prompt) + &response
+            }
+        })
+        .take_while(move |t| {
+            let more = budget > 0;
+            budget = budget.saturating_sub(t.len() as u64);
+            more
+        });
+    tokenizer::train(texts, training)
 }
 
+/// A document's tokens and their loss mask.
+type Labeled = (Vec<u32>, Vec<u8>);
+
+/// How pass 3 turns documents into rows, from the spec.
+struct Tokenizing {
+    seq_len: usize,
+    stride: usize,
+    instruction: bool,
+    /// Rows carry loss masks (instruction data, or unpacked rows with padding).
+    masked: bool,
+    add_eos: Option<u32>,
+    template: String,
+    mask_prompt: bool,
+}
+
+impl Tokenizing {
+    fn new(spec: &DatasetSpec, eos: u32) -> Self {
+        let seg = &spec.segmentation;
+        let seq_len = usize::try_from(seg.sequence_length).unwrap_or(1024).max(1);
+        let stride = seg
+            .stride
+            .and_then(|s| usize::try_from(s).ok())
+            .unwrap_or(seq_len);
+        let instruction = spec.kind == DatasetType::Instruction;
+        let (template, mask_prompt) = spec.labeling.as_ref().map_or((String::new(), true), |l| {
+            (l.template.clone(), l.mask_prompt)
+        });
+        Self {
+            seq_len,
+            stride,
+            instruction,
+            masked: instruction || !seg.pack,
+            add_eos: seg.add_eos.then_some(eos),
+            template,
+            mask_prompt,
+        }
+    }
+
+    /// The tokens and loss mask of each record of `batch`, in order.
+    fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        batch: Vec<Record>,
+    ) -> Result<Vec<Labeled>, PrepareError> {
+        if self.instruction {
+            let (prompts, responses): (Vec<String>, Vec<String>) = batch
+                .into_iter()
+                .map(|r| match r {
+                    Record::Pair { prompt, response } => {
+                        (label::render_prompt(&self.template, &prompt), response)
+                    }
+                    Record::Text(t) => (label::render_prompt(&self.template, &t), String::new()),
+                })
+                .unzip();
+            let prompts = tokenizer::encode_batch(tokenizer, prompts)?;
+            let responses = tokenizer::encode_batch(tokenizer, responses)?;
+            Ok(prompts
+                .iter()
+                .zip(&responses)
+                .map(|(p, r)| label::label(p, r, self.add_eos, self.mask_prompt))
+                .collect())
+        } else {
+            let texts: Vec<String> = batch
+                .into_iter()
+                .map(|r| match r {
+                    Record::Text(t) => t,
+                    Record::Pair { prompt, response } => format!("{prompt}\n{response}"),
+                })
+                .collect();
+            Ok(tokenizer::encode_batch(tokenizer, texts)?
+                .into_iter()
+                .map(|mut ids| {
+                    ids.extend(self.add_eos);
+                    let mask = vec![1u8; ids.len()];
+                    (ids, mask)
+                })
+                .collect())
+        }
+    }
+}
+
+/// Pass 3: tokenizes, labels, splits and segments the spilled documents into
+/// shards; returns each split's entry of the manifest.
 fn tokenize(
     job: &Job,
     tokenizer: &Tokenizer,
@@ -281,25 +377,14 @@ fn tokenize(
     stats: &mut DatasetStats,
 ) -> Result<BTreeMap<String, SplitEntry>, PrepareError> {
     let spec = &job.spec;
-    let seg = &spec.segmentation;
-    let seq_len = usize::try_from(seg.sequence_length).unwrap_or(1024).max(1);
-    let stride = seg
-        .stride
-        .and_then(|s| usize::try_from(s).ok())
-        .unwrap_or(seq_len);
-    let instruction = spec.kind == DatasetType::Instruction;
-    let masked = instruction || !seg.pack;
-    let add_eos = seg.add_eos.then_some(eos);
-    let (template, mask_prompt) = spec.labeling.as_ref().map_or((String::new(), true), |l| {
-        (l.template.clone(), l.mask_prompt)
-    });
+    let t = Tokenizing::new(spec, eos);
     let mut segmenters: Vec<Segmenter> = SPLITS
         .iter()
-        .map(|_| Segmenter::new(seq_len, stride, seg.pack, pad, masked))
+        .map(|_| Segmenter::new(t.seq_len, t.stride, spec.segmentation.pack, pad, t.masked))
         .collect();
     let mut writers: Vec<ShardWriter> = SPLITS
         .iter()
-        .map(|s| ShardWriter::new(&job.staging, s, seq_len, masked, SHARD_BYTES))
+        .map(|s| ShardWriter::new(&job.staging, s, t.seq_len, t.masked, SHARD_BYTES))
         .collect();
 
     let mut records = SpillReader::new(spill).map_err(PrepareError::io("read spill file"))?;
@@ -317,40 +402,7 @@ fn tokenize(
             .iter()
             .map(|r| assign(dedup_text(r).as_bytes(), &spec.split))
             .collect();
-        let labeled: Vec<(Vec<u32>, Vec<u8>)> = if instruction {
-            let (prompts, responses): (Vec<String>, Vec<String>) = batch
-                .into_iter()
-                .map(|r| match r {
-                    Record::Pair { prompt, response } => {
-                        (label::render_prompt(&template, &prompt), response)
-                    }
-                    Record::Text(t) => (label::render_prompt(&template, &t), String::new()),
-                })
-                .unzip();
-            let prompts = tokenizer::encode_batch(tokenizer, prompts)?;
-            let responses = tokenizer::encode_batch(tokenizer, responses)?;
-            prompts
-                .iter()
-                .zip(&responses)
-                .map(|(p, r)| label::label(p, r, add_eos, mask_prompt))
-                .collect()
-        } else {
-            let texts: Vec<String> = batch
-                .into_iter()
-                .map(|r| match r {
-                    Record::Text(t) => t,
-                    Record::Pair { prompt, response } => format!("{prompt}\n{response}"),
-                })
-                .collect();
-            tokenizer::encode_batch(tokenizer, texts)?
-                .into_iter()
-                .map(|mut ids| {
-                    ids.extend(add_eos);
-                    let mask = vec![1u8; ids.len()];
-                    (ids, mask)
-                })
-                .collect()
-        };
+        let labeled = t.encode(tokenizer, batch)?;
         for ((tokens, mask), split) in labeled.iter().zip(split_of) {
             segmenters[split]
                 .push(tokens, mask, &mut writers[split])
@@ -366,6 +418,16 @@ fn tokenize(
             ),
         );
     }
+    finish_splits(segmenters, writers, stats)
+}
+
+/// Flushes every split's last rows and shards; returns the manifest's split
+/// entries and records their totals in `stats`.
+fn finish_splits(
+    segmenters: Vec<Segmenter>,
+    writers: Vec<ShardWriter>,
+    stats: &mut DatasetStats,
+) -> Result<BTreeMap<String, SplitEntry>, PrepareError> {
     let mut splits = BTreeMap::new();
     for ((name, mut segmenter), mut writer) in SPLITS.iter().zip(segmenters).zip(writers) {
         segmenter

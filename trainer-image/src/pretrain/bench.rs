@@ -16,6 +16,7 @@ use super::plan::model_config;
 use crate::train::loss::summed_loss;
 use crate::train::memory;
 use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::session;
 
 /// Options of `trainer bench pretrain`.
 #[derive(Clone, Debug, clap::Args)]
@@ -111,7 +112,7 @@ fn ours(o: &Options) -> anyhow::Result<Timing> {
     // PyTorch's defaults.
     memory::keep_freed_memory();
     tch::manual_seed(0);
-    let device = super::device();
+    let device = session::device();
     // Phase times need the GPU's queue drained at each boundary.
     let sync = || {
         if let Device::Cuda(i) = device {
@@ -187,7 +188,7 @@ fn reference(o: &Options, threads: i32) -> anyhow::Result<Timing> {
         .args(["--threads", &threads.to_string()])
         .args([
             "--device",
-            if super::device().is_cuda() {
+            if session::device().is_cuda() {
                 "cuda"
             } else {
                 "cpu"
@@ -249,7 +250,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
     let threads = tch::get_num_threads();
     let tokens = (o.batch * o.sequence_length) as f64;
-    let device = super::device();
+    let device = session::device();
     println!(
         "device: {device:?}{}",
         if o.bf16 && device.is_cuda() {

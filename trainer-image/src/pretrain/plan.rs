@@ -1,54 +1,13 @@
 //! From a PretrainJob and its dataset to the numbers the training loop runs with.
 
-use llmops_crds::common::{LrSchedule, Precision};
+use llmops_crds::PretrainJob;
+use llmops_crds::TrainingSpec;
 use llmops_crds::pretrain::{ModelArchitecture, ModelFamily};
-use llmops_crds::{PretrainJob, TrainingSpec};
 use llmops_model::{Config, Family};
 
 use super::PretrainError;
 use crate::artifact::Manifest;
-use crate::train::optimizer::AdamWConfig;
-use crate::train::schedule::Schedule;
-
-/// What one run does, resolved and checked.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    pub model: Config,
-    /// Tokens per training row (the model sees `sequence_length - 1` inputs).
-    pub sequence_length: usize,
-    /// Global batch in rows.
-    pub batch: usize,
-    /// Rows per forward/backward pass.
-    pub micro_batch: usize,
-    /// Micro-steps per optimizer step on each rank.
-    pub accumulation: usize,
-    pub total_steps: i64,
-    pub schedule: Schedule,
-    pub adamw: AdamWConfig,
-    pub grad_clip: f64,
-    pub seed: u64,
-    pub eval_every: i64,
-    pub checkpoint_every: i64,
-    pub checkpoints_kept: usize,
-    pub precision: Precision,
-    /// Stop when validation loss has not improved for a while.
-    pub early_stopping: Option<EarlyStop>,
-}
-
-/// Stop after `patience` evaluations in a row that did not lower the best
-/// validation loss by more than `min_delta`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct EarlyStop {
-    pub patience: u32,
-    pub min_delta: f64,
-}
-
-impl Plan {
-    /// Tokens one optimizer step consumes (all ranks).
-    pub fn tokens_per_step(&self) -> i64 {
-        (self.batch * self.sequence_length) as i64
-    }
-}
+use crate::train::plan::{Plan, assemble};
 
 /// The model configuration of a spec for a vocabulary of `vocab` with `eos`.
 pub fn model_config(arch: &ModelArchitecture, vocab: u32, eos: u32, pad: u32) -> Config {
@@ -150,58 +109,7 @@ pub fn plan(job: &PretrainJob, manifest: &Manifest, world: usize) -> Result<Plan
             );
         }
     };
-    assemble(t, model, sequence_length, world, total_steps)
-}
-
-/// The plan of `t` once the model, row length, rank count and step count are
-/// known (shared with fine-tuning). `t.batchSize` must already split over
-/// `world` ranks of `microBatchSize`.
-pub fn assemble(
-    t: &TrainingSpec,
-    model: Config,
-    sequence_length: usize,
-    world: usize,
-    total_steps: i64,
-) -> Result<Plan, PretrainError> {
-    let (batch, micro) = (t.batch_size as usize, t.micro_batch_size as usize);
-    let min_lr = t.min_learning_rate.unwrap_or(t.learning_rate / 10.0);
-    if min_lr > t.learning_rate {
-        return Err(PretrainError::InvalidSpec(
-            "training.minLearningRate exceeds learningRate".into(),
-        ));
-    }
-    Ok(Plan {
-        model,
-        sequence_length,
-        batch,
-        micro_batch: micro,
-        accumulation: batch / (micro * world),
-        total_steps,
-        schedule: Schedule {
-            kind: t.schedule,
-            peak: t.learning_rate,
-            min: if t.schedule == LrSchedule::Constant {
-                t.learning_rate
-            } else {
-                min_lr
-            },
-            warmup: t.warmup_steps,
-            total: total_steps,
-        },
-        adamw: AdamWConfig {
-            beta1: t.beta1,
-            beta2: t.beta2,
-            eps: 1e-8,
-            weight_decay: t.weight_decay,
-        },
-        grad_clip: t.grad_clip,
-        seed: t.seed as u64,
-        eval_every: t.eval_every.max(1),
-        checkpoint_every: t.checkpoint_every.max(1),
-        checkpoints_kept: t.checkpoints_kept.max(1) as usize,
-        precision: t.precision,
-        early_stopping: None,
-    })
+    Ok(assemble(t, model, sequence_length, world, total_steps)?)
 }
 
 #[cfg(test)]

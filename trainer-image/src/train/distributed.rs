@@ -151,69 +151,9 @@ impl TcpCollective {
             )));
         }
         let peers = if rank == 0 {
-            let default_port = MASTER_PORT.to_string();
-            let port = addr.rsplit(':').next().unwrap_or(&default_port);
-            let listener = TcpListener::bind(format!("0.0.0.0:{port}"))?;
-            // Polled, so that a rank that never comes is an error, not a hang.
-            listener.set_nonblocking(true)?;
-            let started = Instant::now();
-            let mut slots: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
-            for _ in 1..world {
-                let mut stream = loop {
-                    match listener.accept() {
-                        Ok((stream, _)) => break stream,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            if started.elapsed() >= timeout {
-                                let missing: Vec<String> = (1..world)
-                                    .filter(|r| slots[r - 1].is_none())
-                                    .map(|r| r.to_string())
-                                    .collect();
-                                return Err(CollectiveError::Missing {
-                                    missing: missing.join(", "),
-                                    secs: timeout.as_secs_f64(),
-                                });
-                            }
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                };
-                stream.set_nonblocking(false)?;
-                stream.set_nodelay(true)?;
-                let mut hello = [0u8; 8];
-                stream.read_exact(&mut hello)?;
-                let (peer, peer_world) = (
-                    u32::from_le_bytes(hello[..4].try_into().unwrap_or_default()) as usize,
-                    u32::from_le_bytes(hello[4..].try_into().unwrap_or_default()) as usize,
-                );
-                if peer_world != world || peer == 0 || peer >= world || slots[peer - 1].is_some() {
-                    return Err(CollectiveError::Mismatch(format!(
-                        "rank 0 of {world} got a connection from rank {peer} of {peer_world}"
-                    )));
-                }
-                slots[peer - 1] = Some(stream);
-            }
-            slots.into_iter().flatten().collect()
+            Self::accept_ranks(world, addr, timeout)?
         } else {
-            let started = Instant::now();
-            let mut stream = loop {
-                match TcpStream::connect(addr) {
-                    Ok(s) => break s,
-                    Err(e) if started.elapsed() >= timeout => {
-                        return Err(CollectiveError::Connect {
-                            addr: addr.into(),
-                            secs: timeout.as_secs(),
-                            source: e,
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
-                }
-            };
-            stream.set_nodelay(true)?;
-            let mut hello = (rank as u32).to_le_bytes().to_vec();
-            hello.extend((world as u32).to_le_bytes());
-            stream.write_all(&hello)?;
-            vec![stream]
+            vec![Self::connect_to_rank0(rank, world, addr, timeout)?]
         };
         Ok(Self {
             rank,
@@ -221,6 +161,85 @@ impl TcpCollective {
             peers,
             buf: Vec::new(),
         })
+    }
+
+    /// Rank 0's side: one connection from each other rank, ordered by rank.
+    fn accept_ranks(
+        world: usize,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Vec<TcpStream>, CollectiveError> {
+        let default_port = MASTER_PORT.to_string();
+        let port = addr.rsplit(':').next().unwrap_or(&default_port);
+        let listener = TcpListener::bind(format!("0.0.0.0:{port}"))?;
+        // Polled, so that a rank that never comes is an error, not a hang.
+        listener.set_nonblocking(true)?;
+        let started = Instant::now();
+        let mut slots: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
+        for _ in 1..world {
+            let mut stream = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if started.elapsed() >= timeout {
+                            let missing: Vec<String> = (1..world)
+                                .filter(|r| slots[r - 1].is_none())
+                                .map(|r| r.to_string())
+                                .collect();
+                            return Err(CollectiveError::Missing {
+                                missing: missing.join(", "),
+                                secs: timeout.as_secs_f64(),
+                            });
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            stream.set_nonblocking(false)?;
+            stream.set_nodelay(true)?;
+            let mut hello = [0u8; 8];
+            stream.read_exact(&mut hello)?;
+            let (peer, peer_world) = (
+                u32::from_le_bytes(hello[..4].try_into().unwrap_or_default()) as usize,
+                u32::from_le_bytes(hello[4..].try_into().unwrap_or_default()) as usize,
+            );
+            if peer_world != world || peer == 0 || peer >= world || slots[peer - 1].is_some() {
+                return Err(CollectiveError::Mismatch(format!(
+                    "rank 0 of {world} got a connection from rank {peer} of {peer_world}"
+                )));
+            }
+            slots[peer - 1] = Some(stream);
+        }
+        Ok(slots.into_iter().flatten().collect())
+    }
+
+    /// Another rank's side: connect to rank 0 and say who we are.
+    fn connect_to_rank0(
+        rank: usize,
+        world: usize,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<TcpStream, CollectiveError> {
+        let started = Instant::now();
+        let mut stream = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(e) if started.elapsed() >= timeout => {
+                    return Err(CollectiveError::Connect {
+                        addr: addr.into(),
+                        secs: timeout.as_secs(),
+                        source: e,
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        stream.set_nodelay(true)?;
+        let mut hello = (rank as u32).to_le_bytes().to_vec();
+        hello.extend((world as u32).to_le_bytes());
+        stream.write_all(&hello)?;
+        Ok(stream)
     }
 
     fn send(stream: &mut TcpStream, data: &[f32], buf: &mut Vec<u8>) -> std::io::Result<()> {

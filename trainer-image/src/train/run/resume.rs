@@ -7,14 +7,14 @@ use llmops_crds::common::CheckpointInfo;
 use llmops_model::{Config, io};
 use tch::Tensor;
 
-use super::PretrainError;
 use super::report::now;
-use super::run::{Loop, TRAIN_LOG};
+use super::{Loop, TRAIN_LOG};
+use crate::train::TrainError;
 use crate::train::checkpoint::OPTIMIZER_FILE;
 
 impl Loop<'_> {
     /// Continues from the newest complete checkpoint, if any.
-    pub(super) fn resume(&mut self) -> Result<(), PretrainError> {
+    pub(super) fn resume(&mut self) -> Result<(), TrainError> {
         if let Some(mirror) = &self.s.mirror {
             let local = self.s.checkpoints.list()?.last().map(|(step, _)| *step);
             if let Some(step) =
@@ -26,7 +26,7 @@ impl Loop<'_> {
         let Some((state, dir)) = self.s.checkpoints.newest()? else {
             return Ok(());
         };
-        let foreign = |reason: String| PretrainError::ForeignCheckpoint {
+        let foreign = |reason: String| TrainError::ForeignCheckpoint {
             path: dir.display().to_string(),
             reason,
         };
@@ -39,8 +39,15 @@ impl Loop<'_> {
         let saved = Config::from_file(dir.join(io::CONFIG_FILE))?;
         let differences = architecture_differences(&saved, &self.s.plan.model);
         if !differences.is_empty() {
+            // A fresh model is the PretrainJob's spec.model; fine-tuning's is
+            // the base model's.
+            let ours = if self.s.base.is_some() {
+                "the base model"
+            } else {
+                "spec.model"
+            };
             return Err(foreign(format!(
-                "its model differs from spec.model in {}",
+                "its model differs from {ours} in {}",
                 differences.join(", ")
             )));
         }
@@ -75,7 +82,7 @@ impl Loop<'_> {
 
     /// Every rank starts from rank 0's weights (they agree already when seeded
     /// alike or resumed from one checkpoint; this makes it a guarantee).
-    pub(super) fn sync_initial_weights(&mut self) -> Result<(), PretrainError> {
+    pub(super) fn sync_initial_weights(&mut self) -> Result<(), TrainError> {
         if self.s.collective.world_size() == 1 {
             return Ok(());
         }
@@ -86,13 +93,13 @@ impl Loop<'_> {
 
     /// The per-step log of rank 0, cut back to the resumed step so that it always
     /// describes one consistent run.
-    pub(super) fn open_log(&mut self) -> Result<(), PretrainError> {
+    pub(super) fn open_log(&mut self) -> Result<(), TrainError> {
         if self.rank() != 0 {
             return Ok(());
         }
         let root = self.s.checkpoints.root();
         std::fs::create_dir_all(root)
-            .map_err(PretrainError::io(format!("create {}", root.display())))?;
+            .map_err(TrainError::io(format!("create {}", root.display())))?;
         let path = root.join(TRAIN_LOG);
         let kept: String = std::fs::read_to_string(&path)
             .unwrap_or_default()
@@ -105,12 +112,11 @@ impl Loop<'_> {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        std::fs::write(&path, kept)
-            .map_err(PretrainError::io(format!("write {}", path.display())))?;
+        std::fs::write(&path, kept).map_err(TrainError::io(format!("write {}", path.display())))?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
-            .map_err(PretrainError::io(format!("open {}", path.display())))?;
+            .map_err(TrainError::io(format!("open {}", path.display())))?;
         self.log = Some(file);
         Ok(())
     }

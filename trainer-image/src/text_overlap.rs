@@ -1,4 +1,5 @@
-//! Text metrics for a FineTune's evaluation: ROUGE-L, BLEU and exact match.
+//! Text overlap of generated answers with references, for a FineTune's evaluation:
+//! ROUGE-L, BLEU and exact match.
 //!
 //! ROUGE-L and BLEU reproduce the reference implementations that FineTune results are
 //! compared with (the reference-parity tests), at the versions pinned in `tests/python/requirements.txt`:

@@ -16,7 +16,7 @@ use llmops_store::{FileDigest, Store, artifact_digest, sha256_file};
 use serde_json::json;
 use tch::nn;
 
-use super::PretrainError;
+use super::TrainError;
 use super::run::generation_config;
 
 pub const LINEAGE_FILE: &str = "llmops.json";
@@ -52,9 +52,9 @@ pub fn write(
     vs: &nn::VarStore,
     model: &Model,
     lineage: &Lineage<'_>,
-) -> Result<Vec<FileDigest>, PretrainError> {
+) -> Result<Vec<FileDigest>, TrainError> {
     io::save(staging, vs, model, &generation_config(model.config()))?;
-    std::fs::copy(lineage.tokenizer, staging.join(TOKENIZER_FILE)).map_err(PretrainError::io(
+    std::fs::copy(lineage.tokenizer, staging.join(TOKENIZER_FILE)).map_err(TrainError::io(
         format!("copy {}", lineage.tokenizer.display()),
     ))?;
     let record = json!({
@@ -66,7 +66,7 @@ pub fn write(
     });
     let text = serde_json::to_string_pretty(&record).unwrap_or_default();
     std::fs::write(staging.join(LINEAGE_FILE), text)
-        .map_err(PretrainError::io("write llmops.json"))?;
+        .map_err(TrainError::io("write llmops.json"))?;
     let mut digests = Vec::new();
     for name in [
         io::CONFIG_FILE,
@@ -89,7 +89,7 @@ pub async fn publish(
     store: &Store,
     staging: &Path,
     files: &[FileDigest],
-) -> Result<String, PretrainError> {
+) -> Result<String, TrainError> {
     let ordered = files
         .iter()
         .filter(|f| f.path != LINEAGE_FILE)
@@ -100,14 +100,14 @@ pub async fn publish(
             // A rename within the output's filesystem: readers never see half a file.
             Some(root) => {
                 std::fs::create_dir_all(root)
-                    .map_err(PretrainError::io(format!("create {}", root.display())))?;
+                    .map_err(TrainError::io(format!("create {}", root.display())))?;
                 let dest = root.join(&f.path);
                 if std::fs::rename(&src, &dest).is_err() {
                     let tmp = root.join(format!(".{}.tmp", f.path));
                     std::fs::copy(&src, &tmp)
-                        .map_err(PretrainError::io(format!("copy to {}", tmp.display())))?;
+                        .map_err(TrainError::io(format!("copy to {}", tmp.display())))?;
                     std::fs::rename(&tmp, &dest)
-                        .map_err(PretrainError::io(format!("publish {}", dest.display())))?;
+                        .map_err(TrainError::io(format!("publish {}", dest.display())))?;
                 }
             }
             None => store.put_file(&f.path, &src).await?,

@@ -3,7 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use llmops_crds::common::TrainingProgress;
 
-use super::run::Loop;
+use super::Loop;
 
 /// Now, as the API's timestamp type.
 pub(super) fn now() -> Time {

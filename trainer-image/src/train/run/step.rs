@@ -1,71 +1,19 @@
-//! The training loop: micro-steps with gradient accumulation, the data-parallel
-//! all-reduce, clipping, AdamW, evaluation, checkpoints and progress.
+//! One optimizer step after another: forward and backward over the micro-batches,
+//! the all-reduce, clipping, AdamW, then evaluation, early stopping and
+//! checkpoints.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
-use llmops_crds::common::{Precision, TrainingProgress};
-use llmops_model::{Config, Dtype, GenerationConfig, LoraSettings, Model, io};
-use tch::{Device, Tensor, nn};
+use llmops_model::io;
+use tch::Tensor;
 
-use super::plan::EarlyStop;
-use super::{Plan, PretrainError};
-use crate::artifact::DatasetArtifact;
-use crate::progress::Reporter;
-use crate::train::checkpoint::{Checkpoints, OPTIMIZER_FILE, TrainerState};
-use crate::train::data::{self, Loader, MicroBatch};
-use crate::train::distributed::Collective;
-use crate::train::interrupt::Interrupt;
+use super::{LOSS_WINDOW, Loop, TRAIN_LOG, Trained, generation_config};
+use crate::train::TrainError;
+use crate::train::checkpoint::OPTIMIZER_FILE;
+use crate::train::data::{self, MicroBatch};
 use crate::train::loss::{evaluate, summed_loss};
-use crate::train::mirror::Mirror;
-use crate::train::optimizer::AdamW;
-
-/// Validation rows scored at each evaluation: enough for a stable estimate,
-/// few enough that evaluation stays a small fraction of training time.
-pub const MAX_EVAL_ROWS: u64 = 256;
-/// Training losses averaged into `progress.trainLoss`.
-const LOSS_WINDOW: usize = 10;
-/// The per-step log, inside the checkpoint directory so it never mixes with the
-/// exported model files.
-pub const TRAIN_LOG: &str = "train_log.jsonl";
-
-/// A model to continue training instead of a fresh one (fine-tuning).
-#[derive(Clone, Debug)]
-pub struct BaseModel {
-    /// A local Hugging Face model directory.
-    pub dir: PathBuf,
-    /// Train low-rank adapters on the frozen model instead of every weight.
-    pub lora: Option<LoraSettings>,
-}
-
-/// Everything the loop needs.
-pub struct Session<'a> {
-    pub plan: &'a Plan,
-    /// Start from this model; `None` initialises `plan.model` randomly.
-    pub base: Option<BaseModel>,
-    pub dataset: &'a DatasetArtifact,
-    pub checkpoints: Checkpoints,
-    /// URI of the checkpoint directory, for status.
-    pub checkpoints_uri: String,
-    pub device: Device,
-    pub collective: Box<dyn Collective>,
-    /// Only rank 0 reports.
-    pub reporter: Option<Reporter>,
-    pub interrupt: Interrupt,
-    /// Remote copy of the checkpoints, for object-store outputs.
-    pub mirror: Option<Mirror>,
-}
-
-/// The state at the end of the loop.
-pub struct Trained {
-    pub vs: nn::VarStore,
-    pub model: Model,
-    pub state: TrainerState,
-    pub progress: TrainingProgress,
-    /// Stopped by a signal (a checkpoint holds `state`).
-    pub interrupted: bool,
-}
+use crate::train::plan::EarlyStop;
 
 /// The dropout seed of one micro-step: a pure function of the counters, so a
 /// resumed run draws exactly what the uninterrupted run would have.
@@ -77,135 +25,13 @@ fn micro_seed(seed: u64, step: i64, micro: usize, rank: usize) -> i64 {
     (data::splitmix64(&mut s) >> 1) as i64
 }
 
-/// The generation defaults written next to every saved model.
-pub fn generation_config(config: &Config) -> GenerationConfig {
-    GenerationConfig::from_model_config(config)
-}
-
-/// The training loop's state; its parts live in `run`, `resume` and `report`.
-pub(super) struct Loop<'a> {
-    pub(super) s: Session<'a>,
-    pub(super) model: Model,
-    pub(super) vs: nn::VarStore,
-    pub(super) opt: AdamW,
-    pub(super) loader: Loader,
-    pub(super) eval: Vec<MicroBatch>,
-    pub(super) state: TrainerState,
-    pub(super) progress: TrainingProgress,
-    pub(super) losses: Vec<f64>,
-    pub(super) log: Option<std::fs::File>,
-    pub(super) started: Instant,
-    pub(super) started_step: i64,
-}
-
-/// Trains from the newest checkpoint (or from scratch) to the planned step.
-pub fn train(s: Session<'_>) -> Result<Trained, PretrainError> {
-    let plan = s.plan;
-    let rank = s.collective.rank();
-    let world = s.collective.world_size();
-    tch::manual_seed(plan.seed as i64);
-    let (mut vs, model) = match &s.base {
-        None => {
-            let vs = nn::VarStore::new(s.device);
-            let model = Model::new(&vs.root(), &plan.model)?;
-            (vs, model)
-        }
-        Some(base) => {
-            let loaded = io::load(&base.dir, s.device, Dtype::F32)?;
-            let mut model = loaded.model;
-            if let Some(lora) = &base.lora {
-                let adapted = model.add_lora(&loaded.vs, lora)?;
-                tracing::info!(
-                    adapters = adapted.len(),
-                    rank = lora.rank,
-                    "LoRA adapters added"
-                );
-            }
-            (loaded.vs, model)
-        }
-    };
-    // bf16 on a GPU: the model computes in bf16, AdamW keeps fp32 masters and
-    // moments, and the loss is taken in fp32. CPUs train in fp32 (bf16 matmuls
-    // there are slower, not faster).
-    if plan.precision == Precision::Bf16 && s.device.is_cuda() {
-        vs.bfloat16();
-    }
-    let opt = AdamW::new(&vs, plan.adamw)?;
-    let dataset_uri = s.dataset.dir().display().to_string();
-    let dataset_err = |e| PretrainError::dataset(&dataset_uri)(e);
-    let train_split = s.dataset.split("train").map_err(dataset_err)?;
-    if train_split.is_empty() {
-        return Err(PretrainError::Incompatible(
-            "the train split is empty".into(),
-        ));
-    }
-    let validation = s.dataset.split("validation").map_err(dataset_err)?;
-    let eval = if rank == 0 {
-        data::eval_batches(
-            &validation,
-            plan.sequence_length,
-            plan.micro_batch,
-            MAX_EVAL_ROWS,
-            s.device,
-        )
-        .map_err(dataset_err)?
-    } else {
-        Vec::new()
-    };
-    let loader = Loader::new(
-        train_split,
-        plan.sequence_length,
-        plan.seed,
-        plan.batch,
-        plan.micro_batch,
-        rank,
-        world,
-        s.device,
-    );
-    let state = TrainerState {
-        step: 0,
-        tokens_seen: 0,
-        cursor: loader.cursor(),
-        seed: plan.seed,
-        world_size: world,
-        dataset_digest: s.dataset.manifest.digest.clone(),
-        train_loss: None,
-        validation_loss: None,
-        best_validation_loss: None,
-        evals_without_improvement: 0,
-        stopped_early: false,
-        time: String::new(),
-    };
-    let progress = TrainingProgress {
-        total_steps: plan.total_steps,
-        ..Default::default()
-    };
-    let mut l = Loop {
-        s,
-        model,
-        vs,
-        opt,
-        loader,
-        eval,
-        state,
-        progress,
-        losses: Vec::new(),
-        log: None,
-        started: Instant::now(),
-        started_step: 0,
-    };
-    l.resume()?;
-    l.sync_initial_weights()?;
-    l.open_log()?;
-    l.run()
-}
-
 impl Loop<'_> {
     pub(super) fn rank(&self) -> usize {
         self.s.collective.rank()
     }
 
-    fn run(mut self) -> Result<Trained, PretrainError> {
+    /// Steps to the planned step, an early stop or a signal.
+    pub(super) fn run(mut self) -> Result<Trained, TrainError> {
         let plan = self.s.plan;
         let world = self.s.collective.world_size();
         let params: Vec<Tensor> = self.opt.parameters().map(Tensor::shallow_clone).collect();
@@ -215,7 +41,7 @@ impl Loop<'_> {
             let step = self.state.step;
             let lr = plan.schedule.lr(step);
             let cursor_before = self.loader.cursor();
-            let batch = self.loader.next_step().map_err(PretrainError::dataset(
+            let batch = self.loader.next_step().map_err(TrainError::dataset(
                 self.s.dataset.dir().display().to_string(),
             ))?;
             let Some(local_sum) =
@@ -231,7 +57,7 @@ impl Loop<'_> {
             };
             let (loss, stop) = self.reduce(&params, local_sum, batch.global_targets)?;
             if !loss.is_finite() {
-                return Err(PretrainError::Diverged {
+                return Err(TrainError::Diverged {
                     step: step + 1,
                     loss,
                 });
@@ -278,7 +104,7 @@ impl Loop<'_> {
         step: i64,
         world: usize,
         global_targets: i64,
-    ) -> Result<Option<f64>, PretrainError> {
+    ) -> Result<Option<f64>, TrainError> {
         let plan = self.s.plan;
         let rank = self.rank();
         // Each rank's loss is scaled so that the mean over ranks of the summed
@@ -307,7 +133,7 @@ impl Loop<'_> {
         params: &[Tensor],
         local_sum: f64,
         global_targets: i64,
-    ) -> Result<(f64, bool), PretrainError> {
+    ) -> Result<(f64, bool), TrainError> {
         let world = self.s.collective.world_size();
         let targets = global_targets.max(1) as f64;
         let requested = self.s.interrupt.requested();
@@ -326,7 +152,7 @@ impl Loop<'_> {
     }
 
     /// Logging, evaluation, periodic checkpoints and progress after an update.
-    fn after_step(&mut self, loss: f64, lr: f64, grad_norm: f64) -> Result<(), PretrainError> {
+    fn after_step(&mut self, loss: f64, lr: f64, grad_norm: f64) -> Result<(), TrainError> {
         let plan = self.s.plan;
         let step = self.state.step;
         let mut validation = None;
@@ -344,7 +170,7 @@ impl Loop<'_> {
             if let Some(v) = validation {
                 line["validationLoss"] = v.into();
             }
-            writeln!(log, "{line}").map_err(PretrainError::io("append to the training log"))?;
+            writeln!(log, "{line}").map_err(TrainError::io("append to the training log"))?;
         }
         if let Some(rule) = plan.early_stopping
             && (step % plan.eval_every == 0 || step == plan.total_steps)
@@ -385,7 +211,7 @@ impl Loop<'_> {
     }
 
     /// Rank 0's decision, on every rank.
-    fn agree(&mut self, decision: bool) -> Result<bool, PretrainError> {
+    fn agree(&mut self, decision: bool) -> Result<bool, TrainError> {
         let world = self.s.collective.world_size();
         if world == 1 {
             return Ok(decision);
@@ -398,7 +224,7 @@ impl Loop<'_> {
     }
 
     /// Saves the current state (rank 0 writes; every rank waits for it).
-    pub(super) fn checkpoint_now(&mut self) -> Result<(), PretrainError> {
+    pub(super) fn checkpoint_now(&mut self) -> Result<(), TrainError> {
         if self.rank() == 0 {
             self.state.time = k8s_openapi::jiff::Timestamp::now().to_string();
             let (vs, model, opt) = (&self.vs, &self.model, &self.opt);
@@ -430,9 +256,4 @@ impl Loop<'_> {
         self.s.collective.barrier()?;
         Ok(())
     }
-}
-
-/// Where checkpoints of a local output live.
-pub fn checkpoint_dir(output_root: &std::path::Path) -> PathBuf {
-    output_root.join("checkpoints")
 }
