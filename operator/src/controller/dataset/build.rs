@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use llmops_contract::{env as var, path};
 use llmops_crds::Dataset;
+use llmops_crds::dataset::ConfigMapSource;
 
 use super::resolve::Resolved;
 use super::validate::Valid;
@@ -99,51 +100,7 @@ pub fn credential_secrets(ds: &Dataset) -> Vec<String> {
 fn build_prepare_job(valid: &Valid<'_>, config: &OperatorConfig) -> Job {
     let ds = valid.dataset;
     let name = ds.name_any();
-    let (resource_volume, resource_mount) = resource_file(&config_map_name(&name));
-    let mut volumes = vec![resource_volume];
-    let mut mounts = vec![resource_mount];
-
-    for (index, source) in ds.spec.sources.iter().enumerate() {
-        if let Some(cm) = &source.config_map {
-            let volume = format!("source-{index}");
-            volumes.push(Volume {
-                name: volume.clone(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: cm.name.clone(),
-                    items: Some(vec![KeyToPath {
-                        key: cm.key.clone(),
-                        path: cm.key.clone(),
-                        ..KeyToPath::default()
-                    }]),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            });
-            mounts.push(VolumeMount {
-                name: volume,
-                mount_path: format!("{}/{index}", path::SOURCES_DIR),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            });
-        }
-    }
-
-    let mut claims = PvcMounts::default();
-    for source in &ds.spec.sources {
-        if let Some(pvc) = &source.pvc {
-            claims.read(&pvc.claim_name);
-        }
-    }
-    if let Some(claim) = ds.spec.tokenizer.uri.as_deref().and_then(pvc_claim) {
-        claims.read(claim);
-    }
-    if let Some(claim) = pvc_claim(valid.output_uri) {
-        claims.write(claim);
-    }
-    let (pvc_volumes, pvc_mounts) = claims.volumes_and_mounts();
-    volumes.extend(pvc_volumes);
-    mounts.extend(pvc_mounts);
-
+    let (volumes, mounts) = volumes_and_mounts(valid);
     let mut job_env = vec![
         env(var::OUTPUT_URI, valid.output_uri),
         env(var::PVC_ROOT, path::PVC_ROOT),
@@ -167,6 +124,65 @@ fn build_prepare_job(valid: &Valid<'_>, config: &OperatorConfig) -> Job {
         ttl_seconds_after_finished: None,
     }
     .into_job()
+}
+
+/// The resource file, the configMap sources under `SOURCES_DIR/<index>`, and the
+/// PVCs of the pvc sources and tokenizer (read-only) and of the output.
+fn volumes_and_mounts(valid: &Valid<'_>) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let ds = valid.dataset;
+    let (resource_volume, resource_mount) = resource_file(&config_map_name(&ds.name_any()));
+    let mut volumes = vec![resource_volume];
+    let mut mounts = vec![resource_mount];
+    for (index, source) in ds.spec.sources.iter().enumerate() {
+        if let Some(cm) = &source.config_map {
+            let (volume, mount) = config_map_source(index, cm);
+            volumes.push(volume);
+            mounts.push(mount);
+        }
+    }
+
+    let mut claims = PvcMounts::default();
+    for source in &ds.spec.sources {
+        if let Some(pvc) = &source.pvc {
+            claims.read(&pvc.claim_name);
+        }
+    }
+    if let Some(claim) = ds.spec.tokenizer.uri.as_deref().and_then(pvc_claim) {
+        claims.read(claim);
+    }
+    if let Some(claim) = pvc_claim(valid.output_uri) {
+        claims.write(claim);
+    }
+    let (pvc_volumes, pvc_mounts) = claims.volumes_and_mounts();
+    volumes.extend(pvc_volumes);
+    mounts.extend(pvc_mounts);
+    (volumes, mounts)
+}
+
+/// The key of configMap source `index`, mounted read-only at `SOURCES_DIR/<index>`.
+fn config_map_source(index: usize, cm: &ConfigMapSource) -> (Volume, VolumeMount) {
+    let volume = format!("source-{index}");
+    (
+        Volume {
+            name: volume.clone(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cm.name.clone(),
+                items: Some(vec![KeyToPath {
+                    key: cm.key.clone(),
+                    path: cm.key.clone(),
+                    ..KeyToPath::default()
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: volume,
+            mount_path: format!("{}/{index}", path::SOURCES_DIR),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    )
 }
 
 /// The Job deleting the artifact directory. It has no owner reference: it runs

@@ -49,10 +49,34 @@ fn invalid<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T,
 /// What the children of `resolved` are built from, once nothing stands in its way.
 pub fn validate(resolved: &Resolved) -> Result<Valid<'_>, Invalid> {
     let ds = &resolved.dataset;
-    let name = ds.name_any();
-    let generation = ds.metadata.generation.unwrap_or(0);
+    let job_name = prepare_job_name(ds)?;
+    own_tokenizer(ds)?;
+    pvc_uri("spec.output.uri", &resolved.output_uri)?;
+    if let Some(uri) = &ds.spec.tokenizer.uri {
+        pvc_uri("spec.tokenizer.uri", uri)?;
+    }
+    inline_size(ds)?;
+    let secrets = credential_secrets(ds);
+    if let Some((a, b)) = colliding_secrets(&secrets.iter().map(String::as_str).collect::<Vec<_>>())
+    {
+        return invalid(
+            "credentialsSecretRef",
+            format!(
+                "Secrets {a:?} and {b:?} map to the same environment variables; rename one of them"
+            ),
+        );
+    }
+    Ok(Valid {
+        dataset: ds,
+        output_uri: &resolved.output_uri,
+        job_name,
+        secrets,
+    })
+}
 
-    let job = job_name(&name, generation);
+/// The prepare Job of this generation, whose name labels its pods.
+fn prepare_job_name(ds: &Dataset) -> Result<String, Invalid> {
+    let job = job_name(&ds.name_any(), ds.metadata.generation.unwrap_or(0));
     if job.len() > MAX_LABEL_VALUE {
         return invalid(
             "metadata.name",
@@ -62,36 +86,34 @@ pub fn validate(resolved: &Resolved) -> Result<Valid<'_>, Invalid> {
             ),
         );
     }
+    Ok(job)
+}
 
-    if ds
-        .spec
-        .tokenizer
-        .dataset_ref
-        .as_ref()
-        .is_some_and(|r| r.name == name)
-    {
+/// A tokenizer can only come from another Dataset.
+fn own_tokenizer(ds: &Dataset) -> Result<(), Invalid> {
+    let reference = ds.spec.tokenizer.dataset_ref.as_ref();
+    if reference.is_some_and(|r| r.name == ds.name_any()) {
         return invalid(
             "spec.tokenizer.datasetRef",
             "a Dataset cannot reuse its own tokenizer",
         );
     }
+    Ok(())
+}
 
-    if resolved.output_uri.starts_with("pvc://") && pvc_claim(&resolved.output_uri).is_none() {
+/// A `pvc://` URI names its claim.
+fn pvc_uri(field: &str, uri: &str) -> Result<(), Invalid> {
+    if uri.starts_with("pvc://") && pvc_claim(uri).is_none() {
         return invalid(
-            "spec.output.uri",
+            field,
             "a pvc:// URI needs a claim name: pvc://<claim>/<path>",
         );
     }
-    if let Some(uri) = &ds.spec.tokenizer.uri
-        && uri.starts_with("pvc://")
-        && pvc_claim(uri).is_none()
-    {
-        return invalid(
-            "spec.tokenizer.uri",
-            "a pvc:// URI needs a claim name: pvc://<claim>/<path>",
-        );
-    }
+    Ok(())
+}
 
+/// Inline sources fit the ConfigMap that carries them.
+fn inline_size(ds: &Dataset) -> Result<(), Invalid> {
     let inline_bytes: usize = ds
         .spec
         .sources
@@ -107,23 +129,7 @@ pub fn validate(resolved: &Resolved) -> Result<Valid<'_>, Invalid> {
             ),
         );
     }
-
-    let secrets = credential_secrets(ds);
-    if let Some((a, b)) = colliding_secrets(&secrets.iter().map(String::as_str).collect::<Vec<_>>())
-    {
-        return invalid(
-            "credentialsSecretRef",
-            format!(
-                "Secrets {a:?} and {b:?} map to the same environment variables; rename one of them"
-            ),
-        );
-    }
-    Ok(Valid {
-        dataset: ds,
-        output_uri: &resolved.output_uri,
-        job_name: job,
-        secrets,
-    })
+    Ok(())
 }
 
 #[cfg(test)]
