@@ -1,6 +1,6 @@
-//! Build: the children of a FineTune, as a pure function of the validated FineTune
-//! and the operator's settings ([`crate::controller::training`], as for a
-//! PretrainJob).
+//! Build: what shapes the pods of a FineTune's run ([`run`]), from which
+//! [`crate::controller::training::build`] makes the children once the FineTune is
+//! validated, as for a PretrainJob.
 //!
 //! For FineTune `<name>`:
 //! - ConfigMap `<name>-finetune`, key `resource.yaml`: the resolved FineTune with

@@ -1,5 +1,6 @@
-//! Build: the children of a PretrainJob, as a pure function of the validated
-//! PretrainJob and the operator's settings ([`crate::controller::training`]).
+//! Build: what shapes the pods of a PretrainJob's run ([`run`]), from which
+//! [`crate::controller::training::build`] makes the children once the PretrainJob
+//! is validated.
 //!
 //! For PretrainJob `<name>`:
 //! - ConfigMap `<name>-pretrain`, key `resource.yaml`: the resolved PretrainJob with
