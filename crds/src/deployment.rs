@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Artifact, Conditions, ModelSource, Scheduling, SecretKeyRef};
+use crate::common::{Artifact, Conditions, LocalObjectRef, ModelSource, Scheduling, SecretKeyRef};
 
 /// A served model. Changing `model` starts a rollout; a failed rollout leaves the
 /// previous model serving.
@@ -212,6 +212,22 @@ pub struct Canary {
     #[x_kube(validation = Rule::new("self.map(s, s.weight).isSorted() && self.all(s, self.exists_one(t, t.weight == s.weight))")
         .message("canary step weights must be strictly ascending"))]
     pub steps: Vec<CanaryStep>,
+    /// Exact traffic weights on a Gateway API HTTPRoute instead of a share of
+    /// pods behind the one Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_routing: Option<TrafficRouting>,
+}
+
+/// Where canary weights are written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficRouting {
+    /// An HTTPRoute (`gateway.networking.k8s.io/v1`) in this namespace. Its rules
+    /// whose backendRefs name the Service `<name>-stable` (or `<name>-canary`)
+    /// are the operator's to weight: during a step they send the step's weight to
+    /// `<name>-canary` and the rest to `<name>-stable`; outside a canary, all to
+    /// `<name>-stable`. Other rules and backends are left as they are.
+    pub http_route: LocalObjectRef,
 }
 
 /// One canary step.
@@ -482,7 +498,8 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub steps: i32,
     /// Share of traffic (percent) the new model really gets: canary pods among all
-    /// ready serving pods, since the Service spreads requests over pods.
+    /// ready serving pods, since the Service spreads requests over pods; with
+    /// `canary.trafficRouting`, the weight written on the HTTPRoute.
     #[serde(default)]
     pub weight: i32,
     /// Why the rollout is in this phase.

@@ -10,6 +10,8 @@ require (
 	k8s.io/component-base v0.37.2
 	k8s.io/kubernetes v1.37.2
 	sigs.k8s.io/kwok v0.8.0
+	// Not built in: `up` installs its CRDs (config/crd/standard) from the module cache.
+	sigs.k8s.io/gateway-api v1.6.3
 )
 
 require (

@@ -11,7 +11,10 @@
 //! - canary rollouts: a good model walks every step and is promoted without one
 //!   client request failing; a model whose logits are NaN is rolled back on its
 //!   error rate; a model that cannot load is rolled back at its progress
-//!   deadline; the stable model serves throughout.
+//!   deadline; the stable model serves throughout;
+//! - with `trafficRouting.httpRoute`, each step's exact weight is written on the
+//!   HTTPRoute (clients send by its weights, as a Gateway would), and the stable
+//!   Service gets everything back after a promotion and after a rollback.
 //!
 //! The operator runs with a 1 s scrape interval, a 10 s window and status
 //! writes at most every 2 s, so each phase takes seconds, not minutes.
@@ -22,13 +25,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use llmops_crds::ModelDeployment;
 use llmops_tests::local::tiny_model_with;
 use llmops_tests::operator::Operator;
 use llmops_tests::replay::Replayer;
 use llmops_tests::serving::ServingPods;
-use llmops_tests::traffic::{Backends, Load, Report, Request, Traffic};
+use llmops_tests::traffic::{Backends, Load, Report, Request, StopSignal, Traffic, route_backends};
 use llmops_tests::{Cluster, TestNamespace, eventually};
 use serde_json::{Value, json};
 
@@ -147,14 +150,43 @@ impl Setup {
         concurrency: usize,
         duration: Duration,
     ) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
-        let load = Load::new(completion())
+        self.traffic_to(Backends::service(NAME), concurrency, duration, None)
+    }
+
+    /// [`Setup::traffic`] to `backends`, ended early by `stop` when given.
+    fn traffic_to(
+        &self,
+        backends: Backends,
+        concurrency: usize,
+        duration: Duration,
+        stop: Option<&StopSignal>,
+    ) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
+        let mut load = Load::new(completion())
             .concurrency(concurrency)
             .duration(duration)
             .timeout(Duration::from_secs(30));
+        if let Some(stop) = stop {
+            load = load.stop_on(stop);
+        }
         let (client, namespace) = (self.client.clone(), self.ns.name().to_string());
-        tokio::spawn(async move {
-            Traffic::run(client, &namespace, Backends::service(NAME), load).await
-        })
+        tokio::spawn(async move { Traffic::run(client, &namespace, backends, load).await })
+    }
+
+    /// Waits until the canary Deployment is gone.
+    async fn canary_gone(&self) -> anyhow::Result<()> {
+        eventually(
+            "the canary Deployment to go",
+            Duration::from_secs(60),
+            || async {
+                let apps: Api<Deployment> = Api::namespaced(self.client.clone(), self.ns.name());
+                ensure!(
+                    apps.get_opt(&format!("{NAME}-canary")).await?.is_none(),
+                    "still there"
+                );
+                Ok(())
+            },
+        )
+        .await
     }
 
     async fn replicas(&self) -> anyhow::Result<i32> {
@@ -322,7 +354,13 @@ async fn canaries_are_promoted_or_rolled_back_on_their_own_figures() -> anyhow::
 
     // A good model walks both steps and is promoted; no request fails.
     let second = setup.model("second", &["--seed", "1"])?;
-    let load = setup.traffic(6, Duration::from_secs(300));
+    let stop = StopSignal::new();
+    let load = setup.traffic_to(
+        Backends::service(NAME),
+        6,
+        Duration::from_secs(300),
+        Some(&stop),
+    );
     setup
         .apply(model_deployment(&second, canary_spec()))
         .await?;
@@ -364,20 +402,13 @@ async fn canaries_are_promoted_or_rolled_back_on_their_own_figures() -> anyhow::
         "effective weights seen: {weights_seen:?}"
     );
     // The canary goes once the stable pods serve its model.
-    eventually(
-        "the canary Deployment to go",
-        Duration::from_secs(60),
-        || async {
-            let apps: Api<Deployment> = Api::namespaced(setup.client.clone(), setup.ns.name());
-            ensure!(
-                apps.get_opt(&format!("{NAME}-canary")).await?.is_none(),
-                "still there"
-            );
-            Ok(())
-        },
-    )
-    .await?;
-    load.abort();
+    setup.canary_gone().await?;
+    stop.raise();
+    let report = load.await??;
+    ensure!(
+        report.failed.is_empty() && report.ok > 0,
+        "requests failed during the rollout: {report}"
+    );
 
     // A model with NaN logits answers 500: rolled back on its error rate while
     // the stable pods keep answering.
@@ -453,5 +484,186 @@ async fn canaries_are_promoted_or_rolled_back_on_their_own_figures() -> anyhow::
     );
     load.abort();
     serving(&aborted, &second)?;
+    setup.finish(cluster).await
+}
+
+/// The canary's weight on the HTTPRoute's first rule, and whether the stable
+/// Service takes the rest.
+async fn route_weights(setup: &Setup) -> anyhow::Result<(u32, u32)> {
+    let backends = route_backends(&setup.client, setup.ns.name(), NAME).await?;
+    let weight = |service: &str| {
+        backends
+            .iter()
+            .filter(|(name, _, _)| name == service)
+            .map(|(_, _, w)| *w)
+            .sum::<u32>()
+    };
+    Ok((
+        weight(&format!("{NAME}-stable")),
+        weight(&format!("{NAME}-canary")),
+    ))
+}
+
+fn routed_canary_spec() -> Value {
+    let mut spec = canary_spec();
+    spec["rollout"]["canary"]["trafficRouting"] = json!({"httpRoute": {"name": NAME}});
+    spec
+}
+
+#[tokio::test]
+async fn canary_weights_are_written_on_an_httproute_and_restored_on_rollback() -> anyhow::Result<()>
+{
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let mut setup = Setup::start(cluster, "e2e-route").await?;
+    // The user's route: everything under /v1 to the stable Service. No Gateway
+    // runs; the test's clients send as one would, by the route's weights.
+    let route = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": NAME},
+        "spec": {
+            "parentRefs": [{"name": "gateway"}],
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+                "backendRefs": [{"name": format!("{NAME}-stable"), "port": 80}]
+            }]
+        }
+    });
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+    ));
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(setup.client.clone(), setup.ns.name(), &resource);
+    routes
+        .patch(
+            NAME,
+            &PatchParams::apply(llmops_tests::FIELD_MANAGER),
+            &Patch::Apply(route),
+        )
+        .await
+        .context("creating the HTTPRoute (tests/cluster/up installs the Gateway API CRDs)")?;
+    let first = setup.model("first", &[])?;
+    setup
+        .apply(model_deployment(&first, routed_canary_spec()))
+        .await?;
+    setup.pods.wait_ready(2, READY_TIMEOUT).await?;
+    setup
+        .wait("the first model to serve", READY_TIMEOUT, |md| {
+            serving(md, &first)
+        })
+        .await?;
+    ensure!(
+        route_weights(&setup).await? == (100, 0),
+        "{:?}",
+        route_weights(&setup).await?
+    );
+
+    // A good canary: the route carries each step's exact weight (not a share
+    // of pods), no request through it fails, and after promotion the stable
+    // Service takes everything again.
+    let second = setup.model("second", &["--seed", "1"])?;
+    let stop = StopSignal::new();
+    let load = setup.traffic_to(
+        Backends::http_route(NAME),
+        6,
+        Duration::from_secs(300),
+        Some(&stop),
+    );
+    setup
+        .apply(model_deployment(&second, routed_canary_spec()))
+        .await?;
+    let mut weights_seen = std::collections::BTreeSet::new();
+    let mut status_weights = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (stable, canary) = route_weights(&setup).await?;
+        ensure!(stable + canary == 100, "route weights {stable}/{canary}");
+        weights_seen.insert(canary);
+        let status = setup.status().await?;
+        if let Some(weight) = status.pointer("/rollout/weight").and_then(Value::as_i64) {
+            status_weights.insert(weight);
+        }
+        if status.pointer("/model/current/uri") == Some(&json!(second))
+            && status.pointer("/model/canary").is_none()
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the routed canary was not promoted in 180 s: rollout {}\n{}",
+            status["rollout"],
+            setup.operator.log_tail(60)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        weights_seen.contains(&25) && weights_seen.contains(&50),
+        "canary weights seen on the route: {weights_seen:?}"
+    );
+    ensure!(
+        status_weights.contains(&25) && status_weights.contains(&50),
+        "weights in status: {status_weights:?}"
+    );
+    setup.canary_gone().await?;
+    ensure!(
+        route_weights(&setup).await? == (100, 0),
+        "not restored after promotion"
+    );
+    stop.raise();
+    let report = load.await??;
+    ensure!(
+        report.failed.is_empty() && report.ok > 0,
+        "requests through the route failed during the rollout: {report}"
+    );
+
+    // A NaN canary gets its step's weight, fails its analysis, and the route
+    // goes back to the stable Service alone.
+    let broken = setup.model("nan", &["--defect", "non-finite"])?;
+    let load = setup.traffic_to(Backends::http_route(NAME), 6, Duration::from_secs(60), None);
+    setup
+        .apply(model_deployment(&broken, routed_canary_spec()))
+        .await?;
+    let mut canary_weighted = false;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, canary) = route_weights(&setup).await?;
+        canary_weighted |= canary == 25;
+        let status = setup.status().await?;
+        if status.pointer("/rollout/phase") == Some(&json!("RolledBack")) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the NaN canary was not rolled back in 120 s: rollout {}",
+            status["rollout"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        canary_weighted,
+        "the NaN canary never got its 25% on the route"
+    );
+    ensure!(
+        route_weights(&setup).await? == (100, 0),
+        "not restored after the rollback"
+    );
+    setup.canary_gone().await?;
+    let report = load.await??;
+    let stable: std::collections::BTreeSet<String> =
+        setup.pods.ready().into_iter().map(|p| p.name).collect();
+    ensure!(
+        failing_pods(&report).is_disjoint(&stable),
+        "the stable pods failed requests: {report}"
+    );
+    let status = setup.status().await?;
+    ensure!(
+        status.pointer("/model/current/uri") == Some(&json!(second)),
+        "{}",
+        status["model"]
+    );
     setup.finish(cluster).await
 }

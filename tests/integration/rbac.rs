@@ -116,6 +116,14 @@ fn operator_access(namespace: Option<&str>) -> Vec<Ask> {
     for verb in ["create", "patch"] {
         asks.push(ask(verb, "events.k8s.io", "events", namespace));
     }
+    for verb in ["get", "update"] {
+        asks.push(ask(
+            verb,
+            "gateway.networking.k8s.io",
+            "httproutes",
+            namespace,
+        ));
+    }
     asks
 }
 
@@ -147,6 +155,10 @@ fn forbidden(namespaces: &[Option<&str>], release_namespace: &str) -> Vec<Ask> {
         }
         for verb in ["get", "create", "update", "delete"] {
             asks.push(ask(verb, "coordination.k8s.io", "leases", ns));
+        }
+        // A route is the user's: weighted, never created or deleted.
+        for verb in ["create", "delete"] {
+            asks.push(ask(verb, "gateway.networking.k8s.io", "httproutes", ns));
         }
         // Wildcards.
         asks.push(ask("*", "*", "*", ns));

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
@@ -116,6 +116,29 @@ pub struct Load {
     pub timeout: Duration,
     /// How long to wait, before starting, for at least one ready pod.
     pub ready_timeout: Duration,
+    /// Ends the run early, with its report, when raised.
+    pub stop: Option<StopSignal>,
+}
+
+/// A flag a test raises to end a [`Load`] early (its report is kept, unlike
+/// when the task running it is aborted).
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal(Arc<AtomicBool>);
+
+impl StopSignal {
+    pub fn new() -> StopSignal {
+        StopSignal::default()
+    }
+
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+impl PartialEq for StopSignal {
+    fn eq(&self, other: &StopSignal) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Load {
@@ -129,7 +152,14 @@ impl Load {
             interval: None,
             timeout: Duration::from_secs(30),
             ready_timeout: Duration::from_secs(60),
+            stop: None,
         }
+    }
+
+    /// End the run when `signal` is raised.
+    pub fn stop_on(mut self, signal: &StopSignal) -> Load {
+        self.stop = Some(signal.clone());
+        self
     }
 
     pub fn concurrency(mut self, clients: usize) -> Load {
@@ -209,6 +239,9 @@ pub enum Backends {
     /// The pods a label selector matches, at the container port named (or
     /// numbered) `port`.
     Pods { selector: String, port: String },
+    /// The Services of the first rule of an HTTPRoute, by their weights, as a
+    /// Gateway would send (see [`weighted_slots`]).
+    HttpRoute { name: String },
 }
 
 impl Backends {
@@ -226,30 +259,135 @@ impl Backends {
         }
     }
 
-    /// The label selector and the target port, reading the Service when needed.
-    async fn resolve(
-        &self,
-        client: &Client,
-        namespace: &str,
-    ) -> anyhow::Result<(String, IntOrString)> {
+    pub fn http_route(name: &str) -> Backends {
+        Backends::HttpRoute { name: name.into() }
+    }
+
+    /// Where requests go now, taken in turn: each ready pod once, or for an
+    /// HTTPRoute its backends' pods in proportion to their weights.
+    async fn slots(&self, client: &Client, namespace: &str) -> anyhow::Result<Vec<Slot>> {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+        let ready = |selector: String, port: IntOrString| {
+            let pods = pods.clone();
+            async move {
+                let list = pods.list(&ListParams::default().labels(&selector)).await?;
+                anyhow::Ok(ready_endpoints(&list.items, &port))
+            }
+        };
+        let service = |name: String, port: Option<String>| {
+            let services = services.clone();
+            async move {
+                let service = services
+                    .get(&name)
+                    .await
+                    .with_context(|| format!("reading Service {name}"))?;
+                service_backends(&service, port.as_deref())
+            }
+        };
         match self {
             Backends::Pods { selector, port } => {
                 let port = match port.parse::<i32>() {
                     Ok(n) => IntOrString::Int(n),
                     Err(_) => IntOrString::String(port.clone()),
                 };
-                Ok((selector.clone(), port))
+                Ok(every_pod(ready(selector.clone(), port).await?))
             }
             Backends::Service { name, port } => {
-                let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-                let service = services
-                    .get(name)
-                    .await
-                    .with_context(|| format!("reading Service {name}"))?;
-                service_backends(&service, port.as_deref())
+                let (selector, port) = service(name.clone(), port.clone()).await?;
+                Ok(every_pod(ready(selector, port).await?))
+            }
+            Backends::HttpRoute { name } => {
+                let mut weighted = Vec::new();
+                for (backend, port, weight) in route_backends(client, namespace, name).await? {
+                    let (selector, target) = service(backend, port).await?;
+                    weighted.push((weight, ready(selector, target).await?));
+                }
+                Ok(weighted_slots(&weighted))
             }
         }
     }
+}
+
+/// One turn of the traffic: a pod's address, or `None` for a backend that has
+/// weight but no ready pod (a Gateway answers those requests with an error).
+pub type Slot = Option<Endpoint>;
+
+fn every_pod(endpoints: Vec<Endpoint>) -> Vec<Slot> {
+    endpoints.into_iter().map(Some).collect()
+}
+
+/// The Services (name, port, weight) of the first rule of HTTPRoute `name`
+/// (`gateway.networking.k8s.io/v1`); a backendRef without a weight weighs 1.
+pub async fn route_backends(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Vec<(String, Option<String>, u32)>> {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+    ));
+    let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let route = routes
+        .get(name)
+        .await
+        .with_context(|| format!("reading HTTPRoute {name}"))?;
+    let refs = route
+        .data
+        .pointer("/spec/rules/0/backendRefs")
+        .and_then(Value::as_array)
+        .with_context(|| format!("HTTPRoute {name} has no rule with backendRefs"))?;
+    refs.iter()
+        .map(|r| {
+            let service = r["name"]
+                .as_str()
+                .with_context(|| format!("a backendRef of HTTPRoute {name} has no name"))?;
+            let port = r.get("port").and_then(Value::as_i64).map(|p| p.to_string());
+            let weight = r.get("weight").and_then(Value::as_u64).unwrap_or(1);
+            Ok((service.to_string(), port, u32::try_from(weight)?))
+        })
+        .collect()
+}
+
+/// Turns over backends in proportion to their weights, interleaved (smooth
+/// weighted round-robin, as nginx and Envoy do it), each backend's turns going
+/// round-robin over its pods; repeated until every pod had the same number of
+/// turns within its backend. A backend with weight and no pod gets `None` turns.
+pub fn weighted_slots(backends: &[(u32, Vec<Endpoint>)]) -> Vec<Slot> {
+    let weights: Vec<i64> = backends.iter().map(|(w, _)| i64::from(*w)).collect();
+    let total: i64 = weights.iter().sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let mut current = vec![0i64; backends.len()];
+    let mut turns = vec![0usize; backends.len()];
+    let mut slots = Vec::new();
+    // Bounded: a few pods per backend make a short cycle.
+    for _ in 0..64 {
+        for _ in 0..total {
+            for (c, w) in current.iter_mut().zip(&weights) {
+                *c += w;
+            }
+            let Some(chosen) = (0..backends.len()).max_by_key(|&i| (current[i], usize::MAX - i))
+            else {
+                break;
+            };
+            current[chosen] -= total;
+            let pods = &backends[chosen].1;
+            slots.push((!pods.is_empty()).then(|| pods[turns[chosen] % pods.len()].clone()));
+            turns[chosen] += 1;
+        }
+        let even = backends
+            .iter()
+            .zip(&turns)
+            .all(|((_, pods), n)| pods.is_empty() || n % pods.len() == 0);
+        if even {
+            break;
+        }
+    }
+    slots
 }
 
 /// A Service's selector (as a label selector) and the target port of its port
@@ -330,12 +468,12 @@ pub fn ready_endpoints(pods: &[Pod], port: &IntOrString) -> Vec<Endpoint> {
     endpoints
 }
 
-/// The endpoint for the `turn`th request: round-robin.
-pub fn pick(endpoints: &[Endpoint], turn: usize) -> Option<&Endpoint> {
-    if endpoints.is_empty() {
+/// The endpoint for the `turn`th request: the slots in turn.
+pub fn pick(slots: &[Slot], turn: usize) -> Option<&Endpoint> {
+    if slots.is_empty() {
         None
     } else {
-        endpoints.get(turn % endpoints.len())
+        slots[turn % slots.len()].as_ref()
     }
 }
 
@@ -569,36 +707,32 @@ impl Traffic {
         load: Load,
     ) -> anyhow::Result<Report> {
         load.check()?;
-        let (selector, port) = backends.resolve(&client, namespace).await?;
-        let pods: Api<Pod> = Api::namespaced(client, namespace);
-        let list = ListParams::default().labels(&selector);
-
-        let endpoints = Arc::new(RwLock::new(Vec::<Endpoint>::new()));
+        let slots = Arc::new(RwLock::new(Vec::<Slot>::new()));
         let deadline = Instant::now() + load.ready_timeout;
         loop {
-            let found = ready_endpoints(&pods.list(&list).await?.items, &port);
-            if !found.is_empty() {
-                *endpoints.write().unwrap_or_else(|e| e.into_inner()) = found;
+            let found = backends.slots(&client, namespace).await?;
+            if found.iter().any(Option::is_some) {
+                *slots.write().unwrap_or_else(|e| e.into_inner()) = found;
                 break;
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "no ready pod labelled {selector} in {namespace} after {:?}",
+                    "no ready pod behind {backends:?} in {namespace} after {:?}",
                     load.ready_timeout
                 );
             }
             tokio::time::sleep(REFRESH).await;
         }
 
-        // kube-proxy's part: the ready addresses, kept current.
+        // kube-proxy's (or a Gateway's) part: the ready addresses, kept current.
         let refresher = {
-            let endpoints = endpoints.clone();
+            let slots = slots.clone();
+            let namespace = namespace.to_string();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(REFRESH).await;
-                    if let Ok(found) = pods.list(&list).await {
-                        *endpoints.write().unwrap_or_else(|e| e.into_inner()) =
-                            ready_endpoints(&found.items, &port);
+                    if let Ok(found) = backends.slots(&client, &namespace).await {
+                        *slots.write().unwrap_or_else(|e| e.into_inner()) = found;
                     }
                 }
             })
@@ -607,7 +741,7 @@ impl Traffic {
 
         let started = Instant::now();
         let run = Arc::new(Run {
-            endpoints,
+            slots,
             request: load.request.clone(),
             interval: load.interval,
             timeout: load.timeout,
@@ -616,7 +750,7 @@ impl Traffic {
             started,
             issued: AtomicU64::new(0),
             turn: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
+            stop: load.stop.clone().unwrap_or_default(),
             report: Mutex::new(Report::empty(started)),
         });
         // Workers stop when this future is dropped.
@@ -651,13 +785,13 @@ struct StopOnDrop(Arc<Run>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::SeqCst);
+        self.0.stop.raise();
     }
 }
 
 /// What the workers of one run share.
 struct Run {
-    endpoints: Arc<RwLock<Vec<Endpoint>>>,
+    slots: Arc<RwLock<Vec<Slot>>>,
     request: Request,
     interval: Option<Duration>,
     timeout: Duration,
@@ -666,7 +800,7 @@ struct Run {
     started: Instant,
     issued: AtomicU64,
     turn: AtomicUsize,
-    stop: AtomicBool,
+    stop: StopSignal,
     report: Mutex<Report>,
 }
 
@@ -677,7 +811,7 @@ impl Run {
             // Paced: wait for this client's next turn, waking to notice a stop.
             loop {
                 let now = Instant::now();
-                if self.stop.load(Ordering::SeqCst) || now >= self.end {
+                if self.stop.0.load(Ordering::SeqCst) || now >= self.end {
                     return;
                 }
                 if now >= next {
@@ -692,8 +826,8 @@ impl Run {
                 return;
             }
             let endpoint = {
-                let endpoints = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
-                pick(&endpoints, self.turn.fetch_add(1, Ordering::SeqCst)).cloned()
+                let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
+                pick(&slots, self.turn.fetch_add(1, Ordering::SeqCst)).cloned()
             };
             let sent = Instant::now();
             let at = sent.saturating_duration_since(self.started);
@@ -889,19 +1023,51 @@ mod tests {
         assert!(ready_endpoints(&pods, &IntOrString::String("grpc".into())).is_empty());
     }
 
-    #[test]
-    fn requests_go_round_robin() {
-        let endpoints: Vec<Endpoint> = (1..=3)
+    fn endpoints(prefix: &str, n: u8) -> Vec<Endpoint> {
+        (1..=n)
             .map(|i| Endpoint {
-                pod: format!("p{i}"),
+                pod: format!("{prefix}{i}"),
                 address: format!("127.244.0.{i}:8000").parse().unwrap(),
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn requests_go_round_robin() {
+        let slots = every_pod(endpoints("p", 3));
         let picked: Vec<&str> = (0..7)
-            .map(|turn| pick(&endpoints, turn).unwrap().pod.as_str())
+            .map(|turn| pick(&slots, turn).unwrap().pod.as_str())
             .collect();
         assert_eq!(picked, ["p1", "p2", "p3", "p1", "p2", "p3", "p1"]);
         assert!(pick(&[], 3).is_none());
+    }
+
+    #[test]
+    fn a_route_splits_by_weight_and_each_backend_round_robin() {
+        let slots = weighted_slots(&[(75, endpoints("s", 2)), (25, endpoints("c", 1))]);
+        let count = |prefix: &str| {
+            slots
+                .iter()
+                .flatten()
+                .filter(|e| e.pod.starts_with(prefix))
+                .count()
+        };
+        assert_eq!(count("s") * 25, count("c") * 75, "{slots:?}");
+        assert_eq!(
+            slots.iter().flatten().filter(|e| e.pod == "s1").count(),
+            slots.iter().flatten().filter(|e| e.pod == "s2").count()
+        );
+        // Interleaved, not in runs: the canary's turn comes within every 4.
+        assert!(slots.iter().take(4).flatten().any(|e| e.pod == "c1"));
+        // Weight 0 gets nothing; weight without pods gets failing turns.
+        let slots = weighted_slots(&[(100, endpoints("s", 1)), (0, endpoints("c", 1))]);
+        assert!(slots.iter().flatten().all(|e| e.pod == "s1"));
+        let slots = weighted_slots(&[(50, endpoints("s", 1)), (50, Vec::new())]);
+        assert_eq!(
+            slots.iter().filter(|s| s.is_none()).count(),
+            slots.len() / 2
+        );
+        assert!(weighted_slots(&[]).is_empty());
     }
 
     #[test]

@@ -23,11 +23,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use llmops_crds::ModelDeployment;
 use llmops_crds::deployment::ScalingMetric;
 
-use super::build::SERVER_PORT;
 use super::monitor::Observation;
 
 /// Whether the spec asks for a range of replicas.
@@ -394,26 +392,6 @@ pub fn plan(
     }
 }
 
-/// Where to read a serving pod's metrics: `http://<status.podIP>:<port>/metrics`
-/// of a pod that is Ready and not terminating, else none. The address is only
-/// ever the one the API gives; the operator holds no address ranges of its own.
-pub fn metrics_url(pod: &Pod) -> Option<String> {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    let ready = status
-        .conditions
-        .as_ref()?
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    let ip: std::net::IpAddr = status.pod_ip.as_deref()?.parse().ok().filter(|_| ready)?;
-    Some(format!(
-        "http://{}/metrics",
-        std::net::SocketAddr::new(ip, SERVER_PORT as u16)
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,47 +418,6 @@ mod tests {
     const COVERING: Stabilized = Stabilized::Covering {
         seen: Duration::from_secs(60),
     };
-
-    fn pod(ip: Option<&str>, ready: &str, terminating: bool) -> Pod {
-        let mut pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p"},
-            "status": {"conditions": [{"type": "Ready", "status": ready}]}
-        }))
-        .unwrap();
-        if let Some(status) = pod.status.as_mut() {
-            status.pod_ip = ip.map(String::from);
-        }
-        if terminating {
-            pod.metadata.deletion_timestamp =
-                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-                ));
-        }
-        pod
-    }
-
-    #[test]
-    fn metrics_are_read_only_at_the_pod_ip_the_api_gives() {
-        // Whatever the address, it is the pod's own: no range is assumed (a
-        // private one is built, not written, so the source holds no address).
-        let private = std::net::Ipv4Addr::new(10, 1, 2, 3).to_string();
-        for (ip, url) in [
-            ("127.244.0.7", "http://127.244.0.7:8000/metrics".to_string()),
-            (&private, format!("http://{private}:8000/metrics")),
-            ("::1", "http://[::1]:8000/metrics".into()),
-            ("fd00::5", "http://[fd00::5]:8000/metrics".into()),
-        ] {
-            assert_eq!(metrics_url(&pod(Some(ip), "True", false)), Some(url));
-        }
-    }
-
-    #[test]
-    fn pods_not_ready_terminating_or_without_an_address_are_not_read() {
-        assert_eq!(metrics_url(&pod(Some("127.0.0.9"), "False", false)), None);
-        assert_eq!(metrics_url(&pod(Some("127.0.0.9"), "True", true)), None);
-        assert_eq!(metrics_url(&pod(None, "True", false)), None);
-        assert_eq!(metrics_url(&pod(Some("not an ip"), "True", false)), None);
-    }
 
     #[test]
     fn durations_parse_as_the_crd_spells_them() {

@@ -6,6 +6,9 @@
 //!   `maxUnavailable: 0, maxSurge: 1`, so a new model whose pods never become
 //!   ready leaves every old pod serving;
 //! - Service `<name>` (`spec.service.type`), port `spec.service.port` → `http`;
+//! - with `rollout.canary.trafficRouting`, Services `<name>-stable` and
+//!   `<name>-canary` like it, each selecting one revision's pods (the backends
+//!   an HTTPRoute weights, [`super::route`]);
 //! - PodDisruptionBudget `<name>-server` (`maxUnavailable: 1`) with more than
 //!   one replica, so a node drain never takes every server at once.
 //!
@@ -39,6 +42,7 @@ use llmops_crds::ModelDeployment;
 use llmops_crds::deployment::{ServeDtype, ServiceType};
 
 use super::resolve::Model;
+use super::route;
 use crate::config::OperatorConfig;
 use crate::runtime::apply::{COMPONENT_LABEL, child_labels, child_meta, parent_label_key};
 use crate::workload::credentials::credential_env;
@@ -104,15 +108,17 @@ pub enum Revision {
 }
 
 impl Revision {
-    pub fn label(self) -> &'static str {
+    /// The value of [`REVISION_LABEL`] on this revision's pods.
+    pub const fn label(self) -> &'static str {
         match self {
-            Revision::Stable => super::monitor::STABLE,
-            Revision::Canary => super::monitor::CANARY,
+            Revision::Stable => "stable",
+            Revision::Canary => "canary",
         }
     }
 }
 
-pub use super::monitor::REVISION_LABEL;
+/// The label telling a serving pod's revision.
+pub const REVISION_LABEL: &str = "llmops.dev/revision";
 
 pub fn service_name(name: &str) -> String {
     name.to_string()
@@ -145,6 +151,9 @@ pub struct Children {
     /// A canary's Deployment, while one runs.
     pub canary: Option<Deployment>,
     pub service: Service,
+    /// With `canary.trafficRouting`: `<name>-stable` and `<name>-canary`, one
+    /// revision's pods each, the backends of the HTTPRoute.
+    pub route_services: Vec<Service>,
     /// Only with more than one replica.
     pub pdb: Option<PodDisruptionBudget>,
 }
@@ -165,7 +174,8 @@ pub fn build_with_replicas(
     Children {
         deployment: build_deployment(md, model, config, replicas, Revision::Stable),
         canary: None,
-        service: build_service(md),
+        service: build_service(md, service_name(&md.name_any()), pod_selector(md)),
+        route_services: build_route_services(md),
         pdb: (replicas > 1).then(|| build_pdb(md)),
     }
 }
@@ -346,83 +356,8 @@ fn build_deployment(
     revision: Revision,
 ) -> Deployment {
     let name = md.name_any();
-    let scheduling = &md.spec.scheduling;
-
-    let (mut volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) = ["tmp", "work"]
-        .into_iter()
-        .map(|dir| {
-            (
-                Volume {
-                    name: dir.into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
-                    ..Volume::default()
-                },
-                VolumeMount {
-                    name: dir.into(),
-                    mount_path: format!("/{dir}"),
-                    ..VolumeMount::default()
-                },
-            )
-        })
-        .unzip();
-    if let Some(claim) = pvc_claim(&model.artifact.uri) {
-        let mut claims = PvcMounts::default();
-        claims.read(claim);
-        let (pvc_volumes, pvc_mounts) = claims.volumes_and_mounts();
-        volumes.extend(pvc_volumes);
-        mounts.extend(pvc_mounts);
-    }
-
-    let container = Container {
-        name: SERVER_CONTAINER.into(),
-        image: Some(config.server_image.clone()),
-        command: Some(vec!["server".into()]),
-        args: Some(server_args(md, model)),
-        env: Some(server_env(md, model)),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.into()),
-            container_port: SERVER_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        // Started and ready once the model is loaded; alive as long as HTTP
-        // answers.
-        startup_probe: Some(http_probe(
-            "/readyz",
-            STARTUP_PROBE_PERIOD_SECONDS,
-            startup_probe_failures(md),
-        )),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
-        liveness_probe: Some(http_probe("/healthz", 10, 6)),
-        lifecycle: Some(Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction {
-                    seconds: PRE_STOP_SLEEP_SECONDS,
-                }),
-                ..LifecycleHandler::default()
-            }),
-            ..Lifecycle::default()
-        }),
-        resources: Some(resource_requirements(md, config)),
-        security_context: Some(container_security_context()),
-        volume_mounts: Some(mounts),
-        working_dir: Some("/work".into()),
-        ..Container::default()
-    };
-    let pod = PodSpec {
-        containers: vec![container],
-        // The server never talks to the API.
-        automount_service_account_token: Some(false),
-        termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
-        security_context: Some(pod_security_context()),
-        volumes: Some(volumes),
-        node_selector: (!scheduling.node_selector.is_empty())
-            .then(|| scheduling.node_selector.clone()),
-        tolerations: (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone()),
-        affinity: scheduling.affinity.clone(),
-        priority_class_name: scheduling.priority_class_name.clone(),
-        ..PodSpec::default()
-    };
+    let (volumes, mounts) = server_volumes(model);
+    let container = server_container(md, model, config, mounts);
     let pod_meta = ObjectMeta {
         labels: Some({
             let mut labels = child_labels(md, SERVER_COMPONENT);
@@ -464,7 +399,7 @@ fn build_deployment(
             revision_history_limit: Some(3),
             template: PodTemplateSpec {
                 metadata: Some(pod_meta),
-                spec: Some(pod),
+                spec: Some(server_pod(md, container, volumes)),
             },
             ..DeploymentSpec::default()
         }),
@@ -472,17 +407,132 @@ fn build_deployment(
     }
 }
 
-fn build_service(md: &ModelDeployment) -> Service {
+/// Scratch space (`/tmp`, `/work`: the root filesystem is read-only) and, for a
+/// model on a PVC, its claim read-only.
+fn server_volumes(model: &Model) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let (mut volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) = ["tmp", "work"]
+        .into_iter()
+        .map(|dir| {
+            (
+                Volume {
+                    name: dir.into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Volume::default()
+                },
+                VolumeMount {
+                    name: dir.into(),
+                    mount_path: format!("/{dir}"),
+                    ..VolumeMount::default()
+                },
+            )
+        })
+        .unzip();
+    if let Some(claim) = pvc_claim(&model.artifact.uri) {
+        let mut claims = PvcMounts::default();
+        claims.read(claim);
+        let (pvc_volumes, pvc_mounts) = claims.volumes_and_mounts();
+        volumes.extend(pvc_volumes);
+        mounts.extend(pvc_mounts);
+    }
+    (volumes, mounts)
+}
+
+/// The `server` container: its arguments, probes and stop.
+fn server_container(
+    md: &ModelDeployment,
+    model: &Model,
+    config: &OperatorConfig,
+    mounts: Vec<VolumeMount>,
+) -> Container {
+    Container {
+        name: SERVER_CONTAINER.into(),
+        image: Some(config.server_image.clone()),
+        command: Some(vec!["server".into()]),
+        args: Some(server_args(md, model)),
+        env: Some(server_env(md, model)),
+        ports: Some(vec![ContainerPort {
+            name: Some(PORT_NAME.into()),
+            container_port: SERVER_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        // Started and ready once the model is loaded; alive as long as HTTP
+        // answers.
+        startup_probe: Some(http_probe(
+            "/readyz",
+            STARTUP_PROBE_PERIOD_SECONDS,
+            startup_probe_failures(md),
+        )),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        resources: Some(resource_requirements(md, config)),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(mounts),
+        working_dir: Some("/work".into()),
+        ..Container::default()
+    }
+}
+
+/// The serving pod: restricted, no API token, scheduled as the spec says, and
+/// given the time to drain.
+fn server_pod(md: &ModelDeployment, container: Container, volumes: Vec<Volume>) -> PodSpec {
+    let scheduling = &md.spec.scheduling;
+    PodSpec {
+        containers: vec![container],
+        // The server never talks to the API.
+        automount_service_account_token: Some(false),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
+        security_context: Some(pod_security_context()),
+        volumes: Some(volumes),
+        node_selector: (!scheduling.node_selector.is_empty())
+            .then(|| scheduling.node_selector.clone()),
+        tolerations: (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone()),
+        affinity: scheduling.affinity.clone(),
+        priority_class_name: scheduling.priority_class_name.clone(),
+        ..PodSpec::default()
+    }
+}
+
+/// The Services an HTTPRoute weights a canary between (none without
+/// `canary.trafficRouting`); the same type and port as the main one.
+fn build_route_services(md: &ModelDeployment) -> Vec<Service> {
+    if route::route_name(md).is_none() {
+        return Vec::new();
+    }
+    let name = md.name_any();
+    [
+        (route::stable_service_name(&name), Revision::Stable),
+        (route::canary_service_name(&name), Revision::Canary),
+    ]
+    .into_iter()
+    .map(|(service, revision)| build_service(md, service, revision_selector(md, revision)))
+    .collect()
+}
+
+fn build_service(
+    md: &ModelDeployment,
+    name: String,
+    selector: BTreeMap<String, String>,
+) -> Service {
     let kind = match md.spec.service.kind {
         ServiceType::ClusterIP => "ClusterIP",
         ServiceType::NodePort => "NodePort",
         ServiceType::LoadBalancer => "LoadBalancer",
     };
     Service {
-        metadata: child_meta(md, service_name(&md.name_any()), SERVER_COMPONENT),
+        metadata: child_meta(md, name, SERVER_COMPONENT),
         spec: Some(ServiceSpec {
             type_: Some(kind.into()),
-            selector: Some(pod_selector(md)),
+            selector: Some(selector),
             ports: Some(vec![ServicePort {
                 name: Some(PORT_NAME.into()),
                 port: md.spec.service.port,

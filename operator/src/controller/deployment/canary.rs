@@ -27,11 +27,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use llmops_crds::deployment::{AbortedRollout, RolloutPhase, RolloutStatus};
+use llmops_crds::deployment::{AbortedRollout, CanaryStep, RolloutPhase, RolloutStatus};
 use llmops_crds::{Artifact, ModelDeployment};
 
 use super::autoscale::parse_duration;
 use super::monitor::Summary;
+use super::status::deadline_exceeded;
 
 /// What a canary pass read.
 #[derive(Clone, Debug)]
@@ -74,6 +75,18 @@ pub struct Decision {
     pub aborted: bool,
 }
 
+impl Decision {
+    /// The canary's weight on an HTTPRoute after this pass: the step's while it
+    /// runs, none once it is promoted (the stable pods take the new model) or
+    /// rolled back.
+    pub fn routed_weight(&self) -> i32 {
+        match self.action {
+            Action::Run { .. } => self.rollout.weight,
+            Action::Promote { .. } | Action::Abort => 0,
+        }
+    }
+}
+
 /// Canary pods for `weight` percent beside `stable` stable pods, at most `max`.
 pub fn canary_replicas(weight: i32, stable: i32, max: i32) -> i32 {
     let stable = stable.max(1);
@@ -106,18 +119,32 @@ pub fn refused(rollout: Option<&RolloutStatus>, model: &Artifact, generation: i6
 /// its rollout stopped progressing.
 fn canary_state(canary: &Deployment) -> (i32, i32, bool) {
     let wanted = canary.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let status = canary.status.as_ref();
-    let ready = status.and_then(|s| s.ready_replicas).unwrap_or(0);
-    let stuck = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions.iter().any(|c| {
-                c.type_ == "Progressing"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-            })
-        });
-    (ready, wanted, stuck)
+    let ready = canary
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    (ready, wanted, deadline_exceeded(canary))
+}
+
+/// The weight an HTTPRoute gives the canary at `step` (1-based): the step's own
+/// once all `target` canary pods are ready, the previous step's while pods for a
+/// bigger step are still starting (those of the previous step serve it), and
+/// nothing before the first pod is ready.
+pub fn routed_weight(steps: &[CanaryStep], step: i32, ready: i32, target: i32) -> i32 {
+    let weight_of = |step: i32| {
+        usize::try_from(step - 1)
+            .ok()
+            .and_then(|i| steps.get(i))
+            .map_or(0, |s| s.weight)
+    };
+    if ready <= 0 {
+        0
+    } else if ready >= target {
+        weight_of(step)
+    } else {
+        weight_of(step - 1)
+    }
 }
 
 /// `x` as a percentage with at most two decimals.
@@ -163,66 +190,135 @@ fn describe(artifact: &Artifact) -> String {
     }
 }
 
+/// A decision that keeps the canary going (not aborted), with `message` as the
+/// rollout's too.
+fn going(action: Action, mut rollout: RolloutStatus, message: String) -> Decision {
+    rollout.message = Some(message.clone());
+    Decision {
+        action,
+        rollout,
+        message,
+        aborted: false,
+    }
+}
+
 /// Decides the canary pass.
 pub fn decide(inputs: &Inputs) -> Decision {
     let md = inputs.md;
-    let steps = md
-        .spec
-        .rollout
-        .canary
-        .as_ref()
-        .map(|c| c.steps.clone())
-        .unwrap_or_default();
+    let canary_spec = md.spec.rollout.canary.as_ref();
+    let steps = canary_spec.map(|c| c.steps.clone()).unwrap_or_default();
+    let routed = canary_spec.is_some_and(|c| c.traffic_routing.is_some());
     let total = steps.len() as i32;
     let previous = md.status.as_ref().and_then(|s| s.rollout.clone());
     // A status about another model's canary starts over at step 1.
     let same_canary = inputs.canary_model == Some(inputs.new) && inputs.canary.is_some();
-    let mut step = previous
+    let previous = previous.filter(|_| same_canary);
+    let step = previous
         .as_ref()
-        .filter(|_| same_canary)
         .map_or(1, |r| r.step.clamp(1, total.max(1)));
-    let mut started = previous
-        .as_ref()
-        .filter(|_| same_canary)
-        .and_then(|r| r.step_start_time.clone());
-    let max = md.spec.replicas.max;
-    let stable = inputs.stable_replicas;
-    let new = describe(inputs.new);
-    let mut rollout = RolloutStatus {
+    let rollout = RolloutStatus {
         phase: RolloutPhase::Progressing,
         step,
         steps: total,
         ..RolloutStatus::default()
     };
-    let run = |step: i32| Action::Run {
-        replicas: canary_replicas(
-            steps
-                .get((step - 1).max(0) as usize)
-                .map_or(100, |s| s.weight),
-            stable,
-            max,
-        ),
+    let weight_of = |step: i32| {
+        steps
+            .get((step - 1).max(0) as usize)
+            .map_or(100, |s| s.weight)
     };
+    let pods_for = |step: i32| {
+        canary_replicas(
+            weight_of(step),
+            inputs.stable_replicas,
+            md.spec.replicas.max,
+        )
+    };
+    let new = describe(inputs.new);
 
     let Some(canary) = inputs.canary.filter(|_| same_canary) else {
-        let action = run(1);
         let message = format!("canary {new}: starting step 1/{total}");
-        rollout.message = Some(message.clone());
-        return Decision {
-            action,
+        return going(
+            Action::Run {
+                replicas: pods_for(1),
+            },
             rollout,
             message,
-            aborted: false,
-        };
+        );
     };
     let (ready, wanted, stuck) = canary_state(canary);
-    rollout.weight = effective_weight(ready, inputs.stable_ready);
-    let abort = |why: String, rollout: &mut RolloutStatus| {
+    let at = Step {
+        inputs,
+        new,
+        step,
+        total,
+        asked: weight_of(step),
+        target: pods_for(step),
+        next_pods: pods_for(step + 1),
+        pause: steps
+            .get((step - 1) as usize)
+            .and_then(|s| parse_duration(&s.pause))
+            .unwrap_or_default(),
+        started: previous.and_then(|r| r.step_start_time),
+    };
+    let mut rollout = rollout;
+    rollout.weight = if routed {
+        routed_weight(&steps, step, ready, at.target)
+    } else {
+        effective_weight(ready, inputs.stable_ready)
+    };
+    if stuck {
+        let deadline = md.spec.rollout.progress_deadline_seconds;
+        let why = format!("its pods did not become ready within {deadline}s");
+        return at.abort(why, wanted, rollout);
+    }
+    if let Some(why) = verdict(md, inputs.figures) {
+        return at.abort(why, wanted, rollout);
+    }
+    if ready < at.target || wanted != at.target {
+        let message = format!(
+            "canary {}: step {step}/{total} (weight {}%): {ready}/{} canary pod(s) ready",
+            at.new, at.asked, at.target
+        );
+        return going(
+            Action::Run {
+                replicas: at.target,
+            },
+            rollout,
+            message,
+        );
+    }
+    at.analyse(rollout)
+}
+
+/// The step a canary with live pods is at.
+struct Step<'a> {
+    inputs: &'a Inputs<'a>,
+    /// The new model, described.
+    new: String,
+    step: i32,
+    total: i32,
+    /// The step's weight.
+    asked: i32,
+    /// Canary pods for this step, and for the next.
+    target: i32,
+    next_pods: i32,
+    pause: Duration,
+    /// When this step's pause began, if it has.
+    started: Option<Time>,
+}
+
+impl Step<'_> {
+    /// Roll the canary back (or, without `autoRollback`, leave it failed with
+    /// its `wanted` pods) because of `why`.
+    fn abort(&self, why: String, wanted: i32, mut rollout: RolloutStatus) -> Decision {
+        let md = self.inputs.md;
+        let (new, step, total) = (&self.new, self.step, self.total);
         let rolled_back = md.spec.rollout.auto_rollback;
         let message = if rolled_back {
             format!(
                 "canary {new} rolled back at step {step}/{total}: {why}; {} keeps serving",
-                describe(inputs.stable)
+                describe(self.inputs.stable)
             )
         } else {
             format!(
@@ -234,114 +330,79 @@ pub fn decide(inputs: &Inputs) -> Decision {
         } else {
             RolloutPhase::Failed
         };
-        rollout.message = Some(message.clone());
         rollout.aborted = Some(AbortedRollout {
-            model: inputs.new.clone(),
+            model: self.inputs.new.clone(),
             generation: md.metadata.generation.unwrap_or_default(),
         });
+        let action = if rolled_back {
+            Action::Abort
+        } else {
+            Action::Run { replicas: wanted }
+        };
         Decision {
-            action: if rolled_back {
-                Action::Abort
-            } else {
-                Action::Run { replicas: wanted }
-            },
-            rollout: rollout.clone(),
-            message,
             aborted: true,
+            ..going(action, rollout, message)
         }
-    };
-    if stuck {
-        let deadline = md.spec.rollout.progress_deadline_seconds;
-        return abort(
-            format!("its pods did not become ready within {deadline}s"),
-            &mut rollout,
-        );
     }
-    if let Some(why) = verdict(md, inputs.figures) {
-        return abort(why, &mut rollout);
-    }
-    let asked = steps.get((step - 1) as usize).map_or(100, |s| s.weight);
-    let target = match run(step) {
-        Action::Run { replicas } => replicas,
-        _ => wanted,
-    };
-    if ready < target || wanted != target {
-        let message = format!(
-            "canary {new}: step {step}/{total} (weight {asked}%): {ready}/{target} canary pod(s) ready"
+
+    /// A step whose pods are all ready: hold it for its pause and until the
+    /// analysis has `minRequests`, then go to the next step, or promote after
+    /// the last.
+    fn analyse(&self, mut rollout: RolloutStatus) -> Decision {
+        let (new, step, total, asked) = (&self.new, self.step, self.total, self.asked);
+        let inputs = self.inputs;
+        let since = self.started.clone().unwrap_or_else(|| inputs.now.clone());
+        let elapsed = Duration::from_secs(
+            inputs
+                .now
+                .0
+                .as_second()
+                .saturating_sub(since.0.as_second())
+                .max(0) as u64,
         );
-        rollout.message = Some(message.clone());
-        return Decision {
-            action: Action::Run { replicas: target },
+        rollout.step_start_time = Some(since);
+        let requests = inputs.figures.requests;
+        let min_requests = inputs.md.spec.rollout.analysis.min_requests;
+        let weight_text = format!("weight {}% (asked {asked}%)", rollout.weight);
+        let hold = Action::Run {
+            replicas: self.target,
+        };
+        if elapsed < self.pause {
+            rollout.phase = RolloutPhase::Paused;
+            let message = format!(
+                "canary {new}: step {step}/{total}, {weight_text}, analysing for {}s more ({requests} requests so far)",
+                (self.pause - elapsed).as_secs(),
+            );
+            return going(hold, rollout, message);
+        }
+        if requests < min_requests as f64 {
+            rollout.phase = RolloutPhase::Paused;
+            let message = format!(
+                "canary {new}: step {step}/{total}, {weight_text}, waiting for traffic: {requests} of {min_requests} requests"
+            );
+            return going(hold, rollout, message);
+        }
+        if step < total {
+            rollout.step = step + 1;
+            rollout.step_start_time = None;
+            rollout.phase = RolloutPhase::Progressing;
+            let message = format!(
+                "canary {new}: step {step}/{total} passed, starting step {}/{total}",
+                step + 1
+            );
+            let next = Action::Run {
+                replicas: self.next_pods,
+            };
+            return going(next, rollout, message);
+        }
+        let message = format!("canary {new}: every step passed; promoting it to the stable pods");
+        going(
+            Action::Promote {
+                replicas: self.target,
+            },
             rollout,
             message,
-            aborted: false,
-        };
-    }
-    let now = inputs.now.0;
-    let since = started.get_or_insert_with(|| inputs.now.clone()).0;
-    let elapsed =
-        Duration::from_secs(now.as_second().saturating_sub(since.as_second()).max(0) as u64);
-    let pause = steps
-        .get((step - 1) as usize)
-        .and_then(|s| parse_duration(&s.pause))
-        .unwrap_or_default();
-    rollout.step_start_time = started.clone();
-    let figures = inputs.figures;
-    let min_requests = md.spec.rollout.analysis.min_requests;
-    let weight_text = format!("weight {}% (asked {asked}%)", rollout.weight);
-    if elapsed < pause {
-        rollout.phase = RolloutPhase::Paused;
-        let message = format!(
-            "canary {new}: step {step}/{total}, {weight_text}, analysing for {}s more ({} requests so far)",
-            (pause - elapsed).as_secs(),
-            figures.requests
-        );
-        rollout.message = Some(message.clone());
-        return Decision {
-            action: Action::Run { replicas: target },
-            rollout,
-            message,
-            aborted: false,
-        };
-    }
-    if figures.requests < min_requests as f64 {
-        rollout.phase = RolloutPhase::Paused;
-        let message = format!(
-            "canary {new}: step {step}/{total}, {weight_text}, waiting for traffic: {} of {min_requests} requests",
-            figures.requests
-        );
-        rollout.message = Some(message.clone());
-        return Decision {
-            action: Action::Run { replicas: target },
-            rollout,
-            message,
-            aborted: false,
-        };
-    }
-    if step < total {
-        step += 1;
-        rollout.step = step;
-        rollout.step_start_time = None;
-        rollout.phase = RolloutPhase::Progressing;
-        let message = format!(
-            "canary {new}: step {}/{total} passed, starting step {step}/{total}",
-            step - 1
-        );
-        rollout.message = Some(message.clone());
-        return Decision {
-            action: run(step),
-            rollout,
-            message,
-            aborted: false,
-        };
-    }
-    let message = format!("canary {new}: every step passed; promoting it to the stable pods");
-    rollout.message = Some(message.clone());
-    Decision {
-        action: Action::Promote { replicas: target },
-        rollout,
-        message,
-        aborted: false,
+        )
     }
 }
 
@@ -384,9 +445,9 @@ mod tests {
             json!([])
         };
         serde_json::from_value(json!({
-            "metadata": {"name": "chat-canary"},
+            "metadata": {"name": "chat-canary", "generation": 1},
             "spec": {"replicas": wanted, "selector": {}, "template": {}},
-            "status": {"readyReplicas": ready, "conditions": conditions}
+            "status": {"observedGeneration": 1, "readyReplicas": ready, "conditions": conditions}
         }))
         .unwrap()
     }
@@ -553,6 +614,32 @@ mod tests {
         let d = pass(&m, Some(&live), &figures(40.0, 10.0, 0.1), 31);
         assert_eq!(d.action, Action::Run { replicas: 1 });
         assert_eq!(d.rollout.phase, RolloutPhase::Failed);
+    }
+
+    #[test]
+    fn a_routed_canary_gets_its_steps_weight_once_its_pods_are_ready() {
+        let steps: Vec<CanaryStep> =
+            serde_json::from_value(json!([{"weight": 10}, {"weight": 50}])).unwrap();
+        assert_eq!(routed_weight(&steps, 1, 0, 1), 0);
+        assert_eq!(routed_weight(&steps, 1, 1, 1), 10);
+        // Pods for step 2 still starting: the step-1 pods serve step 1's weight.
+        assert_eq!(routed_weight(&steps, 2, 1, 2), 10);
+        assert_eq!(routed_weight(&steps, 2, 2, 2), 50);
+    }
+
+    #[test]
+    fn with_an_httproute_the_status_reports_the_weight_written_there() {
+        let mut m = with_rollout(1, Some(0));
+        if let Some(canary) = m.spec.rollout.canary.as_mut() {
+            canary.traffic_routing =
+                serde_json::from_value(json!({"httpRoute": {"name": "chat"}})).unwrap();
+        }
+        let live = canary(1, 1, false);
+        let d = pass(&m, Some(&live), &Summary::default(), 5);
+        assert_eq!(d.rollout.weight, 10, "the step's weight, not 1 pod of 3");
+        let starting = canary(1, 0, false);
+        let d = pass(&m, Some(&starting), &Summary::default(), 5);
+        assert_eq!(d.rollout.weight, 0);
     }
 
     #[test]

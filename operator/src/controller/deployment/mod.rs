@@ -26,7 +26,8 @@
 //!   `/readyz` says its model is loaded, and an old pod goes only after.
 //!   `Canary` ([`canary`]) runs the new model in a Deployment of its own
 //!   beside the stable one, step by step, analyses its own figures, promotes it
-//!   or rolls it back automatically.
+//!   or rolls it back automatically. Its traffic follows replicas behind the
+//!   one Service, or exact weights on an HTTPRoute the user names ([`route`]).
 //! - **Failed rollouts**: when the Deployment reports `ProgressDeadlineExceeded`
 //!   (`rollout.progressDeadlineSeconds`, 600 s by default), the status says the
 //!   new model failed to become ready (Stalled=True, `RolloutFailed`) while
@@ -48,7 +49,9 @@ mod autoscale;
 mod build;
 mod canary;
 pub mod monitor;
+pub(crate) mod reason;
 mod resolve;
+mod route;
 mod status;
 mod validate;
 
@@ -85,7 +88,7 @@ use crate::runtime::status::{WriteStatusError, first_sight};
 use crate::runtime::stop::Stop;
 use build::Children;
 use resolve::Resolution;
-use status::{Observed, reason};
+use status::Observed;
 
 /// The kind label of metrics and logs.
 pub const KIND: &str = "ModelDeployment";
@@ -118,6 +121,8 @@ pub enum Error {
     DeleteOrphans(#[from] DeleteOrphansError),
     #[error(transparent)]
     WriteStatus(#[from] WriteStatusError),
+    #[error(transparent)]
+    Route(#[from] route::RouteError),
 }
 
 impl ReconcileError for Error {
@@ -129,6 +134,7 @@ impl ReconcileError for Error {
             Error::ListPods(_) => "ListPods",
             Error::DeleteOrphans(_) => "DeleteOrphans",
             Error::WriteStatus(_) => "WriteStatus",
+            Error::Route(_) => "HTTPRoute",
         }
     }
 }
@@ -254,7 +260,21 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
         .canary_replicas
         .map(|n| build::build_canary(&md, &model, &ctx.config, n));
     let deployment = apply_children(&ctx.client, &children).await?;
-    delete_outdated(&ctx.client, &md, &children).await?;
+    // Weights first: a canary goes only once the route no longer sends to it,
+    // so nothing is deleted while the route cannot be written.
+    let routed = match route::route_name(&md) {
+        Some(name) => {
+            let weight = rollout
+                .canary
+                .as_ref()
+                .map_or(0, canary::Decision::routed_weight);
+            route::set_canary_weight(&ctx.client, &md, name, weight).await
+        }
+        None => Ok(()),
+    };
+    if routed.is_ok() {
+        delete_outdated(&ctx.client, &md, &children).await?;
+    }
 
     let note = plan.as_ref().map(|p| p.note.as_str());
     let mut observed = status::observe_with(&md, &deployment, build::endpoint(&md), note);
@@ -279,8 +299,17 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
         observed.last_scale = Some((conditions::now(), reason));
     }
     observed.metrics = metrics_update(&md, &ctx, &observation);
+    let routed = match routed {
+        Err(problem) if problem.is_users() => {
+            tracing::warn!(%problem, "the HTTPRoute cannot be weighted");
+            observed = status::with_route_problem(observed, &problem.to_string());
+            Ok(())
+        }
+        other => other,
+    };
     let settled = matches!(observed.outcome, Outcome::Ready { .. });
     write_status(&mut md, &api, &ctx, observed).await?;
+    routed?;
     let resync = if settled { RESYNC } else { ROLLOUT_RESYNC };
     // Serving pods are watched through their figures: look again when the next
     // scrape is due.
@@ -452,10 +481,13 @@ async fn hold(
     Ok(action)
 }
 
-/// Apply the Service, the PodDisruptionBudget and the Deployment; returns the
-/// live Deployment.
+/// Apply the Services, the PodDisruptionBudget and the Deployments; returns the
+/// live stable Deployment.
 async fn apply_children(client: &Client, children: &Children) -> Result<Deployment, Error> {
     apply_child(client, &children.service).await?;
+    for service in &children.route_services {
+        apply_child(client, service).await?;
+    }
     if let Some(pdb) = &children.pdb {
         apply_child(client, pdb).await?;
     }
@@ -475,23 +507,21 @@ async fn delete_outdated(
     let namespace = md.namespace().unwrap_or_default();
     let selector = children_selector(md);
     let tag = |kind: &'static str| move |source| DeleteOrphansError { kind, source };
-    let keep = |name: String| vec![name];
     let deployments: Vec<String> = std::iter::once(&children.deployment)
         .chain(&children.canary)
         .map(|d| d.name_any())
+        .collect();
+    let services: Vec<String> = std::iter::once(&children.service)
+        .chain(&children.route_services)
+        .map(|s| s.name_any())
         .collect();
     let mut deleted = delete_orphans::<Deployment>(client, &namespace, &selector, &deployments)
         .await
         .map_err(tag("Deployment"))?;
     deleted.extend(
-        delete_orphans::<Service>(
-            client,
-            &namespace,
-            &selector,
-            &keep(children.service.name_any()),
-        )
-        .await
-        .map_err(tag("Service"))?,
+        delete_orphans::<Service>(client, &namespace, &selector, &services)
+            .await
+            .map_err(tag("Service"))?,
     );
     let pdbs: Vec<String> = children.pdb.iter().map(|p| p.name_any()).collect();
     deleted.extend(

@@ -16,7 +16,7 @@ use kube::{Api, ResourceExt};
 use llmops_crds::{Artifact, FineTune, ModelDeployment, PretrainJob};
 
 use super::Error;
-use super::status::reason;
+use super::reason;
 use crate::config::OperatorConfig;
 use crate::runtime::Context;
 use crate::runtime::conditions::Outcome;

@@ -30,18 +30,7 @@ use super::build::{MODEL_DIGEST_ANNOTATION, MODEL_URI_ANNOTATION};
 use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
 use crate::runtime::status::{ReportsStatus, status_header};
 
-/// Reasons of the ModelDeployment's conditions.
-pub mod reason {
-    pub const WAITING_FOR_MODEL: &str = "WaitingForModel";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const STARTING: &str = "Starting";
-    pub const SERVING: &str = "Serving";
-    pub const ROLLING_OUT: &str = "RollingOut";
-    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
-    pub const UNAVAILABLE: &str = "Unavailable";
-    pub const CANARY: &str = "Canary";
-    pub const ROLLOUT_ABORTED: &str = "RolloutAborted";
-}
+pub(crate) use super::reason;
 
 /// The fields of `status` the operator writes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -156,7 +145,7 @@ fn generation_observed(deployment: &Deployment) -> bool {
 }
 
 /// Whether the Deployment reports that its rollout stopped progressing.
-fn deadline_exceeded(deployment: &Deployment) -> bool {
+pub fn deadline_exceeded(deployment: &Deployment) -> bool {
     generation_observed(deployment)
         && deployment
             .status
@@ -207,15 +196,10 @@ pub fn observe_with(
     endpoint: String,
     note: Option<&str>,
 ) -> Observed {
-    let c = counts(deployment);
     let served = md.status.as_ref().and_then(|s| s.model.clone());
     let current = served.as_ref().and_then(|m| m.current.clone());
     let target = template_model(deployment);
-    let rolled_out = generation_observed(deployment)
-        && c.updated == c.desired
-        && c.total == c.desired
-        && c.available == c.desired;
-    let name = deployment.name_any();
+    let rolled_out = rolled_out(deployment);
 
     let mut model = served.clone().unwrap_or_default();
     model.canary = None;
@@ -226,91 +210,24 @@ pub fn observe_with(
         model.previous = current.clone().or(model.previous);
         model.current = Some(target.clone());
     }
-    let target_text = target.as_ref().map_or_else(|| "?".into(), describe);
-    // The old pods keep serving: new pods take traffic only once ready, and
-    // `maxUnavailable: 0` keeps every old pod until a new one is.
-    let old_serves = c.available > 0 && current.is_some();
-    let current_text = current.as_ref().map_or_else(String::new, describe);
-
+    let seen = Seen {
+        md,
+        deployment,
+        counts: counts(deployment),
+        current: current.as_ref(),
+        target: target.as_ref(),
+        note,
+    };
     let (outcome, phase, message) = if rolled_out {
-        let outcome = Outcome::ready(
-            reason::SERVING,
-            serving_message(
-                md,
-                model.current.as_ref().unwrap_or(&Artifact::default()),
-                c.ready,
-                note,
-            ),
-        );
-        (outcome, RolloutPhase::Stable, None)
-    } else if deadline_exceeded(deployment) {
-        let failed = format!(
-            "model {target_text} did not become ready within {}s",
-            md.spec.rollout.progress_deadline_seconds
-        );
-        let (outcome, text) = if old_serves {
-            let text = format!(
-                "{failed}; {current_text} keeps serving (see the pods of Deployment {name})"
-            );
-            let outcome = Outcome::ready_stalled(
-                reason::SERVING,
-                serving_message(
-                    md,
-                    current.as_ref().unwrap_or(&Artifact::default()),
-                    c.available,
-                    note,
-                ),
-                reason::ROLLOUT_FAILED,
-                text.clone(),
-            );
-            (outcome, text)
-        } else {
-            let text = format!("{failed} (see the pods of Deployment {name})");
-            (Outcome::stalled(reason::ROLLOUT_FAILED, text.clone()), text)
-        };
-        (outcome, RolloutPhase::Failed, Some(text))
-    } else if old_serves {
-        let change = if current.as_ref() == target.as_ref() {
-            format!("updating the pods of {target_text}")
-        } else {
-            format!("rolling out {target_text}")
-        };
-        let text = format!(
-            "{change}: {}/{} updated, {} available",
-            c.updated, c.desired, c.available
-        );
-        let outcome = Outcome::ready_reconciling(
-            reason::SERVING,
-            serving_message(
-                md,
-                current.as_ref().unwrap_or(&Artifact::default()),
-                c.available,
-                note,
-            ),
-            reason::ROLLING_OUT,
-            text.clone(),
-        );
-        (outcome, RolloutPhase::Progressing, Some(text))
-    } else if current.is_some() {
-        let text = format!(
-            "no replica is available; starting {} replica(s) of {target_text}",
-            c.desired
-        );
+        let serving = model.current.clone().unwrap_or_default();
+        let message = serving_message(md, &serving, seen.counts.ready, note);
         (
-            Outcome::progressing(reason::UNAVAILABLE, text.clone()),
-            RolloutPhase::Progressing,
-            Some(text),
+            Outcome::ready(reason::SERVING, message),
+            RolloutPhase::Stable,
+            None,
         )
     } else {
-        let text = format!(
-            "starting {} replica(s) of {target_text}: {} ready",
-            c.desired, c.ready
-        );
-        (
-            Outcome::progressing(reason::STARTING, text.clone()),
-            RolloutPhase::Progressing,
-            Some(text),
-        )
+        rolling_outcome(&seen)
     };
 
     Observed {
@@ -334,6 +251,89 @@ pub fn observe_with(
     }
 }
 
+/// What a pass saw of the stable Deployment.
+struct Seen<'a> {
+    md: &'a ModelDeployment,
+    deployment: &'a Deployment,
+    counts: Counts,
+    /// The model the status says is served.
+    current: Option<&'a Artifact>,
+    /// The model of the Deployment's pod template.
+    target: Option<&'a Artifact>,
+    note: Option<&'a str>,
+}
+
+/// The outcome, phase and rollout message of a Deployment not rolled out: its
+/// new pods failed (past the progress deadline), or are still coming, with or
+/// without the old pods serving meanwhile.
+fn rolling_outcome(seen: &Seen) -> (Outcome, RolloutPhase, Option<String>) {
+    let (md, c) = (seen.md, seen.counts);
+    let name = seen.deployment.name_any();
+    let target_text = seen.target.map_or_else(|| "?".into(), describe);
+    // The old pods keep serving: new pods take traffic only once ready, and
+    // `maxUnavailable: 0` keeps every old pod until a new one is.
+    let old_serves = c.available > 0 && seen.current.is_some();
+    let current = seen.current.cloned().unwrap_or_default();
+    let still_serving = || serving_message(md, &current, c.available, seen.note);
+    if deadline_exceeded(seen.deployment) {
+        let failed = format!(
+            "model {target_text} did not become ready within {}s",
+            md.spec.rollout.progress_deadline_seconds
+        );
+        let (outcome, text) = if old_serves {
+            let text = format!(
+                "{failed}; {} keeps serving (see the pods of Deployment {name})",
+                describe(&current)
+            );
+            let outcome = Outcome::ready_stalled(
+                reason::SERVING,
+                still_serving(),
+                reason::ROLLOUT_FAILED,
+                text.clone(),
+            );
+            (outcome, text)
+        } else {
+            let text = format!("{failed} (see the pods of Deployment {name})");
+            (Outcome::stalled(reason::ROLLOUT_FAILED, text.clone()), text)
+        };
+        return (outcome, RolloutPhase::Failed, Some(text));
+    }
+    let (outcome, text) = if old_serves {
+        let change = if seen.current == seen.target {
+            format!("updating the pods of {target_text}")
+        } else {
+            format!("rolling out {target_text}")
+        };
+        let text = format!(
+            "{change}: {}/{} updated, {} available",
+            c.updated, c.desired, c.available
+        );
+        let outcome = Outcome::ready_reconciling(
+            reason::SERVING,
+            still_serving(),
+            reason::ROLLING_OUT,
+            text.clone(),
+        );
+        (outcome, text)
+    } else if seen.current.is_some() {
+        let text = format!(
+            "no replica is available; starting {} replica(s) of {target_text}",
+            c.desired
+        );
+        (
+            Outcome::progressing(reason::UNAVAILABLE, text.clone()),
+            text,
+        )
+    } else {
+        let text = format!(
+            "starting {} replica(s) of {target_text}: {} ready",
+            c.desired, c.ready
+        );
+        (Outcome::progressing(reason::STARTING, text.clone()), text)
+    };
+    (outcome, RolloutPhase::Progressing, Some(text))
+}
+
 /// Whether `deployment` has rolled every pod to its template (for its current
 /// generation).
 pub fn rolled_out(deployment: &Deployment) -> bool {
@@ -355,14 +355,7 @@ pub fn with_canary(
     aborted: bool,
     canary: Option<Artifact>,
 ) -> Observed {
-    let ready = match &observed.outcome {
-        Outcome::Ready { reason, message } => Some((reason.clone(), message.clone())),
-        Outcome::ReadyWhile {
-            reason, message, ..
-        } => Some((reason.clone(), message.clone())),
-        _ => None,
-    };
-    if let Some((reason, ready_message)) = ready {
+    if let Some((reason, ready_message)) = ready_parts(&observed.outcome) {
         observed.outcome = if aborted {
             Outcome::ready_stalled(&reason, ready_message, reason::ROLLOUT_ABORTED, message)
         } else {
@@ -373,6 +366,30 @@ pub fn with_canary(
     model.canary = canary;
     observed.model = (model != ServedModels::default()).then_some(model);
     observed.rollout = Some(rollout);
+    observed
+}
+
+/// The reason and message of Ready=True in `outcome`, if it says so.
+fn ready_parts(outcome: &Outcome) -> Option<(String, String)> {
+    match outcome {
+        Outcome::Ready { reason, message }
+        | Outcome::ReadyWhile {
+            reason, message, ..
+        } => Some((reason.clone(), message.clone())),
+        _ => None,
+    }
+}
+
+/// `observed` with an HTTPRoute the operator cannot weight
+/// (`canary.trafficRouting`): Ready stays about the stable pods, which serve
+/// through the Service, and Stalled `RouteNotUsable` says what to fix.
+pub fn with_route_problem(mut observed: Observed, problem: &str) -> Observed {
+    observed.outcome = match ready_parts(&observed.outcome) {
+        Some((reason, message)) => {
+            Outcome::ready_stalled(&reason, message, reason::ROUTE_NOT_USABLE, problem)
+        }
+        None => Outcome::stalled(reason::ROUTE_NOT_USABLE, problem),
+    };
     observed
 }
 
@@ -476,5 +493,49 @@ impl ReportsStatus for ModelDeployment {
         status.metrics = written.metrics;
         status.last_scale_time = written.last_scale_time;
         status.last_scale_reason = written.last_scale_reason;
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    fn observed(outcome: Outcome) -> Observed {
+        Observed {
+            outcome,
+            replicas: None,
+            endpoint: None,
+            model: None,
+            rollout: None,
+            last_scale: None,
+            metrics: None,
+        }
+    }
+
+    #[test]
+    fn an_unusable_route_stalls_beside_a_serving_ready() {
+        let serving = observed(Outcome::Ready {
+            reason: reason::SERVING.into(),
+            message: "serving".into(),
+        });
+        let o = with_route_problem(serving, "HTTPRoute chat does not exist");
+        assert_eq!(
+            o.outcome,
+            Outcome::ready_stalled(
+                reason::SERVING,
+                "serving",
+                reason::ROUTE_NOT_USABLE,
+                "HTTPRoute chat does not exist"
+            )
+        );
+        let starting = observed(Outcome::Progressing {
+            reason: reason::STARTING.into(),
+            message: "starting".into(),
+        });
+        let o = with_route_problem(starting, "no rule");
+        assert_eq!(
+            o.outcome,
+            Outcome::stalled(reason::ROUTE_NOT_USABLE, "no rule")
+        );
     }
 }

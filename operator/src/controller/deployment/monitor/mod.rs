@@ -33,16 +33,13 @@ use llmops_crds::ModelDeployment;
 use llmops_crds::deployment::ServingMetrics;
 
 use super::Error;
-use super::autoscale::metrics_url;
-use super::build::pod_selector;
+use super::build::{REVISION_LABEL, Revision, SERVER_PORT, pod_selector};
 pub use window::Summary;
 
-/// The label of a serving pod's revision (none: the stable Deployment's).
-pub const REVISION_LABEL: &str = "llmops.dev/revision";
 /// The stable revision's name in the histories.
-pub const STABLE: &str = "stable";
+pub const STABLE: &str = Revision::Stable.label();
 /// A canary's pods carry `llmops.dev/revision: canary`.
-pub const CANARY: &str = "canary";
+pub const CANARY: &str = Revision::Canary.label();
 
 /// How often and over what window the serving pods are monitored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,9 +268,70 @@ pub fn metrics_to_write(
     Some(fresh)
 }
 
+/// Where to read a serving pod's metrics: `http://<status.podIP>:<port>/metrics`
+/// of a pod that is Ready and not terminating, else none. The address is only
+/// ever the one the API gives; the operator holds no address ranges of its own.
+pub fn metrics_url(pod: &Pod) -> Option<String> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .as_ref()?
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ip: std::net::IpAddr = status.pod_ip.as_deref()?.parse().ok().filter(|_| ready)?;
+    Some(format!(
+        "http://{}/metrics",
+        std::net::SocketAddr::new(ip, SERVER_PORT as u16)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(ip: Option<&str>, ready: &str, terminating: bool) -> Pod {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"conditions": [{"type": "Ready", "status": ready}]}
+        }))
+        .unwrap();
+        if let Some(status) = pod.status.as_mut() {
+            status.pod_ip = ip.map(String::from);
+        }
+        if terminating {
+            pod.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
+        }
+        pod
+    }
+
+    #[test]
+    fn metrics_are_read_only_at_the_pod_ip_the_api_gives() {
+        // Whatever the address, it is the pod's own: no range is assumed (a
+        // private one is built, not written, so the source holds no address).
+        let private = std::net::Ipv4Addr::new(10, 1, 2, 3).to_string();
+        for (ip, url) in [
+            ("127.244.0.7", "http://127.244.0.7:8000/metrics".to_string()),
+            (&private, format!("http://{private}:8000/metrics")),
+            ("::1", "http://[::1]:8000/metrics".into()),
+            ("fd00::5", "http://[fd00::5]:8000/metrics".into()),
+        ] {
+            assert_eq!(metrics_url(&pod(Some(ip), "True", false)), Some(url));
+        }
+    }
+
+    #[test]
+    fn pods_not_ready_terminating_or_without_an_address_are_not_read() {
+        assert_eq!(metrics_url(&pod(Some("127.0.0.9"), "False", false)), None);
+        assert_eq!(metrics_url(&pod(Some("127.0.0.9"), "True", true)), None);
+        assert_eq!(metrics_url(&pod(None, "True", false)), None);
+        assert_eq!(metrics_url(&pod(Some("not an ip"), "True", false)), None);
+    }
 
     fn figures(rps: f64) -> ServingMetrics {
         ServingMetrics {
