@@ -172,6 +172,60 @@ impl Setup {
         tokio::spawn(async move { Traffic::run(client, &namespace, backends, load).await })
     }
 
+    /// Serve `uri` under `spec` from two ready pods.
+    async fn serve_first(&mut self, uri: &str, spec: Value) -> anyhow::Result<()> {
+        self.apply(model_deployment(uri, spec)).await?;
+        self.pods.wait_ready(2, READY_TIMEOUT).await?;
+        self.wait("the first model to serve", READY_TIMEOUT, |md| {
+            serving(md, uri)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Roll `uri` out under `spec` (a canary) while 6 clients send through
+    /// `backends`, showing `poll` the status every 200 ms, until the canary is
+    /// promoted and its Deployment gone; not one request may fail meanwhile.
+    /// Returns the status once promoted.
+    async fn promote(
+        &mut self,
+        uri: &str,
+        spec: Value,
+        backends: Backends,
+        mut poll: impl AsyncFnMut(&Value) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Value> {
+        let stop = StopSignal::new();
+        let load = self.traffic_to(backends, 6, Duration::from_secs(300), Some(&stop));
+        self.apply(model_deployment(uri, spec)).await?;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let promoted = loop {
+            let status = self.status().await?;
+            poll(&status).await?;
+            if status.pointer("/model/current/uri") == Some(&json!(uri))
+                && status.pointer("/model/canary").is_none()
+            {
+                break status;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the canary was not promoted in 180 s: rollout {}\n{}\nserving pods:\n{}",
+                status["rollout"],
+                self.operator.log_tail(60),
+                self.pods.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // The canary goes once the stable pods serve its model.
+        self.canary_gone().await?;
+        stop.raise();
+        let report = load.await??;
+        ensure!(
+            report.failed.is_empty() && report.ok > 0,
+            "requests failed during the rollout: {report}"
+        );
+        Ok(promoted)
+    }
+
     /// Waits until the canary Deployment is gone.
     async fn canary_gone(&self) -> anyhow::Result<()> {
         eventually(
@@ -344,51 +398,25 @@ async fn canaries_are_promoted_or_rolled_back_on_their_own_figures() -> anyhow::
     };
     let mut setup = Setup::start(cluster, "e2e-canary").await?;
     let first = setup.model("first", &[])?;
-    setup.apply(model_deployment(&first, canary_spec())).await?;
-    setup.pods.wait_ready(2, READY_TIMEOUT).await?;
-    setup
-        .wait("the first model to serve", READY_TIMEOUT, |md| {
-            serving(md, &first)
-        })
-        .await?;
+    setup.serve_first(&first, canary_spec()).await?;
 
     // A good model walks both steps and is promoted; no request fails.
     let second = setup.model("second", &["--seed", "1"])?;
-    let stop = StopSignal::new();
-    let load = setup.traffic_to(
-        Backends::service(NAME),
-        6,
-        Duration::from_secs(300),
-        Some(&stop),
-    );
-    setup
-        .apply(model_deployment(&second, canary_spec()))
-        .await?;
     let mut steps_seen = std::collections::BTreeSet::new();
     let mut weights_seen = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let promoted = loop {
-        let status = setup.status().await?;
-        if let Some(step) = status.pointer("/rollout/step").and_then(Value::as_i64) {
-            steps_seen.insert(step);
-        }
-        if let Some(weight) = status.pointer("/rollout/weight").and_then(Value::as_i64) {
-            weights_seen.insert(weight);
-        }
-        if status.pointer("/model/current/uri") == Some(&json!(second))
-            && status.pointer("/model/canary").is_none()
-        {
-            break status;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the canary was not promoted in 180 s: rollout {}\n{}\nserving pods:\n{}",
-            status["rollout"],
-            setup.operator.log_tail(60),
-            setup.pods.describe()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let promoted = setup
+        .promote(
+            &second,
+            canary_spec(),
+            Backends::service(NAME),
+            async |status: &Value| {
+                let rollout = |field: &str| status.pointer(&format!("/rollout/{field}"));
+                steps_seen.extend(rollout("step").and_then(Value::as_i64));
+                weights_seen.extend(rollout("weight").and_then(Value::as_i64));
+                Ok(())
+            },
+        )
+        .await?;
     ensure!(
         promoted.pointer("/model/previous/uri") == Some(&json!(first)),
         "{promoted}"
@@ -400,14 +428,6 @@ async fn canaries_are_promoted_or_rolled_back_on_their_own_figures() -> anyhow::
     ensure!(
         weights_seen.contains(&33) && weights_seen.contains(&50),
         "effective weights seen: {weights_seen:?}"
-    );
-    // The canary goes once the stable pods serve its model.
-    setup.canary_gone().await?;
-    stop.raise();
-    let report = load.await??;
-    ensure!(
-        report.failed.is_empty() && report.ok > 0,
-        "requests failed during the rollout: {report}"
     );
 
     // A model with NaN logits answers 500: rolled back on its error rate while
@@ -487,10 +507,10 @@ async fn canaries_are_promoted_or_rolled_back_on_their_own_figures() -> anyhow::
     setup.finish(cluster).await
 }
 
-/// The canary's weight on the HTTPRoute's first rule, and whether the stable
-/// Service takes the rest.
-async fn route_weights(setup: &Setup) -> anyhow::Result<(u32, u32)> {
-    let backends = route_backends(&setup.client, setup.ns.name(), NAME).await?;
+/// The weights of the stable and the canary Service on the HTTPRoute's first
+/// rule.
+async fn route_weights(client: &Client, namespace: &str) -> anyhow::Result<(u32, u32)> {
+    let backends = route_backends(client, namespace, NAME).await?;
     let weight = |service: &str| {
         backends
             .iter()
@@ -547,78 +567,40 @@ async fn canary_weights_are_written_on_an_httproute_and_restored_on_rollback() -
         .await
         .context("creating the HTTPRoute (tests/cluster/up installs the Gateway API CRDs)")?;
     let first = setup.model("first", &[])?;
-    setup
-        .apply(model_deployment(&first, routed_canary_spec()))
-        .await?;
-    setup.pods.wait_ready(2, READY_TIMEOUT).await?;
-    setup
-        .wait("the first model to serve", READY_TIMEOUT, |md| {
-            serving(md, &first)
-        })
-        .await?;
-    ensure!(
-        route_weights(&setup).await? == (100, 0),
-        "{:?}",
-        route_weights(&setup).await?
-    );
+    setup.serve_first(&first, routed_canary_spec()).await?;
+    let (client, ns) = (setup.client.clone(), setup.ns.name().to_string());
+    let weights = async || route_weights(&client, &ns).await;
+    ensure!(weights().await? == (100, 0), "{:?}", weights().await?);
 
     // A good canary: the route carries each step's exact weight (not a share
     // of pods), no request through it fails, and after promotion the stable
     // Service takes everything again.
     let second = setup.model("second", &["--seed", "1"])?;
-    let stop = StopSignal::new();
-    let load = setup.traffic_to(
-        Backends::http_route(NAME),
-        6,
-        Duration::from_secs(300),
-        Some(&stop),
-    );
+    let mut route_seen = std::collections::BTreeSet::new();
+    let mut status_seen = std::collections::BTreeSet::new();
     setup
-        .apply(model_deployment(&second, routed_canary_spec()))
+        .promote(
+            &second,
+            routed_canary_spec(),
+            Backends::http_route(NAME),
+            async |status: &Value| {
+                let (stable, canary) = weights().await?;
+                ensure!(stable + canary == 100, "route weights {stable}/{canary}");
+                route_seen.insert(canary);
+                status_seen.extend(status.pointer("/rollout/weight").and_then(Value::as_i64));
+                Ok(())
+            },
+        )
         .await?;
-    let mut weights_seen = std::collections::BTreeSet::new();
-    let mut status_weights = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let (stable, canary) = route_weights(&setup).await?;
-        ensure!(stable + canary == 100, "route weights {stable}/{canary}");
-        weights_seen.insert(canary);
-        let status = setup.status().await?;
-        if let Some(weight) = status.pointer("/rollout/weight").and_then(Value::as_i64) {
-            status_weights.insert(weight);
-        }
-        if status.pointer("/model/current/uri") == Some(&json!(second))
-            && status.pointer("/model/canary").is_none()
-        {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the routed canary was not promoted in 180 s: rollout {}\n{}",
-            status["rollout"],
-            setup.operator.log_tail(60)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
     ensure!(
-        weights_seen.contains(&25) && weights_seen.contains(&50),
-        "canary weights seen on the route: {weights_seen:?}"
+        route_seen.contains(&25) && route_seen.contains(&50),
+        "canary weights seen on the route: {route_seen:?}"
     );
     ensure!(
-        status_weights.contains(&25) && status_weights.contains(&50),
-        "weights in status: {status_weights:?}"
+        status_seen.contains(&25) && status_seen.contains(&50),
+        "weights in status: {status_seen:?}"
     );
-    setup.canary_gone().await?;
-    ensure!(
-        route_weights(&setup).await? == (100, 0),
-        "not restored after promotion"
-    );
-    stop.raise();
-    let report = load.await??;
-    ensure!(
-        report.failed.is_empty() && report.ok > 0,
-        "requests through the route failed during the rollout: {report}"
-    );
+    ensure!(weights().await? == (100, 0), "not restored after promotion");
 
     // A NaN canary gets its step's weight, fails its analysis, and the route
     // goes back to the stable Service alone.
@@ -630,7 +612,7 @@ async fn canary_weights_are_written_on_an_httproute_and_restored_on_rollback() -
     let mut canary_weighted = false;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (_, canary) = route_weights(&setup).await?;
+        let (_, canary) = weights().await?;
         canary_weighted |= canary == 25;
         let status = setup.status().await?;
         if status.pointer("/rollout/phase") == Some(&json!("RolledBack")) {
@@ -648,7 +630,7 @@ async fn canary_weights_are_written_on_an_httproute_and_restored_on_rollback() -
         "the NaN canary never got its 25% on the route"
     );
     ensure!(
-        route_weights(&setup).await? == (100, 0),
+        weights().await? == (100, 0),
         "not restored after the rollback"
     );
     setup.canary_gone().await?;
