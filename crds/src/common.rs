@@ -112,6 +112,13 @@ pub struct ComputeResources {
     /// Memory request (and limit) per pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Quantity>,
+    /// Size limit of each pod's scratch space (`/tmp`): the downloaded dataset and
+    /// base model, and checkpoints and the model staged before upload. A pod
+    /// writing more is evicted. A whole number with an optional unit, e.g.
+    /// `200Gi`. Defaults to 100Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub ephemeral_storage: Option<String>,
 }
 
 impl Default for ComputeResources {
@@ -122,6 +129,7 @@ impl Default for ComputeResources {
             gpu_resource_name: None,
             cpu: None,
             memory: None,
+            ephemeral_storage: None,
         }
     }
 }
@@ -157,12 +165,19 @@ pub struct FailurePolicy {
     #[serde(default = "default_max_restarts")]
     #[schemars(range(min = 0, max = 100))]
     pub max_restarts: i32,
+    /// Seconds the run may take, restarts included, before its pods are stopped
+    /// and it fails. Time suspended does not count: resuming starts the clock
+    /// again. Defaults to 604800 (7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
 }
 
 impl Default for FailurePolicy {
     fn default() -> Self {
         Self {
             max_restarts: default_max_restarts(),
+            active_deadline_seconds: None,
         }
     }
 }

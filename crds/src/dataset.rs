@@ -54,6 +54,18 @@ pub struct DatasetSpec {
     /// Where the prepared shards are written.
     #[serde(default)]
     pub output: OutputSpec,
+    /// Seconds preparation may take, retries included, before its pod is stopped
+    /// and the Dataset is Stalled. Defaults to 86400 (24 hours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+    /// Size limit of the prepare pod's scratch space (`/tmp`): spill files, and
+    /// the shards staged before they are uploaded to an object store. A pod
+    /// writing more is evicted. A whole number with an optional unit, e.g.
+    /// `200Gi`. Defaults to 100Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub ephemeral_storage: Option<String>,
 }
 
 /// What a dataset is for.

@@ -9,16 +9,22 @@
 //!
 //! On deletion with `output.deletionPolicy: Delete`, Job `<name>-clean` runs
 //! `trainer clean --uri <output>`.
+//!
+//! Both Jobs retry a failed pod up to [`BACKOFF_LIMIT`] times, a pod stopped by a
+//! node drain or preemption without counting it, and fail at once on the
+//! trainer's exit for an error no retry fixes.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::PodFailurePolicy;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, KeyToPath, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
-use llmops_contract::{env as var, path};
+use llmops_contract::{env as var, exit, path};
 use llmops_crds::Dataset;
 use llmops_crds::dataset::ConfigMapSource;
 
@@ -27,7 +33,9 @@ use super::validate::Valid;
 use crate::config::OperatorConfig;
 use crate::runtime::apply::{child_labels, child_meta};
 use crate::workload::credentials::credential_env;
-use crate::workload::job::{TrainerJob, env, resource_file};
+use crate::workload::job::{
+    DEFAULT_SCRATCH_SIZE, TrainerJob, env, pod_failure_policy, resource_file,
+};
 use crate::workload::rbac::{TrainerRbac, trainer_rbac};
 use crate::workload::storage::{PvcMounts, pvc_claim};
 
@@ -38,6 +46,18 @@ pub const CLEAN_COMPONENT: &str = "clean";
 /// Seconds a finished cleanup Job is kept. It has no owner (it must outlive the
 /// Dataset's deletion), so the TTL controller removes it.
 pub const CLEAN_JOB_TTL_SECONDS: i32 = 600;
+/// Failed pods the prepare and clean Jobs replace before they fail: a transient
+/// store or network error deserves another try, a persistent one should not keep
+/// a node busy for long. Disruptions do not count.
+pub const BACKOFF_LIMIT: i32 = 3;
+/// How long preparation may be active when `spec.activeDeadlineSeconds` is unset.
+pub const DEFAULT_PREPARE_DEADLINE_SECONDS: i64 = 24 * 3600;
+/// How long the clean Job may be active. It has no owner and may outlive the
+/// operator's interest in it (the finalizer gives up sooner), so it must stop
+/// on its own.
+pub const CLEAN_DEADLINE_SECONDS: i64 = 3600;
+/// Size limit of the clean pod's `/tmp`: it deletes, it writes next to nothing.
+pub const CLEAN_SCRATCH_SIZE: &str = "1Gi";
 
 pub fn job_name(name: &str, generation: i64) -> String {
     format!("{name}-prepare-g{generation}")
@@ -122,8 +142,28 @@ fn build_prepare_job(valid: &Valid<'_>, config: &OperatorConfig) -> Job {
         mounts,
         resources: config.trainer_resources.requirements(),
         ttl_seconds_after_finished: None,
+        scratch_size: Quantity(
+            ds.spec
+                .ephemeral_storage
+                .clone()
+                .unwrap_or_else(|| DEFAULT_SCRATCH_SIZE.into()),
+        ),
+        backoff_limit: BACKOFF_LIMIT,
+        pod_failure_policy: failure_policy(),
+        active_deadline_seconds: ds
+            .spec
+            .active_deadline_seconds
+            .unwrap_or(DEFAULT_PREPARE_DEADLINE_SECONDS),
     }
     .into_job()
+}
+
+/// Disruptions are retried without counting; the trainer's exit for an invalid
+/// spec or input fails the Job at once. Unlike a training run, a prepare or clean
+/// pod has no checkpoint to resume from, so its SIGTERM exit is an ordinary
+/// failure.
+fn failure_policy() -> PodFailurePolicy {
+    pod_failure_policy(&[], &[i32::from(exit::INVALID)])
 }
 
 /// The resource file, the configMap sources under `SOURCES_DIR/<index>`, and the
@@ -214,6 +254,10 @@ pub fn build_clean_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
         mounts,
         resources: config.trainer_resources.requirements(),
         ttl_seconds_after_finished: Some(CLEAN_JOB_TTL_SECONDS),
+        scratch_size: Quantity(CLEAN_SCRATCH_SIZE.into()),
+        backoff_limit: BACKOFF_LIMIT,
+        pod_failure_policy: failure_policy(),
+        active_deadline_seconds: CLEAN_DEADLINE_SECONDS,
     }
     .into_job()
 }

@@ -112,7 +112,6 @@ mod build_tests {
     fn the_job_runs_trainer_prepare_once_with_the_trainer_identity() {
         let job = children("{}").job;
         let spec = job.spec.as_ref().unwrap();
-        assert_eq!(spec.backoff_limit, Some(0));
         assert_eq!(spec.ttl_seconds_after_finished, None);
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
@@ -139,6 +138,91 @@ mod build_tests {
         let resources = container.resources.as_ref().unwrap();
         assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "1");
         assert_eq!(resources.requests.as_ref().unwrap()["memory"].0, "2Gi");
+    }
+
+    /// The `podFailurePolicy` of prepare and clean Jobs, as (action, what it
+    /// matches) pairs.
+    fn policy(job: &Job) -> Vec<(String, String)> {
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.template
+                .spec
+                .as_ref()
+                .unwrap()
+                .restart_policy
+                .as_deref(),
+            Some("Never")
+        );
+        let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
+        rules
+            .iter()
+            .map(|r| {
+                let matches = match (&r.on_pod_conditions, &r.on_exit_codes) {
+                    (Some(conditions), None) => {
+                        format!("{}={}", conditions[0].type_, conditions[0].status)
+                    }
+                    (None, Some(codes)) => format!(
+                        "{} exit {} {:?}",
+                        codes.container_name.as_deref().unwrap_or_default(),
+                        codes.operator,
+                        codes.values
+                    ),
+                    other => panic!("unexpected rule {other:?}"),
+                };
+                (r.action.clone(), matches)
+            })
+            .collect()
+    }
+
+    fn empty_dir_size(job: &Job, path: &str) -> Option<String> {
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.mount_path == path)
+            .unwrap();
+        let dir = volume(job, &mount.name).empty_dir.clone().unwrap();
+        dir.size_limit.map(|q| q.0)
+    }
+
+    #[test]
+    fn a_drained_node_does_not_fail_preparation_and_an_invalid_spec_fails_it_at_once() {
+        let job = children("{}").job;
+        assert_eq!(
+            policy(&job),
+            [
+                ("Ignore".to_string(), "DisruptionTarget=True".to_string()),
+                ("FailJob".to_string(), "trainer exit In [2]".to_string()),
+            ]
+        );
+        // Other failures (a store that did not answer) get a few more tries.
+        assert_eq!(job.spec.as_ref().unwrap().backoff_limit, Some(3));
+    }
+
+    #[test]
+    fn preparation_stops_after_a_day_unless_the_spec_says_otherwise() {
+        let job = children("{}").job;
+        assert_eq!(
+            job.spec.as_ref().unwrap().active_deadline_seconds,
+            Some(24 * 3600)
+        );
+        let job = children("spec: {activeDeadlineSeconds: 900}").job;
+        assert_eq!(
+            job.spec.as_ref().unwrap().active_deadline_seconds,
+            Some(900)
+        );
+    }
+
+    #[test]
+    fn scratch_space_is_bounded_by_the_spec_or_a_default() {
+        let job = children("{}").job;
+        assert_eq!(empty_dir_size(&job, "/tmp").as_deref(), Some("100Gi"));
+        assert_eq!(empty_dir_size(&job, "/work").as_deref(), Some("2Gi"));
+        let job = children("spec: {ephemeralStorage: 750Gi}").job;
+        assert_eq!(empty_dir_size(&job, "/tmp").as_deref(), Some("750Gi"));
+        assert_eq!(empty_dir_size(&job, "/work").as_deref(), Some("2Gi"));
     }
 
     #[test]
@@ -328,8 +412,13 @@ spec:
         assert!(job.metadata.owner_references.is_none());
         assert_eq!(job.labels()["app.kubernetes.io/component"], "clean");
         let spec = job.spec.as_ref().unwrap();
-        assert_eq!(spec.backoff_limit, Some(0));
         assert!(spec.ttl_seconds_after_finished.is_some());
+        // Retried like preparation, and bounded: nothing owns it to stop it.
+        assert_eq!(spec.backoff_limit, Some(3));
+        assert_eq!(spec.active_deadline_seconds, Some(3600));
+        assert_eq!(policy(&job), policy(&children("{}").job));
+        assert_eq!(empty_dir_size(&job, "/tmp").as_deref(), Some("1Gi"));
+        assert_eq!(empty_dir_size(&job, "/work").as_deref(), Some("2Gi"));
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
         assert!(pod.service_account_name.is_none());

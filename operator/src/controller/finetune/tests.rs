@@ -386,6 +386,7 @@ mod build_tests {
         let c = children("{}");
         let spec = c.job.spec.as_ref().unwrap();
         assert_eq!(spec.backoff_limit, Some(3));
+        assert_eq!(spec.active_deadline_seconds, Some(7 * 24 * 3600));
         let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
         assert!(
             rules.iter().any(|r| r.action == "FailJob"
@@ -407,9 +408,38 @@ mod build_tests {
                 .iter()
                 .any(|v| v.name == "dshm")
         );
+        // Every emptyDir is bounded, so no trainer pod can fill its node's disk
+        // or memory.
+        for volume in pod.volumes.as_ref().unwrap() {
+            if let Some(dir) = &volume.empty_dir {
+                assert!(dir.size_limit.is_some(), "{} has no sizeLimit", volume.name);
+            }
+        }
         assert_eq!(
             env_var(&c.job, env::OUTPUT_URI).and_then(|e| e.value.as_deref()),
             Some("s3://llmops-artifacts/finetunes/ml/qa")
+        );
+    }
+
+    #[test]
+    fn the_deadline_and_scratch_space_come_from_the_spec() {
+        let c = children(
+            "spec: {failurePolicy: {activeDeadlineSeconds: 3600}, resources: {ephemeralStorage: 300Gi}}",
+        );
+        let spec = c.job.spec.as_ref().unwrap();
+        assert_eq!(spec.active_deadline_seconds, Some(3600));
+        let tmp = pod_spec(&c.job)
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "tmp")
+            .unwrap();
+        assert_eq!(
+            tmp.empty_dir.as_ref().unwrap().size_limit,
+            Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                "300Gi".into()
+            ))
         );
     }
 

@@ -10,7 +10,7 @@ use super::resolve::{Resolution, Resolved, resolve_with};
 use super::validate::{Invalid, validate};
 use crate::config::OperatorConfig;
 use crate::controller::training::build::{Children, build};
-use crate::test_support::{env_value, env_var, pod_spec, trainer, with_overlay};
+use crate::test_support::{env_value, env_var, pod_spec, trainer, volume, with_overlay};
 
 const BASE: &str = r#"
 apiVersion: llmops.dev/v1alpha1
@@ -357,6 +357,45 @@ mod build_tests {
             env_value(&job, env::OUTPUT_URI),
             Some("s3://llmops-artifacts/pretrainjobs/ml/base")
         );
+    }
+
+    #[test]
+    fn the_job_stops_after_a_week_unless_the_spec_says_otherwise() {
+        let job = children("{}").job;
+        assert_eq!(
+            job.spec.as_ref().unwrap().active_deadline_seconds,
+            Some(7 * 24 * 3600)
+        );
+        let job = children("spec: {failurePolicy: {activeDeadlineSeconds: 7200}}").job;
+        assert_eq!(
+            job.spec.as_ref().unwrap().active_deadline_seconds,
+            Some(7200)
+        );
+    }
+
+    #[test]
+    fn every_scratch_volume_has_a_size_limit() {
+        let size = |job: &Job, path: &str| {
+            let mount = trainer(job)
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|m| m.mount_path == path)
+                .unwrap();
+            let dir = volume(job, &mount.name).empty_dir.clone().unwrap();
+            dir.size_limit.map(|q| q.0)
+        };
+        let job = children("{}").job;
+        assert_eq!(size(&job, "/tmp").as_deref(), Some("100Gi"));
+        assert_eq!(size(&job, "/work").as_deref(), Some("2Gi"));
+        // /dev/shm is memory: its limit is the pod's memory limit.
+        assert_eq!(size(&job, "/dev/shm").as_deref(), Some("2Gi"));
+
+        let job = children("spec: {resources: {memory: 64Gi, ephemeralStorage: 500Gi}}").job;
+        assert_eq!(size(&job, "/tmp").as_deref(), Some("500Gi"));
+        assert_eq!(size(&job, "/work").as_deref(), Some("2Gi"));
+        assert_eq!(size(&job, "/dev/shm").as_deref(), Some("64Gi"));
     }
 
     #[test]

@@ -4,10 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::batch::v1::{
-    Job, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
-    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
-};
+use k8s_openapi::api::batch::v1::{Job, PodFailurePolicy};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
     PodSpec, ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec, Volume,
@@ -28,7 +25,7 @@ use super::{
 use crate::config::OperatorConfig;
 use crate::runtime::apply::{COMPONENT_LABEL, child_meta, parent_label_key};
 use crate::workload::credentials::{CREDENTIAL_KEYS, credential_env};
-use crate::workload::job::{TRAINER_CONTAINER, TrainerJob, env, resource_file};
+use crate::workload::job::{DEFAULT_SCRATCH_SIZE, TrainerJob, env, resource_file};
 use crate::workload::rbac::{TrainerRbac, trainer_rbac};
 use crate::workload::storage::{PvcMounts, pvc_claim};
 
@@ -37,6 +34,10 @@ pub const MASTER_PORT: i32 = llmops_contract::MASTER_PORT as i32;
 /// Time a stopping pod gets to save its checkpoint before it is killed; the
 /// default 30 s is short for writing a large model and its optimizer state.
 pub const TERMINATION_GRACE_SECONDS: i64 = 120;
+/// How long a run may be active when `failurePolicy.activeDeadlineSeconds` is
+/// unset: 7 days. Long enough for real pretraining runs, short enough that a run
+/// hung on a collective that never completes gives its GPUs back.
+pub const DEFAULT_ACTIVE_DEADLINE_SECONDS: i64 = 7 * 24 * 3600;
 
 /// What shapes the pods of a run, taken from a PretrainJob's or FineTune's spec.
 #[derive(Clone, Debug)]
@@ -165,36 +166,31 @@ pub fn resource_requirements(
     requirements
 }
 
-/// `podFailurePolicy`, evaluated in order:
-/// - a pod stopped by a disruption (preemption, eviction, node drain) is retried
-///   without counting against `backoffLimit`;
-/// - so is exit 143, the trainer's exit after SIGTERM and a saved checkpoint
-///   (a deleted pod, or a disruption the kubelet did not mark);
-/// - a fatal exit code fails the Job at once: retrying cannot help.
+/// `podFailurePolicy` ([`crate::workload::job::pod_failure_policy`]): besides
+/// disruptions, exit 143, the trainer's exit after SIGTERM and a saved checkpoint
+/// (a deleted pod, or a disruption the kubelet did not mark), is retried without
+/// counting; a fatal exit code fails the Job at once.
 pub fn pod_failure_policy() -> PodFailurePolicy {
-    let on_exit = |action: &str, codes: Vec<i32>| PodFailurePolicyRule {
-        action: action.into(),
-        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
-            container_name: Some(TRAINER_CONTAINER.into()),
-            operator: "In".into(),
-            values: codes,
-        }),
-        ..PodFailurePolicyRule::default()
-    };
-    PodFailurePolicy {
-        rules: vec![
-            PodFailurePolicyRule {
-                action: "Ignore".into(),
-                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
-                    type_: "DisruptionTarget".into(),
-                    status: "True".into(),
-                }]),
-                ..PodFailurePolicyRule::default()
-            },
-            on_exit("Ignore", vec![i32::from(exit::INTERRUPTED)]),
-            on_exit("FailJob", FATAL_EXIT_CODES.to_vec()),
-        ],
-    }
+    crate::workload::job::pod_failure_policy(&[i32::from(exit::INTERRUPTED)], &FATAL_EXIT_CODES)
+}
+
+/// `activeDeadlineSeconds` of the run's Job: the spec's, else
+/// [`DEFAULT_ACTIVE_DEADLINE_SECONDS`].
+pub fn active_deadline_seconds(failure_policy: &FailurePolicy) -> i64 {
+    failure_policy
+        .active_deadline_seconds
+        .unwrap_or(DEFAULT_ACTIVE_DEADLINE_SECONDS)
+}
+
+/// Size limit of the pods' `/tmp`: `resources.ephemeralStorage`, else
+/// [`DEFAULT_SCRATCH_SIZE`].
+pub fn scratch_size(resources: &ComputeResources) -> Quantity {
+    Quantity(
+        resources
+            .ephemeral_storage
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SCRATCH_SIZE.into()),
+    )
 }
 
 /// Failed pods the Job may replace. A failing rank takes the others down with it
@@ -257,7 +253,8 @@ fn build_job<K: Resource<DynamicType = ()>>(
     let name = parent.name_any();
     let command = run.command;
     let replicas = run.resources.replicas.max(1);
-    let (volumes, mounts) = volumes_and_mounts(&name, run);
+    let resources = resource_requirements(run.resources, config);
+    let (volumes, mounts) = volumes_and_mounts(&name, run, &resources);
 
     let mut job = TrainerJob {
         meta: child_meta(parent, job_name(&name, command), command),
@@ -271,16 +268,18 @@ fn build_job<K: Resource<DynamicType = ()>>(
         env: trainer_env(&name, run),
         volumes,
         mounts,
-        resources: resource_requirements(run.resources, config),
+        resources,
         ttl_seconds_after_finished: None,
+        scratch_size: scratch_size(run.resources),
+        backoff_limit: backoff_limit(run.failure_policy, run.resources),
+        pod_failure_policy: pod_failure_policy(),
+        active_deadline_seconds: active_deadline_seconds(run.failure_policy),
     }
     .into_job();
 
     let job_spec = job.spec.get_or_insert_default();
-    job_spec.backoff_limit = Some(backoff_limit(run.failure_policy, run.resources));
     job_spec.completions = Some(replicas);
     job_spec.parallelism = Some(replicas);
-    job_spec.pod_failure_policy = Some(pod_failure_policy());
     if replicas > 1 {
         job_spec.completion_mode = Some("Indexed".into());
     }
@@ -301,14 +300,24 @@ fn build_job<K: Resource<DynamicType = ()>>(
 
 /// The resource file, a memory-backed `/dev/shm`, and the PVCs of the inputs
 /// (read-only) and the output.
-fn volumes_and_mounts(name: &str, run: &Run<'_>) -> (Vec<Volume>, Vec<VolumeMount>) {
+fn volumes_and_mounts(
+    name: &str,
+    run: &Run<'_>,
+    resources: &ResourceRequirements,
+) -> (Vec<Volume>, Vec<VolumeMount>) {
     let (resource_volume, resource_mount) = resource_file(&job_name(name, run.command));
     let shm = Volume {
         name: "dshm".into(),
-        // Memory-backed: counts against the pod's memory limit.
+        // Memory-backed: what it holds counts against the pod's memory limit, so
+        // that limit is its size limit too; saying so keeps tmpfs from being sized
+        // after the node's memory.
         empty_dir: Some(EmptyDirVolumeSource {
             medium: Some("Memory".into()),
-            ..EmptyDirVolumeSource::default()
+            size_limit: resources
+                .limits
+                .as_ref()
+                .and_then(|limits| limits.get("memory"))
+                .cloned(),
         }),
         ..Volume::default()
     };
