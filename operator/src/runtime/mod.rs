@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod controller;
 pub mod events;
 pub mod http;
+pub mod invalid;
 pub mod leader;
 pub mod metrics;
 pub mod status;

@@ -13,25 +13,10 @@ use kube::ResourceExt;
 use llmops_crds::ModelDeployment;
 
 use super::resolve::Model;
+pub use crate::runtime::invalid::Invalid;
+use crate::runtime::invalid::{MAX_DNS_LABEL, invalid};
 use crate::workload::storage::pvc_claim;
 
-/// Longest Service name (a DNS-1035 label).
-const MAX_DNS_LABEL: usize = 63;
-
-/// A spec the operator cannot act on, and the field to change.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct Invalid {
-    pub field: String,
-    pub message: String,
-}
-
-fn invalid(field: &str, message: impl Into<String>) -> Result<(), Invalid> {
-    Err(Invalid {
-        field: field.into(),
-        message: message.into(),
-    })
-}
 
 /// The spec alone, before the model is resolved.
 pub fn validate(md: &ModelDeployment) -> Result<(), Invalid> {

@@ -6,20 +6,11 @@ use llmops_crds::{ComputeResources, TrainingSpec};
 
 use super::build::Run;
 use super::{job_name, service_name};
+// Jobs label their pods with their name, and pods of an Indexed Job are named
+// (and get the hostname) `<job>-<index>`: both must fit a DNS label.
+pub use crate::runtime::invalid::{Invalid, MAX_DNS_LABEL, invalid};
 use crate::workload::storage::pvc_claim;
 
-/// Longest name of an object whose name is also a label value or a DNS label:
-/// Jobs label their pods with their name, and pods of an Indexed Job are named
-/// (and get the hostname) `<job>-<index>`.
-const MAX_DNS_LABEL: usize = 63;
-
-/// A spec the operator cannot act on, and the field to change.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct Invalid {
-    pub field: String,
-    pub message: String,
-}
 
 /// A run that passed validation: what its children are built from.
 #[derive(Clone, Debug)]
@@ -28,13 +19,6 @@ pub struct Valid<'a, K> {
     /// children name as their owner.
     pub resource: &'a K,
     pub run: Run<'a>,
-}
-
-pub fn invalid<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Invalid> {
-    Err(Invalid {
-        field: field.into(),
-        message: message.into(),
-    })
 }
 
 /// The names of the run's pods and Service must be DNS labels.
