@@ -93,6 +93,37 @@ pub mod env {
     /// with [`RANK`]; read by the trainer.
     pub const MASTER_PORT: &str = "MASTER_PORT";
 
+    /// Set to `1` or `true` to let a Dataset's http(s) sources reach link-local
+    /// and cloud-metadata addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254),
+    /// which `trainer prepare` refuses by default so that a Dataset cannot read
+    /// the node's instance credentials. To be set by the operator when a cluster
+    /// administrator opts in; read by `trainer prepare`.
+    pub const ALLOW_LINK_LOCAL_SOURCES: &str = "LLMOPS_ALLOW_LINK_LOCAL_SOURCES";
+
+    /// The most bytes `trainer prepare` downloads from one http(s) source
+    /// (default 10 GiB). Not set by the operator (the pod spec or image may);
+    /// read by the trainer.
+    pub const SOURCE_MAX_BYTES: &str = "LLMOPS_SOURCE_MAX_BYTES";
+
+    /// The most bytes one gzip member of a source may decompress to (default
+    /// 1 GiB), so that a small compressed file cannot exhaust the pod's memory or
+    /// disk. Not set by the operator; read by `trainer prepare`.
+    pub const GZIP_MEMBER_MAX_BYTES: &str = "LLMOPS_GZIP_MEMBER_MAX_BYTES";
+
+    /// The longest line, in bytes after decompression, a source may hold
+    /// (default 16 MiB): parsers hold a whole line in memory. Not set by the
+    /// operator; read by `trainer prepare`.
+    pub const LINE_MAX_BYTES: &str = "LLMOPS_LINE_MAX_BYTES";
+
+    /// Seconds `trainer prepare` waits to connect to an http(s) source (default
+    /// 30). Not set by the operator; read by the trainer.
+    pub const HTTP_CONNECT_TIMEOUT_SECONDS: &str = "LLMOPS_HTTP_CONNECT_TIMEOUT_SECONDS";
+
+    /// Seconds `trainer prepare` waits for the next bytes of an http(s) source
+    /// before giving up (default 120). Not set by the operator; read by the
+    /// trainer.
+    pub const HTTP_READ_TIMEOUT_SECONDS: &str = "LLMOPS_HTTP_READ_TIMEOUT_SECONDS";
+
     /// The process's index within its pod. Set by the trainer's launcher on the
     /// processes it starts; read by them (and its presence tells a process it was
     /// launched). The operator never sets it.

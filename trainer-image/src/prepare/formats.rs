@@ -2,10 +2,11 @@
 
 use std::io::{BufRead, BufReader, Read};
 
-use flate2::read::MultiGzDecoder;
 use llmops_crds::dataset::{Compression, DatasetType, Format, RecordFields, TextSeparator};
 
 use super::PrepareError;
+use super::sources::Limits;
+use super::sources::bounded::{GzipMembers, LineLimit, at_line};
 
 /// One document as read from a source.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,25 +23,43 @@ pub type Records = Box<dyn Iterator<Item = Result<Record, PrepareError>> + Send>
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// Wraps `raw` in a gzip decoder when `compression` asks for it or, for `auto`,
-/// when the bytes start with the gzip magic number.
+/// when the bytes start with the gzip magic number, within the limits of this
+/// process ([`Limits::in_force`]).
 pub fn decompress(
     raw: Box<dyn Read + Send>,
     compression: Compression,
+) -> std::io::Result<Box<dyn BufRead + Send>> {
+    decompress_within(raw, compression, &Limits::in_force())
+}
+
+/// [`decompress`] within `limits`: each gzip member may decompress to at most
+/// `gzip_member_bytes`, and each line after decompression may hold at most
+/// `line_bytes`; past either, reading fails with an error naming the line and
+/// the limit.
+pub fn decompress_within(
+    raw: Box<dyn Read + Send>,
+    compression: Compression,
+    limits: &Limits,
 ) -> std::io::Result<Box<dyn BufRead + Send>> {
     let mut buffered = BufReader::with_capacity(1 << 20, raw);
     let gzip = match compression {
         Compression::Gzip => true,
         Compression::None => false,
-        Compression::Auto => buffered.fill_buf()?.starts_with(&GZIP_MAGIC),
+        // Nothing has been decompressed yet: a limit met here is on line 1.
+        Compression::Auto => buffered
+            .fill_buf()
+            .map_err(|e| at_line(e, 1))?
+            .starts_with(&GZIP_MAGIC),
     };
-    Ok(if gzip {
-        Box::new(BufReader::with_capacity(
-            1 << 20,
-            MultiGzDecoder::new(buffered),
-        ))
+    let bytes: Box<dyn Read + Send> = if gzip {
+        Box::new(GzipMembers::new(buffered, limits.gzip_member_bytes))
     } else {
         Box::new(buffered)
-    })
+    };
+    Ok(Box::new(BufReader::with_capacity(
+        1 << 20,
+        LineLimit::new(bytes, limits.line_bytes),
+    )))
 }
 
 /// Parses `input` by `format` into records for a dataset of type `kind`.
@@ -261,7 +280,14 @@ fn csv_records(
     };
     let headers = reader
         .byte_headers()
-        .map_err(|e| malformed(&name, 1, format!("invalid CSV header: {e}")))?
+        .map_err(|e| {
+            // A limit or read error is the source's, not the header's.
+            let message = format!("invalid CSV header: {e}");
+            match e.into_kind() {
+                csv::ErrorKind::Io(io) => PrepareError::from_read(&name, io),
+                _ => malformed(&name, 1, message),
+            }
+        })?
         .clone();
     let wanted: Vec<String> = match kind {
         DatasetType::Pretraining => vec![fields.text_field.clone()],
@@ -306,6 +332,9 @@ fn csv_records(
     });
     Ok(Box::new(rows))
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,12 @@
 //! bytes arrive as async streams from `llmops-store` and are bridged into
 //! `std::io::Read` so every format parser works the same on all of them.
 
+pub(crate) mod bounded;
 mod counting;
+pub(crate) mod http;
+pub(crate) mod limits;
+#[cfg(test)]
+mod props;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -13,10 +18,11 @@ use std::sync::atomic::AtomicU64;
 
 use futures::TryStreamExt;
 use llmops_crds::dataset::Source;
-use llmops_store::{Credentials, Store, verify_sha256};
+use llmops_store::{ArtifactUri, Credentials, Store, StoreError, verify_sha256};
 use tokio::runtime::Handle;
 
 pub use counting::CountingReader;
+pub use limits::Limits;
 
 use super::PrepareError;
 
@@ -38,10 +44,18 @@ enum Location {
         rel: String,
         sha256: Option<String>,
     },
+    Http {
+        /// As the spec spells it, for messages.
+        display: String,
+        url: url::Url,
+        sha256: Option<String>,
+    },
 }
 
 /// Lists the inputs of `source` (the `index`-th of the spec), in name order.
 pub fn inputs(index: usize, source: &Source, rt: &Handle) -> Result<Vec<Input>, PrepareError> {
+    // An unreadable limit variable fails here, before any source is read.
+    Limits::current()?;
     let named = |what: &str| format!("source {index} ({what})");
     if let Some(inline) = &source.inline {
         return Ok(vec![Input {
@@ -59,12 +73,18 @@ pub fn inputs(index: usize, source: &Source, rt: &Handle) -> Result<Vec<Input>, 
         }]);
     }
     if let Some(http) = &source.http {
-        let store = Store::open(&http.url, &Credentials::Ambient)?;
+        let ArtifactUri::Http { url } = ArtifactUri::parse(&http.url)? else {
+            return Err(StoreError::InvalidUri {
+                uri: http.url.clone(),
+                reason: "an http source needs an http:// or https:// URL".into(),
+            }
+            .into());
+        };
         return Ok(vec![Input {
             name: named(&http.url),
-            location: Location::Remote {
-                store,
-                rel: String::new(),
+            location: Location::Http {
+                display: http.url.clone(),
+                url,
                 sha256: http.sha256.clone(),
             },
         }]);
@@ -73,6 +93,14 @@ pub fn inputs(index: usize, source: &Source, rt: &Handle) -> Result<Vec<Input>, 
         let secret = os.credentials_secret_ref.as_ref().map(|s| s.name.as_str());
         (os.uri.clone(), Credentials::from_secret(secret))
     } else if let Some(pvc) = &source.pvc {
+        // A claim name is one path component below the mount root; `..` or a
+        // `/` would read outside the claims (no valid claim name has either).
+        if matches!(pvc.claim_name.as_str(), "" | "." | "..") || pvc.claim_name.contains('/') {
+            return Err(PrepareError::InvalidSpec(format!(
+                "sources[{index}].pvc.claimName {:?} is not a PersistentVolumeClaim name",
+                pvc.claim_name
+            )));
+        }
         let path = pvc.path.trim_start_matches('/');
         (
             format!("pvc://{}/{path}", pvc.claim_name),
@@ -123,30 +151,53 @@ impl Input {
         rt: &Handle,
         bytes_in: Arc<AtomicU64>,
     ) -> Result<Box<dyn Read + Send>, PrepareError> {
-        let reader: Box<dyn Read + Send> =
-            match &self.location {
-                Location::Inline(text) => Box::new(std::io::Cursor::new(text.clone().into_bytes())),
-                Location::File(path) => Box::new(std::fs::File::open(path).map_err(|e| {
-                    PrepareError::UnreadableSource {
+        let reader: Box<dyn Read + Send> = match &self.location {
+            Location::Inline(text) => Box::new(std::io::Cursor::new(text.clone().into_bytes())),
+            Location::File(path) => {
+                Box::new(
+                    std::fs::File::open(path).map_err(|e| PrepareError::UnreadableSource {
                         source_name: self.name.clone(),
                         reason: format!("cannot open {}: {e}", path.display()),
-                    }
-                })?),
-                Location::Remote { store, rel, sha256 } => {
-                    let mut stream = rt.block_on(store.get(rel))?;
-                    if let Some(expected) = sha256 {
-                        stream = verify_sha256(stream, expected, store.uri());
-                    }
-                    // Carry store errors (checksum mismatch, unreachable) through the
-                    // reader so they can be recovered intact by `PrepareError::from_read`.
-                    let stream = stream.map_err(std::io::Error::other);
-                    let reader = tokio_util::io::StreamReader::new(stream);
-                    Box::new(tokio_util::io::SyncIoBridge::new_with_handle(
-                        reader,
-                        rt.clone(),
-                    ))
+                    })?,
+                )
+            }
+            Location::Remote { store, rel, sha256 } => {
+                let mut stream = rt.block_on(store.get(rel))?;
+                if let Some(expected) = sha256 {
+                    stream = verify_sha256(stream, expected, store.uri());
                 }
-            };
+                // Carry store errors (checksum mismatch, unreachable) through the
+                // reader so they can be recovered intact by `PrepareError::from_read`.
+                let stream = stream.map_err(std::io::Error::other);
+                let reader = tokio_util::io::StreamReader::new(stream);
+                Box::new(tokio_util::io::SyncIoBridge::new_with_handle(
+                    reader,
+                    rt.clone(),
+                ))
+            }
+            Location::Http {
+                display,
+                url,
+                sha256,
+            } => {
+                let limits = Limits::current()?;
+                let client = http::client(limits).map_err(|e| PrepareError::UnreadableSource {
+                    source_name: self.name.clone(),
+                    reason: format!("cannot set up an HTTP client: {e}"),
+                })?;
+                let mut stream =
+                    rt.block_on(http::get(&client, url, display, limits, &self.name))?;
+                if let Some(expected) = sha256 {
+                    stream = verify_sha256(stream, expected, display);
+                }
+                let stream = stream.map_err(std::io::Error::other);
+                let reader = tokio_util::io::StreamReader::new(stream);
+                Box::new(bounded::Capped::download(
+                    tokio_util::io::SyncIoBridge::new_with_handle(reader, rt.clone()),
+                    limits.source_bytes,
+                ))
+            }
+        };
         Ok(Box::new(CountingReader::new(reader, bytes_in)))
     }
 }
