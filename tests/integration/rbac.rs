@@ -116,6 +116,8 @@ fn operator_access(namespace: Option<&str>) -> Vec<Ask> {
     for verb in ["create", "patch"] {
         asks.push(ask(verb, "events.k8s.io", "events", namespace));
     }
+    // Whether a namespace is being deleted (a RoleBinding in it grants reading it).
+    asks.push(ask("get", "", "namespaces", namespace));
     for verb in ["get", "update"] {
         asks.push(ask(
             verb,
@@ -159,6 +161,10 @@ fn forbidden(namespaces: &[Option<&str>], release_namespace: &str) -> Vec<Ask> {
         // A route is the user's: weighted, never created or deleted.
         for verb in ["create", "delete"] {
             asks.push(ask(verb, "gateway.networking.k8s.io", "httproutes", ns));
+        }
+        // Namespaces are read, never listed or changed.
+        for verb in ["list", "watch", "update", "patch", "delete"] {
+            asks.push(ask(verb, "", "namespaces", ns));
         }
         // Wildcards.
         asks.push(ask("*", "*", "*", ns));

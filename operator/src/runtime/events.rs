@@ -43,6 +43,27 @@ impl EventPublisher {
     }
 }
 
+impl EventPublisher {
+    /// A Warning Event about something that is no condition (the object is about
+    /// to go): `reason` in CamelCase, `note` what happened and what is left to do.
+    /// A failure to publish is logged, never fatal.
+    pub async fn warning<K>(&self, obj: &K, reason: &str, note: &str)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(truncate(note, 1024)),
+            action: "Finalize".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %err, reason, note, "failed to publish event");
+        }
+    }
+}
+
 fn to_event(transition: &Transition) -> Event {
     Event {
         type_: if transition.is_problem {
