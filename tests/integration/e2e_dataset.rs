@@ -472,6 +472,18 @@ async fn dataset_with_an_unreachable_source_is_stalled_with_the_trainers_error()
         line.starts_with("error:") && !line.contains('\n') && line.contains("127.0.0.1:9"),
         "not one clear line naming the URL: {line:?}"
     );
+    // A failure a retry may fix is retried (the prepare Job's backoffLimit is 3):
+    // replay every attempt until the Job gives up. An error no retry fixes fails
+    // the Job at once.
+    if exit.code != i32::from(llmops_contract::exit::INVALID) {
+        for _ in 0..3 {
+            let retry = replay_job(&mut operator, &replayer, &job).await?;
+            ensure!(
+                retry.code != 0,
+                "a retry of trainer prepare succeeded on an unreachable URL"
+            );
+        }
+    }
     let stalled = wait_for(
         &mut operator,
         &datasets,
