@@ -150,21 +150,27 @@ impl Setup {
         concurrency: usize,
         duration: Duration,
     ) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
-        self.traffic_to(Backends::service(NAME), concurrency, duration, None)
+        self.traffic_to(Backends::service(NAME), concurrency, duration, None, None)
     }
 
-    /// [`Setup::traffic`] to `backends`, ended early by `stop` when given.
+    /// [`Setup::traffic`] to `backends`, each client starting a request at most
+    /// every `pace` when given (so a long run stays within the traffic's request
+    /// cap), ended early by `stop` when given.
     fn traffic_to(
         &self,
         backends: Backends,
         concurrency: usize,
         duration: Duration,
+        pace: Option<Duration>,
         stop: Option<&StopSignal>,
     ) -> tokio::task::JoinHandle<anyhow::Result<Report>> {
         let mut load = Load::new(completion())
             .concurrency(concurrency)
             .duration(duration)
             .timeout(Duration::from_secs(30));
+        if let Some(pace) = pace {
+            load = load.interval(pace);
+        }
         if let Some(stop) = stop {
             load = load.stop_on(stop);
         }
@@ -195,7 +201,10 @@ impl Setup {
         mut poll: impl AsyncFnMut(&Value) -> anyhow::Result<()>,
     ) -> anyhow::Result<Value> {
         let stop = StopSignal::new();
-        let load = self.traffic_to(backends, 6, Duration::from_secs(300), Some(&stop));
+        // 6 clients at most every 150 ms: about 40 requests/s, so the run's
+        // request cap lasts the whole rollout even on a slow machine.
+        let pace = Some(Duration::from_millis(150));
+        let load = self.traffic_to(backends, 6, Duration::from_secs(300), pace, Some(&stop));
         self.apply(model_deployment(uri, spec)).await?;
         let deadline = Instant::now() + Duration::from_secs(180);
         let promoted = loop {
@@ -605,7 +614,13 @@ async fn canary_weights_are_written_on_an_httproute_and_restored_on_rollback() -
     // A NaN canary gets its step's weight, fails its analysis, and the route
     // goes back to the stable Service alone.
     let broken = setup.model("nan", &["--defect", "non-finite"])?;
-    let load = setup.traffic_to(Backends::http_route(NAME), 6, Duration::from_secs(60), None);
+    let load = setup.traffic_to(
+        Backends::http_route(NAME),
+        6,
+        Duration::from_secs(60),
+        None,
+        None,
+    );
     setup
         .apply(model_deployment(&broken, routed_canary_spec()))
         .await?;

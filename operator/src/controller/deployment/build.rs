@@ -46,7 +46,7 @@ use super::route;
 use crate::config::OperatorConfig;
 use crate::runtime::apply::{COMPONENT_LABEL, child_labels, child_meta, parent_label_key};
 use crate::workload::credentials::credential_env;
-use crate::workload::job::env;
+use crate::workload::job::{DEFAULT_SCRATCH_SIZE, HOME_SIZE_LIMIT, env};
 use crate::workload::security::{container_security_context, pod_security_context};
 use crate::workload::storage::{PvcMounts, pvc_claim};
 
@@ -407,16 +407,22 @@ fn build_deployment(
     }
 }
 
-/// Scratch space (`/tmp`, `/work`: the root filesystem is read-only) and, for a
-/// model on a PVC, its claim read-only.
+/// Scratch space (`/tmp`, `/work`: the root filesystem is read-only), each with
+/// a size limit so a runaway download cannot fill the node's disk — `/tmp`
+/// holds a model downloaded from an object store — and, for a model on a PVC,
+/// its claim read-only.
 fn server_volumes(model: &Model) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let (mut volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) = ["tmp", "work"]
+    let scratch = [("tmp", DEFAULT_SCRATCH_SIZE), ("work", HOME_SIZE_LIMIT)];
+    let (mut volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) = scratch
         .into_iter()
-        .map(|dir| {
+        .map(|(dir, limit)| {
             (
                 Volume {
                     name: dir.into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity(limit.into())),
+                        ..EmptyDirVolumeSource::default()
+                    }),
                     ..Volume::default()
                 },
                 VolumeMount {

@@ -579,6 +579,50 @@ spec:
             "http://chat.ml.svc:8080/v1"
         );
     }
+
+    #[test]
+    fn scratch_space_is_bounded() {
+        let c = children("{}");
+        let limits: Vec<(String, Option<String>)> = pod_spec(&c.deployment)
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| {
+                let dir = v.empty_dir.as_ref()?;
+                Some((v.name.clone(), dir.size_limit.as_ref().map(|q| q.0.clone())))
+            })
+            .collect();
+        assert_eq!(
+            limits,
+            [
+                ("tmp".to_string(), Some("100Gi".to_string())),
+                ("work".to_string(), Some("2Gi".to_string()))
+            ]
+        );
+    }
+
+    #[test]
+    fn an_httproute_gets_one_service_per_revision() {
+        let c = children(
+            "spec: {rollout: {strategy: Canary, canary: {steps: [{weight: 10}], trafficRouting: {httpRoute: {name: chat}}}}}",
+        );
+        let services: Vec<(String, String)> = c
+            .route_services
+            .iter()
+            .map(|s| {
+                let selector = s.spec.as_ref().unwrap().selector.as_ref().unwrap();
+                (s.name_any(), selector[build::REVISION_LABEL].clone())
+            })
+            .collect();
+        assert_eq!(
+            services,
+            [
+                ("chat-stable".to_string(), "stable".to_string()),
+                ("chat-canary".to_string(), "canary".to_string())
+            ]
+        );
+        assert!(children("{}").route_services.is_empty());
+    }
 }
 
 mod status_tests {
