@@ -28,6 +28,16 @@ pub enum StoreError {
     },
     #[error("{uri} is read-only; write artifacts to s3://, gs://, az://, file:// or pvc://")]
     ReadOnly { uri: String },
+    /// The prefix holds something its would-be writer did not write; nothing
+    /// under it was replaced or deleted.
+    #[error("{}", not_owned(field.as_deref(), uri, found))]
+    NotOwned {
+        /// The field of the resource that holds `uri`, when the caller named it.
+        field: Option<String>,
+        uri: String,
+        /// What is there, as a clause (`holds 12 objects ... not written by ...`).
+        found: String,
+    },
     #[error("{op} {uri}: {source}")]
     ObjectStore {
         op: &'static str,
@@ -44,7 +54,28 @@ pub enum StoreError {
     },
 }
 
+fn not_owned(field: Option<&str>, uri: &str, found: &str) -> String {
+    let field_prefix = field.map(|f| format!("{f}: ")).unwrap_or_default();
+    let field = field.unwrap_or("the URI");
+    format!(
+        "{field_prefix}{uri} {found}; nothing under it was replaced or deleted: point {field} at an empty prefix, or remove what is there by hand if it is no longer needed"
+    )
+}
+
 impl StoreError {
+    /// Names the resource field that holds the URI in a [`StoreError::NotOwned`],
+    /// so the message says what to change.
+    pub fn for_field(self, field: &str) -> Self {
+        match self {
+            Self::NotOwned { uri, found, .. } => Self::NotOwned {
+                field: Some(field.to_string()),
+                uri,
+                found,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<PathBuf>,

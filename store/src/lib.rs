@@ -9,12 +9,14 @@
 pub mod credentials;
 pub mod digest;
 mod error;
+mod owner;
 mod store;
 pub mod uri;
 
 pub use credentials::{CREDENTIAL_KEYS, Credentials, credential_env_prefix, credential_env_var};
 pub use digest::{FileDigest, artifact_digest, digest_dir, sha256_file};
 pub use error::StoreError;
+pub use owner::{OWNER_FILE, Owner};
 pub use store::{ByteStream, ObjectEntry, Store, verify_sha256};
 pub use uri::ArtifactUri;
 

@@ -139,6 +139,19 @@ impl Store {
         })
     }
 
+    /// A store over `store` below `root`, shown as `uri`: how tests reach the
+    /// object-store code paths with an in-memory or local backend.
+    #[cfg(test)]
+    pub(crate) fn over(uri: &str, store: Arc<dyn ObjectStore>, root: &str) -> Self {
+        Self {
+            uri: uri.to_string(),
+            backend: Backend::Object {
+                store,
+                root: ObjectPath::from(root),
+            },
+        }
+    }
+
     /// The URI this store was opened at.
     pub fn uri(&self) -> &str {
         &self.uri
@@ -405,7 +418,9 @@ impl Store {
         self.put_bytes(rel, data.into()).await
     }
 
-    /// Deletes every object under the URI.
+    /// Deletes every object under the URI, whoever wrote it: for the trainer's own
+    /// working copies (checkpoint mirrors). Artifacts that other objects may share a
+    /// store with are deleted with [`Store::delete_owned`], which checks first.
     pub async fn delete_all(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Local { root } => match tokio::fs::remove_dir_all(root).await {
@@ -414,19 +429,175 @@ impl Store {
                 }
                 _ => Ok(()),
             },
+            Backend::Object { .. } => self.delete_objects_under(None).await,
+            Backend::Http { .. } => Err(StoreError::ReadOnly {
+                uri: self.uri.clone(),
+            }),
+        }
+    }
+
+    /// Deletes every object strictly below the prefix except the top-level object
+    /// `keep`. Only names below the prefix by whole segments are deleted, whatever
+    /// the backend's listing returns: `s3://b/data` never reaches `s3://b/data-2/x`
+    /// or the object `s3://b/data` itself.
+    async fn delete_objects_under(&self, keep: Option<&str>) -> Result<(), StoreError> {
+        let Backend::Object { store, root } = &self.backend else {
+            return Ok(());
+        };
+        let object_err = |source| StoreError::ObjectStore {
+            op: "delete",
+            uri: self.uri.clone(),
+            source,
+        };
+        let keep = keep.map(|rel| Self::object_path(root, rel));
+        let root_owned = root.clone();
+        let locations = store
+            .list(Some(root))
+            .try_filter(move |m| {
+                let below = strictly_below(&m.location, &root_owned);
+                let kept = keep.as_ref() == Some(&m.location);
+                futures::future::ready(below && !kept)
+            })
+            .map_ok(|m| m.location)
+            .boxed();
+        store
+            .delete_stream(locations)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(object_err)?;
+        Ok(())
+    }
+
+    /// Whether the URI names a single object or file rather than a directory-like
+    /// prefix (a missing local path or an empty prefix is not one).
+    pub(crate) async fn names_an_object(&self) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Local { root } => match std::fs::metadata(root) {
+                Ok(meta) => Ok(!meta.is_dir()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(StoreError::io("stat", root)(e)),
+            },
             Backend::Object { store, root } => {
-                let object_err = |source| StoreError::ObjectStore {
-                    op: "delete",
-                    uri: self.uri.clone(),
-                    source,
+                if root.as_ref().is_empty() {
+                    return Ok(false);
+                }
+                match store.head(root).await {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(source) => Err(StoreError::ObjectStore {
+                        op: "read",
+                        uri: self.uri.clone(),
+                        source,
+                    }),
+                }
+            }
+            Backend::Http { .. } => Ok(true),
+        }
+    }
+
+    /// The names (relative, hidden ones included) of the objects strictly below
+    /// the prefix, at most `limit` of them, and whether there were more. Unlike
+    /// [`Store::list`] nothing is skipped: this is what a deletion would remove.
+    pub(crate) async fn every_name(
+        &self,
+        limit: Option<usize>,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        let limit = limit.unwrap_or(usize::MAX);
+        match &self.backend {
+            Backend::Local { root } => {
+                let mut names = Vec::new();
+                let more = walk_all(root, &mut names, limit)?;
+                names.sort();
+                Ok((names, more))
+            }
+            Backend::Object { store, root } => {
+                let mut stream = store.list(Some(root));
+                let mut names = Vec::new();
+                while let Some(meta) = stream.next().await {
+                    let meta = meta.map_err(|source| StoreError::ObjectStore {
+                        op: "list",
+                        uri: self.uri.clone(),
+                        source,
+                    })?;
+                    let Some(parts) = meta.location.prefix_match(root) else {
+                        continue;
+                    };
+                    let rel = parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>();
+                    if rel.is_empty() {
+                        continue;
+                    }
+                    if names.len() == limit {
+                        names.sort();
+                        return Ok((names, true));
+                    }
+                    names.push(rel.join("/"));
+                }
+                // Not every backend lists in name order (a local filesystem walks
+                // in directory order); messages name the first one.
+                names.sort();
+                Ok((names, false))
+            }
+            Backend::Http { .. } => Err(StoreError::ReadOnly {
+                uri: self.uri.clone(),
+            }),
+        }
+    }
+
+    /// Deletes everything under the prefix, the object `last` (top-level) after all
+    /// the others: an interrupted deletion leaves `last` in place, so a retry still
+    /// finds what it was checked by.
+    pub(crate) async fn delete_all_then(&self, last: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Local { root } => {
+                let entries = match std::fs::read_dir(root) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(StoreError::io("list", root)(e)),
                 };
-                let locations = store.list(Some(root)).map_ok(|m| m.location).boxed();
-                store
-                    .delete_stream(locations)
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .map_err(object_err)?;
-                Ok(())
+                for entry in entries {
+                    let entry = entry.map_err(StoreError::io("list", root))?;
+                    if entry.file_name().to_str() == Some(last) {
+                        continue;
+                    }
+                    let path = entry.path();
+                    // The entry itself, never what a link points to.
+                    let is_dir = entry
+                        .file_type()
+                        .map_err(StoreError::io("stat", &path))?
+                        .is_dir();
+                    let removed = if is_dir {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    removed.map_err(StoreError::io("delete", &path))?;
+                }
+                let marker = root.join(last);
+                match std::fs::remove_file(&marker) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::io("delete", &marker)(e));
+                    }
+                    _ => {}
+                }
+                match std::fs::remove_dir(root) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(StoreError::io("delete", root)(e))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Backend::Object { store, root } => {
+                self.delete_objects_under(Some(last)).await?;
+                match store.delete(&Self::object_path(root, last)).await {
+                    Err(e) if !matches!(e, object_store::Error::NotFound { .. }) => {
+                        Err(StoreError::ObjectStore {
+                            op: "delete",
+                            uri: self.child_uri(last),
+                            source: e,
+                        })
+                    }
+                    _ => Ok(()),
+                }
             }
             Backend::Http { .. } => Err(StoreError::ReadOnly {
                 uri: self.uri.clone(),
@@ -436,21 +607,33 @@ impl Store {
 
     /// Publishes the finished local directory `dir` as the artifact at this URI,
     /// replacing any previous one, so that readers see either the old artifact, no
-    /// artifact, or the complete new one — never a mix.
+    /// artifact, or the complete new one — never a mix. The top-level object
+    /// `marker` (name and content; hidden, so outside the artifact's files and
+    /// digest) is written with it.
     ///
-    /// Locally the directory is moved into place with renames. In an object store,
-    /// where there is no atomic directory rename, the old `manifest.json` is removed
-    /// first, the data files uploaded, and the new `manifest.json` written last:
-    /// readers treat a prefix without a manifest as absent.
-    pub async fn publish_dir(&self, dir: &Path) -> Result<(), StoreError> {
+    /// Locally the directory is moved into place with renames, the marker already
+    /// inside. In an object store, where there is no atomic directory rename, the
+    /// marker is written first (an interrupted publish leaves a prefix its writer
+    /// can still claim), then the old `manifest.json` removed, the other old
+    /// objects deleted, the data files uploaded, and the new `manifest.json`
+    /// written last: readers treat a prefix without a manifest as absent.
+    ///
+    /// Callers check first that the prefix may be replaced
+    /// ([`Store::publish_dir`] does).
+    pub(crate) async fn publish_dir_with(
+        &self,
+        dir: &Path,
+        marker: (&str, Bytes),
+    ) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Local { root } => publish_local(dir, root),
+            Backend::Local { root } => publish_local(dir, root, marker),
             Backend::Object { .. } => {
                 let files = local_files(dir)?;
+                self.put_bytes(marker.0, marker.1).await?;
                 if let Err(e) = self.delete_manifest().await {
                     tracing::debug!(error = %e, "no previous manifest removed");
                 }
-                self.delete_all().await?;
+                self.delete_objects_under(Some(marker.0)).await?;
                 for rel in files.iter().filter(|f| *f != MANIFEST_FILE) {
                     self.put_file(rel, &dir.join(rel)).await?;
                 }
@@ -483,7 +666,7 @@ impl Store {
 
 /// Moves `dir` to `target` through a hidden sibling, so the swap is two renames on
 /// the target's filesystem. A staging directory elsewhere is copied first.
-fn publish_local(dir: &Path, target: &Path) -> Result<(), StoreError> {
+fn publish_local(dir: &Path, target: &Path, marker: (&str, Bytes)) -> Result<(), StoreError> {
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -500,6 +683,8 @@ fn publish_local(dir: &Path, target: &Path) -> Result<(), StoreError> {
     if std::fs::rename(dir, &incoming).is_err() {
         copy_dir(dir, &incoming)?;
     }
+    let marker_path = incoming.join(marker.0);
+    std::fs::write(&marker_path, &marker.1).map_err(StoreError::io("write", &marker_path))?;
     let had_old = target.exists();
     if had_old {
         std::fs::rename(target, &outgoing).map_err(StoreError::io("move aside", target))?;
@@ -520,6 +705,55 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
         std::fs::copy(from.join(&rel), &dest).map_err(StoreError::io("copy", &dest))?;
     }
     Ok(())
+}
+
+/// Whether `location` lies below `root` by at least one whole segment.
+fn strictly_below(location: &ObjectPath, root: &ObjectPath) -> bool {
+    location
+        .prefix_match(root)
+        .is_some_and(|mut rest| rest.next().is_some())
+}
+
+/// Adds the relative paths of everything under `root` to `out` (hidden names
+/// included, links counted as entries and not followed) until it holds `limit`;
+/// returns whether more were left. A missing `root` holds nothing.
+fn walk_all(root: &Path, out: &mut Vec<String>, limit: usize) -> Result<bool, StoreError> {
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && prefix.is_empty() => {
+                return Ok(false);
+            }
+            Err(e) => return Err(StoreError::io("list", &dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(StoreError::io("list", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let file_type = entry
+                .file_type()
+                .map_err(StoreError::io("stat", entry.path()))?;
+            if file_type.is_dir() {
+                stack.push((entry.path(), rel));
+            } else {
+                if out.len() == limit {
+                    return Ok(true);
+                }
+                out.push(rel);
+            }
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+pub(crate) fn walk_all_for_tests(root: &Path, out: &mut Vec<String>) {
+    walk_all(root, out, usize::MAX).unwrap();
 }
 
 /// Relative `/`-separated paths of the files under `root`, sorted, hidden names skipped.
@@ -602,12 +836,17 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("art");
         let store = local(&target);
+        let owner = crate::Owner {
+            kind: "Dataset".into(),
+            name: "art".into(),
+            ..crate::Owner::default()
+        };
         for generation in ["one", "two"] {
             let stage = tmp.path().join(format!("stage-{generation}"));
             std::fs::create_dir_all(stage.join("sub")).unwrap();
             std::fs::write(stage.join("sub/data.bin"), generation).unwrap();
             std::fs::write(stage.join(MANIFEST_FILE), "{}").unwrap();
-            store.publish_dir(&stage).await.unwrap();
+            store.publish_dir(&stage, &owner).await.unwrap();
             assert!(!stage.exists());
         }
         let names: Vec<String> = store

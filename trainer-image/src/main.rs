@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use llmops_contract::{env, exit};
 use llmops_crds::{Dataset, FineTune, PretrainJob};
+use llmops_trainer::artifact::owner_of;
 use llmops_trainer::finetune;
 use llmops_trainer::pretrain;
 use llmops_trainer::train::{Outcome, Permanence, interrupt::Interrupt, launch};
@@ -64,8 +65,10 @@ enum Command {
         #[arg(long)]
         output: Option<String>,
     },
-    /// Delete an artifact directory (a Dataset's or a model's) when its owner is
-    /// deleted with `deletionPolicy: Delete`. Deleting what is already gone succeeds.
+    /// Delete a Dataset's artifact directory when the Dataset is deleted with
+    /// `deletionPolicy: Delete`. Deleting what is already gone succeeds. Only an
+    /// empty prefix, or one whose `.llmops-owner.json` names this Dataset, is
+    /// deleted; anything else is kept and the command exits with status 2.
     Clean {
         /// Directory URI of the artifact.
         #[arg(long)]
@@ -74,6 +77,15 @@ enum Command {
         /// credentials (default: the ambient identity).
         #[arg(long)]
         credentials_secret: Option<String>,
+        /// The Dataset whose artifact it is, as NAMESPACE/NAME (with --uid).
+        #[arg(long, requires = "uid")]
+        dataset: Option<String>,
+        /// The uid of that Dataset.
+        #[arg(long, requires = "dataset")]
+        uid: Option<String>,
+        /// The Dataset resource (YAML or JSON), instead of --dataset and --uid.
+        #[arg(long, env = env::RESOURCE, conflicts_with = "dataset")]
+        resource: Option<PathBuf>,
     },
     /// Benchmarks against the Python reference implementations.
     Bench {
@@ -112,7 +124,17 @@ fn main() -> ExitCode {
         Command::Clean {
             uri,
             credentials_secret,
-        } => runtime.block_on(run_clean(&uri, credentials_secret.as_deref())),
+            dataset,
+            uid,
+            resource,
+        } => match clean_owner(dataset.as_deref(), uid.as_deref(), resource.as_deref()) {
+            Ok(owner) => runtime.block_on(run_clean(
+                &uri,
+                credentials_secret.as_deref(),
+                owner.as_ref(),
+            )),
+            Err(message) => fail(&message),
+        },
         Command::Bench {
             what: BenchCommand::Prepare(options),
         } => match bench::run(&options) {
@@ -276,23 +298,75 @@ async fn run_prepare(resource: PathBuf, output: Option<String>) -> ExitCode {
         }
         Err(e) => {
             reporter.abandon();
-            fail(&e.to_string())
+            let code = fail(&e.to_string());
+            if prepare::is_refused_output(&e) || e.is_permanent() {
+                ExitCode::from(exit::INVALID)
+            } else {
+                code
+            }
         }
     }
 }
 
-/// Prints the one error line and leaves it as the termination message.
-async fn run_clean(uri: &str, credentials_secret: Option<&str>) -> ExitCode {
+/// The Dataset `trainer clean` deletes for: from --dataset and --uid, else from
+/// the resource file, else none (then only an empty prefix is "deleted").
+fn clean_owner(
+    dataset: Option<&str>,
+    uid: Option<&str>,
+    resource: Option<&std::path::Path>,
+) -> Result<Option<llmops_store::Owner>, String> {
+    if let (Some(dataset), Some(uid)) = (dataset, uid) {
+        let Some((namespace, name)) = dataset.split_once('/') else {
+            return Err(format!("--dataset {dataset:?}: expected NAMESPACE/NAME"));
+        };
+        return Ok(Some(llmops_store::Owner {
+            api_version: <Dataset as kube::Resource>::api_version(&()).into_owned(),
+            kind: <Dataset as kube::Resource>::kind(&()).into_owned(),
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }));
+    }
+    match resource {
+        Some(path) => resource::load::<Dataset>(path, "Dataset")
+            .map(|ds| Some(owner_of(&ds)))
+            .map_err(|e| e.to_string()),
+        None => Ok(None),
+    }
+}
+
+/// Deletes the artifact at `uri` if `owner` owns it (see `Store::delete_owned`).
+/// A prefix holding anything else is kept, which no retry changes: exit status
+/// [`exit::INVALID`] with a message naming `spec.output.uri`.
+async fn run_clean(
+    uri: &str,
+    credentials_secret: Option<&str>,
+    owner: Option<&llmops_store::Owner>,
+) -> ExitCode {
     let credentials = llmops_store::Credentials::from_secret(credentials_secret);
     let store = match llmops_store::Store::open(uri, &credentials) {
         Ok(store) => store,
         Err(e) => return fail(&format!("cannot open {uri}: {e}")),
     };
-    match store.delete_all().await {
+    let deleted = match owner {
+        Some(owner) => store.delete_owned(owner).await,
+        None => store.delete_if_empty().await,
+    };
+    match deleted {
         Ok(()) => {
             println!("deleted {uri}");
             termination::write(&format!("deleted {uri}"));
             ExitCode::SUCCESS
+        }
+        Err(llmops_store::StoreError::NotOwned { found, .. }) if owner.is_none() => {
+            fail(&format!(
+                "kept {uri}: it {found}; nothing was deleted: pass --dataset NAMESPACE/NAME and --uid UID, or --resource FILE, to delete that Dataset's artifact"
+            ));
+            ExitCode::from(exit::INVALID)
+        }
+        Err(e @ llmops_store::StoreError::NotOwned { .. }) => {
+            fail(&format!("kept {uri}: {}", e.for_field("spec.output.uri")));
+            ExitCode::from(exit::INVALID)
         }
         Err(e) => fail(&format!("cannot delete {uri}: {e}")),
     }

@@ -17,12 +17,22 @@ pub mod tokenizer;
 
 use llmops_crds::dataset::{DatasetStats, DatasetType};
 use llmops_crds::{Artifact, Dataset};
-use llmops_store::{Credentials, Store};
+use llmops_store::{Credentials, Store, StoreError};
 
 pub use error::PrepareError;
 
-use crate::artifact::{DatasetRef, Manifest};
+use crate::artifact::{DatasetRef, Manifest, owner_of};
 use crate::progress::Reporter;
+
+/// The field that holds the output URI, named by errors about what is there.
+const OUTPUT_FIELD: &str = "spec.output.uri";
+
+/// Whether `err` is a refusal to replace an output prefix that holds another
+/// object's data: permanent, since only a change of `spec.output.uri` (or of what
+/// is there) helps.
+pub fn is_refused_output(err: &PrepareError) -> bool {
+    matches!(err, PrepareError::Store(StoreError::NotOwned { .. }))
+}
 
 /// The result of a successful run, as written to the termination message.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -119,6 +129,13 @@ pub async fn prepare(
         .map(|s| s.name.as_str());
     let credentials = Credentials::from_secret(secret);
     let store = Store::open(output, &credentials)?;
+    // Refuse a prefix holding what another object (or no one) wrote before the
+    // hours of preparation, not after: publishing would replace all of it.
+    let owner = owner_of(dataset);
+    store
+        .check_owner(&owner)
+        .await
+        .map_err(|e| e.for_field(OUTPUT_FIELD))?;
     // A reused tokenizer usually lives in the same artifact store as the output
     // (another Dataset's artifact, a model), so it is read with the same credentials.
     let tokenizer = match &spec.tokenizer.uri {
@@ -160,7 +177,11 @@ pub async fn prepare(
         pipeline::stats_json(&manifest.stats),
         &format!("publishing to {output}"),
     );
-    store.publish_dir(staging.path()).await?;
+    // Checked again: the prefix may have changed while the pipeline ran.
+    store
+        .publish_dir(staging.path(), &owner)
+        .await
+        .map_err(|e| e.for_field(OUTPUT_FIELD))?;
     let prepared = Prepared {
         artifact: Artifact {
             uri: output.to_string(),
