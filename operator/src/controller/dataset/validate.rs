@@ -56,6 +56,7 @@ pub fn validate(resolved: &Resolved) -> Result<Valid<'_>, Invalid> {
         pvc_uri("spec.tokenizer.uri", uri)?;
     }
     inline_size(ds)?;
+    output_apart_from_sources(ds, &resolved.output_uri)?;
     let secrets = credential_secrets(ds);
     if let Some((a, b)) = colliding_secrets(&secrets.iter().map(String::as_str).collect::<Vec<_>>())
     {
@@ -128,6 +129,106 @@ fn inline_size(ds: &Dataset) -> Result<(), Invalid> {
                 "inline sources hold {inline_bytes} bytes, more than the {MAX_INLINE_BYTES} that fit the trainer's ConfigMap; move the larger ones to a configMap, pvc or objectStore source"
             ),
         );
+    }
+    Ok(())
+}
+
+/// Where a URI points, for comparing locations: the store (`s3`, `gs`, `az`,
+/// `pvc`, `file`), its bucket, container or claim, and the path's segments.
+#[derive(Debug, PartialEq, Eq)]
+struct Location<'a> {
+    scheme: &'a str,
+    root: &'a str,
+    segments: Vec<&'a str>,
+}
+
+impl<'a> Location<'a> {
+    /// `None` for URIs that name no writable place (http sources).
+    fn parse(uri: &'a str) -> Option<Self> {
+        let (scheme, rest) = uri.split_once("://")?;
+        if !matches!(scheme, "s3" | "gs" | "az" | "pvc" | "file") {
+            return None;
+        }
+        let (root, path) = match scheme {
+            // A file:// URI has no bucket: the whole path is compared.
+            "file" => ("", rest),
+            _ => rest.split_once('/').unwrap_or((rest, "")),
+        };
+        // `a//b` and `a/b/` name the same place as `a/b`.
+        let segments = path.split('/').filter(|s| !s.is_empty()).collect();
+        Some(Self {
+            scheme,
+            root,
+            segments,
+        })
+    }
+
+    fn pvc(claim: &'a str, path: &'a str) -> Self {
+        Self {
+            scheme: "pvc",
+            root: claim,
+            segments: path.split('/').filter(|s| !s.is_empty()).collect(),
+        }
+    }
+
+    /// How `self` relates to `other`, compared by whole segments: `data` contains
+    /// `data/raw` but not `data-2`.
+    fn overlap(&self, other: &Location<'_>) -> Option<&'static str> {
+        if self.scheme != other.scheme || self.root != other.root {
+            return None;
+        }
+        let common = self
+            .segments
+            .iter()
+            .zip(&other.segments)
+            .take_while(|(a, b)| a == b)
+            .count();
+        match (
+            common == self.segments.len(),
+            common == other.segments.len(),
+        ) {
+            (true, true) => Some("is the same location as"),
+            (true, false) => Some("contains"),
+            (false, true) => Some("is inside"),
+            (false, false) => None,
+        }
+    }
+}
+
+/// The output must not share a prefix with a source: publishing replaces, and a
+/// cleanup deletes, everything under the output URI, and a source prefix around
+/// the output would read the artifact back as data.
+fn output_apart_from_sources(ds: &Dataset, output_uri: &str) -> Result<(), Invalid> {
+    let Some(output) = Location::parse(output_uri) else {
+        return Ok(());
+    };
+    for (index, source) in ds.spec.sources.iter().enumerate() {
+        let (field, shown, location) = if let Some(store) = &source.object_store {
+            let Some(location) = Location::parse(&store.uri) else {
+                continue;
+            };
+            (
+                format!("spec.sources[{index}].objectStore.uri"),
+                store.uri.clone(),
+                location,
+            )
+        } else if let Some(pvc) = &source.pvc {
+            (
+                format!("spec.sources[{index}].pvc"),
+                format!("claim {} path {}", pvc.claim_name, pvc.path),
+                Location::pvc(&pvc.claim_name, &pvc.path),
+            )
+        } else {
+            continue;
+        };
+        if let Some(relation) = output.overlap(&location) {
+            return invalid(
+                "spec.output.uri",
+                format!(
+                    "{output_uri} {relation} source {field} ({shown}); publishing the artifact replaces everything under spec.output.uri, so point it at a prefix of its own"
+                ),
+            );
+        }
     }
     Ok(())
 }
@@ -208,6 +309,109 @@ spec:
                 "metadata: {{name: chats}}\nspec:\n  sources: [{}]",
                 fits.join(", ")
             )),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn locations_overlap_by_whole_segments() {
+        let at = |uri| Location::parse(uri).unwrap();
+        let data = at("s3://b/data");
+        assert_eq!(
+            data.overlap(&at("s3://b/data/")),
+            Some("is the same location as")
+        );
+        assert_eq!(
+            data.overlap(&at("s3://b//data//")),
+            Some("is the same location as")
+        );
+        assert_eq!(
+            data.overlap(&at("s3://b/data/raw/a.jsonl")),
+            Some("contains")
+        );
+        assert_eq!(at("s3://b/data/out").overlap(&data), Some("is inside"));
+        assert_eq!(at("s3://b").overlap(&data), Some("contains"), "bucket root");
+        assert_eq!(
+            at("s3://b/").overlap(&data),
+            Some("contains"),
+            "bucket root"
+        );
+        for apart in [
+            "s3://b/data-2",
+            "s3://b/dat",
+            "s3://b/other/data",
+            "s3://other/data",
+            "gs://b/data",
+            "pvc://b/data",
+        ] {
+            assert_eq!(data.overlap(&at(apart)), None, "{apart}");
+        }
+        assert_eq!(Location::parse("https://example.com/data"), None);
+        let claim = Location::pvc("shared", "/chats/archive.jsonl");
+        assert_eq!(at("pvc://shared/chats").overlap(&claim), Some("contains"));
+        assert_eq!(at("pvc://shared/chats-out").overlap(&claim), None);
+        assert_eq!(
+            at("pvc://shared/x").overlap(&Location::pvc("shared", "/")),
+            Some("is inside")
+        );
+        assert_eq!(at("pvc://other/chats").overlap(&claim), None);
+    }
+
+    #[test]
+    fn an_output_overlapping_a_source_is_rejected_naming_both() {
+        let cases = [
+            (
+                "s3://b/corpus",
+                "- objectStore: {uri: \"s3://b/corpus/raw/\"}",
+                "s3://b/corpus contains source spec.sources[1].objectStore.uri (s3://b/corpus/raw/)",
+            ),
+            (
+                "s3://b/corpus/",
+                "- objectStore: {uri: \"s3://b/corpus\"}",
+                "is the same location as source spec.sources[1].objectStore.uri",
+            ),
+            (
+                "s3://b/corpus/out",
+                "- objectStore: {uri: \"s3://b/corpus/\"}",
+                "is inside source spec.sources[1].objectStore.uri",
+            ),
+            (
+                "s3://b",
+                "- objectStore: {uri: \"s3://b/corpus/a.jsonl\"}",
+                "s3://b contains source",
+            ),
+            (
+                "pvc://data/chats",
+                "- pvc: {claimName: data, path: /chats/archive.jsonl}",
+                "contains source spec.sources[1].pvc (claim data path /chats/archive.jsonl)",
+            ),
+        ];
+        for (output, source, expected) in cases {
+            let err = check(&format!(
+                "metadata: {{name: chats}}\nspec:\n  output: {{uri: \"{output}\"}}\n  sources:\n    - inline: {{content: x}}\n    {source}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(err.field, "spec.output.uri", "{output}");
+            assert!(err.message.contains(expected), "{output}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn an_output_beside_its_sources_is_valid() {
+        assert_eq!(
+            check(
+                r#"
+metadata: {name: chats}
+spec:
+  output: {uri: "s3://b/corpus-prepared"}
+  sources:
+    - objectStore: {uri: "s3://b/corpus/"}
+    - objectStore: {uri: "s3://b/corpus-2/a.jsonl"}
+    - objectStore: {uri: "gs://b/corpus-prepared/a.jsonl"}
+    - pvc: {claimName: b, path: /corpus-prepared}
+    - http: {url: "https://b/corpus-prepared/a.jsonl"}
+"#
+            ),
             Ok(())
         );
     }
