@@ -22,6 +22,11 @@ pub struct OperatorConfig {
     pub trainer_resources: TrainerResources,
     /// How serving pods are monitored (scrape interval, window, status writes).
     pub monitoring: crate::controller::deployment::Monitoring,
+    /// Whether Dataset sources may be read from link-local and cloud-metadata
+    /// addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254), which `trainer
+    /// prepare` refuses otherwise so a Dataset cannot read the node's instance
+    /// credentials. A cluster-wide choice of its administrator.
+    pub allow_link_local_sources: bool,
 }
 
 /// CPU and memory for trainer pods whose resource has no `resources` field.
@@ -77,6 +82,7 @@ impl OperatorConfig {
             gpu_resource_name: "nvidia.com/gpu".into(),
             trainer_resources: TrainerResources::default(),
             monitoring: Default::default(),
+            allow_link_local_sources: false,
         }
     }
 }

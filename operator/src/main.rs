@@ -69,6 +69,10 @@ struct RunArgs {
     /// Least time between two writes of a ModelDeployment's `status.metrics`.
     #[arg(long, default_value = "30s", value_parser = duration)]
     metrics_status_interval: Duration,
+    /// Let Dataset sources read from link-local and cloud-metadata addresses
+    /// (refused by default: they can hand out the node's credentials).
+    #[arg(long)]
+    allow_link_local_sources: bool,
 }
 
 /// A duration as the CRDs spell them (`500ms`, `15s`, `1m30s`).
@@ -135,6 +139,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 status_interval: args.metrics_status_interval,
                 ..Monitoring::default()
             },
+            allow_link_local_sources: args.allow_link_local_sources,
         },
         scope: Scope::new(
             args.namespaces

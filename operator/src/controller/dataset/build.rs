@@ -127,6 +127,9 @@ fn build_prepare_job(valid: &Valid<'_>, config: &OperatorConfig) -> Job {
         env(var::SOURCES_DIR, path::SOURCES_DIR),
     ];
     job_env.extend(credential_env(valid.secrets.iter().map(String::as_str)));
+    if config.allow_link_local_sources {
+        job_env.push(env(var::ALLOW_LINK_LOCAL_SOURCES, "true"));
+    }
 
     TrainerJob {
         meta: child_meta(ds, valid.job_name.clone(), PREPARE_COMPONENT),

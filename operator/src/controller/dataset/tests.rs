@@ -109,6 +109,22 @@ mod build_tests {
     }
 
     #[test]
+    fn link_local_sources_are_allowed_only_when_the_operator_says_so() {
+        let allowed = |config: &OperatorConfig| {
+            let resolved = resolve_with(&fixture("{}"), config, None);
+            let c = build::build(&validate(&resolved).unwrap(), config).unwrap();
+            crate::test_support::env_value(&c.job, llmops_contract::env::ALLOW_LINK_LOCAL_SOURCES)
+                .map(str::to_string)
+        };
+        assert_eq!(allowed(&OperatorConfig::example()), None);
+        let opted_in = OperatorConfig {
+            allow_link_local_sources: true,
+            ..OperatorConfig::example()
+        };
+        assert_eq!(allowed(&opted_in).as_deref(), Some("true"));
+    }
+
+    #[test]
     fn the_job_runs_trainer_prepare_once_with_the_trainer_identity() {
         let job = children("{}").job;
         let spec = job.spec.as_ref().unwrap();
