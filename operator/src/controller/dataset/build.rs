@@ -250,7 +250,11 @@ pub fn build_clean_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
             ..ObjectMeta::default()
         },
         image: config.trainer_image.clone(),
-        args: clean_args(&resolved.output_uri, output_secret.map(|s| s.name.as_str())),
+        args: clean_args(
+            &resolved.output_uri,
+            ds,
+            output_secret.map(|s| s.name.as_str()),
+        ),
         service_account: None,
         env: job_env,
         volumes,
@@ -265,10 +269,21 @@ pub fn build_clean_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
     .into_job()
 }
 
-/// `trainer clean` arguments: the artifact, and the Secret whose credential
-/// variables the Job carries, so the trainer reads the same ones.
-fn clean_args(uri: &str, secret: Option<&str>) -> Vec<String> {
-    let mut args = vec!["clean".to_string(), "--uri".into(), uri.to_string()];
+/// `trainer clean` arguments: the artifact, the Dataset it belongs to (the
+/// trainer deletes only a prefix whose ownership marker names this Dataset's
+/// namespace, name and uid, so a typo in `output.uri` cannot wipe another
+/// object's data), and the Secret whose credential variables reach it.
+fn clean_args(uri: &str, ds: &Dataset, secret: Option<&str>) -> Vec<String> {
+    let owner = format!("{}/{}", ds.namespace().unwrap_or_default(), ds.name_any());
+    let mut args = vec![
+        "clean".to_string(),
+        "--uri".into(),
+        uri.to_string(),
+        "--dataset".into(),
+        owner,
+        "--uid".into(),
+        ds.uid().unwrap_or_default(),
+    ];
     if let Some(secret) = secret {
         args.extend(["--credentials-secret".to_string(), secret.to_string()]);
     }

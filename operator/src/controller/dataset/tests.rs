@@ -441,7 +441,17 @@ spec:
         let container = &pod.containers[0];
         assert_eq!(
             container.args.as_ref().unwrap(),
-            &["clean", "--uri", "s3://b/x", "--credentials-secret", "out"]
+            &[
+                "clean",
+                "--uri",
+                "s3://b/x",
+                "--dataset",
+                "ml/chats",
+                "--uid",
+                "0c7e-uid",
+                "--credentials-secret",
+                "out"
+            ]
         );
         assert_eq!(
             container
