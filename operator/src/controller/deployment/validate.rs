@@ -17,7 +17,6 @@ pub use crate::runtime::invalid::Invalid;
 use crate::runtime::invalid::{MAX_DNS_LABEL, invalid};
 use crate::workload::storage::pvc_claim;
 
-
 /// The spec alone, before the model is resolved.
 pub fn validate(md: &ModelDeployment) -> Result<(), Invalid> {
     let name = md.name_any();

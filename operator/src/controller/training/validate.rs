@@ -11,7 +11,6 @@ use super::{job_name, service_name};
 pub use crate::runtime::invalid::{Invalid, MAX_DNS_LABEL, invalid};
 use crate::workload::storage::pvc_claim;
 
-
 /// A run that passed validation: what its children are built from.
 #[derive(Clone, Debug)]
 pub struct Valid<'a, K> {
