@@ -58,8 +58,11 @@ fn adapters_start_neutral_train_alone_and_merge_exactly() {
         assert!(max_abs_diff(&before, &adapted_out) > 1e-3, "{family:?}");
         model.merge_lora().unwrap();
         let merged_out = model.forward_t(&x, false).unwrap();
+        // W·x + B·A·x and (W + B·A)·x round differently; 1e-4 is float noise at
+        // these magnitudes and still ten times below the adapter's own effect
+        // (> 1e-3 above), so a wrong merge cannot pass.
         let diff = max_abs_diff(&adapted_out, &merged_out);
-        assert!(diff < 1e-5, "{family:?}: merged differs by {diff}");
+        assert!(diff < 1e-4, "{family:?}: merged differs by {diff}");
 
         // The export has no adapter tensors and loads as a plain model.
         let dir = tempfile::tempdir().unwrap();

@@ -16,20 +16,27 @@ pub fn credential_env<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Vec<Env
         .into_iter()
         .flat_map(|secret| {
             let prefix = credential_env_prefix(secret);
-            CREDENTIAL_KEYS.iter().map(move |key| EnvVar {
-                name: format!("{prefix}{key}"),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: secret.to_string(),
-                        key: (*key).to_string(),
-                        optional: Some(true),
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            })
+            CREDENTIAL_KEYS
+                .iter()
+                .map(move |key| optional_secret_env(format!("{prefix}{key}"), secret, key))
         })
         .collect()
+}
+
+/// Variable `name` from `key` of `secret`, absent when the key is.
+pub fn optional_secret_env(name: String, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                optional: Some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
 /// Two distinct Secrets whose variables would collide (`a-b` and `a.b`), if any.

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{Job, PodFailurePolicy};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
-    PodSpec, ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    PodSpec, ResourceRequirements, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -24,7 +23,7 @@ use super::{
 };
 use crate::config::OperatorConfig;
 use crate::runtime::apply::{COMPONENT_LABEL, child_meta, parent_label_key};
-use crate::workload::credentials::{CREDENTIAL_KEYS, credential_env};
+use crate::workload::credentials::{CREDENTIAL_KEYS, credential_env, optional_secret_env};
 use crate::workload::job::{DEFAULT_SCRATCH_SIZE, TrainerJob, env, resource_file};
 use crate::workload::rbac::{TrainerRbac, trainer_rbac};
 use crate::workload::storage::{PvcMounts, pvc_claim};
@@ -204,18 +203,7 @@ pub fn backoff_limit(failure_policy: &FailurePolicy, resources: &ComputeResource
 fn ambient_credential_env(secret: &str) -> Vec<EnvVar> {
     CREDENTIAL_KEYS
         .iter()
-        .map(|key| EnvVar {
-            name: (*key).to_string(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.to_string(),
-                    key: (*key).to_string(),
-                    optional: Some(true),
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        })
+        .map(|key| optional_secret_env((*key).to_string(), secret, key))
         .collect()
 }
 
