@@ -23,9 +23,9 @@ pub struct OperatorConfig {
     /// How serving pods are monitored (scrape interval, window, status writes).
     pub monitoring: crate::controller::deployment::Monitoring,
     /// Whether Dataset sources may be read from link-local and cloud-metadata
-    /// addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254), which `trainer
-    /// prepare` refuses otherwise so a Dataset cannot read the node's instance
-    /// credentials. A cluster-wide choice of its administrator.
+    /// addresses, which `trainer prepare` refuses otherwise so a Dataset cannot
+    /// read the node's instance credentials. A cluster-wide choice of its
+    /// administrator.
     pub allow_link_local_sources: bool,
 }
 
