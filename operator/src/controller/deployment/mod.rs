@@ -233,23 +233,7 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
 
     let live = Live::read(&md, &ctx.client).await?;
     let observation = monitor::observe(&md, &ctx.client, &ctx.monitor, &monitoring(&ctx)).await?;
-    let plan = if autoscale::active(&md) {
-        let current = live
-            .stable
-            .as_ref()
-            .map(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
-        Some(ctx.monitor.with(&md, |memory| {
-            autoscale::plan(
-                &md,
-                current,
-                &observation,
-                &mut memory.recommendations,
-                monitor::now(),
-            )
-        }))
-    } else {
-        None
-    };
+    let plan = autoscale_plan(&md, &ctx, &live, &observation);
     let replicas = plan
         .as_ref()
         .map_or_else(|| build::replicas(&md), |p| p.replicas);
@@ -262,43 +246,27 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
     let deployment = apply_children(&ctx.client, &children).await?;
     // Weights first: a canary goes only once the route no longer sends to it,
     // so nothing is deleted while the route cannot be written.
-    let routed = match route::route_name(&md) {
-        Some(name) => {
-            let weight = rollout
-                .canary
-                .as_ref()
-                .map_or(0, canary::Decision::routed_weight);
-            route::set_canary_weight(&ctx.client, &md, name, weight).await
-        }
-        None => Ok(()),
-    };
+    let routed = weigh_route(&ctx.client, &md, rollout.canary.as_ref()).await;
     if routed.is_ok() {
         delete_outdated(&ctx.client, &md, &children).await?;
     }
 
-    let note = plan.as_ref().map(|p| p.note.as_str());
-    let mut observed = status::observe_with(&md, &deployment, build::endpoint(&md), note);
+    let mut observed = status::observe_with(
+        &md,
+        &deployment,
+        build::endpoint(&md),
+        plan.as_ref().map(|p| p.note.as_str()),
+    );
     if let Some(canary) = rollout.canary {
-        let mut status = canary.rollout;
-        status.canary_metrics =
-            monitor::serving_metrics(&observation.canary, monitoring(&ctx).window);
-        let serving_canary = (!canary.aborted).then(|| model.artifact.clone());
-        observed = status::with_canary(
-            observed,
-            status,
-            &canary.message,
-            canary.aborted,
-            serving_canary,
-        );
-        if canary.aborted {
-            tracing::warn!(message = %canary.message, "canary rolled back");
-        }
+        observed = with_canary(observed, canary, &model, &observation, &ctx);
     }
-    if let Some(reason) = plan.as_ref().and_then(|p| p.change.clone()) {
+    if let Some(reason) = plan.and_then(|p| p.change) {
         tracing::info!(replicas, %reason, "scaled");
         observed.last_scale = Some((conditions::now(), reason));
     }
     observed.metrics = metrics_update(&md, &ctx, &observation);
+    // A route the user must fix is told in the status; an API failure is
+    // retried once the status is written.
     let routed = match routed {
         Err(problem) if problem.is_users() => {
             tracing::warn!(%problem, "the HTTPRoute cannot be weighted");
@@ -314,6 +282,70 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
     // Serving pods are watched through their figures: look again when the next
     // scrape is due.
     Ok(Action::requeue(resync.min(monitoring(&ctx).interval)))
+}
+
+/// The autoscaler's plan when the spec gives a range, from the figures and the
+/// recommendations remembered for this ModelDeployment.
+fn autoscale_plan(
+    md: &ModelDeployment,
+    ctx: &Context,
+    live: &Live,
+    observation: &monitor::Observation,
+) -> Option<autoscale::Plan> {
+    if !autoscale::active(md) {
+        return None;
+    }
+    let current = live
+        .stable
+        .as_ref()
+        .map(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
+    Some(ctx.monitor.with(md, |memory| {
+        autoscale::plan(
+            md,
+            current,
+            observation,
+            &mut memory.recommendations,
+            monitor::now(),
+        )
+    }))
+}
+
+/// Write the canary's weight (none outside a canary) on the HTTPRoute the spec
+/// names, if it names one.
+async fn weigh_route(
+    client: &Client,
+    md: &ModelDeployment,
+    canary: Option<&canary::Decision>,
+) -> Result<(), route::RouteError> {
+    let Some(name) = route::route_name(md) else {
+        return Ok(());
+    };
+    let weight = canary.map_or(0, canary::Decision::routed_weight);
+    route::set_canary_weight(client, md, name, weight).await
+}
+
+/// `observed` with a canary's part: its rollout status with its own figures,
+/// and the model it serves unless it was rolled back.
+fn with_canary(
+    observed: Observed,
+    canary: canary::Decision,
+    model: &resolve::Model,
+    observation: &monitor::Observation,
+    ctx: &Context,
+) -> Observed {
+    let mut rollout = canary.rollout;
+    rollout.canary_metrics = monitor::serving_metrics(&observation.canary, monitoring(ctx).window);
+    if canary.aborted {
+        tracing::warn!(message = %canary.message, "canary rolled back");
+    }
+    let serving_canary = (!canary.aborted).then(|| model.artifact.clone());
+    status::with_canary(
+        observed,
+        rollout,
+        &canary.message,
+        canary.aborted,
+        serving_canary,
+    )
 }
 
 /// The live stable and canary Deployments of a ModelDeployment.
