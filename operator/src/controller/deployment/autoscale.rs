@@ -218,31 +218,15 @@ pub fn decide(
     if needed >= f64::from(current) {
         return spec_bound(wanted);
     }
-    let hold = |why: String| Decision {
-        held: Some(why),
-        ..unchanged.clone()
-    };
-    if load.skipped > 0 {
-        return hold(format!(
-            "scale-down to {wanted} waits until every ready pod's metrics answer"
-        ));
-    }
-    let to = match stabilized {
-        Stabilized::Covering { seen } => {
-            return hold(format!(
-                "scale-down to {wanted} waits for a whole stabilization window of load ({}s of {}s seen)",
-                seen.as_secs(),
-                policy.window.as_secs()
-            ));
+    let to = match scale_down_to(load, current, wanted, policy, stabilized) {
+        Ok(to) => to,
+        Err(why) => {
+            return Decision {
+                held: Some(why),
+                ..unchanged
+            };
         }
-        Stabilized::Highest(highest) => highest.max(wanted).clamp(min, max),
     };
-    if to >= current {
-        return hold(format!(
-            "scale-down to {wanted} held by the stabilization window (highest recommendation in the last {}s: {to})",
-            policy.window.as_secs()
-        ));
-    }
     let floored = if needed < f64::from(min) && to == min {
         " (replicas.min)"
     } else {
@@ -255,6 +239,42 @@ pub fn decide(
         )),
         held: None,
     }
+}
+
+/// Where a scale-down to `wanted` may go now — the highest recommendation over
+/// the stabilization window, once the window is covered and every ready pod
+/// answered — or why it waits.
+fn scale_down_to(
+    load: &Load,
+    current: i32,
+    wanted: i32,
+    policy: &Policy,
+    stabilized: Stabilized,
+) -> Result<i32, String> {
+    if load.skipped > 0 {
+        return Err(format!(
+            "scale-down to {wanted} waits until every ready pod's metrics answer"
+        ));
+    }
+    let to = match stabilized {
+        Stabilized::Covering { seen } => {
+            return Err(format!(
+                "scale-down to {wanted} waits for a whole stabilization window of load ({}s of {}s seen)",
+                seen.as_secs(),
+                policy.window.as_secs()
+            ));
+        }
+        Stabilized::Highest(highest) => highest
+            .max(wanted)
+            .clamp(policy.min, policy.max.max(policy.min)),
+    };
+    if to >= current {
+        return Err(format!(
+            "scale-down to {wanted} held by the stabilization window (highest recommendation in the last {}s: {to})",
+            policy.window.as_secs()
+        ));
+    }
+    Ok(to)
 }
 
 /// Remembers `recommendation` made at `now` and answers what the window allows:

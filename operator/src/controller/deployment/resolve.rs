@@ -13,7 +13,7 @@
 //! artifact lives in the default store.
 
 use kube::{Api, ResourceExt};
-use llmops_crds::{Artifact, FineTune, ModelDeployment, PretrainJob};
+use llmops_crds::{Artifact, FineTune, ModelDeployment, PretrainJob, SecretRef};
 
 use super::Error;
 use super::reason;
@@ -95,52 +95,14 @@ pub fn resolve_with(
             credentials_secret,
         });
     }
-    let (field, kind, name, found) = match producer {
-        Some(Producer::PretrainJob(job)) => (
-            "spec.model.pretrainJobRef",
-            "PretrainJob",
-            model.pretrain_job_ref.as_ref().map(|r| r.name.as_str()),
-            job.map(|job| {
-                let status = job.status.as_ref();
-                (
-                    ready_for_generation(
-                        status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-                        job.metadata.generation,
-                    ),
-                    status.and_then(|s| s.artifact.clone()),
-                    job.spec.output.credentials_secret_ref.clone(),
-                    None,
-                )
-            }),
-        ),
-        Some(Producer::FineTune(ft)) => (
-            "spec.model.fineTuneRef",
-            "FineTune",
-            model.fine_tune_ref.as_ref().map(|r| r.name.as_str()),
-            ft.map(|ft| {
-                let status = ft.status.as_ref();
-                (
-                    ready_for_generation(
-                        status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-                        ft.metadata.generation,
-                    ),
-                    status.and_then(|s| s.artifact.clone()),
-                    ft.spec.output.location.credentials_secret_ref.clone(),
-                    status
-                        .and_then(|s| s.gate.as_ref())
-                        .filter(|gate| !gate.passed)
-                        .map(|gate| gate.message.clone()),
-                )
-            }),
-        ),
-        None => {
-            return Resolution::Waiting(Outcome::progressing(
-                reason::WAITING_FOR_MODEL,
-                "spec.model names no model",
-            ));
-        }
+    let Some(producer) = producer else {
+        return Resolution::Waiting(Outcome::progressing(
+            reason::WAITING_FOR_MODEL,
+            "spec.model names no model",
+        ));
     };
-    let name = name.unwrap_or_default();
+    let (field, kind, name) = producer.reference(md);
+    let found = producer.produced();
     let waiting = |why: String| {
         Resolution::Waiting(Outcome::progressing(
             reason::WAITING_FOR_MODEL,
@@ -149,7 +111,12 @@ pub fn resolve_with(
     };
     match found {
         None => waiting("not found".into()),
-        Some((true, Some(artifact), output_secret, _)) => {
+        Some(Produced {
+            ready: true,
+            artifact: Some(artifact),
+            output_secret,
+            ..
+        }) => {
             let credentials_secret = explicit
                 .or(output_secret.map(|s| s.name))
                 .or_else(|| store_secret(&artifact, config));
@@ -158,9 +125,76 @@ pub fn resolve_with(
                 credentials_secret,
             })
         }
-        Some((_, _, _, Some(gate))) => waiting(format!(
+        Some(Produced {
+            failed_gate: Some(gate),
+            ..
+        }) => waiting(format!(
             "its model failed the quality gates ({gate}) and is not served"
         )),
         Some(_) => waiting("it is not Ready with a model artifact yet".into()),
+    }
+}
+
+/// What a producer offers to serve.
+struct Produced {
+    /// Ready for its current generation.
+    ready: bool,
+    artifact: Option<Artifact>,
+    /// The Secret its output was written with (and is read with).
+    output_secret: Option<SecretRef>,
+    /// Why its model may not be served: the quality gates it failed.
+    failed_gate: Option<String>,
+}
+
+impl Producer<'_> {
+    /// The field, kind and name by which the spec names the producer.
+    fn reference<'a>(&self, md: &'a ModelDeployment) -> (&'static str, &'static str, &'a str) {
+        let model = &md.spec.model;
+        let (field, kind, reference) = match self {
+            Producer::PretrainJob(_) => (
+                "spec.model.pretrainJobRef",
+                "PretrainJob",
+                model.pretrain_job_ref.as_ref(),
+            ),
+            Producer::FineTune(_) => (
+                "spec.model.fineTuneRef",
+                "FineTune",
+                model.fine_tune_ref.as_ref(),
+            ),
+        };
+        (field, kind, reference.map_or("", |r| r.name.as_str()))
+    }
+
+    /// What the producer offers; none when it does not exist.
+    fn produced(&self) -> Option<Produced> {
+        match self {
+            Producer::PretrainJob(job) => job.map(|job| {
+                let status = job.status.as_ref();
+                Produced {
+                    ready: ready_for_generation(
+                        status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+                        job.metadata.generation,
+                    ),
+                    artifact: status.and_then(|s| s.artifact.clone()),
+                    output_secret: job.spec.output.credentials_secret_ref.clone(),
+                    failed_gate: None,
+                }
+            }),
+            Producer::FineTune(ft) => ft.map(|ft| {
+                let status = ft.status.as_ref();
+                Produced {
+                    ready: ready_for_generation(
+                        status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+                        ft.metadata.generation,
+                    ),
+                    artifact: status.and_then(|s| s.artifact.clone()),
+                    output_secret: ft.spec.output.location.credentials_secret_ref.clone(),
+                    failed_gate: status
+                        .and_then(|s| s.gate.as_ref())
+                        .filter(|gate| !gate.passed)
+                        .map(|gate| gate.message.clone()),
+                }
+            }),
+        }
     }
 }
