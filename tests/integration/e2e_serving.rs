@@ -25,13 +25,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use llmops_crds::ModelDeployment;
 use llmops_tests::local::tiny_model_with;
 use llmops_tests::operator::Operator;
 use llmops_tests::replay::Replayer;
 use llmops_tests::serving::ServingPods;
-use llmops_tests::traffic::{Backends, Load, Report, Request, StopSignal, Traffic, route_backends};
+use llmops_tests::traffic::{
+    Backends, Load, Report, Request, StopSignal, Traffic, http_route_resource, route_backends,
+};
 use llmops_tests::{Cluster, TestNamespace, eventually};
 use serde_json::{Value, json};
 
@@ -252,6 +254,16 @@ impl Setup {
         .await
     }
 
+    /// Waits until the stable Deployment asks for `wanted` replicas.
+    async fn wait_replicas(&self, wanted: i32, timeout: Duration) -> anyhow::Result<()> {
+        eventually(&format!("{wanted} replica(s)"), timeout, || async {
+            let replicas = self.replicas().await?;
+            ensure!(replicas == wanted, "{replicas} replicas");
+            Ok(())
+        })
+        .await
+    }
+
     async fn replicas(&self) -> anyhow::Result<i32> {
         let apps: Api<Deployment> = Api::namespaced(self.client.clone(), self.ns.name());
         let live = apps.get(&format!("{NAME}-server")).await?;
@@ -328,16 +340,7 @@ async fn serving_figures_match_the_clients_and_autoscaling_follows_the_load() ->
         .await?;
     let load = setup.traffic(16, Duration::from_secs(40));
     let started = Instant::now();
-    eventually(
-        "a scale-up to 3 replicas",
-        Duration::from_secs(40),
-        || async {
-            let replicas = setup.replicas().await?;
-            ensure!(replicas == 3, "{replicas} replicas");
-            Ok(())
-        },
-    )
-    .await?;
+    setup.wait_replicas(3, Duration::from_secs(40)).await?;
     let up = started.elapsed();
     setup.pods.wait_ready(3, READY_TIMEOUT).await?;
     let report = load.await??;
@@ -354,16 +357,7 @@ async fn serving_figures_match_the_clients_and_autoscaling_follows_the_load() ->
         "the load never reached the new pods: {report}"
     );
     let idle = Instant::now();
-    eventually(
-        "a scale-down to 1 replica",
-        Duration::from_secs(60),
-        || async {
-            let replicas = setup.replicas().await?;
-            ensure!(replicas == 1, "{replicas} replicas");
-            Ok(())
-        },
-    )
-    .await?;
+    setup.wait_replicas(1, Duration::from_secs(60)).await?;
     let down = idle.elapsed();
     ensure!(
         down >= Duration::from_secs(10),
@@ -560,13 +554,11 @@ async fn canary_weights_are_written_on_an_httproute_and_restored_on_rollback() -
             }]
         }
     });
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "gateway.networking.k8s.io",
-        "v1",
-        "HTTPRoute",
-    ));
-    let routes: Api<DynamicObject> =
-        Api::namespaced_with(setup.client.clone(), setup.ns.name(), &resource);
+    let routes: Api<DynamicObject> = Api::namespaced_with(
+        setup.client.clone(),
+        setup.ns.name(),
+        &http_route_resource(),
+    );
     routes
         .patch(
             NAME,

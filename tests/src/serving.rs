@@ -80,6 +80,26 @@ struct Record {
 }
 
 impl Record {
+    /// A pod first seen: not started yet, no readiness, no logs.
+    fn new(name: String, uid: String) -> Record {
+        Record {
+            pod: ServedPod {
+                name,
+                uid,
+                address: None,
+                started: Instant::now(),
+                restarts: 0,
+                running: false,
+                ready: false,
+                done: false,
+                last_exit: None,
+            },
+            readiness: None,
+            log_file: None,
+            previous_logs: String::new(),
+        }
+    }
+
     fn view(&self) -> ServedPod {
         let mut pod = self.pod.clone();
         pod.ready = pod.running && self.readiness.as_ref().is_none_or(|r| r.is_ready());
@@ -309,22 +329,7 @@ async fn supervise(
             }
             let index = {
                 let mut state = lock(&state);
-                state.pods.push(Record {
-                    pod: ServedPod {
-                        name: pod.name_any(),
-                        uid,
-                        address: None,
-                        started: Instant::now(),
-                        restarts: 0,
-                        running: false,
-                        ready: false,
-                        done: false,
-                        last_exit: None,
-                    },
-                    readiness: None,
-                    log_file: None,
-                    previous_logs: String::new(),
-                });
+                state.pods.push(Record::new(pod.name_any(), uid));
                 state.pods.len() - 1
             };
             tasks.spawn(serve(
@@ -463,22 +468,8 @@ mod tests {
 
     #[test]
     fn a_record_is_ready_only_while_running() {
-        let mut record = Record {
-            pod: ServedPod {
-                name: "a".into(),
-                uid: "u".into(),
-                address: None,
-                started: Instant::now(),
-                restarts: 0,
-                running: true,
-                ready: false,
-                done: false,
-                last_exit: None,
-            },
-            readiness: None,
-            log_file: None,
-            previous_logs: String::new(),
-        };
+        let mut record = Record::new("a".into(), "u".into());
+        record.pod.running = true;
         // No readiness probe: ready while it runs.
         assert!(record.view().ready);
         record.pod.running = false;

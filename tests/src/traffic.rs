@@ -317,6 +317,15 @@ fn every_pod(endpoints: Vec<Endpoint>) -> Vec<Slot> {
     endpoints.into_iter().map(Some).collect()
 }
 
+/// Gateway API's `HTTPRoute` (`gateway.networking.k8s.io/v1`), for dynamic APIs.
+pub fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+    ))
+}
+
 /// The Services (name, port, weight) of the first rule of HTTPRoute `name`
 /// (`gateway.networking.k8s.io/v1`); a backendRef without a weight weighs 1.
 pub async fn route_backends(
@@ -324,12 +333,8 @@ pub async fn route_backends(
     namespace: &str,
     name: &str,
 ) -> anyhow::Result<Vec<(String, Option<String>, u32)>> {
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "gateway.networking.k8s.io",
-        "v1",
-        "HTTPRoute",
-    ));
-    let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &http_route_resource());
     let route = routes
         .get(name)
         .await
