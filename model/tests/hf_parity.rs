@@ -247,6 +247,10 @@ fn sharded_checkpoints_load() {
     let loaded = io::load(dir.path(), Device::Cpu, Dtype::F32).unwrap();
     let logits = tch::no_grad(|| loaded.model.forward_t(&ids(PROMPT), false)).unwrap();
     let diff = max_abs_diff(&logits, want);
-    println!("gpt2 sharded checkpoint: max |Δlogit| = {diff:.2e}");
-    assert!(diff < TOL);
+    let scale = want.abs().max().double_value(&[]);
+    println!("gpt2 sharded checkpoint: max |Δlogit| = {diff:.2e} (max |logit| {scale:.2})");
+    // Relative to the logits' size: two processes' CPU kernels round differently
+    // (2e-4 seen under load on logits of a few units), while a shard loaded into
+    // the wrong tensor or not at all is off by the logits' own size.
+    assert!(diff < TOL * scale.max(1.0), "{diff} vs scale {scale}");
 }
