@@ -625,6 +625,17 @@ pub struct DatasetStatus {
     /// Counts from preparation (written live by the trainer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<DatasetStats>,
+    /// What the operator records of the preparation.
+    #[serde(flatten)]
+    pub operator: DatasetOperatorStatus,
+}
+
+/// The fields of a Dataset's status that the operator writes (besides the
+/// generation and conditions every status has). Flattened: in the API they sit
+/// directly in `status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetOperatorStatus {
     /// The prepared shards, once Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,

@@ -437,6 +437,17 @@ pub struct ModelDeploymentStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,
+    /// What the operator records of the serving pods and the rollout.
+    #[serde(flatten)]
+    pub operator: ModelDeploymentOperatorStatus,
+}
+
+/// The fields of a ModelDeployment's status that the operator writes (besides the
+/// generation and conditions every status has). Flattened: in the API they sit
+/// directly in `status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentOperatorStatus {
     /// Desired and ready serving pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<ReplicaStatus>,

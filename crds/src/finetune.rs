@@ -355,12 +355,23 @@ pub struct FineTuneStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Conditions,
-    /// Lifecycle phase.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<JobPhase>,
     /// Live progress (written by the trainer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TrainingProgress>,
+    /// What the operator records of the run.
+    #[serde(flatten)]
+    pub operator: FineTuneOperatorStatus,
+}
+
+/// The fields of a FineTune's status that the operator writes (besides the
+/// generation and conditions every status has). Flattened: in the API they sit
+/// directly in `status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FineTuneOperatorStatus {
+    /// Lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<JobPhase>,
     /// Scores from the evaluation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<EvaluationScores>,

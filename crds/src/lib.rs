@@ -12,10 +12,12 @@ pub mod manifest;
 pub mod pretrain;
 
 pub use common::*;
-pub use dataset::{Dataset, DatasetSpec, DatasetStatus};
-pub use deployment::{ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus};
-pub use finetune::{FineTune, FineTuneSpec, FineTuneStatus};
-pub use pretrain::{PretrainJob, PretrainJobSpec, PretrainJobStatus};
+pub use dataset::{Dataset, DatasetOperatorStatus, DatasetSpec, DatasetStatus};
+pub use deployment::{
+    ModelDeployment, ModelDeploymentOperatorStatus, ModelDeploymentSpec, ModelDeploymentStatus,
+};
+pub use finetune::{FineTune, FineTuneOperatorStatus, FineTuneSpec, FineTuneStatus};
+pub use pretrain::{PretrainJob, PretrainJobOperatorStatus, PretrainJobSpec, PretrainJobStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -169,7 +169,7 @@ async fn finetune_waits_for_its_dataset_records_lineage_and_publishes_a_gated_mo
     )?;
     let lineage = resource
         .status
-        .and_then(|s| s.lineage)
+        .and_then(|s| s.operator.lineage)
         .context("the trainer's resource has no lineage")?;
     ensure!(
         lineage.dataset.as_ref().map(|a| a.digest.as_str()) == digest.as_str()

@@ -3,8 +3,11 @@
 //! flipped, and the local copy updated so later steps of the pass compare
 //! against what was written.
 //!
-//! What the operator's part holds differs by kind; each kind says so by
-//! implementing [`ReportsStatus`] next to its status code.
+//! Every status is the same three things: the generation it describes, conditions
+//! (the operator's and others'), and fields. Each kind groups the fields the
+//! operator writes in one part of its status type (`<Kind>OperatorStatus`,
+//! flattened into `status`), and says which by implementing [`ReportsStatus`]; the
+//! rest (the trainer's live progress) belongs to other writers.
 
 use std::fmt::Debug;
 
@@ -24,6 +27,8 @@ pub trait StatusHeader {
     fn observed_generation(&self) -> Option<i64>;
     /// In a stored status, the operator's conditions and others'.
     fn conditions(&self) -> &[Condition];
+    /// Record a written generation and the operator's conditions, keeping others'.
+    fn record_header(&mut self, observed_generation: Option<i64>, conditions: Vec<Condition>);
 }
 
 /// Implements [`StatusHeader`] for status types with the usual
@@ -39,10 +44,18 @@ macro_rules! status_header {
             fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
                 &self.conditions
             }
+
+            fn record_header(
+                &mut self,
+                observed_generation: Option<i64>,
+                conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+            ) {
+                self.observed_generation = observed_generation;
+                $crate::runtime::conditions::replace_owned(&mut self.conditions, conditions);
+            }
         }
     )*};
 }
-pub(crate) use status_header;
 
 status_header!(
     llmops_crds::DatasetStatus,
@@ -50,6 +63,33 @@ status_header!(
     llmops_crds::FineTuneStatus,
     llmops_crds::ModelDeploymentStatus
 );
+
+/// What the operator applies to a status: the header and the kind's part.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Written<P> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Only the operator's conditions.
+    pub conditions: Vec<Condition>,
+    #[serde(flatten)]
+    pub fields: P,
+}
+
+impl<P> StatusHeader for Written<P> {
+    fn observed_generation(&self) -> Option<i64> {
+        self.observed_generation
+    }
+
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn record_header(&mut self, observed_generation: Option<i64>, conditions: Vec<Condition>) {
+        self.observed_generation = observed_generation;
+        self.conditions = conditions;
+    }
+}
 
 /// A kind whose status the operator writes in part (other writers, such as the
 /// trainer, own the rest).
@@ -60,23 +100,27 @@ pub trait ReportsStatus:
     + Debug
     + DeserializeOwned
 {
-    /// The fields of the status the operator applies.
-    type Written: Serialize + StatusHeader;
+    /// The fields of the status the operator writes besides the header.
+    type Fields: Serialize + PartialEq + Debug;
 
-    /// Whether `desired` differs from `current` in a field the operator owns
-    /// besides the header.
-    fn fields_differ(current: &Self::Status, desired: &Self::Written) -> bool;
+    /// The operator's fields in a stored status.
+    fn fields(status: &Self::Status) -> &Self::Fields;
+
+    fn fields_mut(status: &mut Self::Status) -> &mut Self::Fields;
 
     /// Copy what was written into the local copy of the status, keeping the fields
     /// and conditions others own.
-    fn record(status: &mut Self::Status, written: Self::Written);
+    fn record(status: &mut Self::Status, written: Written<Self::Fields>) {
+        status.record_header(written.observed_generation, written.conditions);
+        *Self::fields_mut(status) = written.fields;
+    }
 
     /// Whether writing `desired` would change anything the operator owns.
-    fn needs_write(current: Option<&Self::Status>, desired: &Self::Written) -> bool {
+    fn needs_write(current: Option<&Self::Status>, desired: &Written<Self::Fields>) -> bool {
         current.is_none_or(|current| {
-            current.observed_generation() != desired.observed_generation()
-                || !owned_conditions_equal(current.conditions(), desired.conditions())
-                || Self::fields_differ(current, desired)
+            current.observed_generation() != desired.observed_generation
+                || !owned_conditions_equal(current.conditions(), &desired.conditions)
+                || Self::fields(current) != &desired.fields
         })
     }
 }
@@ -105,7 +149,7 @@ pub async fn write<K: ReportsStatus>(
     obj: &mut K,
     api: &Api<K>,
     events: &EventPublisher,
-    desired: K::Written,
+    desired: Written<K::Fields>,
 ) -> Result<(), WriteStatusError> {
     if !K::needs_write(obj.status(), &desired) {
         return Ok(());
@@ -117,7 +161,7 @@ pub async fn write<K: ReportsStatus>(
             source,
         })?;
     let current = obj.status().map(|s| s.conditions()).unwrap_or_default();
-    let flipped = transitions(current, desired.conditions());
+    let flipped = transitions(current, &desired.conditions);
     events.transitions(&*obj, &flipped).await;
     K::record(obj.status_mut().get_or_insert_default(), desired);
     Ok(())

@@ -55,7 +55,7 @@ pub fn default_output(
 pub fn ready_artifact(ds: &Dataset) -> Option<Artifact> {
     let status = ds.status.as_ref()?;
     ready_for_generation(&status.conditions, ds.metadata.generation)
-        .then(|| status.artifact.clone())
+        .then(|| status.operator.artifact.clone())
         .flatten()
 }
 

@@ -47,11 +47,11 @@ macro_rules! job_record {
     ($($status:ty),*) => {$(
         impl JobRecord for $status {
             fn job(&self) -> Option<&LocalObjectRef> {
-                self.job.as_ref()
+                self.operator.job.as_ref()
             }
 
             fn completion_time(&self) -> Option<&Time> {
-                self.completion_time.as_ref()
+                self.operator.completion_time.as_ref()
             }
         }
     )*};

@@ -49,7 +49,7 @@ fn output_uri(ft: &FineTune, override_uri: Option<&str>) -> Result<String, FineT
 /// `spec.baseModel.uri`), the dataset (`--dataset`, else
 /// `status.lineage.dataset.uri`) and the output of `ft`.
 pub(super) fn resolve(ft: &FineTune, options: &Options) -> Result<Resolved, FineTuneError> {
-    let lineage = ft.status.as_ref().and_then(|s| s.lineage.as_ref());
+    let lineage = ft.status.as_ref().and_then(|s| s.operator.lineage.as_ref());
     let recorded_base = lineage.and_then(|l| l.base_model.as_ref());
     let base_uri = options
         .base_model
@@ -100,7 +100,7 @@ pub(super) async fn fetch(
     let recorded = ft
         .status
         .as_ref()
-        .and_then(|s| s.lineage.as_ref())
+        .and_then(|s| s.operator.lineage.as_ref())
         .and_then(|l| l.dataset.as_ref());
     let dataset = session::fetch_dataset(&r.dataset_uri, recorded, &dataset_scratch).await?;
     // The operator names the Secret that reaches the base model's store (the

@@ -64,7 +64,10 @@ struct Resolved {
 
 /// The dataset (`--dataset`, else `status.dataset.uri`) and the output of `job`.
 fn resolve(job: &PretrainJob, options: &Options) -> Result<Resolved, PretrainError> {
-    let recorded = job.status.as_ref().and_then(|s| s.dataset.as_ref());
+    let recorded = job
+        .status
+        .as_ref()
+        .and_then(|s| s.operator.dataset.as_ref());
     let dataset_uri = options
         .dataset
         .clone()
@@ -96,7 +99,10 @@ async fn train(
     reporter: Option<Reporter>,
     interrupt: Interrupt,
 ) -> Result<(Trained, DatasetArtifact, usize), PretrainError> {
-    let recorded = job.status.as_ref().and_then(|s| s.dataset.as_ref());
+    let recorded = job
+        .status
+        .as_ref()
+        .and_then(|s| s.operator.dataset.as_ref());
     let dataset = session::fetch_dataset(&r.dataset_uri, recorded, cache).await?;
     let checkpoints = session::checkpoint_location(
         &r.store,

@@ -130,7 +130,7 @@ fn ready_artifact(ds: &Dataset) -> Option<Artifact> {
             && c.status == "True"
             && c.observed_generation == ds.metadata.generation
     });
-    ready.then(|| status.artifact.clone()).flatten()
+    ready.then(|| status.operator.artifact.clone()).flatten()
 }
 
 /// The pure part of resolving, given the referenced tokenizer artifact (if any).

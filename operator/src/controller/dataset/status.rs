@@ -7,14 +7,14 @@
 //! `llmops-trainer`) and is never part of the operator's apply.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use llmops_crds::dataset::DatasetStats;
-use llmops_crds::{Artifact, Dataset, DatasetStatus, LocalObjectRef};
-use serde::{Deserialize, Serialize};
+use llmops_crds::{Artifact, Dataset, DatasetOperatorStatus, DatasetStatus, LocalObjectRef};
+use serde::Deserialize;
 
-use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
-use crate::runtime::status::{ReportsStatus, status_header};
+use crate::runtime::conditions::{Outcome, next_conditions};
+use crate::runtime::status::{ReportsStatus, Written};
 use crate::workload::observe::{BLOCKING_WAIT_REASONS, JobState, job_condition};
 
 /// Reasons of the Dataset's conditions.
@@ -83,22 +83,8 @@ fn si(n: i64) -> String {
     }
 }
 
-/// The fields of `status` the operator writes.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OperatorStatus {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    pub conditions: Vec<Condition>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub artifact: Option<Artifact>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job: Option<LocalObjectRef>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<Time>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<Time>,
-}
+/// What the operator applies to a Dataset's status.
+pub type OperatorStatus = Written<DatasetOperatorStatus>;
 
 /// The Job-derived fields of a status, apart from conditions.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -189,35 +175,27 @@ pub fn desired_status(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let generation = ds.metadata.generation;
-    OperatorStatus {
+    Written {
         observed_generation: generation,
         conditions: next_conditions(current, outcome, generation, now),
-        artifact: fields.artifact,
-        job: fields.job.map(|name| LocalObjectRef { name }),
-        start_time: fields.start_time,
-        completion_time: fields.completion_time,
+        fields: DatasetOperatorStatus {
+            artifact: fields.artifact,
+            job: fields.job.map(|name| LocalObjectRef { name }),
+            start_time: fields.start_time,
+            completion_time: fields.completion_time,
+        },
     }
 }
 
-status_header!(OperatorStatus);
-
 impl ReportsStatus for Dataset {
-    type Written = OperatorStatus;
+    /// The trainer's live stats are not among them.
+    type Fields = DatasetOperatorStatus;
 
-    fn fields_differ(current: &DatasetStatus, desired: &OperatorStatus) -> bool {
-        current.artifact != desired.artifact
-            || current.job.as_ref().map(|j| &j.name) != desired.job.as_ref().map(|j| &j.name)
-            || current.start_time != desired.start_time
-            || current.completion_time != desired.completion_time
+    fn fields(status: &DatasetStatus) -> &DatasetOperatorStatus {
+        &status.operator
     }
 
-    /// Keeps the trainer's stats.
-    fn record(status: &mut DatasetStatus, written: OperatorStatus) {
-        status.observed_generation = written.observed_generation;
-        replace_owned(&mut status.conditions, written.conditions);
-        status.artifact = written.artifact;
-        status.job = written.job;
-        status.start_time = written.start_time;
-        status.completion_time = written.completion_time;
+    fn fields_mut(status: &mut DatasetStatus) -> &mut DatasetOperatorStatus {
+        &mut status.operator
     }
 }

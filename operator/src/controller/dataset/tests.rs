@@ -516,12 +516,15 @@ mod status_tests {
             condition(&desired.conditions, RECONCILING).unwrap().status,
             "True"
         );
-        assert_eq!(desired.job.as_ref().unwrap().name, "chats-prepare-g1");
         assert_eq!(
-            desired.start_time.as_ref().unwrap().0.to_string(),
+            desired.fields.job.as_ref().unwrap().name,
+            "chats-prepare-g1"
+        );
+        assert_eq!(
+            desired.fields.start_time.as_ref().unwrap().0.to_string(),
             "2026-01-01T00:00:02Z"
         );
-        assert!(desired.completion_time.is_none());
+        assert!(desired.fields.completion_time.is_none());
         assert_eq!(desired.observed_generation, Some(1));
     }
 
@@ -540,9 +543,18 @@ mod status_tests {
             Outcome::ready("Prepared", "41,220 docs (3.1% dup), 12.4M tok")
         );
         let desired = status::desired_status(&fixture("{}"), &outcome, fields, &now());
-        assert_eq!(desired.artifact.as_ref().unwrap().digest, "sha256:abc");
         assert_eq!(
-            desired.completion_time.as_ref().unwrap().0.to_string(),
+            desired.fields.artifact.as_ref().unwrap().digest,
+            "sha256:abc"
+        );
+        assert_eq!(
+            desired
+                .fields
+                .completion_time
+                .as_ref()
+                .unwrap()
+                .0
+                .to_string(),
             "2026-01-01T00:10:00Z"
         );
         assert!(condition(&desired.conditions, RECONCILING).is_none());
@@ -577,7 +589,13 @@ mod status_tests {
             "False"
         );
         assert_eq!(
-            desired.completion_time.as_ref().unwrap().0.to_string(),
+            desired
+                .fields
+                .completion_time
+                .as_ref()
+                .unwrap()
+                .0
+                .to_string(),
             "2026-01-01T00:05:00Z"
         );
     }

@@ -209,7 +209,7 @@ pub fn decide(inputs: &Inputs) -> Decision {
     let steps = canary_spec.map(|c| c.steps.clone()).unwrap_or_default();
     let routed = canary_spec.is_some_and(|c| c.traffic_routing.is_some());
     let total = steps.len() as i32;
-    let previous = md.status.as_ref().and_then(|s| s.rollout.clone());
+    let previous = md.status.as_ref().and_then(|s| s.operator.rollout.clone());
     // A status about another model's canary starts over at step 1.
     let same_canary = inputs.canary_model == Some(inputs.new) && inputs.canary.is_some();
     let previous = previous.filter(|_| same_canary);

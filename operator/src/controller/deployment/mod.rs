@@ -159,7 +159,10 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
                 scoped_api::<PretrainJob>(client, ns),
                 watcher::Config::default(),
                 move |pt| {
-                    let artifact = pt.status.as_ref().and_then(|s| s.artifact.as_ref());
+                    let artifact = pt
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.operator.artifact.as_ref());
                     serving_other_than(&for_pretrain.state(), &pt, artifact, |md| {
                         md.spec.model.pretrain_job_ref.as_ref()
                     })
@@ -169,7 +172,10 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
                 scoped_api::<FineTune>(client, ns),
                 watcher::Config::default(),
                 move |ft| {
-                    let artifact = ft.status.as_ref().and_then(|s| s.artifact.as_ref());
+                    let artifact = ft
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.operator.artifact.as_ref());
                     serving_other_than(&for_finetune.state(), &ft, artifact, |md| {
                         md.spec.model.fine_tune_ref.as_ref()
                     })
@@ -194,7 +200,7 @@ fn serving_other_than<P: ResourceExt>(
     referrers(deployments, producer, reference, |md| {
         md.status
             .as_ref()
-            .and_then(|s| s.model.as_ref())
+            .and_then(|s| s.operator.model.as_ref())
             .and_then(|m| m.current.as_ref())
             != Some(artifact)
     })
@@ -396,7 +402,7 @@ fn rollout_pass(
     let serving = live.stable.as_ref().and_then(build::served_model);
     let canary_model = live.canary.as_ref().and_then(build::served_model);
     let generation = md.metadata.generation.unwrap_or_default();
-    let previous = md.status.as_ref().and_then(|s| s.rollout.as_ref());
+    let previous = md.status.as_ref().and_then(|s| s.operator.rollout.as_ref());
     let is_canary = md.spec.rollout.strategy == RolloutStrategy::Canary;
     match serving {
         Some(serving) if is_canary && serving.artifact != model.artifact => {
@@ -475,7 +481,7 @@ fn metrics_update(
 ) -> Option<llmops_crds::deployment::ServingMetrics> {
     let settings = monitoring(ctx);
     let fresh = monitor::serving_metrics(&observation.stable, settings.window);
-    let current = md.status.as_ref().and_then(|s| s.metrics.as_ref());
+    let current = md.status.as_ref().and_then(|s| s.operator.metrics.as_ref());
     let now = monitor::now();
     ctx.monitor.with(md, |memory| {
         let update = monitor::metrics_to_write(

@@ -175,7 +175,7 @@ impl Producer<'_> {
                         status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
                         job.metadata.generation,
                     ),
-                    artifact: status.and_then(|s| s.artifact.clone()),
+                    artifact: status.and_then(|s| s.operator.artifact.clone()),
                     output_secret: job.spec.output.credentials_secret_ref.clone(),
                     failed_gate: None,
                 }
@@ -187,10 +187,10 @@ impl Producer<'_> {
                         status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
                         ft.metadata.generation,
                     ),
-                    artifact: status.and_then(|s| s.artifact.clone()),
+                    artifact: status.and_then(|s| s.operator.artifact.clone()),
                     output_secret: ft.spec.output.location.credentials_secret_ref.clone(),
                     failed_gate: status
-                        .and_then(|s| s.gate.as_ref())
+                        .and_then(|s| s.operator.gate.as_ref())
                         .filter(|gate| !gate.passed)
                         .map(|gate| gate.message.clone()),
                 }

@@ -17,43 +17,24 @@
 //! last three kept as they are by a pass that does not change them).
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use llmops_crds::deployment::{
     ReplicaStatus, RolloutPhase, RolloutStatus, ServedModels, ServingMetrics,
 };
-use llmops_crds::{Artifact, ModelDeployment, ModelDeploymentStatus};
-use serde::Serialize;
+use llmops_crds::{
+    Artifact, ModelDeployment, ModelDeploymentOperatorStatus, ModelDeploymentStatus,
+};
 
 use super::autoscale;
 use super::build::{MODEL_DIGEST_ANNOTATION, MODEL_URI_ANNOTATION};
-use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
-use crate::runtime::status::{ReportsStatus, status_header};
+use crate::runtime::conditions::{Outcome, next_conditions};
+use crate::runtime::status::{ReportsStatus, Written};
 
 pub(crate) use super::reason;
 
-/// The fields of `status` the operator writes.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OperatorStatus {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    pub conditions: Vec<Condition>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<ReplicaStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<ServedModels>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<RolloutStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<ServingMetrics>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_scale_time: Option<Time>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_scale_reason: Option<String>,
-}
+/// What the operator applies to a ModelDeployment's status.
+pub type OperatorStatus = Written<ModelDeploymentOperatorStatus>;
 
 /// Everything a pass concluded.
 #[derive(Clone, Debug, PartialEq)]
@@ -196,7 +177,7 @@ pub fn observe_with(
     endpoint: String,
     note: Option<&str>,
 ) -> Observed {
-    let served = md.status.as_ref().and_then(|s| s.model.clone());
+    let served = md.status.as_ref().and_then(|s| s.operator.model.clone());
     let current = served.as_ref().and_then(|m| m.current.clone());
     let target = template_model(deployment);
     let rolled_out = rolled_out(deployment);
@@ -242,7 +223,7 @@ pub fn observe_with(
             aborted: md
                 .status
                 .as_ref()
-                .and_then(|s| s.rollout.as_ref())
+                .and_then(|s| s.operator.rollout.as_ref())
                 .and_then(|r| r.aborted.clone()),
             ..RolloutStatus::default()
         }),
@@ -403,7 +384,7 @@ pub fn without_apply(
     deployment: Option<&Deployment>,
 ) -> Observed {
     let current = md.status.as_ref();
-    let served = current.and_then(|s| s.model.clone());
+    let served = current.and_then(|s| s.operator.model.clone());
     let serving = served.as_ref().and_then(|m| m.current.as_ref());
     let available = deployment.map_or(0, |d| counts(d).available);
     let outcome = match (serving, outcome) {
@@ -428,9 +409,9 @@ pub fn without_apply(
     Observed {
         outcome,
         replicas: replica_status(deployment),
-        endpoint: deployment.and(current.and_then(|s| s.endpoint.clone())),
+        endpoint: deployment.and(current.and_then(|s| s.operator.endpoint.clone())),
         model: served,
-        rollout: current.and_then(|s| s.rollout.clone()),
+        rollout: current.and_then(|s| s.operator.rollout.clone()),
         last_scale: None,
         metrics: None,
     }
@@ -449,50 +430,36 @@ pub fn desired_status(md: &ModelDeployment, observed: Observed, now: &Time) -> O
     let (last_scale_time, last_scale_reason) = match observed.last_scale {
         Some((time, reason)) => (Some(time), Some(reason)),
         None => (
-            current.and_then(|s| s.last_scale_time.clone()),
-            current.and_then(|s| s.last_scale_reason.clone()),
+            current.and_then(|s| s.operator.last_scale_time.clone()),
+            current.and_then(|s| s.operator.last_scale_reason.clone()),
         ),
     };
-    OperatorStatus {
+    Written {
         observed_generation: generation,
         conditions: next_conditions(conditions, &observed.outcome, generation, now),
-        replicas: observed.replicas,
-        endpoint: observed.endpoint,
-        model: observed.model,
-        rollout: observed.rollout,
-        metrics: observed
-            .metrics
-            .or_else(|| current.and_then(|s| s.metrics.clone())),
-        last_scale_time,
-        last_scale_reason,
+        fields: ModelDeploymentOperatorStatus {
+            replicas: observed.replicas,
+            endpoint: observed.endpoint,
+            model: observed.model,
+            rollout: observed.rollout,
+            metrics: observed
+                .metrics
+                .or_else(|| current.and_then(|s| s.operator.metrics.clone())),
+            last_scale_time,
+            last_scale_reason,
+        },
     }
 }
 
-status_header!(OperatorStatus);
-
 impl ReportsStatus for ModelDeployment {
-    type Written = OperatorStatus;
+    type Fields = ModelDeploymentOperatorStatus;
 
-    fn fields_differ(current: &ModelDeploymentStatus, desired: &OperatorStatus) -> bool {
-        current.replicas != desired.replicas
-            || current.endpoint != desired.endpoint
-            || current.model != desired.model
-            || current.rollout != desired.rollout
-            || current.metrics != desired.metrics
-            || current.last_scale_time != desired.last_scale_time
-            || current.last_scale_reason != desired.last_scale_reason
+    fn fields(status: &ModelDeploymentStatus) -> &ModelDeploymentOperatorStatus {
+        &status.operator
     }
 
-    fn record(status: &mut ModelDeploymentStatus, written: OperatorStatus) {
-        status.observed_generation = written.observed_generation;
-        replace_owned(&mut status.conditions, written.conditions);
-        status.replicas = written.replicas;
-        status.endpoint = written.endpoint;
-        status.model = written.model;
-        status.rollout = written.rollout;
-        status.metrics = written.metrics;
-        status.last_scale_time = written.last_scale_time;
-        status.last_scale_reason = written.last_scale_reason;
+    fn fields_mut(status: &mut ModelDeploymentStatus) -> &mut ModelDeploymentOperatorStatus {
+        &mut status.operator
     }
 }
 

@@ -795,13 +795,16 @@ mod status_tests {
         let mut o = status::observe(&md, &live("s3://m/a", ROLLED_OUT), "e".into());
         o.last_scale = Some((now(), "2 → 3".into()));
         let first = status::desired_status(&md, o, &now());
-        assert_eq!(first.last_scale_reason.as_deref(), Some("2 → 3"));
+        assert_eq!(first.fields.last_scale_reason.as_deref(), Some("2 → 3"));
         let mut written = md.clone();
         ModelDeployment::record(written.status.get_or_insert_default(), first.clone());
         let again = status::observe(&written, &live("s3://m/a", ROLLED_OUT), "e".into());
         let second = status::desired_status(&written, again, &now());
-        assert_eq!(second.last_scale_time, first.last_scale_time);
-        assert_eq!(second.last_scale_reason, first.last_scale_reason);
+        assert_eq!(second.fields.last_scale_time, first.fields.last_scale_time);
+        assert_eq!(
+            second.fields.last_scale_reason,
+            first.fields.last_scale_reason
+        );
         assert!(!ModelDeployment::needs_write(
             written.status.as_ref(),
             &second

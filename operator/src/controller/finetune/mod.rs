@@ -116,7 +116,10 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
                 scoped_api::<Dataset>(client, ns),
                 watcher::Config::default(),
                 move |ds| {
-                    let artifact = ds.status.as_ref().and_then(|s| s.artifact.as_ref());
+                    let artifact = ds
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.operator.artifact.as_ref());
                     waiting_for(&for_dataset.state(), &ds, artifact, |ft| {
                         Some(&ft.spec.dataset_ref)
                     })
@@ -126,7 +129,10 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
                 scoped_api::<PretrainJob>(client, ns),
                 watcher::Config::default(),
                 move |pt| {
-                    let artifact = pt.status.as_ref().and_then(|s| s.artifact.as_ref());
+                    let artifact = pt
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.operator.artifact.as_ref());
                     waiting_for(&for_pretrain.state(), &pt, artifact, |ft| {
                         ft.spec.base_model.pretrain_job_ref.as_ref()
                     })
@@ -136,7 +142,10 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
                 scoped_api::<FineTune>(client, ns),
                 watcher::Config::default(),
                 move |base| {
-                    let artifact = base.status.as_ref().and_then(|s| s.artifact.as_ref());
+                    let artifact = base
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.operator.artifact.as_ref());
                     waiting_for(&for_finetune.state(), &base, artifact, |ft| {
                         ft.spec.base_model.fine_tune_ref.as_ref()
                     })
@@ -166,7 +175,9 @@ fn waiting_for<P: ResourceExt>(
         return Vec::new();
     }
     referrers(fine_tunes, producer, reference, |ft| {
-        ft.status.as_ref().is_none_or(|s| s.lineage.is_none())
+        ft.status
+            .as_ref()
+            .is_none_or(|s| s.operator.lineage.is_none())
     })
 }
 
@@ -197,7 +208,7 @@ impl TrainingKind for FineTune {
             .fine_tune
             .status
             .as_ref()
-            .and_then(|s| s.lineage.clone());
+            .and_then(|s| s.operator.lineage.clone());
         observed
     }
 

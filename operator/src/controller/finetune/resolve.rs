@@ -22,7 +22,8 @@ use kube::{Api, ResourceExt};
 use llmops_crds::dataset::DatasetType;
 use llmops_crds::finetune::{Lineage, Metric};
 use llmops_crds::{
-    Artifact, Dataset, FineTune, FineTuneStatus, LocalObjectRef, PretrainJob, SecretRef,
+    Artifact, Dataset, FineTune, FineTuneOperatorStatus, FineTuneStatus, LocalObjectRef,
+    PretrainJob, SecretRef,
 };
 
 use super::Error;
@@ -129,7 +130,7 @@ pub fn resolve_with(
         ));
     }
 
-    let recorded = ft.status.as_ref().and_then(|s| s.lineage.as_ref());
+    let recorded = ft.status.as_ref().and_then(|s| s.operator.lineage.as_ref());
     let (base_model, dataset_artifact) = match recorded {
         // Lineage is fixed at start; the inputs are not checked again (they may
         // be re-running, changed or gone while the run goes on).
@@ -209,7 +210,7 @@ fn base_model_artifact(
             };
             let status = job.status.as_ref();
             let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
-            match status.and_then(|s| s.artifact.clone()) {
+            match status.and_then(|s| s.operator.artifact.clone()) {
                 Some(artifact) if ready_for_generation(conditions, job.metadata.generation) => {
                     Ok(artifact)
                 }
@@ -227,11 +228,14 @@ fn base_model_artifact(
             };
             let status = base_ft.status.as_ref();
             let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
-            match status.and_then(|s| s.artifact.clone()) {
+            match status.and_then(|s| s.operator.artifact.clone()) {
                 Some(artifact) if ready_for_generation(conditions, base_ft.metadata.generation) => {
                     Ok(artifact)
                 }
-                _ => match status.and_then(|s| s.gate.as_ref()).filter(|g| !g.passed) {
+                _ => match status
+                    .and_then(|s| s.operator.gate.as_ref())
+                    .filter(|g| !g.passed)
+                {
                     Some(gate) => waiting(
                         kind,
                         field,
@@ -340,10 +344,13 @@ fn resolved(
     resource.metadata.uid = ft.metadata.uid.clone();
     resource.metadata.generation = ft.metadata.generation;
     resource.status = Some(FineTuneStatus {
-        lineage: Some(Lineage {
-            base_model: Some(base_model.clone()),
-            dataset: Some(dataset.clone()),
-        }),
+        operator: FineTuneOperatorStatus {
+            lineage: Some(Lineage {
+                base_model: Some(base_model.clone()),
+                dataset: Some(dataset.clone()),
+            }),
+            ..FineTuneOperatorStatus::default()
+        },
         ..FineTuneStatus::default()
     });
     Resolved {

@@ -13,14 +13,17 @@
 //! (`GateFailed`) saying where the rejected model was left.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use llmops_crds::finetune::{EvaluationScores, GateResult, Gates, Lineage};
-use llmops_crds::{Artifact, FineTune, FineTuneStatus, JobPhase, LocalObjectRef, TrainingProgress};
-use serde::{Deserialize, Serialize};
+use llmops_crds::{
+    Artifact, FineTune, FineTuneOperatorStatus, FineTuneStatus, JobPhase, LocalObjectRef,
+    TrainingProgress,
+};
+use serde::Deserialize;
 
 use crate::controller::training::status::{self as training, Current, summary};
-use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
-use crate::runtime::status::{ReportsStatus, status_header};
+use crate::runtime::conditions::{Outcome, next_conditions};
+use crate::runtime::status::{ReportsStatus, Written};
 use crate::workload::observe::JobState;
 
 /// Reasons of the FineTune's conditions.
@@ -74,31 +77,8 @@ fn has_gates(gates: &Gates) -> bool {
         || gates.max_perplexity.is_some()
 }
 
-/// The fields of `status` the operator writes.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OperatorStatus {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    pub conditions: Vec<Condition>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase: Option<JobPhase>,
-    pub restarts: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lineage: Option<Lineage>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub evaluation: Option<EvaluationScores>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gate: Option<GateResult>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub artifact: Option<Artifact>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job: Option<LocalObjectRef>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<Time>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<Time>,
-}
+/// What the operator applies to a FineTune's status.
+pub type OperatorStatus = Written<FineTuneOperatorStatus>;
 
 /// Everything a pass concluded, apart from conditions (which `desired_status`
 /// derives from `outcome` and the current ones).
@@ -128,14 +108,14 @@ impl Observed {
         Self {
             outcome,
             phase,
-            restarts: current.map_or(0, |s| s.restarts),
+            restarts: current.map_or(0, |s| s.operator.restarts),
             lineage: None,
-            evaluation: current.and_then(|s| s.evaluation.clone()),
-            gate: current.and_then(|s| s.gate.clone()),
-            artifact: current.and_then(|s| s.artifact.clone()),
-            job: current.and_then(|s| s.job.as_ref().map(|j| j.name.clone())),
-            start_time: current.and_then(|s| s.start_time.clone()),
-            completion_time: current.and_then(|s| s.completion_time.clone()),
+            evaluation: current.and_then(|s| s.operator.evaluation.clone()),
+            gate: current.and_then(|s| s.operator.gate.clone()),
+            artifact: current.and_then(|s| s.operator.artifact.clone()),
+            job: current.and_then(|s| s.operator.job.as_ref().map(|j| j.name.clone())),
+            start_time: current.and_then(|s| s.operator.start_time.clone()),
+            completion_time: current.and_then(|s| s.operator.completion_time.clone()),
         }
     }
 }
@@ -157,7 +137,7 @@ pub fn observe(state: &JobState, job: &Job, ft: &FineTune, output_uri: &str) -> 
         ft.spec.resources.replicas,
         Current {
             progress: current.and_then(|s| s.progress.as_ref()),
-            start_time: current.and_then(|s| s.start_time.as_ref()),
+            start_time: current.and_then(|s| s.operator.start_time.as_ref()),
         },
         |message, progress| {
             let result =
@@ -239,52 +219,34 @@ pub fn desired_status(ft: &FineTune, observed: Observed, now: &Time) -> Operator
     let current = ft.status.as_ref();
     let conditions = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = ft.metadata.generation;
-    OperatorStatus {
+    Written {
         observed_generation: generation,
         conditions: next_conditions(conditions, &observed.outcome, generation, now),
-        phase: Some(observed.phase),
-        restarts: observed.restarts,
-        lineage: observed
-            .lineage
-            .or_else(|| current.and_then(|s| s.lineage.clone())),
-        evaluation: observed.evaluation,
-        gate: observed.gate,
-        artifact: observed.artifact,
-        job: observed.job.map(|name| LocalObjectRef { name }),
-        start_time: observed.start_time,
-        completion_time: observed.completion_time,
+        fields: FineTuneOperatorStatus {
+            phase: Some(observed.phase),
+            restarts: observed.restarts,
+            lineage: observed
+                .lineage
+                .or_else(|| current.and_then(|s| s.operator.lineage.clone())),
+            evaluation: observed.evaluation,
+            gate: observed.gate,
+            artifact: observed.artifact,
+            job: observed.job.map(|name| LocalObjectRef { name }),
+            start_time: observed.start_time,
+            completion_time: observed.completion_time,
+        },
     }
 }
 
-status_header!(OperatorStatus);
-
 impl ReportsStatus for FineTune {
-    type Written = OperatorStatus;
+    /// The trainer's progress is not among them.
+    type Fields = FineTuneOperatorStatus;
 
-    fn fields_differ(current: &FineTuneStatus, desired: &OperatorStatus) -> bool {
-        current.phase != desired.phase
-            || current.restarts != desired.restarts
-            || current.lineage != desired.lineage
-            || current.evaluation != desired.evaluation
-            || current.gate != desired.gate
-            || current.artifact != desired.artifact
-            || current.job.as_ref().map(|j| &j.name) != desired.job.as_ref().map(|j| &j.name)
-            || current.start_time != desired.start_time
-            || current.completion_time != desired.completion_time
+    fn fields(status: &FineTuneStatus) -> &FineTuneOperatorStatus {
+        &status.operator
     }
 
-    /// Keeps the trainer's progress.
-    fn record(status: &mut FineTuneStatus, written: OperatorStatus) {
-        status.observed_generation = written.observed_generation;
-        replace_owned(&mut status.conditions, written.conditions);
-        status.phase = written.phase;
-        status.restarts = written.restarts;
-        status.lineage = written.lineage;
-        status.evaluation = written.evaluation;
-        status.gate = written.gate;
-        status.artifact = written.artifact;
-        status.job = written.job;
-        status.start_time = written.start_time;
-        status.completion_time = written.completion_time;
+    fn fields_mut(status: &mut FineTuneStatus) -> &mut FineTuneOperatorStatus {
+        &mut status.operator
     }
 }

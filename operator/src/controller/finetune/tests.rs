@@ -221,6 +221,7 @@ mod resolve_tests {
             .status
             .as_ref()
             .unwrap()
+            .operator
             .lineage
             .clone()
             .unwrap();
@@ -357,7 +358,7 @@ mod build_tests {
         let c = children("{}");
         let text = &c.config_map.data.as_ref().unwrap()[RESOURCE_KEY];
         let resource: FineTune = serde_yaml_ng::from_str(text).unwrap();
-        let lineage = resource.status.unwrap().lineage.unwrap();
+        let lineage = resource.status.unwrap().operator.lineage.unwrap();
         assert_eq!(lineage.base_model.unwrap().uri, "s3://corp/models/base");
         assert_eq!(lineage.dataset.unwrap().digest, "sha256:d1");
         assert_eq!(
@@ -599,7 +600,7 @@ mod status_tests {
         assert!(!o.gate.as_ref().unwrap().passed);
         // And the status written says Ready=False, Stalled=True, without an artifact.
         let status = desired_status(&fixture("{}"), o, &now());
-        assert_eq!(status.artifact, None);
+        assert_eq!(status.fields.artifact, None);
         let condition = |t: &str| status.conditions.iter().find(|c| c.type_ == t).unwrap();
         assert_eq!(condition("Ready").status, "False");
         assert_eq!(condition("Stalled").status, "True");
@@ -653,22 +654,22 @@ mod status_tests {
             Observed::without_job(outcome, JobPhase::Waiting, None),
             &now(),
         );
-        assert_eq!(status.phase, Some(JobPhase::Waiting));
+        assert_eq!(status.fields.phase, Some(JobPhase::Waiting));
         assert!(status.conditions.iter().all(|c| c.type_ != "Stalled"));
     }
 
     #[test]
     fn lineage_is_recorded_and_a_second_pass_writes_nothing() {
         let mut ft = fixture("{}");
-        let lineage = resolved("{}").fine_tune.status.unwrap().lineage;
+        let lineage = resolved("{}").fine_tune.status.unwrap().operator.lineage;
         let mut o = observed("{active: 1}", vec![], &ft);
         o.lineage = lineage.clone();
         let first = desired_status(&ft, o, &now());
-        assert_eq!(first.lineage, lineage);
+        assert_eq!(first.fields.lineage, lineage);
         FineTune::record(ft.status.get_or_insert_default(), first);
         // The next pass does not repeat the lineage; it is kept.
         let again = desired_status(&ft, observed("{active: 1}", vec![], &ft), &now());
-        assert_eq!(again.lineage, lineage);
+        assert_eq!(again.fields.lineage, lineage);
         assert!(!FineTune::needs_write(ft.status.as_ref(), &again));
     }
 

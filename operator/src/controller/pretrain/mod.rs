@@ -125,7 +125,11 @@ fn waiting_on(jobs: &[Arc<PretrainJob>], ds: &Dataset) -> Vec<ObjectRef<Pretrain
         jobs,
         ds,
         |pt| Some(&pt.spec.dataset_ref),
-        |pt| pt.status.as_ref().is_none_or(|s| s.dataset.is_none()),
+        |pt| {
+            pt.status
+                .as_ref()
+                .is_none_or(|s| s.operator.dataset.is_none())
+        },
     )
 }
 

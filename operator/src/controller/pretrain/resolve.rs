@@ -8,7 +8,7 @@
 
 use kube::{Api, ResourceExt};
 use llmops_crds::dataset::DatasetType;
-use llmops_crds::{Artifact, Dataset, PretrainJob, PretrainJobStatus};
+use llmops_crds::{Artifact, Dataset, PretrainJob, PretrainJobOperatorStatus, PretrainJobStatus};
 
 use super::Error;
 use super::status::reason;
@@ -60,7 +60,7 @@ pub fn resolve_with(
     config: &OperatorConfig,
 ) -> Resolution {
     let reference = &job.spec.dataset_ref.name;
-    let recorded = job.status.as_ref().and_then(|s| s.dataset.clone());
+    let recorded = job.status.as_ref().and_then(|s| s.operator.dataset.clone());
 
     let (artifact, sequence_length) = match recorded {
         // Lineage is fixed at start; the Dataset is not checked again (it may be
@@ -120,7 +120,10 @@ fn resolved(
     resource.metadata.uid = job.metadata.uid.clone();
     resource.metadata.generation = job.metadata.generation;
     resource.status = Some(PretrainJobStatus {
-        dataset: Some(artifact.clone()),
+        operator: PretrainJobOperatorStatus {
+            dataset: Some(artifact.clone()),
+            ..PretrainJobOperatorStatus::default()
+        },
         ..PretrainJobStatus::default()
     });
     Resolved {

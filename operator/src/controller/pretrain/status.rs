@@ -7,15 +7,16 @@
 //! the operator's apply.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use llmops_crds::{
-    Artifact, JobPhase, LocalObjectRef, PretrainJob, PretrainJobStatus, TrainingProgress,
+    Artifact, JobPhase, LocalObjectRef, PretrainJob, PretrainJobOperatorStatus, PretrainJobStatus,
+    TrainingProgress,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::controller::training::status::{self as training, Current, summary};
-use crate::runtime::conditions::{Outcome, next_conditions, replace_owned};
-use crate::runtime::status::{ReportsStatus, status_header};
+use crate::runtime::conditions::{Outcome, next_conditions};
+use crate::runtime::status::{ReportsStatus, Written};
 use crate::workload::observe::JobState;
 
 /// Reasons of the PretrainJob's conditions.
@@ -38,27 +39,8 @@ pub fn parse_result(message: &str) -> Result<TrainerResult, serde_json::Error> {
     serde_json::from_str(message.trim())
 }
 
-/// The fields of `status` the operator writes.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OperatorStatus {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    pub conditions: Vec<Condition>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase: Option<JobPhase>,
-    pub restarts: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dataset: Option<Artifact>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub artifact: Option<Artifact>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job: Option<LocalObjectRef>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<Time>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<Time>,
-}
+/// What the operator applies to a PretrainJob's status.
+pub type OperatorStatus = Written<PretrainJobOperatorStatus>;
 
 /// Everything a pass concluded, apart from conditions (which `desired_status`
 /// derives from `outcome` and the current ones).
@@ -85,12 +67,12 @@ impl Observed {
         Self {
             outcome,
             phase,
-            restarts: current.map_or(0, |s| s.restarts),
+            restarts: current.map_or(0, |s| s.operator.restarts),
             dataset: None,
-            artifact: current.and_then(|s| s.artifact.clone()),
-            job: current.and_then(|s| s.job.as_ref().map(|j| j.name.clone())),
-            start_time: current.and_then(|s| s.start_time.clone()),
-            completion_time: current.and_then(|s| s.completion_time.clone()),
+            artifact: current.and_then(|s| s.operator.artifact.clone()),
+            job: current.and_then(|s| s.operator.job.as_ref().map(|j| j.name.clone())),
+            start_time: current.and_then(|s| s.operator.start_time.clone()),
+            completion_time: current.and_then(|s| s.operator.completion_time.clone()),
         }
     }
 }
@@ -115,7 +97,7 @@ pub fn observe(
         replicas,
         Current {
             progress: current.and_then(|s| s.progress.as_ref()),
-            start_time: current.and_then(|s| s.start_time.as_ref()),
+            start_time: current.and_then(|s| s.operator.start_time.as_ref()),
         },
         |message, progress| {
             let result =
@@ -143,46 +125,32 @@ pub fn desired_status(pt: &PretrainJob, observed: Observed, now: &Time) -> Opera
     let current = pt.status.as_ref();
     let conditions = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = pt.metadata.generation;
-    OperatorStatus {
+    Written {
         observed_generation: generation,
         conditions: next_conditions(conditions, &observed.outcome, generation, now),
-        phase: Some(observed.phase),
-        restarts: observed.restarts,
-        dataset: observed
-            .dataset
-            .or_else(|| current.and_then(|s| s.dataset.clone())),
-        artifact: observed.artifact,
-        job: observed.job.map(|name| LocalObjectRef { name }),
-        start_time: observed.start_time,
-        completion_time: observed.completion_time,
+        fields: PretrainJobOperatorStatus {
+            phase: Some(observed.phase),
+            restarts: observed.restarts,
+            dataset: observed
+                .dataset
+                .or_else(|| current.and_then(|s| s.operator.dataset.clone())),
+            artifact: observed.artifact,
+            job: observed.job.map(|name| LocalObjectRef { name }),
+            start_time: observed.start_time,
+            completion_time: observed.completion_time,
+        },
     }
 }
 
-status_header!(OperatorStatus);
-
 impl ReportsStatus for PretrainJob {
-    type Written = OperatorStatus;
+    /// The trainer's progress is not among them.
+    type Fields = PretrainJobOperatorStatus;
 
-    fn fields_differ(current: &PretrainJobStatus, desired: &OperatorStatus) -> bool {
-        current.phase != desired.phase
-            || current.restarts != desired.restarts
-            || current.dataset != desired.dataset
-            || current.artifact != desired.artifact
-            || current.job.as_ref().map(|j| &j.name) != desired.job.as_ref().map(|j| &j.name)
-            || current.start_time != desired.start_time
-            || current.completion_time != desired.completion_time
+    fn fields(status: &PretrainJobStatus) -> &PretrainJobOperatorStatus {
+        &status.operator
     }
 
-    /// Keeps the trainer's progress.
-    fn record(status: &mut PretrainJobStatus, written: OperatorStatus) {
-        status.observed_generation = written.observed_generation;
-        replace_owned(&mut status.conditions, written.conditions);
-        status.phase = written.phase;
-        status.restarts = written.restarts;
-        status.dataset = written.dataset;
-        status.artifact = written.artifact;
-        status.job = written.job;
-        status.start_time = written.start_time;
-        status.completion_time = written.completion_time;
+    fn fields_mut(status: &mut PretrainJobStatus) -> &mut PretrainJobOperatorStatus {
+        &mut status.operator
     }
 }

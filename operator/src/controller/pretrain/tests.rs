@@ -121,7 +121,7 @@ mod resolve_tests {
         assert_eq!(r.dataset.uri, "s3://llmops-artifacts/datasets/ml/web");
         assert_eq!(r.dataset.digest, "sha256:d1");
         assert_eq!(
-            r.job.status.as_ref().unwrap().dataset.as_ref(),
+            r.job.status.as_ref().unwrap().operator.dataset.as_ref(),
             Some(&r.dataset)
         );
         assert_eq!(r.output_uri, "s3://llmops-artifacts/pretrainjobs/ml/base");
@@ -297,7 +297,7 @@ mod build_tests {
             resource.spec.output.uri.as_deref(),
             Some("s3://llmops-artifacts/pretrainjobs/ml/base")
         );
-        let dataset = resource.status.unwrap().dataset.unwrap();
+        let dataset = resource.status.unwrap().operator.dataset.unwrap();
         assert_eq!(dataset.digest, "sha256:d1");
         assert!(!yaml.contains("progress"));
         assert!(!yaml.contains("conditions"));
@@ -872,7 +872,7 @@ mod status_tests {
             digest: "sha256:d1".into(),
         });
         let first = desired_status(&pt, o.clone(), &now());
-        assert_eq!(first.dataset.as_ref().unwrap().digest, "sha256:d1");
+        assert_eq!(first.fields.dataset.as_ref().unwrap().digest, "sha256:d1");
         assert!(PretrainJob::needs_write(pt.status.as_ref(), &first));
         PretrainJob::record(pt.status.get_or_insert_default(), first);
 
@@ -886,7 +886,11 @@ mod status_tests {
             pt.status.as_ref(),
         );
         assert_eq!(
-            desired_status(&pt, waiting, &later).dataset.unwrap().digest,
+            desired_status(&pt, waiting, &later)
+                .fields
+                .dataset
+                .unwrap()
+                .digest,
             "sha256:d1"
         );
     }

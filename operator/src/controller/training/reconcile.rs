@@ -22,7 +22,7 @@ use super::validate::{Invalid, Valid};
 use crate::runtime::Context;
 use crate::runtime::conditions::{Outcome, now};
 use crate::runtime::controller::ReconcileError;
-use crate::runtime::status::{ReportsStatus, WriteStatusError, first_sight, write};
+use crate::runtime::status::{ReportsStatus, WriteStatusError, Written, first_sight, write};
 use crate::workload::observe::JobState;
 use crate::workload::record::{JobRecord, finished_for_generation};
 
@@ -67,7 +67,7 @@ pub trait TrainingKind:
     fn observe(&self, state: &JobState, job: &Job, resolved: &Self::Resolved) -> Self::Observed;
     /// The operator's status for `observed`, keeping condition times from the
     /// current status.
-    fn desired_status(&self, observed: Self::Observed, now: &Time) -> Self::Written;
+    fn desired_status(&self, observed: Self::Observed, now: &Time) -> Written<Self::Fields>;
 }
 
 /// One pass over `obj`.

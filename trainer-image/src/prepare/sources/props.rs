@@ -125,7 +125,8 @@ proptest! {
     #[test]
     fn http_uris_keep_their_parts(
         scheme in prop::sample::select(vec!["http", "https"]),
-        host in "[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9-]{0,10}){0,3}",
+        // No "--" in a label: `xn--` names are punycode, which this does not make.
+        host in "[a-z](-?[a-z0-9]){0,20}(\\.[a-z](-?[a-z0-9]){0,10}){0,3}",
         // Dot segments (`/.`, `/..`) are normalised away by URL parsing.
         path in "(/[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,11}){0,4}",
     ) {
