@@ -27,6 +27,12 @@ pub struct OperatorConfig {
     /// read the node's instance credentials. A cluster-wide choice of its
     /// administrator.
     pub allow_link_local_sources: bool,
+    /// Whether each ModelDeployment gets a NetworkPolicy opening its serving port
+    /// to the expected traffic only (`controller::deployment::isolation`).
+    pub network_policies: bool,
+    /// The namespace the operator runs in, when in a cluster: serving pods admit
+    /// its metrics scrapes.
+    pub operator_namespace: Option<String>,
 }
 
 /// CPU and memory for trainer pods whose resource has no `resources` field.
@@ -83,6 +89,8 @@ impl OperatorConfig {
             trainer_resources: TrainerResources::default(),
             monitoring: Default::default(),
             allow_link_local_sources: false,
+            network_policies: true,
+            operator_namespace: Some("llmops-system".into()),
         }
     }
 }

@@ -73,6 +73,12 @@ struct RunArgs {
     /// (refused by default: they can hand out the node's credentials).
     #[arg(long)]
     allow_link_local_sources: bool,
+    /// Give each ModelDeployment a NetworkPolicy that opens its serving port to
+    /// its namespace and the operator only (to all when its Service or an
+    /// HTTPRoute takes traffic from outside). `false` leaves serving traffic to
+    /// the cluster's own policies.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    network_policies: bool,
 }
 
 /// A duration as the CRDs spell them (`500ms`, `15s`, `1m30s`).
@@ -140,6 +146,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 ..Monitoring::default()
             },
             allow_link_local_sources: args.allow_link_local_sources,
+            network_policies: args.network_policies,
+            operator_namespace: std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|ns| !ns.is_empty()),
         },
         scope: Scope::new(
             args.namespaces

@@ -18,6 +18,7 @@ use anyhow::{Context, ensure};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -176,6 +177,21 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
     pdbs.get("chat-server")
         .await
         .context("PodDisruptionBudget chat-server")?;
+    // The serving port is open to the namespace only (the test operator runs
+    // outside the cluster, so there is no operator namespace to open it to).
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace);
+    let policy = policies
+        .get("chat-server")
+        .await
+        .context("NetworkPolicy chat-server")?;
+    let policy = serde_json::to_value(policy.spec.context("NetworkPolicy without spec")?)?;
+    ensure!(
+        policy["podSelector"]["matchLabels"]["llmops.dev/modeldeployment"] == json!(NAME)
+            && policy["policyTypes"] == json!(["Ingress"])
+            && policy["ingress"]
+                == json!([{"from": [{"podSelector": {}}], "ports": [{"port": "http", "protocol": "TCP"}]}]),
+        "NetworkPolicy chat-server: {policy}"
+    );
 
     // The replayed servers load the model and pass their readiness probes: the
     // ModelDeployment is Ready and says where.

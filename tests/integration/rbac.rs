@@ -18,13 +18,14 @@ const KINDS: [&str; 4] = ["datasets", "pretrainjobs", "finetunes", "modeldeploym
 const CHILD_VERBS: [&str; 7] = [
     "get", "list", "watch", "create", "patch", "update", "delete",
 ];
-const CHILDREN: [(&str, &str); 8] = [
+const CHILDREN: [(&str, &str); 9] = [
     ("batch", "jobs"),
     ("apps", "deployments"),
     ("", "configmaps"),
     ("", "services"),
     ("", "serviceaccounts"),
     ("policy", "poddisruptionbudgets"),
+    ("networking.k8s.io", "networkpolicies"),
     ("rbac.authorization.k8s.io", "roles"),
     ("rbac.authorization.k8s.io", "rolebindings"),
 ];

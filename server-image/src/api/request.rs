@@ -5,6 +5,7 @@
 
 use llmops_model::{Sampling, StopSequences};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -57,7 +58,9 @@ pub struct CommonParams {
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
     pub prompt: Prompt,
-    #[serde(flatten)]
+    /// Read from the same object by [`parse`] (not `flatten`: through it, an
+    /// error loses the name of the field).
+    #[serde(skip)]
     pub common: CommonParams,
     pub logprobs: Option<Value>,
     pub echo: Option<bool>,
@@ -82,7 +85,8 @@ pub struct ChatMessage {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
-    #[serde(flatten)]
+    /// Read from the same object by [`parse`].
+    #[serde(skip)]
     pub common: CommonParams,
     pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
@@ -90,10 +94,60 @@ pub struct ChatRequest {
     pub response_format: Option<Value>,
 }
 
-/// Parses a JSON body; a syntax or type error is a 400 that quotes serde.
-pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not a valid request: {e}")))
+/// The body of one endpoint: its own fields, and the shared ones.
+pub trait RequestBody: DeserializeOwned {
+    fn set_common(&mut self, common: CommonParams);
+}
+
+impl RequestBody for CompletionRequest {
+    fn set_common(&mut self, common: CommonParams) {
+        self.common = common;
+    }
+}
+
+impl RequestBody for ChatRequest {
+    fn set_common(&mut self, common: CommonParams) {
+        self.common = common;
+    }
+}
+
+/// Parses a JSON body. Bytes that are not JSON (invalid UTF-8 included) are a
+/// 400 saying so; a field that is missing or of the wrong type is a 400 naming
+/// it in `param` (`temperature`, `messages[0].content`).
+pub fn parse<T: RequestBody>(body: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    let common = typed(&value)?;
+    let mut request: T = typed(&value)?;
+    request.set_common(common);
+    Ok(request)
+}
+
+fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let problem = e.into_inner().to_string();
+        // A missing field is reported at its parent.
+        let missing = problem
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(field, _)| match path.as_str() {
+                "." => field.to_string(),
+                parent => format!("{parent}.{field}"),
+            });
+        match missing {
+            Some(param) => ApiError::invalid(&param, format!("{param} is required")),
+            None if path == "." => ApiError::bad_request(format!(
+                "the request body is not a valid request: {problem}"
+            )),
+            None => ApiError::invalid(&path, format!("{path}: {problem}")),
+        }
+    })
 }
 
 /// What the engine needs for each prompt of one request.
@@ -345,5 +399,105 @@ mod tests {
             r.messages().unwrap_err().param.as_deref(),
             Some("messages[0].content")
         );
+    }
+
+    #[test]
+    fn malformed_bodies_are_400s_that_say_what_is_wrong() {
+        let err = parse::<ChatRequest>(b"{\"model\": ").unwrap_err();
+        assert!(err.message.contains("not valid JSON"), "{}", err.message);
+        let err = parse::<ChatRequest>(b"{\"model\":\"m\",\"messages\":[],\"user\":\"\xff\"}")
+            .unwrap_err();
+        assert!(err.message.contains("not valid JSON"), "{}", err.message);
+        let err = parse::<ChatRequest>(b"[1]").unwrap_err();
+        assert!(err.message.contains("JSON object"), "{}", err.message);
+        let err = parse::<ChatRequest>(br#"{"messages":[]}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("model"));
+        let err =
+            parse::<ChatRequest>(br#"{"model":"m","messages":[{"content":"hi"}]}"#).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("messages[0].role"));
+        let err = parse::<CompletionRequest>(br#"{"model":"m","prompt":"hi","temperature":"hot"}"#)
+            .unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("temperature"));
+        assert!(err.message.starts_with("temperature: "), "{}", err.message);
+        let ok: ChatRequest =
+            parse(br#"{"model":"m","messages":[],"temperature":0.5,"extra":1}"#).unwrap();
+        assert_eq!(ok.common.model, "m");
+        assert_eq!(ok.common.temperature, Some(0.5));
+    }
+
+    use proptest::prelude::*;
+
+    /// A JSON value that is not a number.
+    fn not_a_number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<bool>().prop_map(Value::from),
+            ".{0,8}".prop_map(Value::from),
+            Just(serde_json::json!([1, 2])),
+            Just(serde_json::json!({"a": 1})),
+        ]
+    }
+
+    /// A JSON value that is not a string or a list of strings.
+    fn not_text() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            Just(serde_json::json!([1])),
+            Just(serde_json::json!({"a": "b"})),
+        ]
+    }
+
+    /// A JSON value that is not a boolean.
+    fn not_a_flag() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i32>().prop_map(Value::from),
+            ".{0,8}".prop_map(Value::from),
+            Just(serde_json::json!([true])),
+        ]
+    }
+
+    fn wrongly_typed_field() -> impl Strategy<Value = (&'static str, Value)> {
+        prop_oneof![
+            (
+                prop::sample::select(vec![
+                    "temperature",
+                    "top_p",
+                    "presence_penalty",
+                    "max_tokens",
+                    "top_k",
+                    "n",
+                    "seed"
+                ]),
+                not_a_number()
+            ),
+            (
+                prop::sample::select(vec!["model", "stop", "messages"]),
+                not_text()
+            ),
+            (Just("stream"), not_a_flag()),
+        ]
+    }
+
+    proptest! {
+        /// Whatever bytes arrive, the answer is a request or a 400.
+        #[test]
+        fn any_body_parses_or_is_a_400(body in any::<Vec<u8>>()) {
+            if let Err(err) = parse::<ChatRequest>(&body) {
+                prop_assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+            }
+            if let Err(err) = parse::<CompletionRequest>(&body) {
+                prop_assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+            }
+        }
+
+        /// A field of the wrong type is named, whichever it is.
+        #[test]
+        fn a_wrongly_typed_field_is_named((field, value) in wrongly_typed_field()) {
+            let mut body = serde_json::json!({"model": "m", "messages": []});
+            body[field] = value.clone();
+            let err = parse::<ChatRequest>(body.to_string().as_bytes()).unwrap_err();
+            let param = err.param.clone().unwrap_or_default();
+            prop_assert!(param.starts_with(field), "{} = {}: param {:?}, {}", field, value, param, err.message);
+        }
     }
 }

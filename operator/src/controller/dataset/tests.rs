@@ -547,18 +547,15 @@ mod status_tests {
             desired.fields.artifact.as_ref().unwrap().digest,
             "sha256:abc"
         );
-        assert_eq!(
-            desired
-                .fields
-                .completion_time
-                .as_ref()
-                .unwrap()
-                .0
-                .to_string(),
-            "2026-01-01T00:10:00Z"
-        );
+        assert_eq!(finished_at(&desired), "2026-01-01T00:10:00Z");
         assert!(condition(&desired.conditions, RECONCILING).is_none());
         assert!(condition(&desired.conditions, STALLED).is_none());
+    }
+
+    /// The completion time `desired` records.
+    fn finished_at(desired: &status::OperatorStatus) -> String {
+        let time = desired.fields.completion_time.as_ref();
+        time.expect("a completion time").0.to_string()
     }
 
     #[test]
@@ -588,16 +585,7 @@ mod status_tests {
             condition(&desired.conditions, READY).unwrap().status,
             "False"
         );
-        assert_eq!(
-            desired
-                .fields
-                .completion_time
-                .as_ref()
-                .unwrap()
-                .0
-                .to_string(),
-            "2026-01-01T00:05:00Z"
-        );
+        assert_eq!(finished_at(&desired), "2026-01-01T00:05:00Z");
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!   `<name>-canary` like it, each selecting one revision's pods (the backends
 //!   an HTTPRoute weights, [`super::route`]);
 //! - PodDisruptionBudget `<name>-server` (`maxUnavailable: 1`) with more than
-//!   one replica, so a node drain never takes every server at once.
+//!   one replica, so a node drain never takes every server at once;
+//! - NetworkPolicy `<name>-server`, the serving port open to the expected
+//!   traffic only ([`super::isolation`]).
 //!
 //! The pod template carries the model's URI and digest as annotations: a new
 //! artifact at the same URI (a re-trained PretrainJob) rolls the pods too, and the
@@ -33,6 +35,7 @@ use k8s_openapi::api::core::v1::{
     LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
     Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -41,6 +44,7 @@ use kube::ResourceExt;
 use llmops_crds::ModelDeployment;
 use llmops_crds::deployment::{ServeDtype, ServiceType};
 
+use super::isolation::build_network_policy;
 use super::resolve::Model;
 use super::route;
 use crate::config::OperatorConfig;
@@ -156,6 +160,8 @@ pub struct Children {
     pub route_services: Vec<Service>,
     /// Only with more than one replica.
     pub pdb: Option<PodDisruptionBudget>,
+    /// Unless the operator runs with `--network-policies=false`.
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// The children with [`replicas`] serving pods.
@@ -177,6 +183,9 @@ pub fn build_with_replicas(
         service: build_service(md, service_name(&md.name_any()), pod_selector(md)),
         route_services: build_route_services(md),
         pdb: (replicas > 1).then(|| build_pdb(md)),
+        network_policy: config
+            .network_policies
+            .then(|| build_network_policy(md, config.operator_namespace.as_deref())),
     }
 }
 

@@ -4,8 +4,8 @@
 //!
 //! resolve (`spec.model` → artifact) → validate → read (the live Deployments,
 //! the pods' metrics) → decide (replicas, rollout) → build (Deployments,
-//! Service, PodDisruptionBudget) → apply (server-side apply, orphans deleted) →
-//! status.
+//! Service, PodDisruptionBudget, NetworkPolicy) → apply (server-side apply,
+//! orphans deleted) → status.
 //!
 //! - **Monitoring** ([`monitor`]): every pass that is due (each
 //!   `--metrics-interval`, 15 s by default) reads each ready serving pod's
@@ -48,6 +48,7 @@
 mod autoscale;
 mod build;
 mod canary;
+mod isolation;
 pub mod monitor;
 pub(crate) mod reason;
 mod resolve;
@@ -66,6 +67,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -140,7 +142,8 @@ impl ReconcileError for Error {
 }
 
 /// One ModelDeployment controller per namespace in `scope`, each watching
-/// ModelDeployments, their Deployments, Services and PodDisruptionBudgets, and
+/// ModelDeployments, their Deployments, Services, PodDisruptionBudgets and
+/// NetworkPolicies, and
 /// the PretrainJobs and FineTunes they serve (a new artifact starts a rollout,
 /// and a first one ends the wait for it).
 pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<ControllerRun> {
@@ -155,6 +158,7 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
                 scoped_api::<PodDisruptionBudget>(client, ns),
                 owned_children(),
             )
+            .owns(scoped_api::<NetworkPolicy>(client, ns), owned_children())
             .watches(
                 scoped_api::<PretrainJob>(client, ns),
                 watcher::Config::default(),
@@ -529,6 +533,9 @@ async fn apply_children(client: &Client, children: &Children) -> Result<Deployme
     if let Some(pdb) = &children.pdb {
         apply_child(client, pdb).await?;
     }
+    if let Some(policy) = &children.network_policy {
+        apply_child(client, policy).await?;
+    }
     if let Some(canary) = &children.canary {
         apply_child(client, canary).await?;
     }
@@ -566,6 +573,16 @@ async fn delete_outdated(
         delete_orphans::<PodDisruptionBudget>(client, &namespace, &selector, &pdbs)
             .await
             .map_err(tag("PodDisruptionBudget"))?,
+    );
+    let policies: Vec<String> = children
+        .network_policy
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    deleted.extend(
+        delete_orphans::<NetworkPolicy>(client, &namespace, &selector, &policies)
+            .await
+            .map_err(tag("NetworkPolicy"))?,
     );
     if !deleted.is_empty() {
         tracing::info!(?deleted, "deleted children no longer produced");

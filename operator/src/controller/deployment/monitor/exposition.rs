@@ -53,17 +53,7 @@ pub fn samples(text: &str) -> Result<Vec<Sample>, ParseError> {
         let mut rest = &line[name_end..];
         let mut labels = BTreeMap::new();
         if let Some(inner) = rest.strip_prefix('{') {
-            let close = inner.find('}').ok_or_else(|| bad("unclosed label set"))?;
-            for pair in inner[..close].split(',').filter(|p| !p.trim().is_empty()) {
-                let (key, value) = pair
-                    .split_once('=')
-                    .ok_or_else(|| bad("a label without ="))?;
-                labels.insert(
-                    key.trim().to_string(),
-                    value.trim().trim_matches('"').to_string(),
-                );
-            }
-            rest = &inner[close + 1..];
+            (labels, rest) = label_set(inner).map_err(bad)?;
         }
         let value = rest
             .split_whitespace()
@@ -83,6 +73,56 @@ pub fn samples(text: &str) -> Result<Vec<Sample>, ParseError> {
         });
     }
     Ok(out)
+}
+
+/// The labels of a set whose `{` is just before `text`, and the text after its
+/// `}`. Values are quoted and may hold `,`, `}`, `\\`, `\"` and `\n`.
+fn label_set(text: &str) -> Result<(BTreeMap<String, String>, &str), &'static str> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix('}') {
+            return Ok((labels, after));
+        }
+        if rest.is_empty() {
+            return Err("unclosed label set");
+        }
+        let (key, after) = rest.split_once('=').ok_or("a label without =")?;
+        let key = key.trim();
+        if key.is_empty() || key.contains([',', '}', '"']) {
+            return Err("a label without a name");
+        }
+        let quoted = after
+            .trim_start()
+            .strip_prefix('"')
+            .ok_or("a label value not in quotes")?;
+        let (value, after) = quoted_value(quoted).ok_or("unclosed label value")?;
+        labels.insert(key.to_string(), value);
+        rest = after.trim_start();
+        match rest.strip_prefix(',') {
+            Some(after) => rest = after,
+            None if rest.starts_with('}') => {}
+            None => return Err("labels not separated by ','"),
+        }
+    }
+}
+
+/// An escaped label value up to its closing quote, and the text after that quote.
+fn quoted_value(text: &str) -> Option<(String, &str)> {
+    let mut value = String::new();
+    let mut chars = text.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => return Some((value, &text[at + 1..])),
+            '\\' => match chars.next()?.1 {
+                'n' => value.push('\n'),
+                escaped => value.push(escaped),
+            },
+            c => value.push(c),
+        }
+    }
+    None
 }
 
 /// Cumulative histogram buckets: upper bound → observations at or below it,
@@ -225,5 +265,84 @@ x_bucket{le=\"+Inf\",route=\"models\"} 50
             read("llmops_server_in_flight_requests{a=\"b\" 1\n"),
             Err(ParseError::Line { .. })
         ));
+    }
+
+    #[test]
+    fn quoted_label_values_may_hold_separators_and_escapes() {
+        let text = r#"x{path="a,b}",quote="say \"hi\"",nl="1\n2",slash="c:\\"} 7 1700000000"#;
+        let [sample] = samples(text).unwrap().try_into().unwrap();
+        assert_eq!(sample.labels["path"], "a,b}");
+        assert_eq!(sample.labels["quote"], r#"say "hi""#);
+        assert_eq!(sample.labels["nl"], "1\n2");
+        assert_eq!(sample.labels["slash"], "c:\\");
+        assert_eq!(sample.value, 7.0);
+        assert!(matches!(
+            samples(r#"x{a=b} 1"#),
+            Err(ParseError::Line { problem, .. }) if problem.contains("quotes")
+        ));
+        assert!(matches!(
+            samples(r#"x{a="b"c="d"} 1"#),
+            Err(ParseError::Line { problem, .. }) if problem.contains("separated")
+        ));
+    }
+
+    /// The exposition format's rendering of a sample.
+    fn render(sample: &Sample) -> String {
+        let labels: Vec<String> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| {
+                let escaped = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                format!("{k}=\"{escaped}\"")
+            })
+            .collect();
+        let value = match sample.value {
+            f64::INFINITY => "+Inf".to_string(),
+            f64::NEG_INFINITY => "-Inf".to_string(),
+            v => v.to_string(),
+        };
+        if labels.is_empty() {
+            format!("{} {value}", sample.name)
+        } else {
+            format!("{}{{{}}} {value}", sample.name, labels.join(","))
+        }
+    }
+
+    fn sample() -> impl Strategy<Value = Sample> {
+        let value = prop_oneof![
+            any::<f64>().prop_filter("NaN is not equal to itself", |v| !v.is_nan()),
+            Just(f64::INFINITY),
+        ];
+        (
+            "[a-zA-Z_:][a-zA-Z0-9_:]{0,20}",
+            proptest::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,10}", any::<String>(), 0..4),
+            value,
+        )
+            .prop_map(|(name, labels, value)| Sample {
+                name,
+                labels,
+                value,
+            })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a pod answers, reading it returns (a reading or an error).
+        #[test]
+        fn any_text_reads_without_panicking(text in any::<String>()) {
+            let _ = read(&text);
+        }
+
+        #[test]
+        fn rendered_samples_read_back_as_they_were(
+            written in proptest::collection::vec(sample(), 0..8)
+        ) {
+            let text: String = written.iter().map(|s| render(s) + "\n").collect();
+            prop_assert_eq!(samples(&text).unwrap(), written);
+        }
     }
 }
