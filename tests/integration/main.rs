@@ -14,6 +14,7 @@ mod e2e_deployment;
 mod e2e_finetune;
 mod e2e_pipeline;
 mod e2e_pretrain;
+mod e2e_secrets;
 mod e2e_serving;
 mod examples;
 mod helm;
