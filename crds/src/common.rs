@@ -407,6 +407,10 @@ pub struct TrainingProgress {
     /// When the trainer last wrote progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_time: Option<Time>,
+    /// What the trainer had to work around, such as newer checkpoints it found
+    /// corrupt and set aside before resuming from an older one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The Kubernetes conditions list: a map keyed by `type`, so server-side apply

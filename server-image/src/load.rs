@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use llmops_model::{Dtype, GenerationConfig, io};
-use llmops_store::{Credentials, Store};
+use llmops_store::{Credentials, Store, fetch_model};
 use tch::Device;
 use tokenizers::Tokenizer;
 
@@ -24,8 +24,14 @@ pub struct ModelDir {
 }
 
 /// The directory behind `uri`: used in place for `file://`/`pvc://` (and plain
-/// paths), downloaded to a temporary directory from object stores.
-pub async fn fetch(uri: &str, credentials: &Credentials) -> anyhow::Result<ModelDir> {
+/// paths), downloaded to a temporary directory from object stores. With a
+/// manifest only the files it lists (no checkpoints), each checked; `digest`,
+/// the one the operator pinned, must be the model's (`llmops_store::model`).
+pub async fn fetch(
+    uri: &str,
+    credentials: &Credentials,
+    digest: Option<&str>,
+) -> anyhow::Result<ModelDir> {
     let uri = if uri.contains("://") {
         uri.to_string()
     } else {
@@ -40,7 +46,7 @@ pub async fn fetch(uri: &str, credentials: &Credentials) -> anyhow::Result<Model
     let scratch = download
         .as_ref()
         .map_or_else(PathBuf::new, |d| d.path().to_path_buf());
-    let path = store.local_dir(&scratch).await?;
+    let path = fetch_model(&store, &scratch, digest).await?;
     if !path.join(io::CONFIG_FILE).exists() {
         bail!(
             "{uri} is not a model directory: it has no {}",

@@ -30,6 +30,11 @@ struct Cli {
     /// az:// or a plain path.
     #[arg(long)]
     model: String,
+    /// The model's artifact digest (`sha256:<hex>`, from its manifest): a model
+    /// that is not this one, or an export without a manifest, is refused before
+    /// the server reports ready.
+    #[arg(long)]
+    model_digest: Option<String>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     host: String,
@@ -249,7 +254,7 @@ async fn serve(cli: Cli, api_keys: Vec<String>, limits: api::Limits) -> ExitCode
             .unwrap_or_else(|| default_name(&cli.model));
         let credentials = Credentials::from_secret(cli.credentials_secret.as_deref());
         let result = async {
-            let dir = load::fetch(&cli.model, &credentials).await?;
+            let dir = load::fetch(&cli.model, &credentials, cli.model_digest.as_deref()).await?;
             let served = tokio::task::spawn_blocking(move || {
                 let limits = load::Limits {
                     max_batch: cli.max_batch_size,

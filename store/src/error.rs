@@ -26,6 +26,10 @@ pub enum StoreError {
         expected: String,
         actual: String,
     },
+    /// Not a model the reader can trust: no manifest where one is needed, a
+    /// manifest that does not add up, or another model than the one expected.
+    #[error("the model at {uri} cannot be used: {reason}")]
+    InvalidModel { uri: String, reason: String },
     #[error("{uri} is read-only; write artifacts to s3://, gs://, az://, file:// or pvc://")]
     ReadOnly { uri: String },
     /// The prefix holds something its would-be writer did not write; nothing

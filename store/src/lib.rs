@@ -9,6 +9,7 @@
 pub mod credentials;
 pub mod digest;
 mod error;
+pub mod model;
 mod owner;
 mod store;
 pub mod uri;
@@ -16,6 +17,7 @@ pub mod uri;
 pub use credentials::{CREDENTIAL_KEYS, Credentials, credential_env_prefix, credential_env_var};
 pub use digest::{FileDigest, artifact_digest, digest_dir, sha256_file};
 pub use error::StoreError;
+pub use model::{MODEL_DIR_PREFIX, ModelManifest, fetch_model};
 pub use owner::{OWNER_FILE, Owner};
 pub use store::{ByteStream, ObjectEntry, Store, verify_sha256};
 pub use uri::ArtifactUri;

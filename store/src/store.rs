@@ -165,7 +165,8 @@ impl Store {
         }
     }
 
-    fn child_uri(&self, rel: &str) -> String {
+    /// The URI of the object `rel` below this store's URI.
+    pub fn child_uri(&self, rel: &str) -> String {
         if rel.is_empty() {
             self.uri.clone()
         } else {

@@ -442,6 +442,7 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
         "model.safetensors",
         "tokenizer.json",
         "llmops.json",
+        "manifest.json",
     ] {
         ensure!(
             dir.join(file).exists(),
@@ -449,6 +450,23 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
             dir.display()
         );
     }
+    // Each export has a directory of its own, named by its digest, with the
+    // checkpoints beside it rather than in it.
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let hex = ready["status"]["artifact"]["digest"]
+        .as_str()
+        .and_then(|d| d.strip_prefix("sha256:"))
+        .unwrap_or_default();
+    ensure!(
+        !hex.is_empty() && name == format!("model-{}", &hex[..16]),
+        "the model's directory {name} is not named by its digest {hex}"
+    );
+    ensure!(
+        !dir.join("checkpoints").exists()
+            && dir.parent().is_some_and(|p| p.join("checkpoints").exists()),
+        "checkpoints are not beside the model in {}",
+        dir.display()
+    );
     let lineage = std::fs::read_to_string(dir.join("llmops.json"))?;
     ensure!(
         lineage.contains(digest.as_str().unwrap_or("?")),

@@ -17,7 +17,10 @@ fn base(dir: &Path) -> (String, String) {
     let dataset = prepare_instruction_dataset(dir);
     let job = job("base", "llama", json!({"maxSteps": 20}));
     assert_ok(&pretrain(dir, &job, &dataset, "base"));
-    (dataset, format!("file://{}", dir.join("base").display()))
+    (
+        dataset,
+        format!("file://{}", model_dir(&dir.join("base")).display()),
+    )
 }
 
 fn finetune_resource(method: Value, gates: Value) -> Value {
@@ -104,8 +107,8 @@ fn lora_trains_only_the_adapted_projections_and_exports_a_merged_model() {
 
     // The merged model is a plain model: base weights everywhere except the
     // adapted projections, and no adapter tensors.
-    let base = tensors(&tmp.path().join("base/model.safetensors"));
-    let tuned = tensors(&tmp.path().join("lora/model.safetensors"));
+    let base = tensors(&model_dir(&tmp.path().join("base")).join("model.safetensors"));
+    let tuned = tensors(&model_dir(&tmp.path().join("lora")).join("model.safetensors"));
     assert_eq!(
         base.keys().collect::<Vec<_>>(),
         tuned.keys().collect::<Vec<_>>()
@@ -119,7 +122,7 @@ fn lora_trains_only_the_adapted_projections_and_exports_a_merged_model() {
         }
     }
     let lineage: Value = serde_json::from_str(
-        &std::fs::read_to_string(tmp.path().join("lora/llmops.json")).unwrap(),
+        &std::fs::read_to_string(model_dir(&tmp.path().join("lora")).join("llmops.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(lineage["kind"], "FineTune");
@@ -147,7 +150,7 @@ fn lora_trains_only_the_adapted_projections_and_exports_a_merged_model() {
         "resumed",
     ));
     assert_eq!(pretrain_common::losses(&log(tmp.path(), "resumed")), losses);
-    let resumed = tensors(&tmp.path().join("resumed/model.safetensors"));
+    let resumed = tensors(&model_dir(&tmp.path().join("resumed")).join("model.safetensors"));
     for (name, t) in &tuned {
         assert_eq!(
             max_abs_diff(t, &resumed[name]),
@@ -175,8 +178,8 @@ fn a_full_fine_tune_changes_every_matrix_and_a_failed_gate_is_reported() {
         message.starts_with("perplexity ") && message.ends_with(" > 1"),
         "{message}"
     );
-    let base = tensors(&tmp.path().join("base/model.safetensors"));
-    for (name, t) in tensors(&tmp.path().join("full/model.safetensors")) {
+    let base = tensors(&model_dir(&tmp.path().join("base")).join("model.safetensors"));
+    for (name, t) in tensors(&model_dir(&tmp.path().join("full")).join("model.safetensors")) {
         if t.dim() == 2 {
             assert!(max_abs_diff(&t, &base[&name]) > 0.0, "{name} did not train");
         }

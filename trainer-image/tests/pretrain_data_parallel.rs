@@ -51,8 +51,8 @@ fn two_ranks_track_one_rank_with_the_whole_batch() {
     let two = losses(&log(tmp.path(), "two"));
     assert_close(&one, &two);
 
-    let a = tensors(&tmp.path().join("one/model.safetensors"));
-    let b = tensors(&tmp.path().join("two/model.safetensors"));
+    let a = tensors(&model_dir(&tmp.path().join("one")).join("model.safetensors"));
+    let b = tensors(&model_dir(&tmp.path().join("two")).join("model.safetensors"));
     let mut weights = 0.0f64;
     for (name, t) in &a {
         weights = weights.max(max_abs_diff(t, &b[name]));

@@ -43,7 +43,7 @@ fn exported_model_matches_transformers(family: &str, tied: bool) {
     let mut job = job(family, family, json!({"maxSteps": 10}));
     job["spec"]["model"]["tiedEmbeddings"] = json!(tied);
     assert_ok(&pretrain(tmp.path(), &job, &dataset, "out"));
-    let dir = tmp.path().join("out");
+    let dir = model_dir(&tmp.path().join("out"));
 
     let loaded = io::load(&dir, Device::Cpu, Dtype::F32).unwrap();
     assert_eq!(loaded.model.config().tie_word_embeddings, tied);

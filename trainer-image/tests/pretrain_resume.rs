@@ -46,7 +46,11 @@ fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run() {
     assert_eq!(state["tokensSeen"], 10 * 8 * 32);
     copy_dir(&ckpt, &tmp.path().join("resumed/checkpoints/step-10"));
     let head: String = full[..10].iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(tmp.path().join("resumed/checkpoints/train_log.jsonl"), head).unwrap();
+    std::fs::write(
+        tmp.path().join("resumed/checkpoints/train_log.jsonl"),
+        &head,
+    )
+    .unwrap();
 
     let run = pretrain(tmp.path(), &job, &dataset, "resumed");
     assert_ok(&run);
@@ -57,8 +61,8 @@ fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run() {
         "loss curves differ after resume"
     );
     assert_same_weights(
-        &tmp.path().join("full/model.safetensors"),
-        &tmp.path().join("resumed/model.safetensors"),
+        &model_dir(&tmp.path().join("full")).join("model.safetensors"),
+        &model_dir(&tmp.path().join("resumed")).join("model.safetensors"),
     );
 
     // Sensitivity: resuming without the optimizer moments breaks the equality.
@@ -69,9 +73,34 @@ fn resuming_from_a_checkpoint_reproduces_the_uninterrupted_run() {
         .map(|(k, v)| (k, v.zeros_like()))
         .collect();
     tch::Tensor::write_safetensors(&zeroed, broken.join("optimizer.safetensors")).unwrap();
+    // Without its sums the checkpoint is taken on its state (as one written by
+    // an older trainer would be), so the zeroed moments are used.
+    std::fs::remove_file(broken.join("SHA256SUMS")).unwrap();
     assert_ok(&pretrain(tmp.path(), &job, &dataset, "broken"));
     let broken = losses(&log(tmp.path(), "broken"));
     assert_ne!(broken[10..], losses(&full)[10..]);
+
+    // A newer checkpoint whose bytes changed after it was written (here a
+    // truncated optimizer file) is set aside, and the run resumes from the one
+    // before it exactly as from an intact one.
+    let corrupt = tmp.path().join("corrupt/checkpoints");
+    copy_dir(&ckpt, &corrupt.join("step-10"));
+    copy_dir(&ckpt, &corrupt.join("step-12"));
+    let optimizer = corrupt.join("step-12/optimizer.safetensors");
+    let bytes = std::fs::read(&optimizer).unwrap();
+    std::fs::write(&optimizer, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(corrupt.join("train_log.jsonl"), &head).unwrap();
+    let run = pretrain(tmp.path(), &job, &dataset, "corrupt");
+    assert_ok(&run);
+    assert_eq!(losses(&log(tmp.path(), "corrupt")), losses(&full));
+    assert!(corrupt.join("step-12.corrupt").is_dir());
+    let result: Value = serde_json::from_str(&run.termination).unwrap();
+    let note = result["progress"]["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("resumed from step-10")
+            && note.contains("step-12 (optimizer.safetensors: sha256"),
+        "progress.note: {note:?}"
+    );
 }
 
 fn wait_for_steps(dir: &Path, output: &str, steps: usize) {
@@ -127,10 +156,13 @@ fn sigterm_saves_a_checkpoint_and_a_restart_resumes_from_it() {
         message["interrupted"]["checkpoint"]["uri"],
         format!("file://{}", ckpt.display())
     );
-    assert!(
-        !tmp.path().join("run/model.safetensors").exists(),
-        "no export yet"
-    );
+    let exported = std::fs::read_dir(tmp.path().join("run")).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("model-")
+    });
+    assert!(!exported, "no export yet");
 
     let restarted = pretrain(tmp.path(), &job, &dataset, "run");
     assert_ok(&restarted);
@@ -148,7 +180,7 @@ fn sigterm_saves_a_checkpoint_and_a_restart_resumes_from_it() {
     );
     assert_eq!(losses(&resumed), losses(&log(tmp.path(), "reference")));
     assert_same_weights(
-        &tmp.path().join("run/model.safetensors"),
-        &tmp.path().join("reference/model.safetensors"),
+        &model_dir(&tmp.path().join("run")).join("model.safetensors"),
+        &model_dir(&tmp.path().join("reference")).join("model.safetensors"),
     );
 }

@@ -41,7 +41,7 @@ fn loss_falls_and_the_model_is_exported() {
 
     // The termination message carries the artifact and final progress.
     let result: Value = serde_json::from_str(&run.termination).unwrap();
-    let out = tmp.path().join("out");
+    let out = model_dir(&tmp.path().join("out"));
     assert_eq!(
         result["artifact"]["uri"],
         format!("file://{}", out.display())
@@ -64,9 +64,14 @@ fn loss_falls_and_the_model_is_exported() {
         "generation_config.json",
         "tokenizer.json",
         "llmops.json",
+        "manifest.json",
     ] {
         assert!(out.join(f).is_file(), "{f} missing from the export");
     }
+    assert!(
+        !out.join("checkpoints").exists(),
+        "checkpoints are kept beside the model, not in it"
+    );
     let lineage: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("llmops.json")).unwrap()).unwrap();
     let manifest: Value = serde_json::from_str(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use llmops_crds::FineTune;
 use llmops_model::{Config, io};
-use llmops_store::{Credentials, Store};
+use llmops_store::{Credentials, Store, fetch_model};
 
 use super::{FineTuneError, Options};
 use crate::artifact::DatasetArtifact;
@@ -20,7 +20,6 @@ pub(super) struct Resolved {
     /// The base model's digest as `status.lineage.baseModel` records it, if it does.
     pub base_digest: String,
     pub dataset_uri: String,
-    pub output: String,
     /// The Secret of the output store, if any.
     pub secret: Option<String>,
     pub store: Store,
@@ -80,7 +79,6 @@ pub(super) fn resolve(ft: &FineTune, options: &Options) -> Result<Resolved, Fine
         base_uri,
         base_digest: recorded_base.map(|a| a.digest.clone()).unwrap_or_default(),
         dataset_uri,
-        output,
         secret,
         store,
     })
@@ -111,9 +109,11 @@ pub(super) async fn fetch(
         .credentials_secret_ref
         .as_ref()
         .map(|s| s.name.as_str());
-    let base_dir = Store::open(&r.base_uri, &Credentials::from_secret(base_secret))?
-        .local_dir(&base_scratch)
-        .await?;
+    // The digest the lineage recorded, when it did: a base model exported again
+    // since (another directory) or changed in place is refused, not trained on.
+    let pinned = Some(r.base_digest.as_str()).filter(|d| !d.is_empty());
+    let base_store = Store::open(&r.base_uri, &Credentials::from_secret(base_secret))?;
+    let base_dir = fetch_model(&base_store, &base_scratch, pinned).await?;
     let base_config = Config::from_file(base_dir.join(io::CONFIG_FILE)).map_err(|e| {
         FineTuneError::Incompatible(format!(
             "the base model at {} is not a model directory: {e}",

@@ -232,12 +232,9 @@ async fn export(
             m
         },
     };
-    let digest = session::export_model(&r.store, &e.trained, &lineage).await?;
+    let artifact = session::export_model(&r.store, &e.trained, &lineage).await?;
     Ok(FineTuned {
-        artifact: Artifact {
-            uri: r.output,
-            digest,
-        },
+        artifact,
         progress: e.trained.progress,
         evaluation: e.evaluation,
         gate: e.gate,

@@ -56,7 +56,6 @@ pub fn output_uri(job: &PretrainJob, override_uri: Option<&str>) -> Result<Strin
 struct Resolved {
     name: String,
     dataset_uri: String,
-    output: String,
     /// The Secret of the output store, if any.
     secret: Option<String>,
     store: Store,
@@ -84,7 +83,6 @@ fn resolve(job: &PretrainJob, options: &Options) -> Result<Resolved, PretrainErr
     Ok(Resolved {
         name: job.metadata.name.clone().unwrap_or_default(),
         dataset_uri,
-        output,
         secret,
         store,
     })
@@ -152,12 +150,9 @@ async fn export(
         tokenizer: &dataset.dir().join(&dataset.manifest.tokenizer),
         metrics: export::training_metrics(&trained.progress),
     };
-    let digest = session::export_model(&r.store, &trained, &lineage).await?;
+    let artifact = session::export_model(&r.store, &trained, &lineage).await?;
     Ok(Pretrained {
-        artifact: Artifact {
-            uri: r.output,
-            digest,
-        },
+        artifact,
         progress: trained.progress,
     })
 }

@@ -6,13 +6,17 @@
 //! <root>/step-<n>/model.safetensors
 //! <root>/step-<n>/generation_config.json
 //! <root>/step-<n>/optimizer.safetensors   AdamW moments (exp_avg.*, exp_avg_sq.*)
+//! <root>/step-<n>/SHA256SUMS              each file's sha256 (`sha256sum` format)
 //! <root>/step-<n>/trainer_state.json      step, tokens, data cursor, seed, metrics
 //! ```
 //!
 //! A checkpoint is assembled in a hidden sibling directory and renamed into place
 //! with `trainer_state.json` already inside, so `step-<n>` with a state file is
 //! complete by construction; anything else (a hidden leftover from a crash) is
-//! ignored and cleaned up.
+//! ignored and cleaned up. What a crash cannot explain (a disk or a copy that
+//! changed bytes, a state file that does not parse) is caught by the sums when
+//! resuming: such a checkpoint is set aside as `step-<n>.corrupt` and the one
+//! before it is used ([`Checkpoints::newest`]).
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +26,7 @@ use super::data::Cursor;
 
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const SUMS_FILE: &str = "SHA256SUMS";
 
 /// Everything besides tensors needed to continue exactly where training stopped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,18 +134,32 @@ impl Checkpoints {
         Ok(out)
     }
 
-    /// The newest complete checkpoint and its state.
-    pub fn newest(&self) -> Result<Option<(TrainerState, PathBuf)>, CheckpointError> {
-        let Some((_, dir)) = self.list()?.pop() else {
-            return Ok(None);
-        };
-        let path = dir.join(STATE_FILE);
-        let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
-        let state = serde_json::from_str(&text).map_err(|e| CheckpointError::Invalid {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        Ok(Some((state, dir)))
+    /// The newest checkpoint that is intact, and the newer ones that were not:
+    /// each of those is renamed `step-<n>.corrupt` (kept for inspection, never
+    /// picked again) so that a restart does not trip over it a second time.
+    pub fn newest(&self) -> Result<Newest, CheckpointError> {
+        let mut set_aside = Vec::new();
+        for (step, dir) in self.list()?.into_iter().rev() {
+            match read_intact(&dir) {
+                Ok(state) => {
+                    return Ok(Newest {
+                        found: Some((state, dir)),
+                        set_aside,
+                    });
+                }
+                Err(reason) => {
+                    let aside = self.root.join(format!("step-{step}.corrupt"));
+                    let _ = std::fs::remove_dir_all(&aside);
+                    std::fs::rename(&dir, &aside).map_err(io("set aside", &dir))?;
+                    tracing::warn!(step, %reason, aside = %aside.display(), "checkpoint is corrupt; trying the one before");
+                    set_aside.push(CorruptCheckpoint { step, reason });
+                }
+            }
+        }
+        Ok(Newest {
+            found: None,
+            set_aside,
+        })
     }
 
     /// Writes checkpoint `state.step`: `write_tensors` fills a fresh directory,
@@ -168,6 +187,8 @@ impl Checkpoints {
             path: target.clone(),
             reason: e.to_string(),
         })?;
+        let sums_path = staging.join(SUMS_FILE);
+        std::fs::write(&sums_path, sums(&staging)?).map_err(io("write", &sums_path))?;
         let state_path = staging.join(STATE_FILE);
         std::fs::write(&state_path, json).map_err(io("write", &state_path))?;
         sync_dir(&staging);
@@ -201,6 +222,68 @@ impl Checkpoints {
         }
         Ok(())
     }
+}
+
+/// What [`Checkpoints::newest`] found.
+#[derive(Debug, Default)]
+pub struct Newest {
+    /// The newest intact checkpoint and its state.
+    pub found: Option<(TrainerState, PathBuf)>,
+    /// Newer checkpoints that were corrupt, newest first.
+    pub set_aside: Vec<CorruptCheckpoint>,
+}
+
+/// A checkpoint that failed its check, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptCheckpoint {
+    pub step: i64,
+    pub reason: String,
+}
+
+/// The `sha256sum` lines of every file in `dir`, by name.
+fn sums(dir: &Path) -> Result<String, CheckpointError> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io("list", dir))?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut out = String::new();
+    for name in names {
+        let path = dir.join(&name);
+        let hex = llmops_store::sha256_file(&path).map_err(|e| CheckpointError::Write {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        out.push_str(&format!("{hex}  {name}\n"));
+    }
+    Ok(out)
+}
+
+/// The state of the checkpoint in `dir` if its files are the ones that were
+/// written, else what is wrong. A checkpoint without sums (written by an older
+/// trainer) is checked for its state only.
+fn read_intact(dir: &Path) -> Result<TrainerState, String> {
+    let text =
+        std::fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| format!("{STATE_FILE}: {e}"))?;
+    let state = serde_json::from_str(&text).map_err(|e| format!("{STATE_FILE}: {e}"))?;
+    let listed = match std::fs::read_to_string(dir.join(SUMS_FILE)) {
+        Ok(listed) => listed,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+        Err(e) => return Err(format!("{SUMS_FILE}: {e}")),
+    };
+    for line in listed.lines() {
+        let Some((expected, name)) = line.split_once("  ") else {
+            return Err(format!("{SUMS_FILE}: a line without a sum: {line:?}"));
+        };
+        let actual =
+            llmops_store::sha256_file(&dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        if actual != expected {
+            return Err(format!("{name}: sha256 {actual}, written as {expected}"));
+        }
+    }
+    Ok(state)
 }
 
 /// Makes renames durable where the platform allows; best-effort.
@@ -247,12 +330,60 @@ mod tests {
         assert_eq!(steps, vec![10, 15]);
         // A crash mid-save leaves a directory without state: never picked.
         std::fs::create_dir_all(dir.path().join("step-20")).unwrap();
-        let (newest, path) = ckpts.newest().unwrap().unwrap();
+        let (newest, path) = ckpts.newest().unwrap().found.unwrap();
         assert_eq!(newest, state(15));
         assert!(path.ends_with("step-15"));
         // A failing writer leaves the published checkpoints alone.
         let err = ckpts.save(&state(25), |_| Err("disk full")).unwrap_err();
         assert!(err.to_string().contains("disk full"), "{err}");
-        assert_eq!(ckpts.newest().unwrap().unwrap().0.step, 15);
+        assert_eq!(ckpts.newest().unwrap().found.unwrap().0.step, 15);
+    }
+
+    #[test]
+    fn a_corrupt_newest_checkpoint_is_set_aside_for_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpts = Checkpoints::new(dir.path(), 3);
+        for step in [5, 10, 15] {
+            ckpts
+                .save(&state(step), |d| std::fs::write(d.join("w"), b"weights"))
+                .unwrap();
+        }
+        // Bytes changed after the save (a bad disk, a truncated copy).
+        std::fs::write(dir.path().join("step-15/w"), b"weigh").unwrap();
+        let newest = ckpts.newest().unwrap();
+        assert_eq!(newest.found.unwrap().0.step, 10);
+        let [corrupt] = newest.set_aside.as_slice() else {
+            panic!("one set aside: {:?}", newest.set_aside);
+        };
+        assert_eq!(corrupt.step, 15);
+        assert!(
+            corrupt.reason.starts_with("w: sha256"),
+            "{}",
+            corrupt.reason
+        );
+        assert!(dir.path().join("step-15.corrupt/w").is_file());
+        // Set aside once: the next restart starts from step 10 without a word.
+        let again = ckpts.newest().unwrap();
+        assert_eq!(again.found.unwrap().0.step, 10);
+        assert!(again.set_aside.is_empty());
+
+        // A state file that does not parse, then one missing file.
+        std::fs::write(dir.path().join("step-10").join(STATE_FILE), b"{").unwrap();
+        std::fs::remove_file(dir.path().join("step-5/w")).unwrap();
+        let newest = ckpts.newest().unwrap();
+        assert!(newest.found.is_none());
+        let steps: Vec<i64> = newest.set_aside.iter().map(|c| c.step).collect();
+        assert_eq!(steps, [10, 5]);
+    }
+
+    #[test]
+    fn a_checkpoint_without_sums_is_taken_on_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpts = Checkpoints::new(dir.path(), 3);
+        ckpts
+            .save(&state(5), |d| std::fs::write(d.join("w"), b"x"))
+            .unwrap();
+        std::fs::remove_file(dir.path().join("step-5").join(SUMS_FILE)).unwrap();
+        assert_eq!(ckpts.newest().unwrap().found.unwrap().0.step, 5);
     }
 }

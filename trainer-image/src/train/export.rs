@@ -1,18 +1,22 @@
-//! The trained model in the Hugging Face layout, plus `llmops.json`:
+//! The trained model in the Hugging Face layout, plus `llmops.json`, in a
+//! directory of its own named by its digest (`llmops_store::model`):
 //!
 //! ```text
-//! <output>/config.json  model.safetensors  generation_config.json  tokenizer.json
-//! <output>/llmops.json   lineage (dataset uri and digest) and final metrics; written last
+//! <output>/model-<16 hex>/config.json  model.safetensors  generation_config.json  tokenizer.json
+//! <output>/model-<16 hex>/llmops.json    lineage (dataset uri and digest) and final metrics
+//! <output>/model-<16 hex>/manifest.json  the files' sha256 and the digest; written last
+//! <output>/checkpoints/                  beside the models, never in them
 //! ```
 //!
-//! The artifact digest covers exactly these five files (see `llmops-store`), not
-//! the `checkpoints/` directory that shares the output.
+//! The artifact digest covers exactly the five model files. An export never
+//! overwrites another: the same model exports to the same directory, byte for
+//! byte, and a different one to a new directory.
 
 use std::path::Path;
 
 use llmops_crds::common::TrainingProgress;
 use llmops_model::{Model, io};
-use llmops_store::{FileDigest, Store, artifact_digest, sha256_file};
+use llmops_store::{FileDigest, MANIFEST_FILE, ModelManifest, Store, sha256_file};
 use serde_json::json;
 use tch::nn;
 
@@ -46,13 +50,13 @@ pub fn training_metrics(p: &TrainingProgress) -> serde_json::Value {
     })
 }
 
-/// Writes the model files into `staging` and returns their digests.
+/// Writes the model files and their manifest into `staging`.
 pub fn write(
     staging: &Path,
     vs: &nn::VarStore,
     model: &Model,
     lineage: &Lineage<'_>,
-) -> Result<Vec<FileDigest>, TrainError> {
+) -> Result<ModelManifest, TrainError> {
     io::save(staging, vs, model, &generation_config(model.config()))?;
     std::fs::copy(lineage.tokenizer, staging.join(TOKENIZER_FILE)).map_err(TrainError::io(
         format!("copy {}", lineage.tokenizer.display()),
@@ -80,38 +84,43 @@ pub fn write(
             sha256: sha256_file(&staging.join(name))?,
         });
     }
-    Ok(digests)
+    let manifest = ModelManifest::new(&digests);
+    let text = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    std::fs::write(staging.join(MANIFEST_FILE), text)
+        .map_err(TrainError::io("write manifest.json"))?;
+    Ok(manifest)
 }
 
-/// Moves the files of `staging` to the output, `llmops.json` last so that its
-/// presence means the export is complete. Returns the artifact digest.
+/// Moves the files of `staging` into the export's own directory below the
+/// output, `manifest.json` last so that its presence means the export is
+/// complete. Returns the directory's URI.
 pub async fn publish(
     store: &Store,
     staging: &Path,
-    files: &[FileDigest],
+    manifest: &ModelManifest,
 ) -> Result<String, TrainError> {
-    let ordered = files
-        .iter()
-        .filter(|f| f.path != LINEAGE_FILE)
-        .chain(files.iter().filter(|f| f.path == LINEAGE_FILE));
-    for f in ordered {
-        let src = staging.join(&f.path);
+    let dir = manifest.dir_name();
+    let files = manifest.files.iter().map(|f| f.path.as_str());
+    for name in files.chain([MANIFEST_FILE]) {
+        let src = staging.join(name);
+        let rel = format!("{dir}/{name}");
         match store.local_root() {
             // A rename within the output's filesystem: readers never see half a file.
             Some(root) => {
-                std::fs::create_dir_all(root)
-                    .map_err(TrainError::io(format!("create {}", root.display())))?;
-                let dest = root.join(&f.path);
+                let dest = root.join(&rel);
+                let parent = root.join(&dir);
+                std::fs::create_dir_all(&parent)
+                    .map_err(TrainError::io(format!("create {}", parent.display())))?;
                 if std::fs::rename(&src, &dest).is_err() {
-                    let tmp = root.join(format!(".{}.tmp", f.path));
+                    let tmp = parent.join(format!(".{name}.tmp"));
                     std::fs::copy(&src, &tmp)
                         .map_err(TrainError::io(format!("copy to {}", tmp.display())))?;
                     std::fs::rename(&tmp, &dest)
                         .map_err(TrainError::io(format!("publish {}", dest.display())))?;
                 }
             }
-            None => store.put_file(&f.path, &src).await?,
+            None => store.put_file(&rel, &src).await?,
         }
     }
-    Ok(artifact_digest(files))
+    Ok(store.child_uri(&dir))
 }

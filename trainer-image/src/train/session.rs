@@ -165,12 +165,13 @@ pub async fn run_loop(
 }
 
 /// Writes the model next to the output (or in a temporary directory for remote
-/// outputs) and publishes it; returns the artifact digest.
+/// outputs) and publishes it in a directory of its own; returns that directory
+/// and the artifact digest.
 pub async fn export_model(
     store: &Store,
     trained: &Trained,
     lineage: &export::Lineage<'_>,
-) -> Result<String, TrainError> {
+) -> Result<Artifact, TrainError> {
     let scratch = store
         .local_root()
         .and_then(Path::parent)
@@ -178,6 +179,10 @@ pub async fn export_model(
         .map_or_else(std::env::temp_dir, Path::to_path_buf);
     let staging =
         tempfile::tempdir_in(scratch).map_err(TrainError::io("create a staging directory"))?;
-    let files = export::write(staging.path(), &trained.vs, &trained.model, lineage)?;
-    export::publish(store, staging.path(), &files).await
+    let manifest = export::write(staging.path(), &trained.vs, &trained.model, lineage)?;
+    let uri = export::publish(store, staging.path(), &manifest).await?;
+    Ok(Artifact {
+        uri,
+        digest: manifest.digest,
+    })
 }

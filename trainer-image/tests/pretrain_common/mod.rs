@@ -242,6 +242,27 @@ pub fn losses(log: &[Value]) -> Vec<f64> {
     log.iter().map(|l| l["loss"].as_f64().unwrap()).collect()
 }
 
+/// The one exported model below the output directory `output`: each export
+/// has a directory of its own, `model-<digest>`, beside the checkpoints.
+pub fn model_dir(output: &Path) -> PathBuf {
+    let models: Vec<PathBuf> = std::fs::read_dir(output)
+        .unwrap_or_else(|e| panic!("{}: {e}", output.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("model-"))
+        })
+        .collect();
+    match models.as_slice() {
+        [one] => one.clone(),
+        other => panic!(
+            "{} holds {} exported models: {other:?}",
+            output.display(),
+            other.len()
+        ),
+    }
+}
+
 /// Tensors of a safetensors file, by name.
 pub fn tensors(path: &Path) -> std::collections::BTreeMap<String, tch::Tensor> {
     tch::Tensor::read_safetensors(path)

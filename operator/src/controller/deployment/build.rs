@@ -236,6 +236,10 @@ pub fn server_args(md: &ModelDeployment, model: &Model) -> Vec<String> {
     if server.threads > 0 {
         args.extend(["--threads".into(), server.threads.to_string()]);
     }
+    // A produced model's digest is known: the server loads that model or none.
+    if !model.artifact.digest.is_empty() {
+        args.extend(["--model-digest".into(), model.artifact.digest.clone()]);
+    }
     args
 }
 

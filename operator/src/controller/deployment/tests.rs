@@ -340,6 +340,17 @@ mod build_tests {
     }
 
     #[test]
+    fn a_produced_models_digest_is_pinned_on_the_server() {
+        let md = fixture("{}");
+        let produced = model("s3://out/pt/model-0123456789abcdef", "sha256:0123");
+        let args = build::server_args(&md, &produced);
+        assert_eq!(args[args.len() - 2..], ["--model-digest", "sha256:0123"]);
+        // A model named by URI alone has no digest to pin.
+        let named = model("s3://models/chat-v1", "");
+        assert!(!build::server_args(&md, &named).contains(&"--model-digest".to_string()));
+    }
+
+    #[test]
     fn probes_use_the_named_http_port() {
         let c = children("{}");
         let container = server(&c.deployment);

@@ -36,6 +36,11 @@ pub fn summary(progress: &TrainingProgress) -> String {
     if let Some(loss) = progress.validation_loss {
         text.push_str(&format!(", val loss {loss:.2}"));
     }
+    // What the trainer worked around (a corrupt checkpoint set aside) stays in
+    // the message for the rest of the run.
+    if let Some(note) = &progress.note {
+        text.push_str(&format!("; {note}"));
+    }
     text
 }
 
@@ -251,5 +256,26 @@ fn with_restarts(text: String, restarts: i32) -> String {
         0 => text,
         1 => format!("{text} (1 restart)"),
         n => format!("{text} ({n} restarts)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trainers_note_follows_the_figures() {
+        let mut progress = TrainingProgress {
+            step: 12,
+            total_steps: 20,
+            train_loss: Some(2.5),
+            ..TrainingProgress::default()
+        };
+        assert_eq!(summary(&progress), "step 12/20, loss 2.50");
+        progress.note = Some("resumed from step-10: corrupt checkpoints set aside".into());
+        assert_eq!(
+            summary(&progress),
+            "step 12/20, loss 2.50; resumed from step-10: corrupt checkpoints set aside"
+        );
     }
 }

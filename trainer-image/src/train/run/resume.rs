@@ -10,7 +10,7 @@ use tch::Tensor;
 use super::report::now;
 use super::{Loop, TRAIN_LOG};
 use crate::train::TrainError;
-use crate::train::checkpoint::OPTIMIZER_FILE;
+use crate::train::checkpoint::{Newest, OPTIMIZER_FILE};
 
 impl Loop<'_> {
     /// Continues from the newest complete checkpoint, if any.
@@ -23,7 +23,11 @@ impl Loop<'_> {
                 tracing::info!(step, "downloaded the newest checkpoint");
             }
         }
-        let Some((state, dir)) = self.s.checkpoints.newest()? else {
+        let newest = self.s.checkpoints.newest()?;
+        if !newest.set_aside.is_empty() {
+            self.progress.note = Some(set_aside_note(&newest));
+        }
+        let Some((state, dir)) = newest.found else {
             return Ok(());
         };
         let foreign = |reason: String| TrainError::ForeignCheckpoint {
@@ -192,4 +196,23 @@ fn architecture_differences(saved: &Config, ours: &Config) -> Vec<String> {
         .filter(|(_, a, b)| a != b)
         .map(|(name, a, b)| format!("{name} {a} → {b}"))
         .collect()
+}
+
+/// `progress.note` when corrupt checkpoints were set aside.
+fn set_aside_note(newest: &Newest) -> String {
+    let corrupt: Vec<String> = newest
+        .set_aside
+        .iter()
+        .map(|c| format!("step-{} ({})", c.step, c.reason))
+        .collect();
+    let resumed = newest
+        .found
+        .as_ref()
+        .map_or("started over".to_string(), |(state, _)| {
+            format!("resumed from step-{}", state.step)
+        });
+    format!(
+        "{resumed}: corrupt checkpoints set aside as step-<n>.corrupt: {}",
+        corrupt.join("; ")
+    )
 }
