@@ -33,6 +33,8 @@ pub struct OperatorConfig {
     /// The namespace the operator runs in, when in a cluster: serving pods admit
     /// its metrics scrapes.
     pub operator_namespace: Option<String>,
+    /// Whether every ModelDeployment must set `spec.auth`.
+    pub require_auth: bool,
 }
 
 /// CPU and memory for trainer pods whose resource has no `resources` field.
@@ -91,6 +93,7 @@ impl OperatorConfig {
             allow_link_local_sources: false,
             network_policies: true,
             operator_namespace: Some("llmops-system".into()),
+            require_auth: false,
         }
     }
 }

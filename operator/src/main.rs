@@ -79,6 +79,10 @@ struct RunArgs {
     /// the cluster's own policies.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     network_policies: bool,
+    /// Serve no model without an API key: a ModelDeployment without
+    /// `spec.auth` stalls.
+    #[arg(long)]
+    require_auth: bool,
 }
 
 /// A duration as the CRDs spell them (`500ms`, `15s`, `1m30s`).
@@ -150,6 +154,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             operator_namespace: std::env::var("POD_NAMESPACE")
                 .ok()
                 .filter(|ns| !ns.is_empty()),
+            require_auth: args.require_auth,
         },
         scope: Scope::new(
             args.namespaces

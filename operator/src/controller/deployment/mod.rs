@@ -226,7 +226,7 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
         write_status(&mut md, &api, &ctx, observed).await?;
     }
 
-    if let Err(invalid) = validate::validate(&md) {
+    if let Err(invalid) = validate::validate(&md, ctx.config.require_auth) {
         let outcome = Outcome::stalled(reason::INVALID_SPEC, invalid.to_string());
         return hold(&mut md, &api, &ctx, outcome, Action::await_change()).await;
     }

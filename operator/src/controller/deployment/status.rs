@@ -160,6 +160,9 @@ fn serving_message(
     if md.spec.replicas.min == 0 {
         text.push_str("; scale to zero is not active in this version");
     }
+    if md.spec.auth.is_none() {
+        text.push_str("; no API key (spec.auth unset): reachable inside the cluster only");
+    }
     text
 }
 

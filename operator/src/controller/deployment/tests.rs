@@ -214,7 +214,7 @@ mod validate_tests {
     #[test]
     fn canary_is_run_not_stalled() {
         let md = fixture("spec: {rollout: {strategy: Canary, canary: {steps: [{weight: 10}]}}}");
-        assert_eq!(validate(&md), Ok(()));
+        assert_eq!(validate(&md, false), Ok(()));
     }
 
     #[test]
@@ -222,19 +222,40 @@ mod validate_tests {
         let md = fixture(
             "spec: {replicas: {min: 2, max: 8}, autoscaling: {metric: queueDepth, target: 4}}",
         );
-        assert_eq!(validate(&md), Ok(()));
+        assert_eq!(validate(&md, false), Ok(()));
+    }
+
+    #[test]
+    fn a_model_without_an_api_key_is_served_inside_the_cluster_only() {
+        let auth = "{apiKeySecretRef: {name: keys, key: api-key}}";
+        for kind in ["NodePort", "LoadBalancer"] {
+            let open = fixture(&format!("spec: {{service: {{type: {kind}}}}}"));
+            let err = validate(&open, false).unwrap_err();
+            assert_eq!(err.field, "spec.auth");
+            assert!(err.to_string().contains(kind), "{err}");
+            let keyed = fixture(&format!(
+                "spec: {{service: {{type: {kind}}}, auth: {auth}}}"
+            ));
+            assert_eq!(validate(&keyed, false), Ok(()));
+        }
+        // An operator that requires keys refuses even a ClusterIP Service without.
+        let internal = fixture("{}");
+        assert_eq!(validate(&internal, false), Ok(()));
+        assert_eq!(validate(&internal, true).unwrap_err().field, "spec.auth");
+        let keyed = fixture(&format!("spec: {{auth: {auth}}}"));
+        assert_eq!(validate(&keyed, true), Ok(()));
     }
 
     #[test]
     fn a_name_that_cannot_name_a_service_stalls() {
         assert_eq!(
-            validate(&fixture("metadata: {name: chat.v2}"))
+            validate(&fixture("metadata: {name: chat.v2}"), false)
                 .unwrap_err()
                 .field,
             "metadata.name"
         );
         assert_eq!(
-            validate(&fixture("metadata: {name: 7chat}"))
+            validate(&fixture("metadata: {name: 7chat}"), false)
                 .unwrap_err()
                 .field,
             "metadata.name"
@@ -684,7 +705,16 @@ mod status_tests {
         let o = status::observe(&md, &live("s3://m/a", ROLLED_OUT), "e".into());
         let (why, text) = message(&o.outcome);
         assert_eq!(why, reason::SERVING);
-        assert_eq!(text, "serving s3://m/a (sha256:x) with 1 replica(s)");
+        assert_eq!(
+            text,
+            "serving s3://m/a (sha256:x) with 1 replica(s); no API key (spec.auth unset): reachable inside the cluster only"
+        );
+        let keyed = fixture("spec: {auth: {apiKeySecretRef: {name: keys, key: api-key}}}");
+        let o = status::observe(&keyed, &live("s3://m/a", ROLLED_OUT), "e".into());
+        assert_eq!(
+            message(&o.outcome).1,
+            "serving s3://m/a (sha256:x) with 1 replica(s)"
+        );
         assert_eq!(
             o.replicas.as_ref().map(|r| (r.desired, r.ready)),
             Some((1, 1))
@@ -700,7 +730,7 @@ mod status_tests {
         let md = fixture("spec: {replicas: {min: 1, max: 4}}");
         let note = "autoscaling on inFlightRequests (target 8 per replica, 1-4 replicas)";
         let o = status::observe_with(&md, &live("s3://m/a", ROLLED_OUT), "e".into(), Some(note));
-        assert!(message(&o.outcome).1.ends_with(note));
+        assert!(message(&o.outcome).1.contains(&format!("; {note}")));
         let fixed = status::observe(&fixture("{}"), &live("s3://m/a", ROLLED_OUT), "e".into());
         assert!(!message(&fixed.outcome).1.contains("autoscaling"));
     }

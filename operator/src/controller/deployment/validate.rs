@@ -8,17 +8,24 @@
 //! - `rollout.analysis` and `rollout.autoRollback` belong to Canary and are not
 //!   used by RollingUpdate; a new model that never becomes ready leaves the old
 //!   pods serving anyway (`maxUnavailable: 0`).
+//! - Without `spec.auth` the API takes requests without a key, so the model is
+//!   served only behind a ClusterIP Service (inside the cluster); a NodePort or
+//!   LoadBalancer Service stalls naming `spec.auth`. An operator run with
+//!   `--require-auth` (chart value `requireAuth`) stalls every ModelDeployment
+//!   without it.
 
 use kube::ResourceExt;
 use llmops_crds::ModelDeployment;
+use llmops_crds::deployment::ServiceType;
 
 use super::resolve::Model;
 pub use crate::runtime::invalid::Invalid;
 use crate::runtime::invalid::{MAX_DNS_LABEL, invalid};
 use crate::workload::storage::pvc_claim;
 
-/// The spec alone, before the model is resolved.
-pub fn validate(md: &ModelDeployment) -> Result<(), Invalid> {
+/// The spec alone, before the model is resolved. `require_auth`: the operator
+/// was told to serve nothing without an API key.
+pub fn validate(md: &ModelDeployment, require_auth: bool) -> Result<(), Invalid> {
     let name = md.name_any();
     let dns_label = name.len() <= MAX_DNS_LABEL
         && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -34,7 +41,31 @@ pub fn validate(md: &ModelDeployment) -> Result<(), Invalid> {
             ),
         );
     }
-    Ok(())
+    access(md, require_auth)
+}
+
+/// Who may call a model without an API key: nobody outside the cluster.
+fn access(md: &ModelDeployment, require_auth: bool) -> Result<(), Invalid> {
+    if md.spec.auth.is_some() {
+        return Ok(());
+    }
+    if require_auth {
+        return invalid(
+            "spec.auth",
+            "this cluster serves models only with an API key: set spec.auth.apiKeySecretRef",
+        );
+    }
+    let exposed = match md.spec.service.kind {
+        ServiceType::ClusterIP => return Ok(()),
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    invalid(
+        "spec.auth",
+        format!(
+            "a {exposed} Service takes requests from outside the cluster, which a model without an API key must not: set spec.auth.apiKeySecretRef, or spec.service.type: ClusterIP"
+        ),
+    )
 }
 
 /// The resolved model.
