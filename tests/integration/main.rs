@@ -11,6 +11,7 @@ mod chart;
 mod crds;
 mod e2e_dataset;
 mod e2e_deployment;
+mod e2e_faults;
 mod e2e_finetune;
 mod e2e_pipeline;
 mod e2e_pretrain;

@@ -4,7 +4,9 @@
 //! the TokenRequest API, and the operator reads it from a kubeconfig of its own.
 //! Artifacts go to a `file://` store in a temporary directory. The process is
 //! killed, and the release uninstalled (its ClusterRole is cluster-scoped), when
-//! the [`Operator`] is dropped.
+//! the [`Operator`] is dropped. For fault tests, [`Operator::restart`] SIGKILLs
+//! the process and starts it again, and [`Operator::start_leader_elected`] with
+//! [`Operator::replica`] runs several candidates for the leader Lease.
 //!
 //! The binaries are those cargo built beside the test executable
 //! (`target/<profile>/operator` and `trainer`), used as they are: rebuild them
@@ -14,8 +16,9 @@
 //! installs none panics at start). When one is missing, the first caller in the
 //! process builds them so.
 
-use std::fs::File;
-use std::net::TcpListener;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -40,11 +43,65 @@ const TOKEN_SECONDS: i64 = 3600;
 /// A running operator; killed, and its release uninstalled, on drop.
 pub struct Operator {
     cluster: &'static Cluster,
-    child: Child,
+    process: Process,
+    launch: Launch,
     namespace: String,
-    log: PathBuf,
     store: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// One process of the operator binary, with its own log and metrics port;
+/// killed (SIGKILL) on drop.
+pub struct Process {
+    child: Child,
+    log: PathBuf,
+    metrics_port: u16,
+}
+
+/// How the processes of one install are started: a restart, or another replica,
+/// runs the same binary with the same arguments, identity and store.
+struct Launch {
+    binary: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    kubeconfig: PathBuf,
+    /// `POD_NAME` of the first process, and of its restarts.
+    identity: Option<String>,
+}
+
+impl Launch {
+    /// Start a process appending to `log`, with a fresh metrics port and
+    /// `POD_NAME=identity` when given.
+    fn spawn(&self, log: &Path, identity: Option<&str>) -> anyhow::Result<Process> {
+        let metrics_port = free_port()?;
+        let mut output = OpenOptions::new().create(true).append(true).open(log)?;
+        if output.metadata()?.len() > 0 {
+            writeln!(output, "--- llmops-tests: the operator started again ---")?;
+        }
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("run")
+            .arg(format!("--metrics-port={metrics_port}"))
+            .args(&self.args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        if let Some(identity) = identity {
+            command.env("POD_NAME", identity);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output)
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary.display()))?;
+        Ok(Process {
+            child,
+            log: log.to_path_buf(),
+            metrics_port,
+        })
+    }
 }
 
 impl Operator {
@@ -64,12 +121,35 @@ impl Operator {
         namespace: &TestNamespace,
         flags: &[&str],
     ) -> anyhow::Result<Operator> {
+        Operator::install_and_start(cluster, namespace, flags, None).await
+    }
+
+    /// [`Operator::start`] with the chart's leader election on (its Lease Role
+    /// included): the process runs with `--leader-election`, `POD_NAMESPACE` set
+    /// to the test namespace (where the Lease lives) and `POD_NAME=identity`.
+    /// [`Operator::replica`] starts more candidates.
+    pub async fn start_leader_elected(
+        cluster: &'static Cluster,
+        namespace: &TestNamespace,
+        identity: &str,
+    ) -> anyhow::Result<Operator> {
+        Operator::install_and_start(cluster, namespace, &["--leader-election"], Some(identity))
+            .await
+    }
+
+    async fn install_and_start(
+        cluster: &'static Cluster,
+        namespace: &TestNamespace,
+        flags: &[&str],
+        identity: Option<&str>,
+    ) -> anyhow::Result<Operator> {
         let binaries = Binaries::get()?;
         let client = cluster.client().await?;
         apply_crds(&client).await?;
         let ns = namespace.name();
         let chart = workspace_root().join("charts/llmops").display().to_string();
         let watch = format!("watchNamespaces={{{ns}}}");
+        let leader_election = format!("leaderElection.enabled={}", identity.is_some());
         cluster
             .helm([
                 "install",
@@ -80,7 +160,7 @@ impl Operator {
                 "--set",
                 &watch,
                 "--set",
-                "leaderElection.enabled=false",
+                &leader_election,
                 "--wait=watcher",
                 "--timeout=120s",
             ])
@@ -106,36 +186,62 @@ impl Operator {
         write_token_kubeconfig(cluster, ns, &account.name_any(), &kubeconfig).await?;
         let store = dir.path().join("store");
         std::fs::create_dir_all(&store)?;
-        let log = dir.path().join("operator.log");
-        let stderr = File::create(&log)?;
-        let child = Command::new(&binaries.operator)
-            .args([
-                "run",
-                "--log-format=text",
-                "--log-level=info,llmops_operator=debug",
-                &format!("--metrics-port={}", free_port()?),
-                &format!("--trainer-image={TRAINER_IMAGE}"),
-                &format!("--server-image={SERVER_IMAGE}"),
-                &format!("--artifact-store=file://{}", store.display()),
-                &format!("--namespaces={ns}"),
-            ])
-            .args(flags)
-            .env("KUBECONFIG", &kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(stderr.try_clone()?)
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("starting {}", binaries.operator.display()))?;
+        let mut args: Vec<String> = vec![
+            "--log-format=text".into(),
+            "--log-level=info,llmops_operator=debug".into(),
+            format!("--trainer-image={TRAINER_IMAGE}"),
+            format!("--server-image={SERVER_IMAGE}"),
+            format!("--artifact-store=file://{}", store.display()),
+            format!("--namespaces={ns}"),
+        ];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let env = match identity {
+            Some(_) => vec![("POD_NAMESPACE".to_string(), ns.to_string())],
+            None => Vec::new(),
+        };
+        let launch = Launch {
+            binary: binaries.operator.clone(),
+            args,
+            env,
+            kubeconfig,
+            identity: identity.map(str::to_string),
+        };
+        let process = launch.spawn(&dir.path().join("operator.log"), identity)?;
         Ok(Operator {
             cluster,
-            child,
+            process,
+            launch,
             namespace: ns.to_string(),
-            log,
             store,
             _dir: dir,
         })
+    }
+
+    /// SIGKILL the process, as a crash or an OOM kill would stop it (no shutdown,
+    /// no Lease released), and reap it.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.process.kill()
+    }
+
+    /// Kill the process if it runs (SIGKILL), then start a new one with the same
+    /// arguments, identity, store and log (appended to).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.kill()?;
+        let log = self.process.log.clone();
+        self.process = self.launch.spawn(&log, self.launch.identity.as_deref())?;
+        Ok(())
+    }
+
+    /// Another process of the same install (same account, arguments and store)
+    /// as `POD_NAME=identity`, with a log of its own: a second replica.
+    pub fn replica(&self, identity: &str) -> anyhow::Result<Process> {
+        let log = self._dir.path().join(format!("operator-{identity}.log"));
+        self.launch.spawn(&log, Some(identity))
+    }
+
+    /// The current process.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
     }
 
     /// The namespace it manages.
@@ -151,7 +257,36 @@ impl Operator {
     /// The last `lines` lines of its log (stdout and stderr), for failure messages;
     /// says so when the process has exited.
     pub fn log_tail(&mut self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        self.process.log_tail(lines)
+    }
+}
+
+impl Process {
+    /// SIGKILL the process (what `Child::kill` sends on Unix) and reap it; a
+    /// process that already exited is left as it is.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_none() {
+            self.child.kill().context("killing the operator")?;
+        }
+        self.child.wait().context("reaping the operator")?;
+        Ok(())
+    }
+
+    /// Where it serves /metrics, /healthz and /readyz (it listens on every
+    /// address; the tests use loopback).
+    pub fn metrics_address(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.metrics_port))
+    }
+
+    /// Its whole log (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of its log, for failure messages; says so when the
+    /// process has exited.
+    pub fn log_tail(&mut self, lines: usize) -> String {
+        let text = self.log();
         let all: Vec<&str> = text.lines().collect();
         let mut tail = all[all.len().saturating_sub(lines)..].join("\n");
         if let Ok(Some(status)) = self.child.try_wait() {
@@ -161,10 +296,16 @@ impl Operator {
     }
 }
 
-impl Drop for Operator {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
         // Drop cannot await: helm synchronously, not waiting for deletions.
         let uninstalled = self
             .cluster
