@@ -46,6 +46,16 @@ pub fn has_condition(object: &Value, type_: &str, status: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// Ready for its generation, with a published artifact.
+pub fn ready_with_artifact(object: &Value) -> anyhow::Result<()> {
+    has_condition(object, "Ready", "True")?;
+    ensure!(
+        object.pointer("/status/artifact/digest").is_some(),
+        "no artifact"
+    );
+    Ok(())
+}
+
 /// Poll object `name` until `check` accepts it (as JSON); the error carries the
 /// last object seen and the operator's log tail.
 pub async fn wait_for<K>(
@@ -243,14 +253,7 @@ async fn dataset_lifecycle_with_the_real_trainer() -> anyhow::Result<()> {
         QUICKSTART,
         "Ready=True with an artifact",
         CHILD_TIMEOUT,
-        |d| {
-            has_condition(d, "Ready", "True")?;
-            ensure!(
-                d.pointer("/status/artifact/digest").is_some(),
-                "no artifact"
-            );
-            Ok(())
-        },
+        ready_with_artifact,
     )
     .await?;
     let stats = &ready["status"]["stats"];

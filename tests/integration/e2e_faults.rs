@@ -25,7 +25,8 @@ use llmops_tests::{Cluster, FIELD_MANAGER, TestNamespace, eventually, workspace_
 use serde_json::{Value, json};
 
 use crate::e2e_dataset::{
-    CHILD_TIMEOUT, TRAINER_TIMEOUT, condition, has_condition, wait_for, wait_for_job,
+    CHILD_TIMEOUT, TRAINER_TIMEOUT, condition, has_condition, ready_with_artifact, wait_for,
+    wait_for_job,
 };
 
 const DATASET: &str = "quickstart-stories";
@@ -361,14 +362,7 @@ async fn a_pipeline_survives_the_operator_killed_at_every_stage() -> anyhow::Res
         DATASET,
         "the Dataset Ready with an artifact",
         CHILD_TIMEOUT,
-        |d| {
-            has_condition(d, "Ready", "True")?;
-            ensure!(
-                d.pointer("/status/artifact/digest").is_some(),
-                "no artifact"
-            );
-            Ok(())
-        },
+        ready_with_artifact,
     )
     .await?;
 
@@ -413,14 +407,7 @@ async fn a_pipeline_survives_the_operator_killed_at_every_stage() -> anyhow::Res
         PRETRAIN,
         "the PretrainJob Ready with a model",
         TRAINER_TIMEOUT,
-        |p| {
-            has_condition(p, "Ready", "True")?;
-            ensure!(
-                p.pointer("/status/artifact/digest").is_some(),
-                "no artifact"
-            );
-            Ok(())
-        },
+        ready_with_artifact,
     )
     .await?;
 
