@@ -61,7 +61,9 @@ pub struct OutputSpec {
     /// `AZURE_STORAGE_ACCOUNT_KEY`). Defaults to the operator's store credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
-    /// What happens to the artifact when this object is deleted.
+    /// What happens to the artifact when this object is deleted. `Delete` is
+    /// carried out for a Dataset; a PretrainJob or FineTune keeps its models and
+    /// checkpoints in this version whatever the policy.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
