@@ -153,6 +153,41 @@ impl Store {
         self.delete_all_then(OWNER_FILE).await
     }
 
+    /// Claims a prefix that its owner writes into file by file (a training run's
+    /// checkpoints and model exports): leaves the marker naming `owner` when the
+    /// prefix is empty, and accepts it when the marker already names `owner`. A
+    /// marker naming anyone else is refused ([`StoreError::NotOwned`]). Files
+    /// without any marker (written before markers existed) are left unmarked, so
+    /// nothing is ever deleted on `owner`'s behalf there. Returns whether the
+    /// prefix is marked as `owner`'s.
+    pub async fn claim(&self, owner: &Owner) -> Result<bool, StoreError> {
+        let refuse = |found: String| {
+            Err(StoreError::NotOwned {
+                field: None,
+                uri: self.uri().to_string(),
+                found,
+            })
+        };
+        match self.marker(OWNER_FILE).await? {
+            Some(Ok(found)) if found.is(owner) => Ok(true),
+            Some(Ok(found)) => refuse(format!("holds {}", other_owner(&found, owner))),
+            Some(Err(reason)) => refuse(format!(
+                "holds an ownership marker {OWNER_FILE} that cannot be read ({reason})"
+            )),
+            None => {
+                if self.names_an_object().await? {
+                    return refuse("is a single object or file, not a directory".into());
+                }
+                let (names, _) = self.every_name(Some(1)).await?;
+                if !names.is_empty() {
+                    return Ok(false);
+                }
+                self.put_bytes(OWNER_FILE, owner.to_json()).await?;
+                Ok(true)
+            }
+        }
+    }
+
     /// Deletes what is under the prefix only if nothing is, which is all a caller
     /// that cannot say whose artifact it is may do.
     pub async fn delete_if_empty(&self) -> Result<(), StoreError> {
@@ -284,6 +319,47 @@ mod tests {
         std::fs::create_dir_all(&tmp).unwrap();
         let fs = object_store::local::LocalFileSystem::new_with_prefix(&tmp).unwrap();
         vec![Arc::new(InMemory::new()), Arc::new(fs)]
+    }
+
+    #[tokio::test]
+    async fn a_training_output_is_claimed_when_empty_or_ours_and_refused_when_anothers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("pt");
+        let mut job = owner("ml", "base", "u1");
+        job.kind = "PretrainJob".into();
+        let store = local(&out);
+        assert!(
+            store.claim(&job).await.unwrap(),
+            "an empty prefix is claimed"
+        );
+        std::fs::create_dir_all(out.join("checkpoints/step-5")).unwrap();
+        std::fs::write(out.join("checkpoints/step-5/w"), "w").unwrap();
+        assert!(
+            store.claim(&job).await.unwrap(),
+            "a restart keeps its claim"
+        );
+        // And its deletion removes everything, the marker last.
+        store.delete_owned(&job).await.unwrap();
+        assert!(!out.join(OWNER_FILE).exists() && !out.join("checkpoints").exists());
+
+        assert!(store.claim(&job).await.unwrap());
+        let other = owner("ml", "base", "u2");
+        let err = store
+            .claim(&Owner {
+                kind: "PretrainJob".into(),
+                ..other
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotOwned { .. }), "{err}");
+
+        // Files from before markers existed: used, but never marked (so never
+        // deleted on the job's behalf).
+        let legacy = tmp.path().join("legacy");
+        std::fs::create_dir_all(&legacy).unwrap();
+        std::fs::write(legacy.join("config.json"), "{}").unwrap();
+        assert!(!local(&legacy).claim(&job).await.unwrap());
+        assert!(!legacy.join(OWNER_FILE).exists());
     }
 
     #[tokio::test]

@@ -80,8 +80,12 @@ enum Command {
         /// The Dataset whose artifact it is, as NAMESPACE/NAME (with --uid).
         #[arg(long, requires = "uid")]
         dataset: Option<String>,
-        /// The uid of that Dataset.
-        #[arg(long, requires = "dataset")]
+        /// Any other object whose artifact it is, as KIND/NAMESPACE/NAME (with
+        /// --uid), e.g. PretrainJob/ml/base.
+        #[arg(long, requires = "uid", conflicts_with = "dataset")]
+        owner: Option<String>,
+        /// The uid of that Dataset or object.
+        #[arg(long)]
         uid: Option<String>,
         /// The Dataset resource (YAML or JSON), instead of --dataset and --uid.
         #[arg(long, env = env::RESOURCE, conflicts_with = "dataset")]
@@ -125,9 +129,15 @@ fn main() -> ExitCode {
             uri,
             credentials_secret,
             dataset,
+            owner,
             uid,
             resource,
-        } => match clean_owner(dataset.as_deref(), uid.as_deref(), resource.as_deref()) {
+        } => match clean_owner(
+            dataset.as_deref(),
+            owner.as_deref(),
+            uid.as_deref(),
+            resource.as_deref(),
+        ) {
             Ok(owner) => runtime.block_on(run_clean(
                 &uri,
                 credentials_secret.as_deref(),
@@ -312,16 +322,32 @@ async fn run_prepare(resource: PathBuf, output: Option<String>) -> ExitCode {
 /// the resource file, else none (then only an empty prefix is "deleted").
 fn clean_owner(
     dataset: Option<&str>,
+    owner: Option<&str>,
     uid: Option<&str>,
     resource: Option<&std::path::Path>,
 ) -> Result<Option<llmops_store::Owner>, String> {
+    let api_version = <Dataset as kube::Resource>::api_version(&()).into_owned();
     if let (Some(dataset), Some(uid)) = (dataset, uid) {
         let Some((namespace, name)) = dataset.split_once('/') else {
             return Err(format!("--dataset {dataset:?}: expected NAMESPACE/NAME"));
         };
         return Ok(Some(llmops_store::Owner {
-            api_version: <Dataset as kube::Resource>::api_version(&()).into_owned(),
+            api_version,
             kind: <Dataset as kube::Resource>::kind(&()).into_owned(),
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }));
+    }
+    if let (Some(owner), Some(uid)) = (owner, uid) {
+        let mut parts = owner.splitn(3, '/');
+        let (Some(kind), Some(namespace), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("--owner {owner:?}: expected KIND/NAMESPACE/NAME"));
+        };
+        return Ok(Some(llmops_store::Owner {
+            api_version,
+            kind: kind.into(),
             namespace: namespace.into(),
             name: name.into(),
             uid: uid.into(),

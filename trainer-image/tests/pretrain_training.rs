@@ -183,3 +183,45 @@ fn bad_inputs_fail_with_one_clear_line() {
             .is_file()
     );
 }
+
+#[test]
+fn an_output_another_job_owns_is_refused_and_its_deletion_removes_only_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = prepare_dataset(tmp.path(), 32);
+    let mut first = job("first", "llama", json!({"maxSteps": 2}));
+    first["metadata"]["uid"] = json!("u-first");
+    assert_ok(&pretrain(tmp.path(), &first, &dataset, "shared"));
+    let marker = tmp.path().join("shared/.llmops-owner.json");
+    let owner: Value = serde_json::from_str(&std::fs::read_to_string(&marker).unwrap()).unwrap();
+    assert_eq!(
+        (&owner["kind"], &owner["name"], &owner["uid"]),
+        (&json!("PretrainJob"), &json!("first"), &json!("u-first"))
+    );
+
+    // Another PretrainJob pointed at the same output writes nothing there.
+    let mut second = job("second", "llama", json!({"maxSteps": 2}));
+    second["metadata"]["uid"] = json!("u-second");
+    let run = pretrain(tmp.path(), &second, &dataset, "shared");
+    assert_eq!(run.code, 2, "a permanent error: {}", run.stderr);
+    assert!(
+        run.stderr.contains("spec.output.uri") && run.stderr.contains("PretrainJob ml/first"),
+        "{}",
+        run.stderr
+    );
+
+    // `trainer clean` for the first job deletes the whole output, marker last.
+    let clean = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["clean", "--uri"])
+        .arg(format!("file://{}", tmp.path().join("shared").display()))
+        .args(["--owner", "PretrainJob/ml/first", "--uid", "u-first"])
+        .env_remove(llmops_contract::env::RESOURCE)
+        .output()
+        .unwrap();
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(!tmp.path().join("shared").join("checkpoints").exists());
+    assert!(!marker.exists());
+}

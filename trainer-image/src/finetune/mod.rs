@@ -26,7 +26,7 @@ use serde::Serialize;
 
 pub use error::FineTuneError;
 
-use crate::artifact::DatasetArtifact;
+use crate::artifact::{DatasetArtifact, owner_of};
 use crate::progress::Reporter;
 use crate::train::export::{self, Lineage};
 use crate::train::interrupt::Interrupt;
@@ -66,6 +66,7 @@ pub async fn finetune(
     interrupt: Interrupt,
 ) -> Result<Outcome, FineTuneError> {
     let resolved = inputs::resolve(ft, options)?;
+    session::claim_output(&resolved.store, &owner_of(ft)).await?;
     let cache = tempfile::tempdir().map_err(TrainError::io("create a download cache"))?;
     let fetched = inputs::fetch(ft, &resolved, cache.path()).await?;
     let tokenizer = inputs::check_tokenizer(&resolved, &fetched)?;

@@ -16,7 +16,7 @@ use serde::Serialize;
 pub use error::PretrainError;
 pub use plan::plan;
 
-use crate::artifact::DatasetArtifact;
+use crate::artifact::{DatasetArtifact, owner_of};
 use crate::progress::Reporter;
 use crate::train::export::{self, Lineage};
 use crate::train::interrupt::Interrupt;
@@ -165,6 +165,7 @@ pub async fn pretrain(
     interrupt: Interrupt,
 ) -> Result<Outcome<Pretrained>, PretrainError> {
     let resolved = resolve(job, options)?;
+    session::claim_output(&resolved.store, &owner_of(job)).await?;
     let cache =
         tempfile::tempdir().map_err(crate::train::TrainError::io("create a dataset cache"))?;
     let (trained, dataset, rank) =

@@ -73,6 +73,14 @@ impl Permanence for TrainError {
                 | Self::Incompatible(_)
                 | Self::ForeignCheckpoint { .. }
                 | Self::Diverged { .. }
+        ) || matches!(
+            self,
+            // Another object's output, or a model that is not the one recorded:
+            // no retry changes either.
+            Self::Store(e) if matches!(
+                **e,
+                llmops_store::StoreError::NotOwned { .. } | llmops_store::StoreError::InvalidModel { .. }
+            )
         )
     }
 }

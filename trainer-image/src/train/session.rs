@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use llmops_crds::common::{Artifact, CheckpointInfo};
-use llmops_store::{Credentials, Store};
+use llmops_store::{Credentials, Owner, Store};
 use tch::Device;
 
 use super::TrainError;
@@ -162,6 +162,23 @@ pub async fn run_loop(
     })
     .await
     .map_err(TrainError::task("run the training loop"))?
+}
+
+/// Claims the output prefix for the resource being trained (`Store::claim`), so
+/// that its deletion may delete it and another object's output is refused
+/// before anything is written there.
+pub async fn claim_output(store: &Store, owner: &Owner) -> Result<(), TrainError> {
+    match store.claim(owner).await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            tracing::warn!(
+                uri = store.uri(),
+                "the output holds files without an ownership marker (written by an earlier version): they are used, but never deleted with {owner}"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.for_field("spec.output.uri").into()),
+    }
 }
 
 /// Writes the model next to the output (or in a temporary directory for remote
