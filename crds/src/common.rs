@@ -61,9 +61,10 @@ pub struct OutputSpec {
     /// `AZURE_STORAGE_ACCOUNT_KEY`). Defaults to the operator's store credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
-    /// What happens to the artifact when this object is deleted. `Delete` is
-    /// carried out for a Dataset; a PretrainJob or FineTune keeps its models and
-    /// checkpoints in this version whatever the policy.
+    /// What happens to the artifact when this object is deleted. `Delete` removes
+    /// the whole output prefix (a Dataset's shards; a PretrainJob's or FineTune's
+    /// exported models and checkpoints) before the object goes, and only if the
+    /// prefix's ownership marker names this object.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }

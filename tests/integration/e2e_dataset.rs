@@ -158,7 +158,7 @@ pub fn ensure_restricted_template(template: &PodTemplateSpec) -> anyhow::Result<
 }
 
 /// The directory of a `file://` URI.
-fn local_dir(uri: &str) -> anyhow::Result<std::path::PathBuf> {
+pub fn local_dir(uri: &str) -> anyhow::Result<std::path::PathBuf> {
     uri.strip_prefix("file://")
         .map(Into::into)
         .with_context(|| format!("{uri} is not a file:// URI"))

@@ -29,10 +29,10 @@ use crate::e2e_dataset::{
     wait_for_job,
 };
 
-const DATASET: &str = "quickstart-stories";
-const PREPARE_JOB: &str = "quickstart-stories-prepare-g1";
-const PRETRAIN: &str = "faults";
-const PRETRAIN_JOB: &str = "faults-pretrain";
+pub const DATASET: &str = "quickstart-stories";
+pub const PREPARE_JOB: &str = "quickstart-stories-prepare-g1";
+pub const PRETRAIN: &str = "faults";
+pub const PRETRAIN_JOB: &str = "faults-pretrain";
 
 /// The operator's leader-election Lease and how long it stays valid after a
 /// renewal (`LEASE_NAME` and `LeaseTiming::default().duration` of
@@ -44,7 +44,7 @@ const LEASE_DURATION: Duration = Duration::from_secs(15);
 const TAKEOVER_SLACK: Duration = Duration::from_secs(5);
 
 /// The quickstart corpus, named `name`.
-fn dataset(name: &str) -> anyhow::Result<Dataset> {
+pub fn dataset(name: &str) -> anyhow::Result<Dataset> {
     let path = workspace_root().join("examples/quickstart/01-dataset.yaml");
     let mut manifest: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path)?)?;
     manifest["metadata"]["name"] = json!(name);
@@ -52,7 +52,7 @@ fn dataset(name: &str) -> anyhow::Result<Dataset> {
 }
 
 /// A model small enough to train in seconds on a busy CPU, without GPUs.
-fn pretrain_job() -> anyhow::Result<PretrainJob> {
+pub fn pretrain_job() -> anyhow::Result<PretrainJob> {
     Ok(serde_json::from_value(json!({
         "apiVersion": "llmops.dev/v1alpha1",
         "kind": "PretrainJob",

@@ -475,3 +475,112 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
     drop(operator);
     ns.delete(cluster).await
 }
+
+/// `output.deletionPolicy: Delete`: the PretrainJob holds a finalizer, and its
+/// deletion deletes its whole output — the exported models and the checkpoints
+/// beside them — through a `trainer clean` Job before it lets the PretrainJob go.
+#[tokio::test]
+async fn deleting_a_pretrain_job_with_deletion_policy_delete_removes_its_models_and_checkpoints()
+-> anyhow::Result<()> {
+    use crate::e2e_dataset::{local_dir, ready_with_artifact};
+    use crate::e2e_faults::{PREPARE_JOB, PRETRAIN, PRETRAIN_JOB, dataset, pretrain_job};
+
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let ns = TestNamespace::create(cluster, "e2e-pretrain-delete").await?;
+    let mut operator = Operator::start(cluster, &ns).await?;
+    let replayer = Replayer::new(cluster).await?;
+    let client = cluster.client().await?;
+    let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
+    let pretrains: Api<PretrainJob> = Api::namespaced(client.clone(), ns.name());
+    let apply = PatchParams::apply("llmops-tests");
+    datasets
+        .patch(DATASET, &apply, &Patch::Apply(&dataset(DATASET)?))
+        .await?;
+    wait_for_job(&mut operator, &client, PREPARE_JOB).await?;
+    let exit = replay_job(&mut operator, &replayer, PREPARE_JOB).await?;
+    ensure!(
+        exit.code == 0,
+        "trainer prepare failed:\n{}",
+        tail(&exit.log, 40)
+    );
+    wait_for(
+        &mut operator,
+        &datasets,
+        DATASET,
+        "the Dataset Ready",
+        CHILD_TIMEOUT,
+        ready_with_artifact,
+    )
+    .await?;
+
+    let mut job = pretrain_job()?;
+    job.spec.output.deletion_policy = llmops_crds::DeletionPolicy::Delete;
+    pretrains
+        .patch(PRETRAIN, &apply, &Patch::Apply(&job))
+        .await?;
+    wait_for_job(&mut operator, &client, PRETRAIN_JOB).await?;
+    let exit = replay_job(&mut operator, &replayer, PRETRAIN_JOB).await?;
+    ensure!(
+        exit.code == 0,
+        "trainer pretrain failed:\n{}",
+        tail(&exit.log, 40)
+    );
+    let trained = wait_for(
+        &mut operator,
+        &pretrains,
+        PRETRAIN,
+        "the PretrainJob Ready with a model",
+        TRAINER_TIMEOUT,
+        ready_with_artifact,
+    )
+    .await?;
+    ensure!(
+        trained["metadata"]["finalizers"] == json!(["llmops.dev/artifact-cleanup"]),
+        "finalizers: {}",
+        trained["metadata"]["finalizers"]
+    );
+    let model = local_dir(
+        trained["status"]["artifact"]["uri"]
+            .as_str()
+            .unwrap_or_default(),
+    )?;
+    let output = model
+        .parent()
+        .context("the model has no output")?
+        .to_path_buf();
+    for owned in [".llmops-owner.json", "checkpoints"] {
+        ensure!(
+            output.join(owned).exists(),
+            "no {owned} in {}",
+            output.display()
+        );
+    }
+
+    pretrains
+        .delete(PRETRAIN, &DeleteParams::background())
+        .await?;
+    let clean = format!("{PRETRAIN}-clean");
+    wait_for_job(&mut operator, &client, &clean).await?;
+    let exit = replay_job(&mut operator, &replayer, &clean).await?;
+    ensure!(
+        exit.code == 0,
+        "trainer clean failed ({}): {}",
+        exit.code,
+        exit.message
+    );
+    let gone = llmops_tests::eventually("the PretrainJob gone", CHILD_TIMEOUT, || async {
+        ensure!(pretrains.get_opt(PRETRAIN).await?.is_none(), "still there");
+        Ok(())
+    })
+    .await;
+    gone.map_err(|e| anyhow!("{e:#}\n{}", operator.log_tail(40)))?;
+    ensure!(
+        !output.exists(),
+        "the output {} outlived its PretrainJob",
+        output.display()
+    );
+    drop(operator);
+    ns.delete(cluster).await
+}

@@ -9,6 +9,7 @@
 
 mod chart;
 mod crds;
+mod e2e_apifaults;
 mod e2e_dataset;
 mod e2e_deployment;
 mod e2e_faults;

@@ -30,6 +30,7 @@
 //! | `LLMOPS_CLUSTER_DIR`, `LLMOPS_*_PORT` | passed on to `tests/cluster/up` (a second cluster beside the default one) |
 
 mod cluster;
+pub mod faults;
 pub mod local;
 pub mod loopback;
 mod namespace;

@@ -121,7 +121,18 @@ impl Operator {
         namespace: &TestNamespace,
         flags: &[&str],
     ) -> anyhow::Result<Operator> {
-        Operator::install_and_start(cluster, namespace, flags, None).await
+        Operator::install_and_start(cluster, namespace, flags, None, None).await
+    }
+
+    /// [`Operator::start`], the operator talking to the apiserver through
+    /// `server` (a URL in front of the cluster's apiserver, serving a
+    /// certificate its CA signed, such as a [`crate::faults::FaultProxy`]).
+    pub async fn start_through(
+        cluster: &'static Cluster,
+        namespace: &TestNamespace,
+        server: &str,
+    ) -> anyhow::Result<Operator> {
+        Operator::install_and_start(cluster, namespace, &[], None, Some(server)).await
     }
 
     /// [`Operator::start`] with the chart's leader election on (its Lease Role
@@ -133,8 +144,14 @@ impl Operator {
         namespace: &TestNamespace,
         identity: &str,
     ) -> anyhow::Result<Operator> {
-        Operator::install_and_start(cluster, namespace, &["--leader-election"], Some(identity))
-            .await
+        Operator::install_and_start(
+            cluster,
+            namespace,
+            &["--leader-election"],
+            Some(identity),
+            None,
+        )
+        .await
     }
 
     async fn install_and_start(
@@ -142,6 +159,7 @@ impl Operator {
         namespace: &TestNamespace,
         flags: &[&str],
         identity: Option<&str>,
+        server: Option<&str>,
     ) -> anyhow::Result<Operator> {
         let binaries = Binaries::get()?;
         let client = cluster.client().await?;
@@ -184,6 +202,9 @@ impl Operator {
             .tempdir()?;
         let kubeconfig = dir.path().join("kubeconfig");
         write_token_kubeconfig(cluster, ns, &account.name_any(), &kubeconfig).await?;
+        if let Some(server) = server {
+            point_kubeconfig_at(&kubeconfig, server)?;
+        }
         let store = dir.path().join("store");
         std::fs::create_dir_all(&store)?;
         let mut args: Vec<String> = vec![
@@ -435,6 +456,18 @@ pub async fn write_token_kubeconfig(
     let yaml = serde_yaml_ng::to_string(&config)?;
     std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))?;
     Ok(token)
+}
+
+/// Make every cluster of the kubeconfig at `path` be reached at `server`.
+fn point_kubeconfig_at(path: &Path, server: &str) -> anyhow::Result<()> {
+    let mut config = Kubeconfig::read_from(path)?;
+    for named in &mut config.clusters {
+        if let Some(cluster) = named.cluster.as_mut() {
+            cluster.server = Some(server.to_string());
+        }
+    }
+    std::fs::write(path, serde_yaml_ng::to_string(&config)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -1,6 +1,7 @@
 //! Pieces of the pods the operator runs for every kind: Pod Security `restricted`
 //! settings, credentials from Secrets, volumes for URIs on PVCs, and trainer Jobs.
 
+pub mod cleanup;
 pub mod credentials;
 pub mod job;
 pub mod lineage;

@@ -8,9 +8,9 @@
 //! - Job `<name>-prepare-g<G>`: `trainer prepare --resource /etc/llmops/resource.yaml`.
 //!
 //! On deletion with `output.deletionPolicy: Delete`, Job `<name>-clean` runs
-//! `trainer clean --uri <output>`.
+//! `trainer clean` (`crate::workload::cleanup`).
 //!
-//! Both Jobs retry a failed pod up to [`BACKOFF_LIMIT`] times, a pod stopped by a
+//! The prepare Job retries a failed pod up to [`BACKOFF_LIMIT`] times, a pod stopped by a
 //! node drain or preemption without counting it, and fail at once on the
 //! trainer's exit for an error no retry fixes.
 
@@ -22,16 +22,14 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, KeyToPath, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use llmops_contract::{env as var, exit, path};
 use llmops_crds::Dataset;
 use llmops_crds::dataset::ConfigMapSource;
 
-use super::resolve::Resolved;
 use super::validate::Valid;
 use crate::config::OperatorConfig;
-use crate::runtime::apply::{child_labels, child_meta};
+use crate::runtime::apply::child_meta;
 use crate::workload::credentials::credential_env;
 use crate::workload::job::{
     DEFAULT_SCRATCH_SIZE, TrainerJob, env, pod_failure_policy, resource_file,
@@ -41,23 +39,12 @@ use crate::workload::storage::{PvcMounts, pvc_claim};
 
 /// `app.kubernetes.io/component` of the preparation children.
 pub const PREPARE_COMPONENT: &str = "prepare";
-/// `app.kubernetes.io/component` of the artifact cleanup Job.
-pub const CLEAN_COMPONENT: &str = "clean";
-/// Seconds a finished cleanup Job is kept. It has no owner (it must outlive the
-/// Dataset's deletion), so the TTL controller removes it.
-pub const CLEAN_JOB_TTL_SECONDS: i32 = 600;
-/// Failed pods the prepare and clean Jobs replace before they fail: a transient
+/// Failed pods the prepare Job replaces before it fails: a transient
 /// store or network error deserves another try, a persistent one should not keep
 /// a node busy for long. Disruptions do not count.
 pub const BACKOFF_LIMIT: i32 = 3;
 /// How long preparation may be active when `spec.activeDeadlineSeconds` is unset.
 pub const DEFAULT_PREPARE_DEADLINE_SECONDS: i64 = 24 * 3600;
-/// How long the clean Job may be active. It has no owner and may outlive the
-/// operator's interest in it (the finalizer gives up sooner), so it must stop
-/// on its own.
-pub const CLEAN_DEADLINE_SECONDS: i64 = 3600;
-/// Size limit of the clean pod's `/tmp`: it deletes, it writes next to nothing.
-pub const CLEAN_SCRATCH_SIZE: &str = "1Gi";
 
 pub fn job_name(name: &str, generation: i64) -> String {
     format!("{name}-prepare-g{generation}")
@@ -69,10 +56,6 @@ pub fn config_map_name(name: &str) -> String {
 
 pub fn trainer_name(name: &str) -> String {
     format!("{name}-trainer")
-}
-
-pub fn clean_job_name(name: &str) -> String {
-    format!("{name}-clean")
 }
 
 /// Everything one pass produces for a Dataset.
@@ -162,8 +145,8 @@ fn build_prepare_job(valid: &Valid<'_>, config: &OperatorConfig) -> Job {
 }
 
 /// Disruptions are retried without counting; the trainer's exit for an invalid
-/// spec or input fails the Job at once. Unlike a training run, a prepare or clean
-/// pod has no checkpoint to resume from, so its SIGTERM exit is an ordinary
+/// spec or input fails the Job at once. Unlike a training run, a prepare pod has
+/// no checkpoint to resume from, so its SIGTERM exit is an ordinary
 /// failure.
 fn failure_policy() -> PodFailurePolicy {
     pod_failure_policy(&[], &[i32::from(exit::INVALID)])
@@ -226,66 +209,4 @@ fn config_map_source(index: usize, cm: &ConfigMapSource) -> (Volume, VolumeMount
             ..VolumeMount::default()
         },
     )
-}
-
-/// The Job deleting the artifact directory. It has no owner reference: it runs
-/// while the Dataset is being deleted and must not be collected with it. It is
-/// built from the resolved Dataset, not a validated one: an artifact is cleaned up
-/// even when the spec that wrote it would no longer pass validation.
-pub fn build_clean_job(resolved: &Resolved, config: &OperatorConfig) -> Job {
-    let ds = &resolved.dataset;
-    let mut claims = PvcMounts::default();
-    if let Some(claim) = pvc_claim(&resolved.output_uri) {
-        claims.write(claim);
-    }
-    let (volumes, mounts) = claims.volumes_and_mounts();
-    let mut job_env = vec![env(var::PVC_ROOT, path::PVC_ROOT)];
-    let output_secret = ds.spec.output.credentials_secret_ref.as_ref();
-    job_env.extend(credential_env(output_secret.map(|s| s.name.as_str())));
-    TrainerJob {
-        meta: ObjectMeta {
-            name: Some(clean_job_name(&ds.name_any())),
-            namespace: ds.namespace(),
-            labels: Some(child_labels(ds, CLEAN_COMPONENT)),
-            ..ObjectMeta::default()
-        },
-        image: config.trainer_image.clone(),
-        args: clean_args(
-            &resolved.output_uri,
-            ds,
-            output_secret.map(|s| s.name.as_str()),
-        ),
-        service_account: None,
-        env: job_env,
-        volumes,
-        mounts,
-        resources: config.trainer_resources.requirements(),
-        ttl_seconds_after_finished: Some(CLEAN_JOB_TTL_SECONDS),
-        scratch_size: Quantity(CLEAN_SCRATCH_SIZE.into()),
-        backoff_limit: BACKOFF_LIMIT,
-        pod_failure_policy: failure_policy(),
-        active_deadline_seconds: CLEAN_DEADLINE_SECONDS,
-    }
-    .into_job()
-}
-
-/// `trainer clean` arguments: the artifact, the Dataset it belongs to (the
-/// trainer deletes only a prefix whose ownership marker names this Dataset's
-/// namespace, name and uid, so a typo in `output.uri` cannot wipe another
-/// object's data), and the Secret whose credential variables reach it.
-fn clean_args(uri: &str, ds: &Dataset, secret: Option<&str>) -> Vec<String> {
-    let owner = format!("{}/{}", ds.namespace().unwrap_or_default(), ds.name_any());
-    let mut args = vec![
-        "clean".to_string(),
-        "--uri".into(),
-        uri.to_string(),
-        "--dataset".into(),
-        owner,
-        "--uid".into(),
-        ds.uid().unwrap_or_default(),
-    ];
-    if let Some(secret) = secret {
-        args.extend(["--credentials-secret".to_string(), secret.to_string()]);
-    }
-    args
 }

@@ -36,6 +36,7 @@ use crate::runtime::controller::{
 };
 use crate::runtime::status::{WriteStatusError, first_sight};
 use crate::runtime::stop::Stop;
+use crate::workload::cleanup::CleanupError;
 use crate::workload::observe::{JobState, job_pods, job_state};
 use crate::workload::rbac::apply_rbac;
 use crate::workload::record::{cleaned_up_for, finished_for_generation};
@@ -69,8 +70,8 @@ pub enum Error {
     DeleteOrphans(#[from] DeleteOrphansError),
     #[error(transparent)]
     WriteStatus(#[from] WriteStatusError),
-    #[error("failed to update the Dataset's finalizers: {source}")]
-    Finalizer { source: kube::Error },
+    #[error("deleting the Dataset's artifact: {0}")]
+    Cleanup(#[from] CleanupError),
 }
 
 impl ReconcileError for Error {
@@ -83,7 +84,7 @@ impl ReconcileError for Error {
             Error::ListPods { .. } => "ListPods",
             Error::DeleteOrphans(_) => "DeleteOrphans",
             Error::WriteStatus(_) => "WriteStatus",
-            Error::Finalizer { .. } => "Finalizer",
+            Error::Cleanup(_) => "Cleanup",
         }
     }
 }

@@ -26,9 +26,6 @@ pub mod reason {
     pub const INVALID_RESULT: &str = "InvalidTrainerResult";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const DELETING: &str = "Deleting";
-    pub const CLEANUP_FAILED: &str = "CleanupFailed";
-    pub const CLEANUP_TIMED_OUT: &str = "CleanupTimedOut";
-    pub const NAMESPACE_TERMINATING: &str = "NamespaceTerminating";
 }
 
 /// What `trainer prepare` writes to its termination message on success.

@@ -423,7 +423,12 @@ spec:
             "spec:\n  output: {uri: \"s3://b/x\", credentialsSecretRef: {name: out}, deletionPolicy: Delete}",
         );
         let resolved = resolve_with(&ds, &OperatorConfig::example(), None);
-        let job = build::build_clean_job(&resolved, &OperatorConfig::example());
+        let job = crate::workload::cleanup::build_clean_job(
+            &ds,
+            &resolved.output_uri,
+            Some("out"),
+            &OperatorConfig::example(),
+        );
         assert_eq!(job.name_any(), "chats-clean");
         assert!(job.metadata.owner_references.is_none());
         assert_eq!(job.labels()["app.kubernetes.io/component"], "clean");
@@ -445,8 +450,8 @@ spec:
                 "clean",
                 "--uri",
                 "s3://b/x",
-                "--dataset",
-                "ml/chats",
+                "--owner",
+                "Dataset/ml/chats",
                 "--uid",
                 "0c7e-uid",
                 "--credentials-secret",

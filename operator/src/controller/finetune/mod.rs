@@ -44,9 +44,11 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use llmops_crds::{
-    Artifact, Dataset, FineTune, FineTuneStatus, JobPhase, LocalObjectRef, PretrainJob,
+    Artifact, Dataset, DeletionPolicy, FineTune, FineTuneStatus, JobPhase, LocalObjectRef,
+    PretrainJob,
 };
 
+use crate::config::OperatorConfig;
 use crate::controller::training::reconcile::{TrainingKind, reconcile};
 use crate::controller::training::run;
 use crate::controller::training::validate::{Invalid, Valid};
@@ -58,6 +60,8 @@ use crate::runtime::controller::{
 };
 use crate::runtime::status::WriteStatusError;
 use crate::runtime::stop::Stop;
+use crate::workload::cleanup::{CleanupError, OwnsArtifact};
+use crate::workload::lineage::default_output;
 use crate::workload::observe::JobState;
 use resolve::{Resolution, Resolved};
 use status::{Observed, OperatorStatus};
@@ -80,6 +84,8 @@ pub enum Error {
     Run(#[from] run::Error),
     #[error(transparent)]
     WriteStatus(#[from] WriteStatusError),
+    #[error("deleting the FineTune's artifact: {0}")]
+    Cleanup(#[from] CleanupError),
 }
 
 impl ReconcileError for Error {
@@ -89,6 +95,7 @@ impl ReconcileError for Error {
             Error::RenderResource(_) => "RenderResource",
             Error::Run(err) => err.reason(),
             Error::WriteStatus(_) => "WriteStatus",
+            Error::Cleanup(_) => "Cleanup",
         }
     }
 }
@@ -181,10 +188,29 @@ fn waiting_for<P: ResourceExt>(
     })
 }
 
+impl OwnsArtifact for FineTune {
+    fn deletes_artifact(&self) -> bool {
+        self.spec.output.location.deletion_policy == DeletionPolicy::Delete
+    }
+}
+
 impl TrainingKind for FineTune {
     type Resolved = Resolved;
     type Observed = Observed;
     type Error = Error;
+
+    fn artifact_location(&self, config: &OperatorConfig) -> (String, Option<String>) {
+        let mut output = self.spec.output.location.clone();
+        let namespace = self.namespace().unwrap_or_default();
+        let uri = default_output(
+            &mut output,
+            "finetunes",
+            &namespace,
+            &self.name_any(),
+            config,
+        );
+        (uri, output.credentials_secret_ref.map(|s| s.name))
+    }
 
     async fn resolve(&self, ctx: &Context) -> Result<Resolution, Error> {
         resolve::resolve(self, ctx).await

@@ -40,10 +40,12 @@ use std::sync::Arc;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use llmops_crds::{Dataset, JobPhase, PretrainJob, PretrainJobStatus};
+use llmops_crds::{Dataset, DeletionPolicy, JobPhase, PretrainJob, PretrainJobStatus};
 
+use crate::config::OperatorConfig;
 use crate::controller::training::reconcile::{TrainingKind, reconcile};
 use crate::controller::training::run;
 use crate::controller::training::validate::{Invalid, Valid};
@@ -55,6 +57,8 @@ use crate::runtime::controller::{
 };
 use crate::runtime::status::WriteStatusError;
 use crate::runtime::stop::Stop;
+use crate::workload::cleanup::{CleanupError, OwnsArtifact};
+use crate::workload::lineage::default_output;
 use crate::workload::observe::JobState;
 use resolve::{Resolution, Resolved};
 use status::{Observed, OperatorStatus};
@@ -73,6 +77,8 @@ pub enum Error {
     Run(#[from] run::Error),
     #[error(transparent)]
     WriteStatus(#[from] WriteStatusError),
+    #[error("deleting the PretrainJob's artifact: {0}")]
+    Cleanup(#[from] CleanupError),
 }
 
 impl ReconcileError for Error {
@@ -82,6 +88,7 @@ impl ReconcileError for Error {
             Error::RenderResource(_) => "RenderResource",
             Error::Run(err) => err.reason(),
             Error::WriteStatus(_) => "WriteStatus",
+            Error::Cleanup(_) => "Cleanup",
         }
     }
 }
@@ -133,10 +140,29 @@ fn waiting_on(jobs: &[Arc<PretrainJob>], ds: &Dataset) -> Vec<ObjectRef<Pretrain
     )
 }
 
+impl OwnsArtifact for PretrainJob {
+    fn deletes_artifact(&self) -> bool {
+        self.spec.output.deletion_policy == DeletionPolicy::Delete
+    }
+}
+
 impl TrainingKind for PretrainJob {
     type Resolved = Resolved;
     type Observed = Observed;
     type Error = Error;
+
+    fn artifact_location(&self, config: &OperatorConfig) -> (String, Option<String>) {
+        let mut output = self.spec.output.clone();
+        let namespace = self.namespace().unwrap_or_default();
+        let uri = default_output(
+            &mut output,
+            "pretrainjobs",
+            &namespace,
+            &self.name_any(),
+            config,
+        );
+        (uri, output.credentials_secret_ref.map(|s| s.name))
+    }
 
     async fn resolve(&self, ctx: &Context) -> Result<Resolution, Error> {
         resolve::resolve(self, ctx).await

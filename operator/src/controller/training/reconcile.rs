@@ -19,10 +19,12 @@ use super::build::build;
 use super::run::{self, REPLACE_RETRY, RESYNC, WAIT_RETRY, keep_run, run_state, stop_run};
 use super::status::{reason, replacing};
 use super::validate::{Invalid, Valid};
+use crate::config::OperatorConfig;
 use crate::runtime::Context;
 use crate::runtime::conditions::{Outcome, now};
 use crate::runtime::controller::ReconcileError;
 use crate::runtime::status::{ReportsStatus, WriteStatusError, Written, first_sight, write};
+use crate::workload::cleanup::{self, CleanupError, Deletion, OwnsArtifact, build_clean_job};
 use crate::workload::observe::JobState;
 use crate::workload::record::{JobRecord, finished_for_generation};
 
@@ -38,7 +40,12 @@ pub enum Resolution<R> {
 
 /// What sets one training kind apart in a pass.
 pub trait TrainingKind:
-    ReportsStatus<Status: JobRecord, Scope = NamespaceResourceScope> + Serialize + Send + Sync + 'static
+    ReportsStatus<Status: JobRecord, Scope = NamespaceResourceScope>
+    + OwnsArtifact
+    + Serialize
+    + Send
+    + Sync
+    + 'static
 {
     /// The kind as the trainer sees it, with its inputs.
     type Resolved: Send + Sync;
@@ -47,7 +54,12 @@ pub trait TrainingKind:
     type Error: ReconcileError
         + From<run::Error>
         + From<serde_yaml_ng::Error>
-        + From<WriteStatusError>;
+        + From<WriteStatusError>
+        + From<CleanupError>;
+
+    /// Where the run writes its models and checkpoints, and the Secret that
+    /// reaches that store.
+    fn artifact_location(&self, config: &OperatorConfig) -> (String, Option<String>);
 
     fn resolve(
         &self,
@@ -70,20 +82,39 @@ pub trait TrainingKind:
     fn desired_status(&self, observed: Self::Observed, now: &Time) -> Written<Self::Fields>;
 }
 
+/// A deleted object's pass: its artifact's cleanup, when it holds the finalizer
+/// ([`crate::workload::cleanup`]).
+async fn delete_artifact<K: TrainingKind>(
+    obj: &K,
+    api: &Api<K>,
+    ctx: &Context,
+) -> Result<Action, K::Error> {
+    let (uri, secret) = obj.artifact_location(&ctx.config);
+    let clean = build_clean_job(obj, &uri, secret.as_deref(), &ctx.config);
+    Ok(
+        match cleanup::on_deletion(obj, api, ctx, &uri, clean).await? {
+            Deletion::Done => Action::await_change(),
+            Deletion::Wait { after, .. } => Action::requeue(after),
+        },
+    )
+}
+
 /// One pass over `obj`.
 pub async fn reconcile<K: TrainingKind>(
     obj: Arc<K>,
     ctx: Arc<Context>,
 ) -> Result<Action, K::Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     if obj.meta().deletion_timestamp.is_some() {
-        // Children go with their owner; the model and checkpoints stay.
-        return Ok(Action::await_change());
+        // Children go with their owner; the models and checkpoints stay unless
+        // `deletionPolicy: Delete`.
+        return delete_artifact(obj.as_ref(), &api, &ctx).await;
     }
+    cleanup::sync_finalizer(obj.as_ref(), &api).await?;
     if finished_for_generation(obj.as_ref()) {
         // A finished Job is final, and so is the status written from it.
         return Ok(Action::requeue(RESYNC));
     }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     // Status writes below update this copy, so later steps compare against them.
     let mut obj = (*obj).clone();
 
