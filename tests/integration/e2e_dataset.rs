@@ -118,6 +118,36 @@ pub async fn replay_job(
     Ok(exit)
 }
 
+/// Delete `name`, whose `deletionPolicy: Delete` holds it for its artifact's
+/// cleanup: replay Job `<name>-clean` to success and wait until `name` is gone.
+pub async fn delete_through_clean<K>(
+    operator: &mut Operator,
+    replayer: &Replayer,
+    client: &Client,
+    api: &Api<K>,
+    name: &str,
+) -> anyhow::Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    api.delete(name, &DeleteParams::background()).await?;
+    let clean = format!("{name}-clean");
+    wait_for_job(operator, client, &clean).await?;
+    let exit = replay_job(operator, replayer, &clean).await?;
+    ensure!(
+        exit.code == 0,
+        "trainer clean failed ({}): {}",
+        exit.code,
+        exit.message
+    );
+    let gone = eventually(&format!("{name} gone"), CHILD_TIMEOUT, || async {
+        ensure!(api.get_opt(name).await?.is_none(), "still there");
+        Ok(())
+    })
+    .await;
+    gone.map_err(|e| anyhow!("{e:#}\n{}", operator.log_tail(40)))
+}
+
 /// The pod template runs as Pod Security "restricted" requires.
 pub fn ensure_restricted(job: &Job) -> anyhow::Result<()> {
     ensure_restricted_template(&job.spec.as_ref().context("Job without spec")?.template)
@@ -570,24 +600,7 @@ async fn deleting_a_dataset_with_deletion_policy_delete_removes_its_artifact() -
         dir.display()
     );
 
-    datasets
-        .delete(QUICKSTART, &DeleteParams::background())
-        .await?;
-    let clean = format!("{QUICKSTART}-clean");
-    wait_for_job(&mut operator, &client, &clean).await?;
-    let exit = replay_job(&mut operator, &replayer, &clean).await?;
-    ensure!(
-        exit.code == 0,
-        "trainer clean failed ({}): {}",
-        exit.code,
-        exit.message
-    );
-    let result = eventually("the Dataset gone", CHILD_TIMEOUT, || async {
-        ensure!(datasets.get_opt(QUICKSTART).await?.is_none(), "still there");
-        Ok(())
-    })
-    .await;
-    result.map_err(|e| anyhow!("{e:#}\n{}", operator.log_tail(40)))?;
+    delete_through_clean(&mut operator, &replayer, &client, &datasets, QUICKSTART).await?;
     ensure!(
         !dir.exists(),
         "the artifact {} outlived its Dataset",

@@ -482,7 +482,7 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
 #[tokio::test]
 async fn deleting_a_pretrain_job_with_deletion_policy_delete_removes_its_models_and_checkpoints()
 -> anyhow::Result<()> {
-    use crate::e2e_dataset::{local_dir, ready_with_artifact};
+    use crate::e2e_dataset::{delete_through_clean, local_dir, ready_with_artifact};
     use crate::e2e_faults::{PREPARE_JOB, PRETRAIN, PRETRAIN_JOB, dataset, pretrain_job};
 
     let Some(cluster) = Cluster::get()? else {
@@ -558,24 +558,7 @@ async fn deleting_a_pretrain_job_with_deletion_policy_delete_removes_its_models_
         );
     }
 
-    pretrains
-        .delete(PRETRAIN, &DeleteParams::background())
-        .await?;
-    let clean = format!("{PRETRAIN}-clean");
-    wait_for_job(&mut operator, &client, &clean).await?;
-    let exit = replay_job(&mut operator, &replayer, &clean).await?;
-    ensure!(
-        exit.code == 0,
-        "trainer clean failed ({}): {}",
-        exit.code,
-        exit.message
-    );
-    let gone = llmops_tests::eventually("the PretrainJob gone", CHILD_TIMEOUT, || async {
-        ensure!(pretrains.get_opt(PRETRAIN).await?.is_none(), "still there");
-        Ok(())
-    })
-    .await;
-    gone.map_err(|e| anyhow!("{e:#}\n{}", operator.log_tail(40)))?;
+    delete_through_clean(&mut operator, &replayer, &client, &pretrains, PRETRAIN).await?;
     ensure!(
         !output.exists(),
         "the output {} outlived its PretrainJob",
