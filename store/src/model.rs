@@ -14,10 +14,12 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::{FileDigest, MANIFEST_FILE, Store, StoreError, artifact_digest, sha256_file};
+use crate::store::write_file;
+use crate::{
+    FileDigest, MANIFEST_FILE, Store, StoreError, artifact_digest, sha256_file, verify_sha256,
+};
 
 /// The start of the name of each export's directory.
 pub const MODEL_DIR_PREFIX: &str = "model-";
@@ -160,31 +162,14 @@ pub async fn fetch_model(
         return Ok(root.to_path_buf());
     }
     for f in &manifest.files {
-        download(store, &f.path, &f.sha256, &scratch.join(&f.path)).await?;
+        let checked = verify_sha256(
+            store.get(&f.path).await?,
+            &f.sha256,
+            &store.child_uri(&f.path),
+        );
+        write_file(checked, &scratch.join(&f.path)).await?;
     }
     Ok(scratch.to_path_buf())
-}
-
-/// Copies the object `rel` to `target`, failing if its bytes do not hash to
-/// `sha256`.
-async fn download(store: &Store, rel: &str, sha256: &str, target: &Path) -> Result<(), StoreError> {
-    if let Some(parent) = target.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(StoreError::io("create", parent))?;
-    }
-    let mut file = tokio::fs::File::create(target)
-        .await
-        .map_err(StoreError::io("create", target))?;
-    let mut chunks = crate::verify_sha256(store.get(rel).await?, sha256, &store.child_uri(rel));
-    while let Some(chunk) = chunks.next().await {
-        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?)
-            .await
-            .map_err(StoreError::io("write", target))?;
-    }
-    tokio::io::AsyncWriteExt::flush(&mut file)
-        .await
-        .map_err(StoreError::io("write", target))
 }
 
 #[cfg(test)]

@@ -388,24 +388,8 @@ impl Store {
             return Ok(root.to_path_buf());
         }
         for entry in self.list().await? {
-            let target = scratch.join(&entry.name);
-            if let Some(parent) = target.parent() {
-                tokio::fs::create_dir_all(parent)
-                    .await
-                    .map_err(StoreError::io("create", parent))?;
-            }
-            let mut file = tokio::fs::File::create(&target)
-                .await
-                .map_err(StoreError::io("create", &target))?;
-            let mut chunks = self.get(&entry.name).await?;
-            while let Some(chunk) = chunks.next().await {
-                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?)
-                    .await
-                    .map_err(StoreError::io("write", &target))?;
-            }
-            tokio::io::AsyncWriteExt::flush(&mut file)
-                .await
-                .map_err(StoreError::io("write", &target))?;
+            let chunks = self.get(&entry.name).await?;
+            write_file(chunks, &scratch.join(&entry.name)).await?;
         }
         Ok(scratch.to_path_buf())
     }
@@ -785,6 +769,27 @@ pub(crate) fn local_files(root: &Path) -> Result<Vec<String>, StoreError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Writes `chunks` to the local file `target`, creating its directory; an error
+/// of the stream (a checksum that did not match, say) ends the copy with it.
+pub(crate) async fn write_file(mut chunks: ByteStream, target: &Path) -> Result<(), StoreError> {
+    if let Some(parent) = target.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(StoreError::io("create", parent))?;
+    }
+    let mut file = tokio::fs::File::create(target)
+        .await
+        .map_err(StoreError::io("create", target))?;
+    while let Some(chunk) = chunks.next().await {
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk?)
+            .await
+            .map_err(StoreError::io("write", target))?;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut file)
+        .await
+        .map_err(StoreError::io("write", target))
 }
 
 /// Wraps `inner` so that, at its end, the sha256 of everything it yielded is

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, ensure};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodTemplateSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
@@ -98,17 +98,26 @@ pub async fn wait_for_job(
     Ok(serde_json::from_value(value)?)
 }
 
+/// The pod of Job `job`, once the scheduler has placed it.
+pub async fn job_pod(
+    operator: &mut Operator,
+    replayer: &Replayer,
+    job: &str,
+) -> anyhow::Result<Pod> {
+    let selector = format!("batch.kubernetes.io/job-name={job}");
+    replayer
+        .running_pod(operator.namespace(), &selector, CHILD_TIMEOUT)
+        .await
+        .map_err(|e| anyhow!("{e:#}\n{}", operator.log_tail(40)))
+}
+
 /// Replay the running pod of Job `job` to its end.
 pub async fn replay_job(
     operator: &mut Operator,
     replayer: &Replayer,
     job: &str,
 ) -> anyhow::Result<Exit> {
-    let selector = format!("batch.kubernetes.io/job-name={job}");
-    let pod = replayer
-        .running_pod(operator.namespace(), &selector, CHILD_TIMEOUT)
-        .await
-        .map_err(|e| anyhow!("{e:#}\n{}", operator.log_tail(40)))?;
+    let pod = job_pod(operator, replayer, job).await?;
     let exit = replayer.start(&pod).await?.finish(TRAINER_TIMEOUT).await?;
     ensure!(
         exit.status_written,

@@ -25,8 +25,8 @@ use llmops_tests::{Cluster, FIELD_MANAGER, TestNamespace, eventually, workspace_
 use serde_json::{Value, json};
 
 use crate::e2e_dataset::{
-    CHILD_TIMEOUT, TRAINER_TIMEOUT, condition, has_condition, ready_with_artifact, wait_for,
-    wait_for_job,
+    CHILD_TIMEOUT, TRAINER_TIMEOUT, condition, has_condition, job_pod, ready_with_artifact,
+    wait_for, wait_for_job,
 };
 
 pub const DATASET: &str = "quickstart-stories";
@@ -321,11 +321,7 @@ async fn a_pipeline_survives_the_operator_killed_at_every_stage() -> anyhow::Res
     // Killed while the prepare pod runs (held stopped, so the new operator meets
     // it running), then killed again just after the pod's final status is
     // written, before the operator can have recorded it.
-    let selector = format!("batch.kubernetes.io/job-name={PREPARE_JOB}");
-    let pod = replayer
-        .running_pod(ns.name(), &selector, CHILD_TIMEOUT)
-        .await
-        .map_err(|e| anyhow!("{e:#}\n{}", operator.log_tail(40)))?;
+    let pod = job_pod(&mut operator, &replayer, PREPARE_JOB).await?;
     let run = replayer.start(&pod).await?;
     run.pause()?;
     wait_for(
@@ -368,11 +364,7 @@ async fn a_pipeline_survives_the_operator_killed_at_every_stage() -> anyhow::Res
 
     // Killed while the trainer of the PretrainJob runs.
     wait_for_job(&mut operator, &client, PRETRAIN_JOB).await?;
-    let selector = format!("batch.kubernetes.io/job-name={PRETRAIN_JOB}");
-    let pod = replayer
-        .running_pod(ns.name(), &selector, CHILD_TIMEOUT)
-        .await
-        .map_err(|e| anyhow!("{e:#}\n{}", operator.log_tail(40)))?;
+    let pod = job_pod(&mut operator, &replayer, PRETRAIN_JOB).await?;
     let run = replayer.start(&pod).await?;
     run.pause()?;
     wait_for(

@@ -242,23 +242,14 @@ pub struct CorruptCheckpoint {
 
 /// The `sha256sum` lines of every file in `dir`, by name.
 fn sums(dir: &Path) -> Result<String, CheckpointError> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(io("list", dir))?
-        .filter_map(Result::ok)
-        .filter(|e| e.path().is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    let mut out = String::new();
-    for name in names {
-        let path = dir.join(&name);
-        let hex = llmops_store::sha256_file(&path).map_err(|e| CheckpointError::Write {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        out.push_str(&format!("{hex}  {name}\n"));
-    }
-    Ok(out)
+    let digests = llmops_store::digest_dir(dir).map_err(|e| CheckpointError::Write {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(digests
+        .iter()
+        .map(|f| format!("{}  {}\n", f.sha256, f.path))
+        .collect())
 }
 
 /// The state of the checkpoint in `dir` if its files are the ones that were

@@ -164,15 +164,7 @@ fn the_clean_job_names_its_owner_for_the_ownership_check() {
         job.metadata.owner_references.is_none(),
         "it outlives its owner"
     );
-    let container = &job
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let container = crate::test_support::trainer(&job);
     assert_eq!(
         container.args.as_ref().unwrap().join(" "),
         "clean --uri s3://b/pt/ml/base --owner PretrainJob/ml/base --uid u-7 --credentials-secret creds"
