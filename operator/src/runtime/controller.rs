@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::NamespaceResourceScope;
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt as _};
 use kube::runtime::controller::{Action, Config, Controller, Error as ControllerError};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use llmops_crds::LocalObjectRef;
 use serde::de::DeserializeOwned;
@@ -68,7 +69,20 @@ impl Scope {
     }
 }
 
+/// Set to `1`, the caches keep whole objects as the API returns them and the
+/// watches of other objects decode them whole, as before they were trimmed: for
+/// measuring what trimming saves (`tests/src/bin/scale-bench.rs`), not for use.
+pub const FULL_OBJECTS_ENV: &str = "LLMOPS_CACHE_FULL_OBJECTS";
+
+/// The annotation `kubectl apply` (client-side) keeps a whole copy of the object in.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn full_objects() -> bool {
+    std::env::var_os(FULL_OBJECTS_ENV).is_some_and(|v| v == "1")
+}
+
 /// A controller for the `K`s in `namespace` (or all), before its watches are added.
+/// Its cache holds each `K` without what no reconcile reads ([`trim`]).
 pub fn controller_for<K>(client: &Client, namespace: Option<&str>) -> Controller<K>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -79,9 +93,87 @@ where
         + Sync
         + 'static,
 {
-    Controller::new(
-        scoped_api::<K>(client, namespace),
-        watcher::Config::default(),
+    let api = scoped_api::<K>(client, namespace);
+    if full_objects() {
+        return Controller::new(api, watcher::Config::default());
+    }
+    // What `Controller::new` does, with each object trimmed before it is cached.
+    let (reader, writer) = reflector::store();
+    let objects = watcher(api, watcher::Config::default())
+        .modify(trim)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(objects, reader)
+}
+
+/// Drop from a cached object what the operator never reads and what is often most
+/// of its size: `metadata.managedFields` and the client-side apply annotation.
+pub fn trim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+/// Add a watch of the `O`s in `namespace` (or all) that `wc` selects, by their
+/// metadata only: `mapper` names the `K`s to reconcile on a change to one (any
+/// change, status included).
+pub fn watches_metadata<K, O, I>(
+    controller: Controller<K>,
+    client: &Client,
+    namespace: Option<&str>,
+    wc: watcher::Config,
+    mapper: impl Fn(PartialObjectMeta<O>) -> I + Sync + Send + 'static,
+) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    O: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    I: 'static + IntoIterator<Item = ObjectRef<K>>,
+    I::IntoIter: Send,
+{
+    if full_objects() {
+        return controller.watches(scoped_api::<O>(client, namespace), wc, move |obj: O| {
+            mapper(obj.meta().clone().into_request_partial::<O>())
+        });
+    }
+    // An `Api` of `PartialObjectMeta` lists and watches metadata only.
+    let api = scoped_api::<PartialObjectMeta<O>>(client, namespace);
+    controller.watches_stream(watcher(api, wc).touched_objects(), mapper)
+}
+
+/// Add a watch of the `C`s labelled as some `K`'s ([`labelled_children`]), by
+/// their metadata only; a change to one reconciles its parent ([`parent_of`]).
+pub fn watches_labelled<K, C>(
+    controller: Controller<K>,
+    client: &Client,
+    namespace: Option<&str>,
+) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    C: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watches_metadata::<K, C, _>(
+        controller,
+        client,
+        namespace,
+        labelled_children::<K>(),
+        parent_of,
     )
 }
 
@@ -221,5 +313,38 @@ mod tests {
             Scope::new(vec!["a".into(), "b".into()]).targets(),
             vec![Some("a".to_string()), Some("b".to_string())]
         );
+    }
+
+    #[test]
+    fn trimming_drops_managed_fields_and_the_last_applied_copy_only() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+
+        let annotations = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let mut cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("a".into()),
+                resource_version: Some("7".into()),
+                annotations: annotations(&[(LAST_APPLIED_ANNOTATION, "{}"), ("keep", "me")]),
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        trim(&mut cm);
+        assert_eq!(cm.metadata.managed_fields, None);
+        assert_eq!(cm.metadata.annotations, annotations(&[("keep", "me")]));
+        assert_eq!(cm.metadata.resource_version.as_deref(), Some("7"));
+
+        cm.metadata.annotations = annotations(&[(LAST_APPLIED_ANNOTATION, "{}")]);
+        trim(&mut cm);
+        assert_eq!(cm.metadata.annotations, None);
     }
 }

@@ -31,8 +31,8 @@ use crate::runtime::apply::{
 };
 use crate::runtime::conditions::{self, Outcome};
 use crate::runtime::controller::{
-    ControllerRun, ReconcileError, Scope, controller_for, labelled_children, owned_children,
-    parent_of, referrers, scoped_api, start,
+    ControllerRun, ReconcileError, Scope, controller_for, owned_children, referrers, scoped_api,
+    start, watches_labelled, watches_metadata,
 };
 use crate::runtime::status::{WriteStatusError, first_sight};
 use crate::runtime::stop::Stop;
@@ -97,30 +97,26 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
     scope.start_each(|ns| {
         let controller = controller_for::<Dataset>(client, ns);
         let store = controller.store();
-        let controller = controller
-            .owns(scoped_api::<ConfigMap>(client, ns), owned_children())
-            .watches(
-                scoped_api::<Job>(client, ns),
-                labelled_children::<Dataset>(),
-                parent_of,
-            )
-            .watches(
-                scoped_api::<Pod>(client, ns),
-                labelled_children::<Dataset>(),
-                parent_of,
-            )
-            // A Dataset reusing another's tokenizer starts once that one is Ready.
-            .watches(
-                scoped_api::<Dataset>(client, ns),
-                watcher::Config::default(),
-                move |changed| tokenizer_users(&store.state(), &changed),
-            );
+        let controller = controller.owns(scoped_api::<ConfigMap>(client, ns), owned_children());
+        let controller = watches_labelled::<Dataset, Job>(controller, client, ns);
+        let controller = watches_labelled::<Dataset, Pod>(controller, client, ns);
+        // A Dataset reusing another's tokenizer starts once that one is Ready.
+        let controller = watches_metadata::<Dataset, Dataset, _>(
+            controller,
+            client,
+            ns,
+            watcher::Config::default(),
+            move |changed| tokenizer_users(&store.state(), &changed),
+        );
         start(KIND, controller, ctx.clone(), stop.clone(), reconcile)
     })
 }
 
 /// The Datasets whose `tokenizer.datasetRef` names `changed`.
-fn tokenizer_users(datasets: &[Arc<Dataset>], changed: &Dataset) -> Vec<ObjectRef<Dataset>> {
+fn tokenizer_users(
+    datasets: &[Arc<Dataset>],
+    changed: &impl ResourceExt,
+) -> Vec<ObjectRef<Dataset>> {
     referrers(
         datasets,
         changed,

@@ -55,8 +55,8 @@ use crate::controller::training::validate::{Invalid, Valid};
 use crate::runtime::Context;
 use crate::runtime::conditions::Outcome;
 use crate::runtime::controller::{
-    ControllerRun, ReconcileError, Scope, controller_for, labelled_children, owned_children,
-    parent_of, referrers, scoped_api, start,
+    ControllerRun, ReconcileError, Scope, controller_for, owned_children, referrers, scoped_api,
+    start, watches_labelled,
 };
 use crate::runtime::status::WriteStatusError;
 use crate::runtime::stop::Stop;
@@ -110,15 +110,11 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
         let controller = controller_for::<FineTune>(client, ns);
         let (for_dataset, for_pretrain, for_finetune) =
             (controller.store(), controller.store(), controller.store());
+        let controller = watches_labelled::<FineTune, Pod>(controller, client, ns);
         let controller = controller
             .owns(scoped_api::<Job>(client, ns), owned_children())
             .owns(scoped_api::<ConfigMap>(client, ns), owned_children())
             .owns(scoped_api::<Service>(client, ns), owned_children())
-            .watches(
-                scoped_api::<Pod>(client, ns),
-                labelled_children::<FineTune>(),
-                parent_of,
-            )
             .watches(
                 scoped_api::<Dataset>(client, ns),
                 watcher::Config::default(),

@@ -701,7 +701,8 @@ mod watch_tests {
     use llmops_crds::Artifact;
 
     use super::*;
-    use crate::controller::finetune::{parent_of, waiting_for};
+    use crate::controller::finetune::waiting_for;
+    use crate::runtime::controller::parent_of;
 
     #[test]
     fn a_new_artifact_wakes_only_the_fine_tunes_still_waiting_for_it() {

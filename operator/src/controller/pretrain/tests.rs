@@ -946,7 +946,8 @@ mod watch_tests {
     use kube::runtime::reflector::ObjectRef;
 
     use super::*;
-    use crate::controller::pretrain::{parent_of, waiting_on};
+    use crate::controller::pretrain::waiting_on;
+    use crate::runtime::controller::parent_of;
 
     #[test]
     fn a_dataset_change_wakes_only_the_jobs_still_waiting_for_it() {
