@@ -22,7 +22,7 @@ use kube::{Client, Resource, ResourceExt};
 use llmops_crds::Dataset;
 use llmops_tests::faults::{Fault, FaultProxy, Plan};
 use llmops_tests::operator::Operator;
-use llmops_tests::replay::{Replayer, tail};
+use llmops_tests::replay::tail;
 use llmops_tests::{Cluster, TestNamespace, eventually, workspace_root};
 use serde_json::Value;
 
@@ -134,7 +134,7 @@ async fn a_dataset_is_prepared_through_a_flaky_apiserver() -> anyhow::Result<()>
     let ns = TestNamespace::create(cluster, "e2e-apifaults").await?;
     let proxy = FaultProxy::start(cluster, Plan::default())?;
     let mut operator = Operator::start_through(cluster, &ns, &proxy.url()).await?;
-    let replayer = Replayer::new(cluster).await?;
+    let replayer = cluster.replayer().await?;
     let client = cluster.client().await?;
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns.name());

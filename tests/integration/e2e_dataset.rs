@@ -238,7 +238,7 @@ async fn dataset_lifecycle_with_the_real_trainer() -> anyhow::Result<()> {
     };
     let ns = TestNamespace::create(cluster, "e2e-dataset").await?;
     let mut operator = Operator::start(cluster, &ns).await?;
-    let replayer = Replayer::new(cluster).await?;
+    let replayer = cluster.replayer().await?;
     let client = cluster.client().await?;
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
 
@@ -480,7 +480,7 @@ async fn dataset_with_an_unreachable_source_is_stalled_with_the_trainers_error()
     };
     let ns = TestNamespace::create(cluster, "e2e-dataset-fail").await?;
     let mut operator = Operator::start(cluster, &ns).await?;
-    let replayer = Replayer::new(cluster).await?;
+    let replayer = cluster.replayer().await?;
     let client = cluster.client().await?;
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
     let name = "unreachable";
@@ -567,7 +567,7 @@ async fn deleting_a_dataset_with_deletion_policy_delete_removes_its_artifact() -
     };
     let ns = TestNamespace::create(cluster, "e2e-dataset-delete").await?;
     let mut operator = Operator::start(cluster, &ns).await?;
-    let replayer = Replayer::new(cluster).await?;
+    let replayer = cluster.replayer().await?;
     let client = cluster.client().await?;
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
     let path = workspace_root().join("examples/quickstart/01-dataset.yaml");

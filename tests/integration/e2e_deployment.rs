@@ -4,7 +4,7 @@
 //! status once the pods are ready, and a rolling update to a new model. Every
 //! serving pod is replayed with the real `server` binary (on tiny random models
 //! from `tests/python/tiny_model.py`), listening on its pod IP and made Ready by
-//! its readiness probe ([`ServingPods`]); a pod of the new model answers
+//! its readiness probe ([`PodRunner`]); a pod of the new model answers
 //! `/v1/models` with the API key from the Secret.
 //!
 //! Needs the `server` binary (`cargo build -p llmops-server`) and the project venv
@@ -25,8 +25,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use llmops_crds::ModelDeployment;
 use llmops_tests::local::{http, tiny_model};
 use llmops_tests::operator::Operator;
-use llmops_tests::replay::Replayer;
-use llmops_tests::serving::ServingPods;
+use llmops_tests::runner::PodRunner;
 use llmops_tests::{Cluster, TestNamespace};
 use serde_json::{Value, json};
 
@@ -98,8 +97,8 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
     secrets.create(&PostParams::default(), &secret).await?;
     tiny_model(&operator.store().join("models/chat-a"))?;
     tiny_model(&operator.store().join("models/chat-b"))?;
-    let replayer = std::sync::Arc::new(Replayer::new(cluster).await?);
-    let serving_pods = ServingPods::start(
+    let replayer = std::sync::Arc::new(cluster.replayer().await?);
+    let serving_pods = PodRunner::start(
         replayer,
         &namespace,
         &format!("llmops.dev/modeldeployment={NAME}"),

@@ -20,7 +20,7 @@ use kube::{Resource, ResourceExt};
 use llmops_crds::{Dataset, PretrainJob};
 use llmops_tests::local::http;
 use llmops_tests::operator::{Operator, Process};
-use llmops_tests::replay::{Replayer, tail};
+use llmops_tests::replay::tail;
 use llmops_tests::{Cluster, FIELD_MANAGER, TestNamespace, eventually, workspace_root};
 use serde_json::{Value, json};
 
@@ -286,7 +286,7 @@ async fn a_pipeline_survives_the_operator_killed_at_every_stage() -> anyhow::Res
     };
     let ns = TestNamespace::create(cluster, "e2e-faults-kill").await?;
     let mut operator = Operator::start(cluster, &ns).await?;
-    let replayer = Replayer::new(cluster).await?;
+    let replayer = cluster.replayer().await?;
     let client = cluster.client().await?;
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
     let pretrains: Api<PretrainJob> = Api::namespaced(client.clone(), ns.name());
@@ -497,7 +497,7 @@ async fn a_standby_takes_over_within_the_lease_when_the_leader_is_killed() -> an
     let ns = TestNamespace::create(cluster, "e2e-faults-leader").await?;
     let mut operator = Operator::start_leader_elected(cluster, &ns, "replica-a").await?;
     let mut second = operator.replica("replica-b")?;
-    let replayer = Replayer::new(cluster).await?;
+    let replayer = cluster.replayer().await?;
     let client = cluster.client().await?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns.name());
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());

@@ -10,7 +10,7 @@ use kube::api::{Api, Patch, PatchParams};
 use llmops_crds::{Dataset, FineTune};
 use llmops_tests::local::tiny_model;
 use llmops_tests::operator::Operator;
-use llmops_tests::replay::{Replayer, tail};
+use llmops_tests::replay::tail;
 use llmops_tests::{Cluster, TestNamespace, workspace_root};
 use serde_json::{Value, json};
 
@@ -59,7 +59,8 @@ async fn finetune_waits_for_its_dataset_records_lineage_and_publishes_a_gated_mo
     };
     let ns = TestNamespace::create(cluster, "e2e-finetune").await?;
     let mut operator = Operator::start(cluster, &ns).await?;
-    let replayer = Replayer::new(cluster)
+    let replayer = cluster
+        .replayer()
         .await?
         .with_env("RUST_LOG", "llmops_trainer=info");
     let client = cluster.client().await?;

@@ -1,29 +1,27 @@
-//! End to end, the whole quickstart on the real control plane: the five manifests
-//! of `examples/quickstart/` applied at once, every trainer pod replayed with the
-//! real `trainer` (prepare, prepare, pretrain, finetune) and the serving pod with
-//! the real `server`. Each kind waits for the one before it, and the lineage
-//! chains by digest from the served model back to the data.
+//! End to end, the whole quickstart on the real control plane, as a user's local
+//! cluster runs it: the five manifests of `examples/quickstart/` applied at once,
+//! and every pod the operator creates run by the `local-node` binary (the real
+//! `trainer` for prepare, prepare, pretrain and finetune, the real `server` for
+//! the ModelDeployment). Each kind waits for the one before it, and the lineage
+//! chains by digest from the served model back to the data. A pod whose command
+//! the local node cannot run is reported as the kubelet reports an image it
+//! cannot pull.
 
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
 use llmops_crds::{Dataset, FineTune, ModelDeployment, PretrainJob};
 use llmops_tests::local::http;
+use llmops_tests::node::LocalNode;
 use llmops_tests::operator::Operator;
-use llmops_tests::replay::{Replayer, tail};
-use llmops_tests::serving::ServingPods;
+use llmops_tests::probe::pod_ready;
+use llmops_tests::replay::tail;
 use llmops_tests::{Cluster, TestNamespace, eventually, workspace_root};
 use serde_json::{Value, json};
 
-use crate::e2e_dataset::{CHILD_TIMEOUT, TRAINER_TIMEOUT, has_condition, replay_job, wait_for};
-
-/// Replays Job `job` and requires a clean exit.
-async fn run_job(operator: &mut Operator, replayer: &Replayer, job: &str) -> anyhow::Result<()> {
-    let exit = replay_job(operator, replayer, job).await?;
-    ensure!(exit.code == 0, "{job} failed:\n{}", tail(&exit.log, 40));
-    Ok(())
-}
+use crate::e2e_dataset::{CHILD_TIMEOUT, TRAINER_TIMEOUT, has_condition, wait_for};
 
 fn digest(object: &Value, pointer: &str) -> anyhow::Result<String> {
     object
@@ -34,6 +32,24 @@ fn digest(object: &Value, pointer: &str) -> anyhow::Result<String> {
         .with_context(|| format!("no digest at {pointer}: {}", object["status"]))
 }
 
+/// The error, with what the local node printed and the tail of each Job pod's
+/// log.
+fn with_node_log(err: anyhow::Error, node: &LocalNode, namespace: &str) -> anyhow::Error {
+    let mut text = format!("{err:#}\nlocal-node:\n{}", tail(&node.log(), 40));
+    for pod in std::fs::read_dir(node.pods_dir().join(namespace))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = pod.file_name().to_string_lossy().to_string();
+        text.push_str(&format!(
+            "\n--- {name}:\n{}",
+            tail(&node.pod_log(namespace, &name), 15)
+        ));
+    }
+    anyhow::anyhow!(text)
+}
+
 #[tokio::test]
 async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()> {
     let Some(cluster) = Cluster::get()? else {
@@ -41,12 +57,13 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
     };
     let ns = TestNamespace::create(cluster, "e2e-pipeline").await?;
     let mut operator = Operator::start(cluster, &ns).await?;
-    let replayer = Replayer::new(cluster).await?;
+    let node = LocalNode::start(cluster, ns.name())?;
     let client = cluster.client().await?;
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
     let pretrains: Api<PretrainJob> = Api::namespaced(client.clone(), ns.name());
     let finetunes: Api<FineTune> = Api::namespaced(client.clone(), ns.name());
     let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
 
     let examples = workspace_root().join("examples/quickstart");
     cluster
@@ -61,32 +78,32 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
         ])
         .await?
         .check()?;
+    let explain = |e: anyhow::Error| with_node_log(e, &node, ns.name());
 
     // Data: the corpus, then the Q&A set with the corpus's tokenizer.
-    run_job(&mut operator, &replayer, "quickstart-stories-prepare-g1").await?;
     let ready = |o: &Value| has_condition(o, "Ready", "True");
     let stories = wait_for(
         &mut operator,
         &datasets,
         "quickstart-stories",
         "the corpus Ready",
-        CHILD_TIMEOUT,
+        TRAINER_TIMEOUT,
         ready,
     )
-    .await?;
-    run_job(&mut operator, &replayer, "quickstart-qa-prepare-g1").await?;
+    .await
+    .map_err(explain)?;
     let qa = wait_for(
         &mut operator,
         &datasets,
         "quickstart-qa",
         "the Q&A set Ready",
-        CHILD_TIMEOUT,
+        TRAINER_TIMEOUT,
         ready,
     )
-    .await?;
+    .await
+    .map_err(explain)?;
 
     // The base model, then the fine-tune on top of it.
-    run_job(&mut operator, &replayer, "quickstart-base-pretrain").await?;
     let base = wait_for(
         &mut operator,
         &pretrains,
@@ -95,8 +112,8 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
         TRAINER_TIMEOUT,
         ready,
     )
-    .await?;
-    run_job(&mut operator, &replayer, "quickstart-qa-finetune").await?;
+    .await
+    .map_err(explain)?;
     let tuned = wait_for(
         &mut operator,
         &finetunes,
@@ -113,16 +130,12 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
             Ok(())
         },
     )
-    .await?;
+    .await
+    .map_err(explain)?;
 
-    // Served: the ModelDeployment picks up the fine-tune's artifact.
+    // Served: the ModelDeployment picks up the fine-tune's artifact; its pod runs
+    // the real server, Ready once it has loaded the model.
     let tuned_digest = digest(&tuned, "/status/artifact/digest")?;
-    // The serving pod runs the real server, Ready once it has loaded the model.
-    let serving_pods = ServingPods::start(
-        std::sync::Arc::new(Replayer::new(cluster).await?),
-        ns.name(),
-        "llmops.dev/modeldeployment=quickstart",
-    );
     let served = wait_for(
         &mut operator,
         &deployments,
@@ -140,7 +153,7 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
         },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", serving_pods.describe()))?;
+    .map_err(explain)?;
 
     // Lineage, by digest, from the served model back to the data.
     ensure!(digest(&served, "/status/model/current/digest")? == tuned_digest);
@@ -159,16 +172,18 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
         "the base model's data is not the corpus"
     );
 
-    // The real server from the serving pod answers a completion.
-    let pod = serving_pods
-        .ready()
+    // The real server answers a completion at the ready pod's IP, as the
+    // quickstart asks it.
+    let serving = pods
+        .list(&ListParams::default().labels("llmops.dev/modeldeployment=quickstart"))
+        .await?
+        .items
         .into_iter()
-        .next()
-        .with_context(|| format!("no ready serving pod\n{}", serving_pods.describe()))?;
-    let address = pod
-        .address
-        .context("the serving pod declares no http port")?;
-    let answer = eventually("the replayed server to answer", Duration::from_secs(60), || async {
+        .find(pod_ready)
+        .context("no ready serving pod")
+        .map_err(explain)?;
+    let address = serving_address(&serving)?;
+    let answer = eventually("the server to answer", Duration::from_secs(60), || async {
         let (status, body) = http(
             address,
             "POST",
@@ -180,21 +195,74 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
         ensure!(status == 200, "/v1/completions: {status} {body}");
         Ok(serde_json::from_str::<Value>(&body)?)
     })
-    .await;
-    let answer = answer.map_err(|e| {
-        anyhow::anyhow!(
-            "{e:#}\nserver log ({}):\n{}",
-            pod.name,
-            tail(&serving_pods.logs(&pod.name), 30)
-        )
-    })?;
+    .await
+    .map_err(explain)?;
     ensure!(
         answer["usage"]["completion_tokens"]
             .as_i64()
             .is_some_and(|n| n > 0),
         "{answer}"
     );
-    serving_pods.stop().await;
+
+    // A pod that is none of the operator's: reported, not run.
+    let foreign: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "not-ours"},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "shell", "image": "busybox", "command": ["sh", "-c", "true"],
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]
+        }
+    }))?;
+    pods.create(&PostParams::default(), &foreign).await?;
+    eventually(
+        "the foreign pod reported as an image that cannot be pulled",
+        CHILD_TIMEOUT,
+        || async {
+            let pod = pods.get("not-ours").await?;
+            let waiting = pod
+                .status
+                .and_then(|s| s.container_statuses)
+                .and_then(|c| c.into_iter().next())
+                .and_then(|c| c.state)
+                .and_then(|s| s.waiting)
+                .context("not waiting")?;
+            ensure!(
+                waiting.reason.as_deref() == Some("ErrImagePull"),
+                "{waiting:?}"
+            );
+            ensure!(
+                waiting
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("\"sh\"")),
+                "{waiting:?}"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .map_err(explain)?;
+
+    let mut node = node;
+    node.stop()?;
     drop(operator);
     ns.delete(cluster).await
+}
+
+/// `podIP:port` of a serving pod's first declared port.
+fn serving_address(pod: &Pod) -> anyhow::Result<std::net::SocketAddr> {
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .context("the serving pod has no IP")?;
+    let port = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.ports.as_ref())
+        .and_then(|p| p.first())
+        .context("the serving pod declares no port")?
+        .container_port;
+    Ok(format!("{ip}:{port}").parse()?)
 }

@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use llmops_crds::{Dataset, PretrainJob};
 use llmops_tests::operator::Operator;
-use llmops_tests::replay::{Replay, Replayer, tail};
+use llmops_tests::replay::{Replay, tail};
 use llmops_tests::{Cluster, TestNamespace, workspace_root};
 use serde_json::{Value, json};
 
@@ -115,7 +115,8 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
     };
     let ns = TestNamespace::create(cluster, "e2e-pretrain").await?;
     let mut operator = Operator::start(cluster, &ns).await?;
-    let replayer = Replayer::new(cluster)
+    let replayer = cluster
+        .replayer()
         .await?
         .with_env("RUST_LOG", "llmops_trainer=info");
     let client = cluster.client().await?;
@@ -490,7 +491,7 @@ async fn deleting_a_pretrain_job_with_deletion_policy_delete_removes_its_models_
     };
     let ns = TestNamespace::create(cluster, "e2e-pretrain-delete").await?;
     let mut operator = Operator::start(cluster, &ns).await?;
-    let replayer = Replayer::new(cluster).await?;
+    let replayer = cluster.replayer().await?;
     let client = cluster.client().await?;
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
     let pretrains: Api<PretrainJob> = Api::namespaced(client.clone(), ns.name());

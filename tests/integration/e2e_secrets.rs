@@ -22,8 +22,8 @@ use kube::discovery::{Discovery, Scope, verbs};
 use llmops_crds::{Dataset, ModelDeployment};
 use llmops_tests::local::tiny_model;
 use llmops_tests::operator::Operator;
-use llmops_tests::replay::{Replayer, tail};
-use llmops_tests::serving::ServingPods;
+use llmops_tests::replay::tail;
+use llmops_tests::runner::PodRunner;
 use llmops_tests::traffic::{Backends, Load, Request, Traffic};
 use llmops_tests::{Cluster, FIELD_MANAGER, TestNamespace, workspace_root};
 use serde_json::{Value, json};
@@ -165,7 +165,7 @@ async fn a_secrets_value_appears_in_no_object_log_or_file() -> anyhow::Result<()
     secrets.create(&PostParams::default(), &secret).await?;
     // Debug logging in the replayed trainer and server: more of what they do is
     // written where a leak would show.
-    let replayer = Arc::new(Replayer::new(cluster).await?.with_env("RUST_LOG", "debug"));
+    let replayer = Arc::new(cluster.replayer().await?.with_env("RUST_LOG", "debug"));
     let apply = PatchParams::apply(FIELD_MANAGER).force();
 
     // The Secret as the Dataset's store credentials.
@@ -202,7 +202,7 @@ async fn a_secrets_value_appears_in_no_object_log_or_file() -> anyhow::Result<()
     // The Secret as the API key of a served model, and one request with it.
     let model = operator.store().join("models/tiny");
     tiny_model(&model)?;
-    let serving_pods = ServingPods::start(
+    let serving_pods = PodRunner::start(
         replayer.clone(),
         &namespace,
         &format!("llmops.dev/modeldeployment={DEPLOYMENT}"),

@@ -1,6 +1,6 @@
 //! End to end, serving under real traffic: the real operator on the real control
 //! plane, every serving pod replayed with the real `server` listening on its pod
-//! IP (loopback), readiness probed as the kubelet does ([`ServingPods`]), and
+//! IP (loopback), readiness probed as the kubelet does ([`PodRunner`]), and
 //! clients spreading requests over the ready pods as kube-proxy would
 //! ([`Traffic`]). The operator reads the pods' `/metrics` exactly as in a
 //! cluster (`podIP:8000`).
@@ -29,8 +29,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use llmops_crds::ModelDeployment;
 use llmops_tests::local::tiny_model_with;
 use llmops_tests::operator::Operator;
-use llmops_tests::replay::Replayer;
-use llmops_tests::serving::ServingPods;
+use llmops_tests::runner::PodRunner;
 use llmops_tests::traffic::{
     Backends, Load, Report, Request, StopSignal, Traffic, http_route_resource, route_backends,
 };
@@ -82,7 +81,7 @@ struct Setup {
     ns: TestNamespace,
     operator: Operator,
     client: Client,
-    pods: ServingPods,
+    pods: PodRunner,
     deployments: Api<ModelDeployment>,
 }
 
@@ -91,8 +90,8 @@ impl Setup {
         let ns = TestNamespace::create(cluster, prefix).await?;
         let operator = Operator::start_with(cluster, &ns, &MONITORING).await?;
         let client = cluster.client().await?;
-        let replayer = Arc::new(Replayer::new(cluster).await?);
-        let pods = ServingPods::start(
+        let replayer = Arc::new(cluster.replayer().await?);
+        let pods = PodRunner::start(
             replayer,
             ns.name(),
             &format!("llmops.dev/modeldeployment={NAME}"),

@@ -103,6 +103,24 @@ impl Cluster {
         Ok(Client::try_from(self.config().await?)?)
     }
 
+    /// The cluster as a local node sees it: for running pods
+    /// ([`crate::replay::Replayer`]) and ServiceAccount kubeconfigs.
+    pub async fn node(&self) -> anyhow::Result<llmops_local_node::Node> {
+        llmops_local_node::Node::connect(&self.kubeconfig).await
+    }
+
+    /// A replayer of this cluster's pods with the `trainer` and `server` that
+    /// cargo built (building the trainer when missing), their filesystems in a
+    /// temporary directory.
+    pub async fn replayer(&self) -> anyhow::Result<llmops_local_node::replay::Replayer> {
+        let binaries = crate::operator::Binaries::get()?;
+        let programs = llmops_local_node::Programs {
+            trainer: binaries.trainer.clone(),
+            server: binaries.server.clone(),
+        };
+        llmops_local_node::replay::Replayer::new(self.node().await?, programs)
+    }
+
     /// A client authenticated as a ServiceAccount, with a 10-minute token from the
     /// TokenRequest API (the default audience, the apiserver's).
     pub async fn service_account_client(

@@ -34,13 +34,14 @@ pub mod faults;
 pub mod local;
 pub mod loopback;
 mod namespace;
+pub mod node;
 pub mod operator;
-pub mod probe;
-pub mod replay;
-pub mod serving;
 pub mod traffic;
 
 pub use cluster::{Cluster, Outcome, SKIP_ENV};
+/// The pod runner of the local node: tests run the operator's pods with the
+/// same code as `local-node` does.
+pub use llmops_local_node::{probe, replay, runner};
 pub use namespace::TestNamespace;
 
 use std::future::Future;

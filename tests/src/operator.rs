@@ -24,11 +24,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, PostParams};
-use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo, NamedContext};
+use kube::api::{Api, ListParams};
+use kube::config::Kubeconfig;
+use llmops_local_node::token::write_token_kubeconfig;
 
 use crate::{Cluster, TestNamespace, apply_crds, workspace_root};
 
@@ -36,9 +36,6 @@ use crate::{Cluster, TestNamespace, apply_crds, workspace_root};
 /// no containers, and the trainer is replayed locally).
 pub const TRAINER_IMAGE: &str = "ghcr.io/llmops-dev/trainer:e2e";
 pub const SERVER_IMAGE: &str = "ghcr.io/llmops-dev/server:e2e";
-
-/// Seconds the ServiceAccount tokens handed to local processes stay valid.
-const TOKEN_SECONDS: i64 = 3600;
 
 /// A running operator; killed, and its release uninstalled, on drop.
 pub struct Operator {
@@ -201,7 +198,8 @@ impl Operator {
             .prefix("llmops-operator-")
             .tempdir()?;
         let kubeconfig = dir.path().join("kubeconfig");
-        write_token_kubeconfig(cluster, ns, &account.name_any(), &kubeconfig).await?;
+        write_token_kubeconfig(&cluster.node().await?, ns, &account.name_any(), &kubeconfig)
+            .await?;
         if let Some(server) = server {
             point_kubeconfig_at(&kubeconfig, server)?;
         }
@@ -340,14 +338,15 @@ impl Drop for Operator {
     }
 }
 
-/// Paths of the `operator`, `trainer` and `server` binaries. The server is not
-/// built here (only replays of serving pods need it): build it with
-/// `cargo build -p llmops-server`.
+/// Paths of the `operator`, `trainer`, `server` and `local-node` binaries. The
+/// server and the local node are not built here (only tests that serve, or run
+/// the local node, need them): `cargo build -p llmops-server -p llmops-local-node`.
 #[derive(Debug)]
 pub struct Binaries {
     pub operator: PathBuf,
     pub trainer: PathBuf,
     pub server: PathBuf,
+    pub local_node: PathBuf,
 }
 
 impl Binaries {
@@ -371,6 +370,7 @@ impl Binaries {
             operator: dir.join("operator"),
             trainer: dir.join("trainer"),
             server: dir.join("server"),
+            local_node: dir.join("local-node"),
         };
         if binaries.operator.exists() && binaries.trainer.exists() {
             return Ok(binaries);
@@ -400,62 +400,6 @@ impl Binaries {
         }
         Ok(binaries)
     }
-}
-
-/// Write to `path` a kubeconfig for the admin's cluster, authenticated as
-/// ServiceAccount `namespace/name` with a token from the TokenRequest API; returns
-/// the token.
-pub async fn write_token_kubeconfig(
-    cluster: &Cluster,
-    namespace: &str,
-    name: &str,
-    path: &Path,
-) -> anyhow::Result<String> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(cluster.client().await?, namespace);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(TOKEN_SECONDS),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .with_context(|| format!("TokenRequest for ServiceAccount {namespace}/{name}"))?
-        .status
-        .context("TokenRequest without status")?
-        .token;
-    let mut config = Kubeconfig::read_from(cluster.kubeconfig())?;
-    let context = config
-        .contexts
-        .iter()
-        .find(|c| Some(&c.name) == config.current_context.as_ref())
-        .or(config.contexts.first())
-        .and_then(|c| c.context.clone())
-        .context("the admin kubeconfig has no context")?;
-    let user = format!("system:serviceaccount:{namespace}:{name}");
-    config.auth_infos = vec![NamedAuthInfo {
-        name: user.clone(),
-        auth_info: Some(AuthInfo {
-            token: Some(token.clone().into()),
-            ..Default::default()
-        }),
-        other: Default::default(),
-    }];
-    config.contexts = vec![NamedContext {
-        name: user.clone(),
-        context: Some(kube::config::Context {
-            user: Some(user.clone()),
-            namespace: Some(namespace.to_string()),
-            ..context
-        }),
-        other: Default::default(),
-    }];
-    config.current_context = Some(user);
-    let yaml = serde_yaml_ng::to_string(&config)?;
-    std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))?;
-    Ok(token)
 }
 
 /// Make every cluster of the kubeconfig at `path` be reached at `server`.

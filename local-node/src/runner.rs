@@ -1,23 +1,30 @@
-//! A kubelet for serving pods: [`ServingPods`] replays every pod a label selector
-//! matches as it comes up, for as long as the pod lives, as the kubelet of a
-//! Deployment's pods would.
+//! A kubelet for the pods of a namespace, or of all namespaces: [`PodRunner`]
+//! replays every pod a label selector matches as it comes up, for as long as the
+//! pod lives, as the kubelet would — Job pods once (`restartPolicy: Never`),
+//! serving pods for as long as their Deployment keeps them.
 //!
 //! Every [`POLL`] it lists the pods of the selector and starts
 //! ([`Replayer::start`]) each Running pod with a pod IP that it has not started
 //! yet, with its readiness prober ([`crate::probe`]), so the pod turns Ready only
 //! once its server answers its readiness probe. [`Replay::finish`](crate::replay::Replay::finish) then watches
 //! the pod: deleting it (a scale-down, a rolling update, `kubectl delete`) runs
-//! its `preStop` sleep, SIGTERM, and SIGKILL after the grace period. A process
-//! that exits by itself is started again after a back-off (1 s, doubling up to
-//! 10 s; a kubelet's starts at 10 s), as `restartPolicy: Always` does: its status
-//! meanwhile says `CrashLoopBackOff`, not ready, one more `restartCount`.
+//! its `preStop` sleep, SIGTERM, and SIGKILL after the grace period; a process
+//! that exits ends a `restartPolicy: Never` pod with phase Succeeded or Failed.
+//! A process that exits under `restartPolicy: Always` is started again after a
+//! back-off (1 s, doubling up to 10 s; a kubelet's starts at 10 s): its status
+//! meanwhile says `CrashLoopBackOff`, not ready, one more `restartCount`. A pod
+//! whose container names a program a local node does not run
+//! ([`Unrunnable`](crate::replay::Unrunnable)) is written waiting with reason
+//! `ErrImagePull` and the reason in its message, as the kubelet reports an image
+//! it cannot pull, and tried again after the back-off.
 //!
-//! Tests read what happened from the records: [`ServingPods::pods`] (name,
-//! address, start, restarts, readiness, last exit), [`ServingPods::exits`],
-//! [`ServingPods::logs`] (every run of a pod, restarts included) and
-//! [`ServingPods::errors`] (pods it could not start). Dropping it kills every
-//! process at once (SIGKILL); [`ServingPods::stop`] does so and waits until they
-//! are gone.
+//! Callers read what happened from the records: [`PodRunner::pods`] (name,
+//! address, start, restarts, readiness, last exit), [`PodRunner::exits`],
+//! [`PodRunner::logs`] (every run of a pod, restarts included) and
+//! [`PodRunner::errors`] (pods it could not start); with
+//! [`Options::report`] each start, exit and error is also printed on stderr.
+//! Dropping it kills every process at once (SIGKILL); [`PodRunner::stop`] does so
+//! and waits until they are gone.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -33,8 +40,8 @@ use kube::api::{Api, ListParams};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::probe::{Readiness, write_ready};
-use crate::replay::{Exit, Replayer, tail};
+use crate::probe::{Readiness, write_ready, write_unrunnable};
+use crate::replay::{Exit, Replayer, Unrunnable, tail};
 
 /// How often the pods of the selector are listed.
 pub const POLL: Duration = Duration::from_millis(300);
@@ -44,12 +51,28 @@ pub const MAX_BACK_OFF: Duration = Duration::from_secs(10);
 /// A process that ran this long before it exited restarts after the first
 /// back-off again.
 const BACK_OFF_RESET: Duration = Duration::from_secs(30);
-/// How long one process may run: far past any test.
-const PROCESS_LIMIT: Duration = Duration::from_secs(2 * 60 * 60);
+/// How a [`PodRunner`] runs its pods.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long one process may run before it is killed.
+    pub process_limit: Duration,
+    /// Print each start, exit and error on stderr.
+    pub report: bool,
+}
+
+impl Default for Options {
+    /// Far past any test, silent.
+    fn default() -> Options {
+        Options {
+            process_limit: Duration::from_secs(2 * 60 * 60),
+            report: false,
+        }
+    }
+}
 /// The most errors kept.
 const ERRORS_KEPT: usize = 100;
 
-/// What is known of one pod [`ServingPods`] replays.
+/// What is known of one pod a [`PodRunner`] replays.
 #[derive(Debug, Clone)]
 pub struct ServedPod {
     pub name: String,
@@ -112,12 +135,20 @@ struct State {
     pods: Vec<Record>,
     exits: Vec<Exit>,
     errors: Vec<String>,
+    report: bool,
 }
 
 impl State {
     fn error(&mut self, error: String) {
         if self.errors.last() != Some(&error) && self.errors.len() < ERRORS_KEPT {
+            self.report(&format!("error: {error}"));
             self.errors.push(error);
+        }
+    }
+
+    fn report(&self, line: &str) {
+        if self.report {
+            eprintln!("local-node: {line}");
         }
     }
 }
@@ -130,34 +161,47 @@ fn lock(state: &Shared) -> MutexGuard<'_, State> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Replays every serving pod of a selector for as long as it lives; see the
-/// module documentation.
-pub struct ServingPods {
+/// Replays every pod of a selector for as long as it lives; see the module
+/// documentation.
+pub struct PodRunner {
     state: Shared,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
-    namespace: String,
+    namespace: Option<String>,
     selector: String,
 }
 
-impl ServingPods {
+impl PodRunner {
     /// Start replaying the pods of `namespace` that `selector` (a label
     /// selector, `k=v,...`) matches. Needs a tokio runtime.
-    pub fn start(replayer: Arc<Replayer>, namespace: &str, selector: &str) -> ServingPods {
+    pub fn start(replayer: Arc<Replayer>, namespace: &str, selector: &str) -> PodRunner {
+        PodRunner::start_with(replayer, Some(namespace), selector, Options::default())
+    }
+
+    /// Start replaying the pods of `namespace` (every namespace when `None`)
+    /// that `selector` matches (every pod when empty), with `options`.
+    pub fn start_with(
+        replayer: Arc<Replayer>,
+        namespace: Option<&str>,
+        selector: &str,
+        options: Options,
+    ) -> PodRunner {
         let state = Shared::default();
+        lock(&state).report = options.report;
         let (shutdown, stopped) = watch::channel(false);
         let task = tokio::spawn(supervise(
             replayer,
-            namespace.to_string(),
+            namespace.map(str::to_string),
             selector.to_string(),
+            options.process_limit,
             state.clone(),
             stopped,
         ));
-        ServingPods {
+        PodRunner {
             state,
             shutdown,
             task: Some(task),
-            namespace: namespace.to_string(),
+            namespace: namespace.map(str::to_string),
             selector: selector.to_string(),
         }
     }
@@ -219,7 +263,7 @@ impl ServingPods {
                     "{} of {count} pods labelled {} in {} ready after {timeout:?}\n{}",
                     ready.len(),
                     self.selector,
-                    self.namespace,
+                    self.namespace.as_deref().unwrap_or("every namespace"),
                     self.describe()
                 );
             }
@@ -275,7 +319,7 @@ impl ServingPods {
     }
 }
 
-impl Drop for ServingPods {
+impl Drop for PodRunner {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
@@ -296,12 +340,17 @@ pub fn runnable(pod: &Pod) -> bool {
 
 async fn supervise(
     replayer: Arc<Replayer>,
-    namespace: String,
+    namespace: Option<String>,
     selector: String,
+    process_limit: Duration,
     state: Shared,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let api: Api<Pod> = Api::namespaced(replayer.client().clone(), &namespace);
+    let client = replayer.client().clone();
+    let api: Api<Pod> = match &namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
     let mut tasks = JoinSet::new();
     let mut known = BTreeSet::new();
     let mut tick = tokio::time::interval(POLL);
@@ -332,10 +381,12 @@ async fn supervise(
                 state.pods.push(Record::new(pod.name_any(), uid));
                 state.pods.len() - 1
             };
+            let pods = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
             tasks.spawn(serve(
                 replayer.clone(),
-                api.clone(),
+                pods,
                 pod,
+                process_limit,
                 state.clone(),
                 index,
             ));
@@ -344,8 +395,16 @@ async fn supervise(
 }
 
 /// Run `pod` until it is deleted or finished, restarting its process.
-async fn serve(replayer: Arc<Replayer>, api: Api<Pod>, mut pod: Pod, state: Shared, index: usize) {
-    let name = pod.name_any();
+async fn serve(
+    replayer: Arc<Replayer>,
+    api: Api<Pod>,
+    mut pod: Pod,
+    process_limit: Duration,
+    state: Shared,
+    index: usize,
+) {
+    let name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    let pod_name = pod.name_any();
     let uid = pod.uid();
     let port = first_port(&pod);
     let mut back_off = FIRST_BACK_OFF;
@@ -362,8 +421,12 @@ async fn serve(replayer: Arc<Replayer>, api: Api<Pod>, mut pod: Pod, state: Shar
                     record.pod.address = port.as_deref().and_then(|p| replay.address(p));
                     record.readiness = replay.readiness();
                     record.log_file = Some(replay.log_file().to_path_buf());
+                    state.report(&format!(
+                        "pod {name} started (log: {})",
+                        replay.log_file().display()
+                    ));
                 }
-                let finished = replay.finish(PROCESS_LIMIT).await;
+                let finished = replay.finish(process_limit).await;
                 let mut state = lock(&state);
                 let state = &mut *state;
                 let record = &mut state.pods[index];
@@ -378,13 +441,22 @@ async fn serve(replayer: Arc<Replayer>, api: Api<Pod>, mut pod: Pod, state: Shar
                 match finished {
                     Ok(exit) => {
                         let restart = exit.restart;
+                        let line = format!(
+                            "pod {name} exited with {}{}",
+                            exit.code,
+                            if restart { ", restarting" } else { "" }
+                        );
                         record.pod.last_exit = Some(exit.clone());
-                        state.exits.push(exit);
-                        if !restart {
+                        if restart {
+                            record.pod.restarts += 1;
+                        } else {
                             record.pod.done = true;
+                        }
+                        state.exits.push(exit);
+                        state.report(&line);
+                        if !restart {
                             return;
                         }
-                        record.pod.restarts += 1;
                     }
                     Err(err) => {
                         record.pod.done = true;
@@ -398,13 +470,23 @@ async fn serve(replayer: Arc<Replayer>, api: Api<Pod>, mut pod: Pod, state: Shar
             }
             Err(err) => {
                 lock(&state).error(format!("pod {name}: {err:#}"));
-                // Its container does not run: not ready, whatever kwok wrote.
-                let _ = write_ready(&api, &name, uid.as_deref(), false).await;
+                // Its container does not run: not ready, whatever kwok wrote, and
+                // why, where the kubelet would say so.
+                match err.downcast_ref::<Unrunnable>() {
+                    Some(Unrunnable(why)) => {
+                        let _ =
+                            write_unrunnable(&api, &pod_name, uid.as_deref(), "ErrImagePull", why)
+                                .await;
+                    }
+                    None => {
+                        let _ = write_ready(&api, &pod_name, uid.as_deref(), false).await;
+                    }
+                }
             }
         }
         tokio::time::sleep(back_off).await;
         back_off = (back_off * 2).min(MAX_BACK_OFF);
-        match api.get_opt(&name).await {
+        match api.get_opt(&pod_name).await {
             Ok(Some(now)) if now.uid() == uid && runnable(&now) => pod = now,
             Ok(_) => {
                 done(&state);

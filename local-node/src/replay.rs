@@ -1,27 +1,27 @@
 //! Pod replay: the kubelet's part for pods the operator created. Under kwok a pod
 //! is only an API object; [`Replayer::start`] runs its container for real as a
-//! local process of the `trainer` binary, and [`Replay::finish`] writes the pod's
-//! status afterwards as the kubelet would.
+//! local process of the `trainer` or `server` binary, and [`Replay::finish`]
+//! writes the pod's status afterwards as the kubelet would.
 //!
 //! What the process gets, from the pod spec:
 //! - the container's `command` and `args`, `trainer` and `server` being the binaries
-//!   cargo built; a container that declares ports (`ports`) listens on the pod's
+//!   the [`Programs`] name; a container that declares ports (`ports`) listens on the pod's
 //!   own IP, which kwok gives from a loopback range (`--host 0.0.0.0` becomes
-//!   `status.podIP`), at the declared port, so the operator and the tests reach it
-//!   at `podIP:port` exactly as in a cluster; [`Replay::address`] tells the test
-//!   where that is;
+//!   `status.podIP`), at the declared port, so the operator and its users reach it
+//!   at `podIP:port` exactly as in a cluster; [`Replay::address`] tells where
+//!   that is;
 //! - its `env`: plain values; `secretKeyRef` and `configMapKeyRef` read as admin
 //!   (an optional reference to a missing Secret, ConfigMap or key is left out, a
 //!   required one is an error, as the kubelet's `CreateContainerConfigError`);
 //!   downward-API `fieldRef`s (`metadata.name|namespace|uid`, `metadata.labels[..]`,
 //!   `metadata.annotations[..]`, `spec.nodeName`, `spec.serviceAccountName`,
-//!   `status.podIP`, `status.hostIP`). Nothing of the test's own environment but
+//!   `status.podIP`, `status.hostIP`). Nothing of the node's own environment but
 //!   `PATH` is passed on;
 //! - its volumes, under a per-pod directory standing for the container's root
 //!   filesystem (`<root>/fs`): ConfigMap and Secret volumes are materialised as
 //!   files (their `items`, else every key; a `subPath` mount is that one file),
 //!   emptyDirs are fresh directories, and PersistentVolumeClaims are directories
-//!   per claim shared by every pod of the [`Replayer`];
+//!   per claim and namespace, shared by every pod of the [`Replayer`];
 //! - paths: an absolute path in an argument, an environment value or the
 //!   `workingDir` that is a mount path, lies under one, or is a parent of one
 //!   (`/etc/llmops/sources` for mounts at `/etc/llmops/sources/<i>`) becomes
@@ -40,7 +40,7 @@
 //!
 //! While the process runs, a pod that gets a `deletionTimestamp` (deleted, evicted,
 //! its Job suspended) makes the replay send SIGTERM, and SIGKILL after the pod's
-//! grace period, as the kubelet does. A test may [`Replay::pause`] the process
+//! grace period, as the kubelet does. A caller may [`Replay::pause`] the process
 //! (SIGSTOP) to hold it mid-run while it arranges such a stop. When the process exits, the pod's status
 //! becomes what the kubelet writes for a finished `restartPolicy: Never` container:
 //! phase Succeeded or Failed, Ready/ContainersReady False, and
@@ -58,7 +58,7 @@
 //! `failureThreshold` results in a row, by PUT on pods/status retried on
 //! conflicts. The prober stops when the [`Replay`] is dropped, when the process
 //! exits, and when [`Replay::finish`] writes the final status;
-//! [`Replay::readiness`] tells a test what it last wrote.
+//! [`Replay::readiness`] tells what it last wrote.
 //!
 //! Stopping a pod follows the kubelet as well: a `preStop` `sleep` runs (within
 //! the grace period) before SIGTERM. A container whose `restartPolicy` is
@@ -68,7 +68,7 @@
 //! `lastState.terminated`, `state.waiting` `CrashLoopBackOff`, not ready) and
 //! says so in [`Exit::restart`]; starting the pod again ([`Replayer::start`])
 //! keeps its volumes and writes the container running.
-//! [`crate::serving::ServingPods`] does all this for every pod of a selector.
+//! [`crate::runner::PodRunner`] does all this for every pod of a selector.
 //!
 //! kwok gives a deleted pod's IP to the next pod at once, while the replay of
 //! the deleted pod may still be draining on it; in a cluster the IP would not be
@@ -92,9 +92,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 
-use crate::operator::{Binaries, write_token_kubeconfig};
 use crate::probe::{Prober, Readiness, readiness_probe, write_ready, write_started};
-use crate::{Cluster, eventually};
+use crate::token::write_token_kubeconfig;
+use crate::{Node, Programs};
 
 /// How long a pod's start waits for its addresses to be released by the
 /// replay of a deleted pod that had the same IP (see [`wait_until_free`]).
@@ -104,13 +104,15 @@ const PORT_RELEASE_TIMEOUT: Duration = Duration::from_secs(120);
 const FALLBACK_LINES: usize = 80;
 const MESSAGE_LIMIT: usize = 4096;
 
-/// Replays pods of one test; owns the directories of their filesystems.
+/// Replays pods; owns the directories of their filesystems
+/// (`<dir>/<namespace>/<pod>`).
 pub struct Replayer {
-    cluster: &'static Cluster,
+    node: Node,
     client: Client,
-    trainer: PathBuf,
-    server: PathBuf,
-    dir: tempfile::TempDir,
+    programs: Programs,
+    dir: PathBuf,
+    /// The directory when it is a temporary one, removed on drop.
+    _temporary: Option<tempfile::TempDir>,
     extra_env: Vec<(String, String)>,
 }
 
@@ -138,6 +140,20 @@ pub struct Replay {
     prober: Option<Prober>,
 }
 
+/// A pod whose container a local node cannot run: its command names a program
+/// other than `trainer` or `server`, or one that is not built. The kubelet's
+/// counterpart is an image it cannot pull.
+#[derive(Debug)]
+pub struct Unrunnable(pub String);
+
+impl std::fmt::Display for Unrunnable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unrunnable {}
+
 /// How a replayed process ended.
 #[derive(Debug, Clone)]
 pub struct Exit {
@@ -158,17 +174,28 @@ pub struct Exit {
 }
 
 impl Replayer {
-    pub async fn new(cluster: &'static Cluster) -> anyhow::Result<Replayer> {
-        Ok(Replayer {
-            cluster,
-            client: cluster.client().await?,
-            trainer: Binaries::get()?.trainer.clone(),
-            server: Binaries::get()?.server.clone(),
-            dir: tempfile::Builder::new()
-                .prefix("llmops-replay-")
-                .tempdir()?,
+    /// A replayer of `node`'s pods with their filesystems in a temporary
+    /// directory.
+    pub fn new(node: Node, programs: Programs) -> anyhow::Result<Replayer> {
+        let temporary = tempfile::Builder::new()
+            .prefix("llmops-replay-")
+            .tempdir()?;
+        let mut replayer = Replayer::in_dir(node, programs, temporary.path());
+        replayer._temporary = Some(temporary);
+        Ok(replayer)
+    }
+
+    /// A replayer of `node`'s pods with their filesystems, logs and termination
+    /// messages kept under `dir`.
+    pub fn in_dir(node: Node, programs: Programs, dir: &Path) -> Replayer {
+        Replayer {
+            client: node.client().clone(),
+            node,
+            programs,
+            dir: dir.to_path_buf(),
+            _temporary: None,
             extra_env: Vec::new(),
-        })
+        }
     }
 
     /// Also set `name=value` in every replayed process, over the pod's own value:
@@ -192,29 +219,36 @@ impl Replayer {
         timeout: Duration,
     ) -> anyhow::Result<Pod> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        eventually(
-            &format!("a Running pod labelled {selector} in {namespace}"),
-            timeout,
-            || async {
-                let list = pods.list(&ListParams::default().labels(selector)).await?;
-                let running: Vec<Pod> = list
-                    .items
-                    .into_iter()
-                    .filter(|p| {
-                        p.metadata.deletion_timestamp.is_none()
-                            && phase(p) == "Running"
-                            && p.status
-                                .as_ref()
-                                .is_some_and(|s| s.container_statuses.is_some())
-                    })
-                    .collect();
-                match <[Pod; 1]>::try_from(running) {
-                    Ok([pod]) => Ok(pod),
-                    Err(found) => bail!("{} such pods", found.len()),
+        let deadline = Instant::now() + timeout;
+        loop {
+            let list = pods.list(&ListParams::default().labels(selector)).await;
+            let found = match list {
+                Ok(list) => {
+                    let running: Vec<Pod> = list
+                        .items
+                        .into_iter()
+                        .filter(|p| {
+                            p.metadata.deletion_timestamp.is_none()
+                                && phase(p) == "Running"
+                                && p.status
+                                    .as_ref()
+                                    .is_some_and(|s| s.container_statuses.is_some())
+                        })
+                        .collect();
+                    match <[Pod; 1]>::try_from(running) {
+                        Ok([pod]) => return Ok(pod),
+                        Err(found) => format!("{} such pods", found.len()),
+                    }
                 }
-            },
-        )
-        .await
+                Err(err) => format!("listing pods: {err}"),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for a Running pod labelled {selector} in {namespace}: {found}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Start the pod's (single) container as a local process.
@@ -237,7 +271,7 @@ impl Replayer {
                 .await
                 .with_context(|| format!("writing pod {name} not ready"))?;
         }
-        let root = self.dir.path().join(&name);
+        let root = self.dir.join(&namespace).join(&name);
         let fs = root.join("fs");
         std::fs::create_dir_all(&fs)?;
 
@@ -249,8 +283,8 @@ impl Replayer {
         {
             let kubeconfig = root.join("kubeconfig");
             token =
-                Some(write_token_kubeconfig(self.cluster, &namespace, account, &kubeconfig).await?);
-            let (host, port) = self.apiserver().await?;
+                Some(write_token_kubeconfig(&self.node, &namespace, account, &kubeconfig).await?);
+            let (host, port) = self.node.apiserver()?;
             env.insert("KUBERNETES_SERVICE_HOST".to_string(), host);
             env.insert("KUBERNETES_SERVICE_PORT".to_string(), port);
             env.insert("KUBECONFIG".to_string(), kubeconfig.display().to_string());
@@ -273,13 +307,22 @@ impl Replayer {
             );
         }
         let program = match argv.remove(0).as_str() {
-            "trainer" => self.trainer.clone(),
-            "server" if self.server.exists() => self.server.clone(),
-            "server" => {
-                bail!("pod {name} runs `server`, which is not built: cargo build -p llmops-server")
+            "trainer" => self.programs.trainer.clone(),
+            "server" => self.programs.server.clone(),
+            other => {
+                return Err(Unrunnable(format!(
+                    "pod {name} runs {other:?}; a local node runs only `trainer` and `server`"
+                ))
+                .into());
             }
-            other => bail!("pod {name} runs {other:?}; replay knows only `trainer` and `server`"),
         };
+        if !program.exists() {
+            return Err(Unrunnable(format!(
+                "pod {name} runs {}, which is not built (cargo build -p llmops-trainer -p llmops-server)",
+                program.display()
+            ))
+            .into());
+        }
         let mut argv: Vec<String> = argv.iter().map(|a| rewrite(a)).collect();
         let ports = pod_ports(pod, container, &mut argv)?;
         wait_until_free(&name, ports.values(), PORT_RELEASE_TIMEOUT).await;
@@ -352,18 +395,6 @@ impl Replayer {
                 == Some("FallbackToLogsOnError"),
             prober,
         })
-    }
-
-    /// Host and port of the apiserver.
-    async fn apiserver(&self) -> anyhow::Result<(String, String)> {
-        let config = self.cluster.config().await?;
-        let host = config
-            .cluster_url
-            .host()
-            .context("the apiserver URL has no host")?
-            .to_string();
-        let port = config.cluster_url.port_u16().unwrap_or(443).to_string();
-        Ok((host, port))
     }
 
     /// Materialise the volumes the container mounts; returns mount path → host path.
@@ -471,7 +502,12 @@ impl Replayer {
         } else if volume.empty_dir.is_some() {
             std::fs::create_dir_all(&dir)?;
         } else if let Some(claim) = &volume.persistent_volume_claim {
-            let dir = self.dir.path().join("pvc").join(&claim.claim_name);
+            // Shared by every pod of the namespace; `.pvc` is no namespace's name.
+            let dir = self
+                .dir
+                .join(".pvc")
+                .join(namespace)
+                .join(&claim.claim_name);
             std::fs::create_dir_all(&dir)?;
             return Ok(dir);
         } else {

@@ -1,4 +1,5 @@
-//! The kubelet's readiness prober, for replayed pods ([`crate::replay`]).
+//! The kubelet's readiness prober, for replayed pods ([`crate::replay`]), and
+//! the other pod status writes of the kubelet that replay makes.
 //!
 //! kwok marks a pod Ready the moment it runs; a kubelet marks it Ready only once
 //! the container's `readinessProbe` passes. [`crate::replay::Replayer::start`]
@@ -24,8 +25,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail, ensure};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodCondition, PodSpec,
-    PodStatus, Probe,
+    Container, ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus, Pod,
+    PodCondition, PodSpec, PodStatus, Probe,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -532,6 +533,32 @@ pub(crate) async fn write_started(
             changed = true;
         }
         set_ready(spec, status, ready, started) || changed
+    })
+    .await
+}
+
+/// Write the pod's container waiting with `reason` (`ErrImagePull`) and
+/// `message`, not ready: what the kubelet writes for an image it cannot pull, for
+/// a container a local node cannot run.
+pub(crate) async fn write_unrunnable(
+    pods: &Api<Pod>,
+    name: &str,
+    uid: Option<&str>,
+    reason: &str,
+    message: &str,
+) -> anyhow::Result<Update> {
+    update_status(pods, name, uid, |spec, status| {
+        let container = container_status(spec, status);
+        let waiting = ContainerStateWaiting {
+            reason: Some(reason.to_string()),
+            message: Some(message.to_string()),
+        };
+        let changed = container.state.as_ref().and_then(|s| s.waiting.as_ref()) != Some(&waiting);
+        container.state = Some(ContainerState {
+            waiting: Some(waiting),
+            ..Default::default()
+        });
+        set_ready(spec, status, false, Timestamp::now()) || changed
     })
     .await
 }
