@@ -2,7 +2,7 @@
 //! work a pass may skip because of it.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use llmops_crds::{DatasetStatus, FineTuneStatus, LocalObjectRef, PretrainJobStatus};
+use llmops_crds::{DatasetStatus, FineTuneStatus, JobPhase, LocalObjectRef, PretrainJobStatus};
 
 use crate::runtime::status::{ReportsStatus, StatusHeader};
 
@@ -12,6 +12,10 @@ pub trait JobRecord: StatusHeader {
     fn job(&self) -> Option<&LocalObjectRef>;
     /// Set once the Job finished, succeeded or failed.
     fn completion_time(&self) -> Option<&Time>;
+    /// The run's phase, for kinds that record one.
+    fn phase(&self) -> Option<JobPhase> {
+        None
+    }
 }
 
 /// Whether an earlier pass for this generation got as far as recording `job` in
@@ -36,8 +40,14 @@ where
     K: ReportsStatus,
     K::Status: JobRecord,
 {
+    // A status that records a phase says so too: one written for a new run
+    // (replacing the Job, waiting for inputs) may still carry the completion time
+    // of the run before.
     obj.status().is_some_and(|s| {
-        s.observed_generation() == obj.meta().generation && s.completion_time().is_some()
+        s.observed_generation() == obj.meta().generation
+            && s.completion_time().is_some()
+            && s.phase()
+                .is_none_or(|p| matches!(p, JobPhase::Succeeded | JobPhase::Failed))
     })
 }
 
@@ -57,4 +67,25 @@ macro_rules! job_record {
     )*};
 }
 
-job_record!(DatasetStatus, PretrainJobStatus, FineTuneStatus);
+job_record!(DatasetStatus);
+
+/// The kinds whose status records their run's phase.
+macro_rules! job_record_with_phase {
+    ($($status:ty),*) => {$(
+        impl JobRecord for $status {
+            fn job(&self) -> Option<&LocalObjectRef> {
+                self.operator.job.as_ref()
+            }
+
+            fn completion_time(&self) -> Option<&Time> {
+                self.operator.completion_time.as_ref()
+            }
+
+            fn phase(&self) -> Option<JobPhase> {
+                self.operator.phase.clone()
+            }
+        }
+    )*};
+}
+
+job_record_with_phase!(PretrainJobStatus, FineTuneStatus);

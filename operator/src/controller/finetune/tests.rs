@@ -659,6 +659,36 @@ mod status_tests {
     }
 
     #[test]
+    fn a_changed_spec_after_a_finished_run_is_not_taken_for_finished() {
+        use crate::runtime::status::ReportsStatus as _;
+        use crate::workload::record::finished_for_generation;
+        // A run of generation 1 finished.
+        let mut ft = fixture("{metadata: {generation: 1}}");
+        let done = observed(
+            r#"{succeeded: 1, completionTime: "2026-01-01T03:00:00Z", conditions: [{type: Complete, status: "True"}]}"#,
+            vec![],
+            &ft,
+        );
+        assert!(done.completion_time.is_some());
+        let first = desired_status(&ft, done, &now());
+        FineTune::record(ft.status.get_or_insert_default(), first);
+        assert!(finished_for_generation(&ft));
+        // The spec changes; the pass that replaces the Job records generation 2
+        // without a Job, and the next pass must still go on to run it.
+        ft.metadata.generation = Some(2);
+        assert!(!finished_for_generation(&ft));
+        let replacing = Observed::without_job(
+            Outcome::progressing("Replacing", "replacing Job"),
+            JobPhase::Pending,
+            ft.status.as_ref(),
+        );
+        let second = desired_status(&ft, replacing, &now());
+        FineTune::record(ft.status.get_or_insert_default(), second);
+        assert_eq!(ft.status.as_ref().unwrap().observed_generation, Some(2));
+        assert!(!finished_for_generation(&ft));
+    }
+
+    #[test]
     fn lineage_is_recorded_and_a_second_pass_writes_nothing() {
         let mut ft = fixture("{}");
         let lineage = resolved("{}").fine_tune.status.unwrap().operator.lineage;

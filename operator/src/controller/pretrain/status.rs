@@ -58,7 +58,10 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// A pass that did not get as far as a Job: times and counters stay as they are.
+    /// A pass that did not get as far as a Job: times and counters stay as they are,
+    /// but the completion time, which belongs to a finished run of this generation
+    /// (with it recorded the run would count as done, and a changed spec would
+    /// never run).
     pub fn without_job(
         outcome: Outcome,
         phase: JobPhase,
@@ -72,7 +75,7 @@ impl Observed {
             artifact: current.and_then(|s| s.operator.artifact.clone()),
             job: current.and_then(|s| s.operator.job.as_ref().map(|j| j.name.clone())),
             start_time: current.and_then(|s| s.operator.start_time.clone()),
-            completion_time: current.and_then(|s| s.operator.completion_time.clone()),
+            completion_time: None,
         }
     }
 }
