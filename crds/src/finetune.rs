@@ -405,6 +405,10 @@ pub struct EvaluationScores {
     /// Perplexity on the evaluation split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perplexity: Option<f64>,
+    /// The base model's perplexity on the same split, before fine-tuning: what
+    /// the fine-tune improved on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_perplexity: Option<f64>,
     /// ROUGE-L F1.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "rougeL")]
     pub rouge_l: Option<f64>,

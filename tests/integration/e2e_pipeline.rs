@@ -133,6 +133,19 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
     .await
     .map_err(explain)?;
 
+    // It learned: the held-out perplexity fell well below the base model's.
+    let scores = &tuned["status"]["evaluation"];
+    let (tuned_ppl, base_ppl) = (
+        scores["perplexity"].as_f64().context("no perplexity")?,
+        scores["basePerplexity"]
+            .as_f64()
+            .context("no basePerplexity")?,
+    );
+    ensure!(
+        tuned_ppl * 5.0 < base_ppl,
+        "fine-tuned perplexity {tuned_ppl} vs the base model's {base_ppl}"
+    );
+
     // Served: the ModelDeployment picks up the fine-tune's artifact; its pod runs
     // the real server, Ready once it has loaded the model.
     let tuned_digest = digest(&tuned, "/status/artifact/digest")?;

@@ -105,6 +105,32 @@ pub fn evaluate(
     Ok(scores)
 }
 
+/// The perplexity of the model in `base_dir` on the held-out split, when `spec`
+/// asks for perplexity: the score the fine-tune is compared with. The model is
+/// loaded for this alone and dropped before training starts.
+pub fn base_perplexity(
+    base_dir: &std::path::Path,
+    dataset: &DatasetArtifact,
+    spec: &Evaluation,
+    sequence_length: usize,
+    device: Device,
+) -> Result<Option<f64>, FineTuneError> {
+    if !spec.metrics.contains(&Metric::Perplexity) {
+        return Ok(None);
+    }
+    let (split_name, split) = held_out(dataset)?;
+    let base = llmops_model::io::load(base_dir, device, llmops_model::Dtype::F32)
+        .map_err(crate::train::TrainError::from)?;
+    perplexity(
+        &base.model,
+        dataset,
+        (&split_name, &split),
+        sequence_length,
+        device,
+    )
+    .map(Some)
+}
+
 /// `exp` of the mean loss over the response tokens of the held-out `split`
 /// (its name and reader).
 fn perplexity(

@@ -98,6 +98,8 @@ struct Run {
     dataset: DatasetArtifact,
     rank: usize,
     sequence_length: usize,
+    /// The base model's held-out perplexity (rank 0, when asked for).
+    base_perplexity: Option<f64>,
 }
 
 /// Joins the group, plans and runs the loop from the base model (with LoRA
@@ -138,6 +140,27 @@ async fn train(
         r.base_uri,
         r.dataset_uri
     );
+    // The base model's score first, so that two models never share the memory.
+    let (dataset, base_perplexity) = if rank == 0 {
+        let (dir, spec, length) = (
+            base_dir.clone(),
+            ft.spec.evaluation.clone(),
+            plan.sequence_length,
+        );
+        let (dataset, scored) = tokio::task::spawn_blocking(move || {
+            let scored =
+                evaluate::base_perplexity(&dir, &dataset, &spec, length, session::device());
+            (dataset, scored)
+        })
+        .await
+        .map_err(TrainError::task("score the base model"))?;
+        (dataset, scored?)
+    } else {
+        (dataset, None)
+    };
+    if let Some(ppl) = base_perplexity {
+        tracing::info!(perplexity = ppl, "the base model on the held-out split");
+    }
     let base = BaseModel {
         dir: base_dir,
         lora,
@@ -157,6 +180,7 @@ async fn train(
         dataset,
         rank,
         sequence_length: plan.sequence_length,
+        base_perplexity,
     })
 }
 
@@ -179,6 +203,7 @@ async fn evaluate_model(
         mut trained,
         dataset,
         sequence_length,
+        base_perplexity,
         ..
     } = run;
     trained.model.merge_lora()?;
@@ -199,7 +224,10 @@ async fn evaluate_model(
     })
     .await
     .map_err(TrainError::task("evaluate the model"))?;
-    let evaluation = evaluation?;
+    let evaluation = EvaluationScores {
+        base_perplexity,
+        ..evaluation?
+    };
     let gate = evaluate::gate(&ft.spec.evaluation, &evaluation);
     tracing::info!(passed = gate.passed, "evaluation: {}", gate.message);
     Ok(Evaluated {

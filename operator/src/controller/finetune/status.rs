@@ -52,7 +52,8 @@ pub fn parse_result(message: &str) -> Result<TrainerResult, serde_json::Error> {
     serde_json::from_str(message.trim())
 }
 
-/// `perplexity 6.20, rougeL 0.412 (200 samples)`: the scores, for messages.
+/// `perplexity 6.20 (base 31.08), rougeL 0.412 (200 samples)`: the scores, for
+/// messages.
 pub fn scores(evaluation: &EvaluationScores) -> String {
     let scores: Vec<String> = [
         ("perplexity", evaluation.perplexity, 2),
@@ -62,6 +63,11 @@ pub fn scores(evaluation: &EvaluationScores) -> String {
     ]
     .into_iter()
     .filter_map(|(name, value, digits)| value.map(|v| format!("{name} {v:.digits$}")))
+    .map(|score| match evaluation.base_perplexity {
+        // What the fine-tune improved on, beside its own perplexity.
+        Some(base) if score.starts_with("perplexity ") => format!("{score} (base {base:.2})"),
+        _ => score,
+    })
     .collect();
     if scores.is_empty() {
         return format!("evaluated {} samples", evaluation.samples);

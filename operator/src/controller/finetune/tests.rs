@@ -580,6 +580,23 @@ mod status_tests {
     }
 
     #[test]
+    fn the_base_models_perplexity_is_told_beside_the_fine_tunes() {
+        let with_base = PASSED.replace(
+            r#""perplexity":6.2041,"#,
+            r#""perplexity":6.2041,"basePerplexity":31.077,"#,
+        );
+        let o = succeeded(&with_base, &fixture("{}"));
+        assert_eq!(o.evaluation.as_ref().unwrap().base_perplexity, Some(31.077));
+        assert!(
+            text(&o.outcome)
+                .1
+                .starts_with("perplexity 6.20 (base 31.08), rougeL 0.412 (20 samples)"),
+            "{:?}",
+            o.outcome
+        );
+    }
+
+    #[test]
     fn a_failed_gate_publishes_nothing_and_stalls_saying_where_the_model_is() {
         let o = succeeded(FAILED, &fixture("{}"));
         assert_eq!(o.artifact, None);
