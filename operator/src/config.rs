@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use crate::workload::image::ImagePull;
+
 /// Settings shared by every controller; built once from the command line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OperatorConfig {
@@ -12,6 +14,10 @@ pub struct OperatorConfig {
     pub trainer_image: String,
     /// Image of the `server` binary (inference).
     pub server_image: String,
+    /// Pull policy and pull Secrets of the trainer pods.
+    pub trainer_image_pull: ImagePull,
+    /// Pull policy and pull Secrets of the serving pods.
+    pub server_image_pull: ImagePull,
     /// Root URI of the default artifact store, without a trailing slash.
     pub artifact_store: String,
     /// Secret, in each namespace using the default store, holding its credentials.
@@ -85,6 +91,8 @@ impl OperatorConfig {
         Self {
             trainer_image: "ghcr.io/llmops-dev/trainer:test".into(),
             server_image: "ghcr.io/llmops-dev/server:test".into(),
+            trainer_image_pull: ImagePull::default(),
+            server_image_pull: ImagePull::default(),
             artifact_store: "s3://llmops-artifacts".into(),
             artifact_store_secret: Some("store-creds".into()),
             gpu_resource_name: "nvidia.com/gpu".into(),

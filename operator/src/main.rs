@@ -10,6 +10,7 @@ use llmops_operator::controller::deployment::Monitoring;
 use llmops_operator::runtime::controller::Scope;
 use llmops_operator::runtime::{LeaderElection, Settings};
 use llmops_operator::telemetry::{self, LogFormat};
+use llmops_operator::workload::image::{ImagePull, PULL_POLICIES};
 
 #[derive(Parser)]
 #[command(name = "operator", version, about = "The llmops Kubernetes operator")]
@@ -42,6 +43,17 @@ struct RunArgs {
     /// Image of the inference pods.
     #[arg(long)]
     server_image: String,
+    /// Pull policy of the trainer pods' container (default: Kubernetes' own,
+    /// by the image's tag).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PULL_POLICIES))]
+    trainer_image_pull_policy: Option<String>,
+    /// Pull policy of the inference pods' container.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PULL_POLICIES))]
+    server_image_pull_policy: Option<String>,
+    /// Secrets, comma-separated, that trainer and inference pods pull their
+    /// images with; each must exist in the namespace of the pods.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    image_pull_secrets: Vec<String>,
     /// Default artifact store: s3://, gs://, az://, file:// or pvc://<claim>/<path>.
     #[arg(long, value_name = "URI")]
     artifact_store: String,
@@ -135,10 +147,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let pull_secrets: Vec<String> = args
+        .image_pull_secrets
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect();
     let settings = Settings {
         config: OperatorConfig {
             trainer_image: args.trainer_image,
             server_image: args.server_image,
+            trainer_image_pull: ImagePull {
+                policy: args.trainer_image_pull_policy,
+                secrets: pull_secrets.clone(),
+            },
+            server_image_pull: ImagePull {
+                policy: args.server_image_pull_policy,
+                secrets: pull_secrets,
+            },
             artifact_store: normalize_store_uri(&args.artifact_store),
             artifact_store_secret: args.artifact_store_secret.filter(|s| !s.is_empty()),
             gpu_resource_name: args.gpu_resource_name,
@@ -202,6 +227,9 @@ mod tests {
             "--namespaces=team-a,team-b",
             "--leader-election",
             "--otlp-endpoint=http://otel-collector:4317",
+            "--trainer-image-pull-policy=Always",
+            "--server-image-pull-policy=IfNotPresent",
+            "--image-pull-secrets=regcred,mirror",
         ])
         .unwrap();
         let Command::Run(args) = cli.command else {
@@ -216,6 +244,25 @@ mod tests {
             args.otlp_endpoint.as_deref(),
             Some("http://otel-collector:4317")
         );
+        assert_eq!(args.trainer_image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            args.server_image_pull_policy.as_deref(),
+            Some("IfNotPresent")
+        );
+        assert_eq!(args.image_pull_secrets, ["regcred", "mirror"]);
+    }
+
+    #[test]
+    fn an_unknown_pull_policy_is_refused() {
+        let parsed = Cli::try_parse_from([
+            "operator",
+            "run",
+            "--trainer-image=t",
+            "--server-image=s",
+            "--artifact-store=file:///tmp/store",
+            "--trainer-image-pull-policy=Sometimes",
+        ]);
+        assert!(parsed.is_err());
     }
 
     #[test]
@@ -237,5 +284,7 @@ mod tests {
         assert!(!args.leader_election);
         assert!(args.artifact_store_secret.is_none());
         assert!(args.otlp_endpoint.is_none());
+        assert!(args.trainer_image_pull_policy.is_none());
+        assert!(args.image_pull_secrets.is_empty());
     }
 }

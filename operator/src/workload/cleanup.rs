@@ -466,6 +466,7 @@ pub fn build_clean_job<K: OwnsArtifact>(
             ..ObjectMeta::default()
         },
         image: config.trainer_image.clone(),
+        image_pull: config.trainer_image_pull.clone(),
         args: clean_args(obj, uri, secret),
         service_account: None,
         env: job_env,

@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use llmops_contract::path::{RESOURCE_KEY, RESOURCE_PATH};
 
+use super::image::ImagePull;
 use super::security::{container_security_context, pod_security_context};
 
 /// Name of the trainer container; the operator reads its termination message.
@@ -31,6 +32,8 @@ pub struct TrainerJob {
     /// Name, namespace, labels (copied onto the pod) and owner references.
     pub meta: ObjectMeta,
     pub image: String,
+    /// Pull policy and pull Secrets of the pod (`OperatorConfig::trainer_image_pull`).
+    pub image_pull: ImagePull,
     /// Arguments after `trainer`, e.g. `prepare --resource /etc/llmops/resource.yaml`.
     pub args: Vec<String>,
     /// ServiceAccount whose token the pod gets; `None` mounts no token at all.
@@ -173,7 +176,7 @@ impl TrainerJob {
             working_dir: Some("/work".into()),
             ..Container::default()
         };
-        let pod = PodSpec {
+        let mut pod = PodSpec {
             containers: vec![container],
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(self.service_account.is_some()),
@@ -182,6 +185,7 @@ impl TrainerJob {
             volumes: Some(volumes),
             ..PodSpec::default()
         };
+        self.image_pull.apply(&mut pod);
         let pod_meta = ObjectMeta {
             labels: self.meta.labels.clone(),
             ..ObjectMeta::default()

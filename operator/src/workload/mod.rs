@@ -1,8 +1,9 @@
 //! Pieces of the pods the operator runs for every kind: Pod Security `restricted`
-//! settings, credentials from Secrets, volumes for URIs on PVCs, and trainer Jobs.
+//! settings, credentials from Secrets, image pull settings, volumes for URIs on PVCs, and trainer Jobs.
 
 pub mod cleanup;
 pub mod credentials;
+pub mod image;
 pub mod job;
 pub mod lineage;
 pub mod observe;

@@ -117,6 +117,7 @@ fn build_prepare_job(valid: &Valid<'_>, config: &OperatorConfig) -> Job {
     TrainerJob {
         meta: child_meta(ds, valid.job_name.clone(), PREPARE_COMPONENT),
         image: config.trainer_image.clone(),
+        image_pull: config.trainer_image_pull.clone(),
         args: vec![
             "prepare".into(),
             "--resource".into(),

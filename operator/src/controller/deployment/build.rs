@@ -50,6 +50,7 @@ use super::route;
 use crate::config::OperatorConfig;
 use crate::runtime::apply::{COMPONENT_LABEL, child_labels, child_meta, parent_label_key};
 use crate::workload::credentials::credential_env;
+use crate::workload::image::ImagePull;
 use crate::workload::job::{DEFAULT_SCRATCH_SIZE, HOME_SIZE_LIMIT, env};
 use crate::workload::security::{container_security_context, pod_security_context};
 use crate::workload::storage::{PvcMounts, pvc_claim};
@@ -412,7 +413,12 @@ fn build_deployment(
             revision_history_limit: Some(3),
             template: PodTemplateSpec {
                 metadata: Some(pod_meta),
-                spec: Some(server_pod(md, container, volumes)),
+                spec: Some(server_pod(
+                    md,
+                    container,
+                    volumes,
+                    &config.server_image_pull,
+                )),
             },
             ..DeploymentSpec::default()
         }),
@@ -503,9 +509,14 @@ fn server_container(
 
 /// The serving pod: restricted, no API token, scheduled as the spec says, and
 /// given the time to drain.
-fn server_pod(md: &ModelDeployment, container: Container, volumes: Vec<Volume>) -> PodSpec {
+fn server_pod(
+    md: &ModelDeployment,
+    container: Container,
+    volumes: Vec<Volume>,
+    pull: &ImagePull,
+) -> PodSpec {
     let scheduling = &md.spec.scheduling;
-    PodSpec {
+    let mut pod = PodSpec {
         containers: vec![container],
         // The server never talks to the API.
         automount_service_account_token: Some(false),
@@ -518,7 +529,9 @@ fn server_pod(md: &ModelDeployment, container: Container, volumes: Vec<Volume>) 
         affinity: scheduling.affinity.clone(),
         priority_class_name: scheduling.priority_class_name.clone(),
         ..PodSpec::default()
-    }
+    };
+    pull.apply(&mut pod);
+    pod
 }
 
 /// The Services an HTTPRoute weights a canary between (none without

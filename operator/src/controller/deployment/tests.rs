@@ -483,6 +483,37 @@ mod build_tests {
     }
 
     #[test]
+    fn the_operator_pull_settings_reach_the_serving_pod() {
+        let md = fixture("{}");
+        let plain = build::build(&md, &resolved(&md), &OperatorConfig::example());
+        assert_eq!(pod_spec(&plain.deployment).image_pull_secrets, None);
+        assert_eq!(
+            pod_spec(&plain.deployment).containers[0].image_pull_policy,
+            None
+        );
+
+        let mut config = OperatorConfig::example();
+        config.server_image_pull = crate::workload::image::ImagePull {
+            policy: Some("IfNotPresent".into()),
+            secrets: vec!["regcred".into(), "mirror".into()],
+        };
+        let c = build::build(&md, &resolved(&md), &config);
+        let pod = pod_spec(&c.deployment);
+        let secrets: Vec<_> = pod
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(secrets, ["regcred", "mirror"]);
+        assert!(
+            pod.containers
+                .iter()
+                .all(|c| c.image_pull_policy.as_deref() == Some("IfNotPresent"))
+        );
+    }
+
+    #[test]
     fn the_api_key_and_credentials_come_only_from_secret_key_refs() {
         let md = fixture(
             "spec: {auth: {apiKeySecretRef: {name: chat-keys, key: keys}}, model: {credentialsSecretRef: {name: s3-creds}}}",

@@ -616,6 +616,44 @@ spec:
     }
 
     #[test]
+    fn the_operator_pull_settings_reach_the_trainer_pod() {
+        let default = children("{}").job;
+        let pod = default
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        assert_eq!(pod.image_pull_secrets, None);
+        assert_eq!(trainer(&default).image_pull_policy, None);
+
+        let mut config = OperatorConfig::example();
+        config.trainer_image_pull = crate::workload::image::ImagePull {
+            policy: Some("Always".into()),
+            secrets: vec!["regcred".into()],
+        };
+        let job = children_with("{}", &config).job;
+        let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let secrets: Vec<_> = pod
+            .image_pull_secrets
+            .iter()
+            .flatten()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(secrets, ["regcred"]);
+        assert_eq!(trainer(&job).image_pull_policy.as_deref(), Some("Always"));
+        // The server's settings are not the trainer's.
+        let mut config = OperatorConfig::example();
+        config.server_image_pull.policy = Some("Never".into());
+        assert_eq!(
+            trainer(&children_with("{}", &config).job).image_pull_policy,
+            None
+        );
+    }
+
+    #[test]
     fn pvc_output_is_mounted_writable() {
         let job = children("spec: {output: {uri: \"pvc://models/base\"}}").job;
         let mount = trainer(&job)

@@ -247,6 +247,7 @@ fn build_job<K: Resource<DynamicType = ()>>(
     let mut job = TrainerJob {
         meta: child_meta(parent, job_name(&name, command), command),
         image: config.trainer_image.clone(),
+        image_pull: config.trainer_image_pull.clone(),
         args: vec![
             command.into(),
             "--resource".into(),
