@@ -2,7 +2,8 @@
 //! data to a served endpoint, with typed lineage between them.
 //!
 //! The Rust types are the source of truth; `crdgen` renders them into the CRD YAML
-//! committed under `crds/generated/` and `charts/llmops/crds/`.
+//! committed under `crds/generated/` and `charts/llmops/files/crds/` (which the
+//! chart renders as templates, `charts/llmops/templates/crds/`).
 
 pub mod common;
 pub mod dataset;
@@ -51,4 +52,4 @@ pub fn render_crd(crd: &CustomResourceDefinition) -> anyhow::Result<String> {
 }
 
 /// Directories, relative to the workspace root, that hold the generated CRD YAML.
-pub const CRD_OUTPUT_DIRS: [&str; 2] = ["crds/generated", "charts/llmops/crds"];
+pub const CRD_OUTPUT_DIRS: [&str; 2] = ["crds/generated", "charts/llmops/files/crds"];

@@ -25,6 +25,15 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions of every kind as YAML.
     Crd,
+    /// GET a URL and exit 0 on a 2xx answer, 1 otherwise: the chart's `helm test`
+    /// pod checks the operator's /readyz with it, with no image but the operator's.
+    Probe {
+        /// An http:// URL, e.g. http://llmops-metrics.llmops-system.svc:8080/readyz.
+        url: String,
+        /// Give up after this long (`10s`, `1m`).
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Args)]
@@ -111,7 +120,23 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print_crds(),
         Command::Run(args) => run(*args).await,
+        Command::Probe { url, timeout } => probe(&url, timeout).await,
     }
+}
+
+async fn probe(url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let response = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()?
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "GET {url}: {status}: {}", body.trim());
+    println!("GET {url}: {status}");
+    Ok(())
 }
 
 fn print_crds() -> anyhow::Result<()> {
@@ -250,6 +275,33 @@ mod tests {
             Some("IfNotPresent")
         );
         assert_eq!(args.image_pull_secrets, ["regcred", "mirror"]);
+    }
+
+    #[tokio::test]
+    async fn probe_passes_on_2xx_and_fails_otherwise() {
+        use axum::http::StatusCode;
+        let app = axum::Router::new()
+            .route("/readyz", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/down",
+                axum::routing::get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "not leader") }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let timeout = Duration::from_secs(5);
+        probe(&format!("http://{addr}/readyz"), timeout)
+            .await
+            .unwrap();
+        let err = probe(&format!("http://{addr}/down"), timeout)
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("503"), "{err:#}");
+        let parsed =
+            Cli::try_parse_from(["operator", "probe", "http://x/readyz", "--timeout=3s"]).unwrap();
+        assert!(
+            matches!(parsed.command, Command::Probe { timeout, .. } if timeout == Duration::from_secs(3))
+        );
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub async fn install(
     namespace: &TestNamespace,
     extra: &[&str],
 ) -> anyhow::Result<Release> {
-    // Our CRDs first, so the chart's crds/ finds them present whatever runs beside it.
+    // Our CRDs first, applied apart: the release leaves them alone (crds.install
+    // off), so that releases of tests running side by side do not fight over them.
     apply_crds(&cluster.client().await?).await?;
     let chart = workspace_root().join("charts/llmops").display().to_string();
     let name = namespace.name().to_string();
@@ -36,6 +37,8 @@ pub async fn install(
         namespace.name(),
         "--wait=watcher",
         "--timeout=120s",
+        "--set",
+        "crds.install=false",
     ];
     args.extend_from_slice(extra);
     cluster.helm(&args).await?.check()?;

@@ -31,6 +31,21 @@ async fn helm_lint_passes() -> anyhow::Result<()> {
         ])
         .await?
         .check()?;
+    // Every switch on, and the CRDs off.
+    cluster
+        .helm([
+            "lint",
+            "--strict",
+            &chart_dir(),
+            "--set",
+            "metrics.serviceMonitor.enabled=true,metrics.servingPodMonitor.enabled=true",
+            "--set",
+            "metrics.grafanaDashboard.enabled=true,crds.install=false,crds.keep=false",
+            "--set",
+            "imagePullSecrets[0].name=regcred,trainerImage.pullPolicy=Always",
+        ])
+        .await?
+        .check()?;
     Ok(())
 }
 
@@ -131,12 +146,21 @@ async fn values_outside_the_schema_are_rejected() -> anyhow::Result<()> {
         return Ok(());
     };
     let cases = [
-        ("replicaCount: 0\n", "replicaCount"),
+        ("replicaCount: -1\n", "replicaCount"),
         ("logging:\n  level: verbose\n", "level"),
         ("watchNamespaces: [Not_A_Namespace]\n", "watchNamespaces"),
         ("artifactStore:\n  uri: ftp://host/x\n", "uri"),
         ("metrics:\n  port: 80\n", "port"),
         ("unknownSetting: true\n", "unknownSetting"),
+        ("crds:\n  install: \"yes\"\n", "install"),
+        ("crds:\n  upgrade: true\n", "upgrade"),
+        ("imagePullSecrets: [regcred]\n", "imagePullSecrets"),
+        ("trainerImage:\n  pullPolicy: Sometimes\n", "pullPolicy"),
+        ("metrics:\n  serviceMonitor:\n    enabled: true\n    port: 1\n", "port"),
+        ("metrics:\n  servingPodMonitor:\n    interval: soon\n", "interval"),
+        ("metrics:\n  grafanaDashboard:\n    labels:\n      grafana_dashboard: 1\n", "grafana_dashboard"),
+        ("tests:\n  enabled: 1\n", "enabled"),
+        ("resources:\n  request:\n    cpu: 1\n", "request"),
     ];
     let dir = tempfile::tempdir()?;
     let mut wrong = Vec::new();
@@ -179,7 +203,7 @@ async fn values_outside_the_schema_are_rejected() -> anyhow::Result<()> {
         ])
         .await
         .context("helm install")?;
-    ensure!(!out.success, "helm install accepted replicaCount: 0");
+    ensure!(!out.success, "helm install accepted replicaCount: -1");
     ensure!(
         out.stderr
             .contains("values don't meet the specifications of the schema")

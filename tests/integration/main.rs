@@ -8,6 +8,7 @@
 //! ```
 
 mod chart;
+mod chart_templates;
 mod crds;
 mod e2e_apifaults;
 mod e2e_dataset;

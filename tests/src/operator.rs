@@ -176,6 +176,9 @@ impl Operator {
                 &watch,
                 "--set",
                 &leader_election,
+                // The CRDs are applied above, apart from any release.
+                "--set",
+                "crds.install=false",
                 "--wait=watcher",
                 "--timeout=120s",
             ])

@@ -1,5 +1,6 @@
 //! Writes the CRD YAML rendered from the Rust types into `crds/generated/` and the
-//! Helm chart's `crds/`, replacing what is there.
+//! Helm chart's `files/crds/` (rendered by its `templates/crds/`), replacing what
+//! is there.
 
 use std::path::Path;
 

@@ -1,0 +1,555 @@
+//! The chart's switches, each rendered with `helm template`: CRDs as templates
+//! (`crds.install`, `crds.keep`), image pull settings reaching the operator's flags,
+//! the monitoring toggles, the Grafana dashboard and the `helm test` hook. The test
+//! pod is admitted by a server-side dry run in a namespace enforcing Pod Security
+//! `restricted`, and the CRDs are upgraded, owned and kept by a real release.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::{CustomResourceExt, ResourceExt};
+use llmops_tests::{Cluster, TestNamespace, apply_crds, workspace_root};
+use serde_json::Value;
+
+fn chart_dir() -> String {
+    workspace_root().join("charts/llmops").display().to_string()
+}
+
+/// `helm template` with `extra` arguments, as one JSON value per document.
+async fn render(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let chart = chart_dir();
+    let mut args = vec!["template", "rel", chart.as_str(), "-n", "llmops-system"];
+    args.extend_from_slice(extra);
+    let out = cluster.helm(&args).await?.check()?;
+    let mut docs = Vec::new();
+    for doc in format!("\n{out}").split("\n---") {
+        let value: Value = serde_yaml_ng::from_str(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn operator_args(docs: &[Value]) -> anyhow::Result<Vec<String>> {
+    let [deployment] = of_kind(docs, "Deployment")[..] else {
+        bail!("expected one Deployment");
+    };
+    let args = deployment
+        .pointer("/spec/template/spec/containers/0/args")
+        .and_then(Value::as_array)
+        .context("no operator args")?;
+    Ok(args
+        .iter()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect())
+}
+
+fn app_version() -> anyhow::Result<String> {
+    let chart: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
+        workspace_root().join("charts/llmops/Chart.yaml"),
+    )?)?;
+    chart["appVersion"]
+        .as_str()
+        .map(String::from)
+        .context("Chart.yaml has no appVersion")
+}
+
+#[tokio::test]
+async fn chart_crds_follow_install_and_keep() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let docs = render(cluster, &[]).await?;
+    let crds = of_kind(&docs, "CustomResourceDefinition");
+    let generated = llmops_crds::all_crds();
+    ensure!(
+        crds.len() == generated.len(),
+        "expected {} CRDs by default, rendered {}",
+        generated.len(),
+        crds.len()
+    );
+    for crd in &generated {
+        let name = crd.name_any();
+        let rendered = crds
+            .iter()
+            .find(|c| c["metadata"]["name"] == name.as_str())
+            .with_context(|| format!("{name} not rendered"))?;
+        ensure!(
+            rendered["spec"] == serde_json::to_value(&crd.spec)?,
+            "the rendered {name} differs from the types; run crdgen"
+        );
+        ensure!(
+            rendered["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep",
+            "{name} is not kept by default"
+        );
+        ensure!(rendered["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm");
+    }
+
+    let unkept = render(cluster, &["--set", "crds.keep=false"]).await?;
+    for crd in of_kind(&unkept, "CustomResourceDefinition") {
+        ensure!(
+            crd["metadata"]["annotations"].is_null(),
+            "crds.keep=false still annotates: {}",
+            crd["metadata"]
+        );
+    }
+    let none = render(cluster, &["--set", "crds.install=false"]).await?;
+    ensure!(
+        of_kind(&none, "CustomResourceDefinition").is_empty(),
+        "crds.install=false still renders CRDs"
+    );
+    // The CRDs travel with the templates only: a crds/ directory would be
+    // installed beside them and conflict with them on the first install.
+    ensure!(
+        !workspace_root().join("charts/llmops/crds").exists(),
+        "charts/llmops/crds/ exists; the chart's CRDs live in files/crds/"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn chart_image_settings_reach_the_operator_flags() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let version = app_version()?;
+    let args = operator_args(&render(cluster, &[]).await?)?;
+    for want in [
+        format!("--trainer-image=ghcr.io/llmops-dev/trainer:{version}"),
+        format!("--server-image=ghcr.io/llmops-dev/server:{version}"),
+        "--trainer-image-pull-policy=IfNotPresent".into(),
+        "--server-image-pull-policy=IfNotPresent".into(),
+    ] {
+        ensure!(args.contains(&want), "{want} not in {args:?}");
+    }
+    ensure!(
+        !args.iter().any(|a| a.starts_with("--image-pull-secrets")),
+        "pull secrets without imagePullSecrets: {args:?}"
+    );
+
+    let docs = render(
+        cluster,
+        &[
+            "--set",
+            "imagePullSecrets[0].name=regcred,imagePullSecrets[1].name=mirror",
+            "--set",
+            "trainerImage.repository=registry.example/t,trainerImage.tag=1.2.3-cuda,trainerImage.pullPolicy=Always",
+            "--set",
+            "serverImage.tag=9.9.9,serverImage.pullPolicy=Never",
+        ],
+    )
+    .await?;
+    let args = operator_args(&docs)?;
+    for want in [
+        "--trainer-image=registry.example/t:1.2.3-cuda",
+        "--server-image=ghcr.io/llmops-dev/server:9.9.9",
+        "--trainer-image-pull-policy=Always",
+        "--server-image-pull-policy=Never",
+        "--image-pull-secrets=regcred,mirror",
+    ] {
+        ensure!(args.iter().any(|a| a == want), "{want} not in {args:?}");
+    }
+    let deployment = of_kind(&docs, "Deployment")[0];
+    ensure!(
+        deployment["spec"]["template"]["spec"]["imagePullSecrets"][1]["name"] == "mirror",
+        "the operator pod does not pull with the Secrets"
+    );
+    Ok(())
+}
+
+/// Metric names the operator and the server register (`registry.register("x", ..)`
+/// under their prefixes), with the suffixes Prometheus exposes.
+fn exported_metrics() -> anyhow::Result<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    for (file, prefix) in [
+        ("operator/src/runtime/metrics.rs", "llmops_operator"),
+        ("server-image/src/metrics.rs", "llmops_server"),
+    ] {
+        let text = std::fs::read_to_string(workspace_root().join(file))?;
+        ensure!(text.contains(&format!("with_prefix(\"{prefix}\")")));
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("register(") {
+            rest = &rest[at + "register(".len()..];
+            let name = rest.trim_start().trim_start_matches('"');
+            let name: String = name
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                for suffix in ["", "_total", "_bucket", "_sum", "_count"] {
+                    names.insert(format!("{prefix}_{name}{suffix}"));
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+#[tokio::test]
+async fn chart_monitoring_switches_are_off_by_default_and_render_when_on() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let docs = render(cluster, &[]).await?;
+    for kind in ["ServiceMonitor", "PodMonitor", "ConfigMap"] {
+        ensure!(
+            of_kind(&docs, kind).is_empty(),
+            "{kind} rendered by default"
+        );
+    }
+
+    let docs = render(
+        cluster,
+        &[
+            "--set",
+            "metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prom",
+        ],
+    )
+    .await?;
+    let [monitor] = of_kind(&docs, "ServiceMonitor")[..] else {
+        bail!("no ServiceMonitor");
+    };
+    ensure!(monitor["spec"]["endpoints"][0]["port"] == "metrics");
+    ensure!(monitor["metadata"]["labels"]["release"] == "prom");
+    let [service] = of_kind(&docs, "Service")[..] else {
+        bail!("no metrics Service");
+    };
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .context("no selector")?
+    {
+        ensure!(
+            &service["metadata"]["labels"][key] == value,
+            "the ServiceMonitor's {key} does not select the metrics Service"
+        );
+    }
+    let without_service = cluster
+        .helm([
+            "template",
+            "rel",
+            &chart_dir(),
+            "--set",
+            "metrics.serviceMonitor.enabled=true,metrics.service.enabled=false",
+        ])
+        .await?;
+    ensure!(
+        !without_service.success && without_service.stderr.contains("metrics.service.enabled"),
+        "a ServiceMonitor without the Service it scrapes: {}",
+        without_service.stderr
+    );
+
+    let docs = render(
+        cluster,
+        &["--set", "metrics.servingPodMonitor.enabled=true"],
+    )
+    .await?;
+    let [pods] = of_kind(&docs, "PodMonitor")[..] else {
+        bail!("no PodMonitor");
+    };
+    ensure!(pods["spec"]["podMetricsEndpoints"][0]["port"] == "http");
+    ensure!(pods["spec"]["namespaceSelector"]["any"] == true);
+    ensure!(pods["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "server");
+    let scoped = render(
+        cluster,
+        &[
+            "--set",
+            "metrics.servingPodMonitor.enabled=true,watchNamespaces={a,b}",
+        ],
+    )
+    .await?;
+    ensure!(
+        of_kind(&scoped, "PodMonitor")[0]["spec"]["namespaceSelector"]["matchNames"]
+            == serde_json::json!(["a", "b"])
+    );
+
+    let docs = render(cluster, &["--set", "metrics.grafanaDashboard.enabled=true"]).await?;
+    let [config_map] = of_kind(&docs, "ConfigMap")[..] else {
+        bail!("no dashboard ConfigMap");
+    };
+    ensure!(config_map["metadata"]["labels"]["grafana_dashboard"] == "1");
+    let dashboard: Value = serde_json::from_str(
+        config_map["data"]["llmops.json"]
+            .as_str()
+            .context("no llmops.json")?,
+    )
+    .context("the dashboard is not JSON")?;
+    let known = exported_metrics()?;
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().context("no panels")? {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(target["expr"].as_str().context("no expr")?.to_string());
+        }
+    }
+    ensure!(exprs.len() >= 10, "only {} queries", exprs.len());
+    let mut seen = BTreeSet::new();
+    for expr in &exprs {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("llmops_") {
+                ensure!(
+                    known.contains(word),
+                    "the dashboard queries {word}, which nothing exports"
+                );
+                seen.insert(word.to_string());
+            }
+        }
+    }
+    for must in [
+        "llmops_server_requests_total",
+        "llmops_server_request_duration_seconds_bucket",
+        "llmops_server_time_to_first_token_seconds_bucket",
+        "llmops_server_generated_tokens_total",
+        "llmops_server_ready",
+        "llmops_operator_reconciles_total",
+    ] {
+        ensure!(seen.contains(must), "no panel shows {must}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn chart_test_hook_checks_readyz_and_is_admitted_as_restricted() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let docs = render(cluster, &[]).await?;
+    let [pod] = of_kind(&docs, "Pod")[..] else {
+        bail!("no helm test Pod by default");
+    };
+    ensure!(pod["metadata"]["annotations"]["helm.sh/hook"] == "test");
+    let args = &pod["spec"]["containers"][0]["args"];
+    ensure!(args[0] == "probe", "{args}");
+    ensure!(
+        args[1] == "http://rel-llmops-metrics.llmops-system.svc:8080/readyz",
+        "{args}"
+    );
+    for off in [
+        "replicaCount=0",
+        "tests.enabled=false",
+        "metrics.service.enabled=false",
+    ] {
+        ensure!(
+            of_kind(&render(cluster, &["--set", off]).await?, "Pod").is_empty(),
+            "a test Pod with {off}"
+        );
+    }
+
+    // Admitted where Pod Security `restricted` is enforced.
+    let ns = TestNamespace::create(cluster, "helm-test-pod").await?;
+    let out = cluster
+        .helm([
+            "template",
+            "rel",
+            &chart_dir(),
+            "-n",
+            ns.name(),
+            "--show-only",
+            "templates/tests/readyz.yaml",
+        ])
+        .await?
+        .check()?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("pod.yaml");
+    std::fs::write(&path, &out)?;
+    let path = path.display().to_string();
+    let applied = cluster
+        .kubectl(["apply", "--dry-run=server", "-n", ns.name(), "-f", &path])
+        .await?;
+    ensure!(
+        applied.success && !applied.stderr.contains("violate"),
+        "the test Pod is not admitted: {}",
+        applied.stderr
+    );
+    ns.delete(cluster).await
+}
+
+#[tokio::test]
+async fn chart_notes_name_commands_that_work() -> anyhow::Result<()> {
+    let notes =
+        std::fs::read_to_string(workspace_root().join("charts/llmops/templates/NOTES.txt"))?;
+    ensure!(
+        !notes.contains("raw.githubusercontent.com"),
+        "kubectl apply -f cannot read a directory by URL"
+    );
+    ensure!(notes.contains("kubectl get llmops -A -w"));
+    for crd in llmops_crds::all_crds() {
+        ensure!(
+            crd.spec
+                .names
+                .categories
+                .iter()
+                .flatten()
+                .any(|c| c == "llmops"),
+            "{} is not in the llmops category that NOTES.txt lists",
+            crd.name_any()
+        );
+    }
+    let quickstart = workspace_root().join("examples/quickstart");
+    ensure!(
+        notes.contains("examples/quickstart/") && quickstart.is_dir(),
+        "NOTES.txt and examples/quickstart/ disagree"
+    );
+    Ok(())
+}
+
+/// A release that installs the CRDs takes them over (they exist already, applied by
+/// other tests), labels them as its own, and leaves them behind when uninstalled.
+#[tokio::test]
+async fn chart_crds_are_upgraded_with_the_release_and_kept() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let client = cluster.client().await?;
+    apply_crds(&client).await?;
+    let ns = TestNamespace::create(cluster, "helm-crds").await?;
+    let name = ns.name().to_string();
+    let chart = chart_dir();
+    let install = |command: &'static str| {
+        let (name, chart) = (name.clone(), chart.clone());
+        async move {
+            cluster
+                .helm([
+                    command,
+                    &name,
+                    &chart,
+                    "-n",
+                    &name,
+                    "--set",
+                    "crds.install=true,replicaCount=0,leaderElection.enabled=false",
+                    "--set",
+                    &format!("watchNamespaces={{{name}}}"),
+                    "--take-ownership",
+                    "--timeout=120s",
+                ])
+                .await?
+                .check()
+        }
+    };
+    install("install").await?;
+    install("upgrade").await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let dataset = crds.get(llmops_crds::Dataset::crd_name()).await?;
+    ensure!(
+        dataset.annotations().get("meta.helm.sh/release-name") == Some(&name),
+        "the release does not own the CRD: {:?}",
+        dataset.annotations()
+    );
+    ensure!(
+        dataset
+            .annotations()
+            .get("helm.sh/resource-policy")
+            .map(String::as_str)
+            == Some("keep")
+    );
+    cluster
+        .helm(["uninstall", &name, "-n", &name, "--wait", "--timeout=120s"])
+        .await?
+        .check()?;
+    for crd in llmops_crds::all_crds() {
+        crds.get(&crd.name_any())
+            .await
+            .with_context(|| format!("{} deleted by helm uninstall", crd.name_any()))?;
+    }
+    // Leave them as the other tests expect them.
+    apply_crds(&client).await?;
+    ns.delete(cluster).await
+}
+
+/// The rows of the chart README's values table: one per leaf of `values.yaml`, its
+/// default as JSON, and the comment above it.
+fn values_table() -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(workspace_root().join("charts/llmops/values.yaml"))?;
+    let values: Value = serde_yaml_ng::from_str(&text)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut comment: Vec<String> = Vec::new();
+    let mut rows = vec![
+        "| key | default | description |".to_string(),
+        "|---|---|---|".to_string(),
+    ];
+    for (index, line) in lines.iter().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            comment.clear();
+            continue;
+        }
+        if let Some(text) = trimmed.strip_prefix('#') {
+            comment.push(text.trim().to_string());
+            continue;
+        }
+        let Some((key, rest)) = trimmed.split_once(':') else {
+            bail!("values.yaml line {}: not `key: value`", index + 1);
+        };
+        let depth = indent(line);
+        while stack.last().is_some_and(|(d, _)| *d >= depth) {
+            stack.pop();
+        }
+        let next_deeper = lines[index + 1..]
+            .iter()
+            .find(|l| !l.trim().is_empty() && !l.trim().starts_with('#'))
+            .is_some_and(|l| indent(l) > depth);
+        if rest.trim().is_empty() && next_deeper {
+            stack.push((depth, key.to_string()));
+            comment.clear();
+            continue;
+        }
+        let path: Vec<&str> = stack.iter().map(|(_, k)| k.as_str()).chain([key]).collect();
+        let mut default = &values;
+        for part in &path {
+            default = &default[*part];
+        }
+        let description = if comment.is_empty() {
+            "".to_string()
+        } else {
+            comment.join(" ").replace('|', "\\|")
+        };
+        rows.push(format!(
+            "| `{}` | `{}` | {} |",
+            path.join("."),
+            serde_json::to_string(default)?,
+            description
+        ));
+        comment.clear();
+    }
+    Ok(rows.join("\n"))
+}
+
+const TABLE_START: &str =
+    "<!-- values table: generated from values.yaml by tests/integration/chart_templates.rs -->";
+const TABLE_END: &str = "<!-- end of values table -->";
+
+/// `charts/llmops/README.md` lists every value with its default and comment, as
+/// `values.yaml` has them. `LLMOPS_UPDATE_CHART_README=1` rewrites the table.
+#[test]
+fn chart_readme_values_table_matches_values_yaml() -> anyhow::Result<()> {
+    let path = workspace_root().join("charts/llmops/README.md");
+    let readme = std::fs::read_to_string(&path)?;
+    let (Some(start), Some(end)) = (readme.find(TABLE_START), readme.find(TABLE_END)) else {
+        bail!("{} has no values table markers", path.display());
+    };
+    let table = values_table()?;
+    let current = readme[start + TABLE_START.len()..end].trim();
+    if current == table {
+        return Ok(());
+    }
+    if std::env::var_os("LLMOPS_UPDATE_CHART_README").is_some() {
+        let updated = format!(
+            "{}{TABLE_START}\n{table}\n{}",
+            &readme[..start],
+            &readme[end..]
+        );
+        std::fs::write(&path, updated)?;
+        return Ok(());
+    }
+    bail!(
+        "the values table of {} is stale; run LLMOPS_UPDATE_CHART_README=1 cargo test -p llmops-tests --test integration chart_readme",
+        path.display()
+    )
+}
