@@ -156,9 +156,18 @@ async fn values_outside_the_schema_are_rejected() -> anyhow::Result<()> {
         ("crds:\n  upgrade: true\n", "upgrade"),
         ("imagePullSecrets: [regcred]\n", "imagePullSecrets"),
         ("trainerImage:\n  pullPolicy: Sometimes\n", "pullPolicy"),
-        ("metrics:\n  serviceMonitor:\n    enabled: true\n    port: 1\n", "port"),
-        ("metrics:\n  servingPodMonitor:\n    interval: soon\n", "interval"),
-        ("metrics:\n  grafanaDashboard:\n    labels:\n      grafana_dashboard: 1\n", "grafana_dashboard"),
+        (
+            "metrics:\n  serviceMonitor:\n    enabled: true\n    port: 1\n",
+            "port",
+        ),
+        (
+            "metrics:\n  servingPodMonitor:\n    interval: soon\n",
+            "interval",
+        ),
+        (
+            "metrics:\n  grafanaDashboard:\n    labels:\n      grafana_dashboard: 1\n",
+            "grafana_dashboard",
+        ),
         ("tests:\n  enabled: 1\n", "enabled"),
         ("resources:\n  request:\n    cpu: 1\n", "request"),
     ];
