@@ -34,8 +34,13 @@ pub struct OperatorConfig {
     /// administrator.
     pub allow_link_local_sources: bool,
     /// Whether each ModelDeployment gets a NetworkPolicy opening its serving port
-    /// to the expected traffic only (`controller::deployment::isolation`).
+    /// to the expected traffic only (`controller::deployment::isolation`), and
+    /// each object that runs trainer pods one confining them
+    /// (`workload::isolation`).
     pub network_policies: bool,
+    /// Where trainer pods may connect besides their own run and DNS: the
+    /// apiserver, the artifact store, data sources (`--trainer-egress`).
+    pub trainer_egress: Vec<k8s_openapi::api::networking::v1::NetworkPolicyEgressRule>,
     /// The namespace the operator runs in, when in a cluster: serving pods admit
     /// its metrics scrapes.
     pub operator_namespace: Option<String>,
@@ -100,6 +105,7 @@ impl OperatorConfig {
             monitoring: Default::default(),
             allow_link_local_sources: false,
             network_policies: true,
+            trainer_egress: crate::workload::isolation::allow_all(),
             operator_namespace: Some("llmops-system".into()),
             require_auth: false,
         }

@@ -96,10 +96,18 @@ struct RunArgs {
     allow_link_local_sources: bool,
     /// Give each ModelDeployment a NetworkPolicy that opens its serving port to
     /// its namespace and the operator only (to all when its Service or an
-    /// HTTPRoute takes traffic from outside). `false` leaves serving traffic to
-    /// the cluster's own policies.
+    /// HTTPRoute takes traffic from outside), and the trainer pods of each
+    /// Dataset, PretrainJob and FineTune one that confines them to their own run,
+    /// DNS and `--trainer-egress`. `false` leaves both to the cluster's own
+    /// policies.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     network_policies: bool,
+    /// With `--network-policies`: where trainer pods may connect besides their own
+    /// run and DNS, as a JSON list of NetworkPolicy egress rules (`[{"to": [...],
+    /// "ports": [...]}]`): the apiserver, the artifact store, data sources.
+    /// Unset, every destination.
+    #[arg(long)]
+    trainer_egress: Option<String>,
     /// Serve no model without an API key: a ModelDeployment without
     /// `spec.auth` stalls.
     #[arg(long)]
@@ -201,6 +209,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             allow_link_local_sources: args.allow_link_local_sources,
             network_policies: args.network_policies,
+            trainer_egress: match &args.trainer_egress {
+                Some(rules) => llmops_operator::workload::isolation::parse_egress(rules)
+                    .map_err(anyhow::Error::msg)?,
+                None => llmops_operator::workload::isolation::allow_all(),
+            },
             operator_namespace: std::env::var("POD_NAMESPACE")
                 .ok()
                 .filter(|ns| !ns.is_empty()),

@@ -1,9 +1,9 @@
 //! End to end, a flaky apiserver: the real operator reaches the control plane
 //! only through a [`FaultProxy`] that answers some requests with 409, 429 or
-//! 500, delays others and cuts watches, while the test itself (and the replayed
-//! trainer) talks to the apiserver directly. The quickstart Dataset must still
-//! be prepared as without faults: Ready with an artifact, each child made once,
-//! no status going backwards.
+//! 500, delays others and cuts watches, while the test itself and `local-node`
+//! (with the trainer and server pods it runs) talk to the apiserver directly.
+//! The whole quickstart pipeline must still come out as without faults: every
+//! resource Ready, each child made once, no status going backwards.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -11,28 +11,31 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
 use kube::api::{Api, ListParams};
 use kube::runtime::wait::await_condition;
 use kube::{Client, Resource, ResourceExt};
-use llmops_crds::Dataset;
+use llmops_crds::{Dataset, FineTune, ModelDeployment, PretrainJob};
 use llmops_tests::faults::{Fault, FaultProxy, Plan};
+use llmops_tests::node::LocalNode;
 use llmops_tests::operator::Operator;
-use llmops_tests::replay::tail;
 use llmops_tests::{Cluster, TestNamespace, eventually, workspace_root};
 use serde_json::Value;
 
-use crate::e2e_dataset::{
-    CHILD_TIMEOUT, condition, has_condition, ready_with_artifact, replay_job, wait_for,
-    wait_for_job,
-};
+use crate::e2e_dataset::{TRAINER_TIMEOUT, condition, has_condition, wait_for};
 
-const DATASET: &str = "quickstart-stories";
-const PREPARE_JOB: &str = "quickstart-stories-prepare-g1";
+/// The trainer Jobs of the quickstart, each to be made exactly once.
+const JOBS: [&str; 4] = [
+    "quickstart-stories-prepare-g1",
+    "quickstart-qa-prepare-g1",
+    "quickstart-base-pretrain",
+    "quickstart-qa-finetune",
+];
 
 /// What the watches saw break the rules: an object made again (another uid),
 /// `status.observedGeneration` going down, Ready=True for a generation turning
@@ -102,9 +105,9 @@ where
     })
 }
 
-/// Kind and name → uid of every child of the Dataset.
+/// Kind and name → uid of every child the operator made in `namespace`.
 async fn children(client: &Client, namespace: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let params = ListParams::default().labels(&format!("llmops.dev/dataset={DATASET}"));
+    let params = ListParams::default().labels("app.kubernetes.io/managed-by=llmops-operator");
     let mut found = BTreeMap::new();
     macro_rules! list {
         ($kind:ty) => {{
@@ -123,28 +126,37 @@ async fn children(client: &Client, namespace: &str) -> anyhow::Result<BTreeMap<S
     list!(ServiceAccount);
     list!(Role);
     list!(RoleBinding);
+    list!(Deployment);
+    list!(Service);
     Ok(found)
 }
 
 #[tokio::test]
-async fn a_dataset_is_prepared_through_a_flaky_apiserver() -> anyhow::Result<()> {
+async fn the_quickstart_runs_through_a_flaky_apiserver() -> anyhow::Result<()> {
     let Some(cluster) = Cluster::get()? else {
         return Ok(());
     };
     let ns = TestNamespace::create(cluster, "e2e-apifaults").await?;
     let proxy = FaultProxy::start(cluster, Plan::default())?;
     let mut operator = Operator::start_through(cluster, &ns, &proxy.url()).await?;
-    let replayer = cluster.replayer().await?;
+    let node = LocalNode::start(cluster, ns.name())?;
     let client = cluster.client().await?;
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
+    let pretrains: Api<PretrainJob> = Api::namespaced(client.clone(), ns.name());
+    let finetunes: Api<FineTune> = Api::namespaced(client.clone(), ns.name());
+    let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), ns.name());
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns.name());
     let history = Arc::new(Mutex::new(History::default()));
-    let watches = [
-        follow(&history, &datasets, DATASET),
-        follow(&history, &jobs, PREPARE_JOB),
+    let mut watches = vec![
+        follow(&history, &datasets, "quickstart-stories"),
+        follow(&history, &datasets, "quickstart-qa"),
+        follow(&history, &pretrains, "quickstart-base"),
+        follow(&history, &finetunes, "quickstart-qa"),
+        follow(&history, &deployments, "quickstart"),
     ];
+    watches.extend(JOBS.iter().map(|job| follow(&history, &jobs, job)));
 
-    let manifest = workspace_root().join("examples/quickstart/01-dataset.yaml");
+    let examples = workspace_root().join("examples/quickstart");
     cluster
         .kubectl([
             "apply",
@@ -153,28 +165,55 @@ async fn a_dataset_is_prepared_through_a_flaky_apiserver() -> anyhow::Result<()>
             "-n",
             ns.name(),
             "-f",
-            &manifest.display().to_string(),
+            &examples.display().to_string(),
         ])
         .await?
         .check()?;
 
-    wait_for_job(&mut operator, &client, PREPARE_JOB).await?;
-    let exit = replay_job(&mut operator, &replayer, PREPARE_JOB).await?;
-    ensure!(
-        exit.code == 0,
-        "trainer prepare failed ({}):\n{}",
-        exit.code,
-        tail(&exit.log, 40)
-    );
-    let ready = wait_for(
+    let ready = |o: &Value| has_condition(o, "Ready", "True");
+    let with_node = |e: anyhow::Error| anyhow::anyhow!("{e:#}\nlocal-node:\n{}", node.log());
+    for name in ["quickstart-stories", "quickstart-qa"] {
+        wait_for(
+            &mut operator,
+            &datasets,
+            name,
+            "a Dataset Ready",
+            TRAINER_TIMEOUT,
+            ready,
+        )
+        .await
+        .map_err(with_node)?;
+    }
+    wait_for(
         &mut operator,
-        &datasets,
-        DATASET,
-        "Ready=True with an artifact",
-        CHILD_TIMEOUT,
-        ready_with_artifact,
+        &pretrains,
+        "quickstart-base",
+        "the base model Ready",
+        TRAINER_TIMEOUT,
+        ready,
     )
-    .await?;
+    .await
+    .map_err(with_node)?;
+    wait_for(
+        &mut operator,
+        &finetunes,
+        "quickstart-qa",
+        "the fine-tune Ready",
+        TRAINER_TIMEOUT,
+        ready,
+    )
+    .await
+    .map_err(with_node)?;
+    let served = wait_for(
+        &mut operator,
+        &deployments,
+        "quickstart",
+        "the model served",
+        TRAINER_TIMEOUT,
+        ready,
+    )
+    .await
+    .map_err(with_node)?;
     let made = children(&client, ns.name()).await?;
 
     // Every fault was met on the way (the operator's traffic after Ready, its
@@ -203,23 +242,18 @@ async fn a_dataset_is_prepared_through_a_flaky_apiserver() -> anyhow::Result<()>
 
     // Past the controller's debounce and a few cut watches: nothing moves back.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let now = serde_json::to_value(datasets.get(DATASET).await?)?;
-    ready_with_artifact(&now).context("the Dataset after the faults")?;
+    let now = serde_json::to_value(deployments.get("quickstart").await?)?;
+    ready(&now).context("the ModelDeployment after the faults")?;
     ensure!(
-        now["status"]["artifact"] == ready["status"]["artifact"],
-        "the artifact changed: {} then {}",
-        ready["status"]["artifact"],
-        now["status"]["artifact"]
+        now["status"]["model"] == served["status"]["model"],
+        "the served model changed: {} then {}",
+        served["status"]["model"],
+        now["status"]["model"]
     );
-    let prepare_jobs: Vec<String> = made
-        .keys()
-        .filter(|k| k.starts_with("Job "))
-        .cloned()
-        .collect();
-    ensure!(
-        prepare_jobs == [format!("Job {PREPARE_JOB}")],
-        "prepare Jobs {prepare_jobs:?}"
-    );
+    let made_jobs: Vec<&str> = made.keys().filter_map(|k| k.strip_prefix("Job ")).collect();
+    let mut expected = JOBS.to_vec();
+    expected.sort();
+    ensure!(made_jobs == expected, "Jobs {made_jobs:?}");
     let after = children(&client, ns.name()).await?;
     ensure!(
         after == made,
@@ -231,12 +265,15 @@ async fn a_dataset_is_prepared_through_a_flaky_apiserver() -> anyhow::Result<()>
     }
     {
         let history = history.lock().unwrap();
-        let job_uid = history.uids.get(&format!("Job {PREPARE_JOB}"));
-        ensure!(
-            job_uid == made.get(&format!("Job {PREPARE_JOB}")),
-            "the prepare Job first seen as uid {job_uid:?} is now {:?}",
-            made.get(&format!("Job {PREPARE_JOB}"))
-        );
+        for job in JOBS {
+            let key = format!("Job {job}");
+            ensure!(
+                history.uids.get(&key) == made.get(&key),
+                "{key} first seen as uid {:?} is now {:?}",
+                history.uids.get(&key),
+                made.get(&key)
+            );
+        }
         if !history.violations.is_empty() {
             bail!(
                 "{}\n{}",
@@ -245,6 +282,8 @@ async fn a_dataset_is_prepared_through_a_flaky_apiserver() -> anyhow::Result<()>
             );
         }
     }
+    let mut node = node;
+    node.stop()?;
     drop(operator);
     drop(proxy);
     ns.delete(cluster).await

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use llmops_crds::{Dataset, FineTune, ModelDeployment, PretrainJob};
 use llmops_tests::local::http;
@@ -215,6 +217,29 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
             .as_i64()
             .is_some_and(|n| n > 0),
         "{answer}"
+    );
+
+    // Each object that ran trainer pods confined them with a NetworkPolicy of
+    // its own (a Dataset and a FineTune share the name quickstart-qa).
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns.name());
+    let mut names: Vec<String> = policies
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    ensure!(
+        names
+            == [
+                "quickstart-base-pretrainjob-trainer",
+                "quickstart-qa-dataset-trainer",
+                "quickstart-qa-finetune-trainer",
+                "quickstart-server",
+                "quickstart-stories-dataset-trainer",
+            ],
+        "NetworkPolicies {names:?}"
     );
 
     // A pod that is none of the operator's: reported, not run.

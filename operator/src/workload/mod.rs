@@ -1,9 +1,11 @@
 //! Pieces of the pods the operator runs for every kind: Pod Security `restricted`
-//! settings, credentials from Secrets, image pull settings, volumes for URIs on PVCs, and trainer Jobs.
+//! settings, credentials from Secrets, image pull settings, volumes for URIs on PVCs, trainer Jobs
+//! and the NetworkPolicy that isolates trainer pods.
 
 pub mod cleanup;
 pub mod credentials;
 pub mod image;
+pub mod isolation;
 pub mod job;
 pub mod lineage;
 pub mod observe;

@@ -21,6 +21,7 @@ use k8s_openapi::api::batch::v1::PodFailurePolicy;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, KeyToPath, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use llmops_contract::{env as var, exit, path};
@@ -31,6 +32,7 @@ use super::validate::Valid;
 use crate::config::OperatorConfig;
 use crate::runtime::apply::child_meta;
 use crate::workload::credentials::credential_env;
+use crate::workload::isolation::trainer_network_policy;
 use crate::workload::job::{
     DEFAULT_SCRATCH_SIZE, TrainerJob, env, pod_failure_policy, resource_file,
 };
@@ -64,6 +66,8 @@ pub struct Children {
     pub config_map: ConfigMap,
     pub rbac: TrainerRbac,
     pub job: Job,
+    /// With `--network-policies`: what the trainer pods may reach.
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 pub fn build(valid: &Valid<'_>, config: &OperatorConfig) -> Result<Children, serde_yaml_ng::Error> {
@@ -72,6 +76,9 @@ pub fn build(valid: &Valid<'_>, config: &OperatorConfig) -> Result<Children, ser
         config_map: build_config_map(ds)?,
         rbac: trainer_rbac(ds, &trainer_name(&ds.name_any()), PREPARE_COMPONENT),
         job: build_prepare_job(valid, config),
+        network_policy: config
+            .network_policies
+            .then(|| trainer_network_policy(ds, &config.trainer_egress)),
     })
 }
 

@@ -194,6 +194,9 @@ async fn reconcile(ds: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error>
 async fn apply_children(client: &Client, ds: &Dataset, children: &Children) -> Result<Job, Error> {
     apply_rbac(client, &children.rbac).await?;
     apply_child(client, &children.config_map).await?;
+    if let Some(policy) = &children.network_policy {
+        apply_child(client, policy).await?;
+    }
 
     // A Job's pod template is immutable and a Job is a record of one run: create it
     // once, then only read it.

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
     PodSpec, ResourceRequirements, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -24,6 +25,7 @@ use super::{
 use crate::config::OperatorConfig;
 use crate::runtime::apply::{COMPONENT_LABEL, child_meta, parent_label_key};
 use crate::workload::credentials::{CREDENTIAL_KEYS, credential_env, optional_secret_env};
+use crate::workload::isolation::trainer_network_policy;
 use crate::workload::job::{DEFAULT_SCRATCH_SIZE, TrainerJob, env, resource_file};
 use crate::workload::rbac::{TrainerRbac, trainer_rbac};
 use crate::workload::storage::{PvcMounts, pvc_claim};
@@ -71,6 +73,8 @@ pub struct Children {
     /// The headless Service of the workers; only with more than one replica.
     pub service: Option<Service>,
     pub job: Job,
+    /// With `--network-policies`: what the trainer pods may reach.
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// The children of `valid.resource` (the resolved object, with the identity of
@@ -90,6 +94,9 @@ where
         rbac: trainer_rbac(*resource, &trainer_name(&name), run.command),
         service: multi.then(|| build_service(*resource, run.command)),
         job: build_job(*resource, run, config),
+        network_policy: config
+            .network_policies
+            .then(|| trainer_network_policy(*resource, &config.trainer_egress)),
     })
 }
 

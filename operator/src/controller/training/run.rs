@@ -118,6 +118,9 @@ pub async fn apply_children(client: &Client, children: &Children) -> Result<(), 
     if let Some(service) = &children.service {
         apply_child(client, service).await?;
     }
+    if let Some(policy) = &children.network_policy {
+        apply_child(client, policy).await?;
+    }
     Ok(())
 }
 
