@@ -165,6 +165,30 @@ mod tests {
     }
 
     #[test]
+    fn the_charts_default_rules_parse_and_keep_trainers_off_link_local_addresses() {
+        // The chart passes networkPolicy.trainerEgress as JSON (`toJson`).
+        let values: serde_json::Value =
+            serde_yaml_ng::from_str(include_str!("../../../charts/llmops/values.yaml")).unwrap();
+        let rules = values["networkPolicy"]["trainerEgress"].to_string();
+        let parsed = parse_egress(&rules).unwrap();
+        let blocks: Vec<_> = parsed
+            .iter()
+            .flat_map(|r| r.to.iter().flatten())
+            .filter_map(|peer| peer.ip_block.as_ref())
+            .collect();
+        assert_eq!(blocks.len(), 2, "{rules}");
+        for block in blocks {
+            let except = block.except.as_ref().expect("an except list");
+            assert!(
+                except
+                    .iter()
+                    .any(|e| e.starts_with("169.254.") || e.starts_with("fe80:")),
+                "{except:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_rule_that_is_not_a_list_is_refused_naming_the_flag() {
         let err = parse_egress(r#"{"to": []}"#).unwrap_err();
         assert!(err.starts_with("--trainer-egress must be a list"), "{err}");
