@@ -24,7 +24,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use super::AppState;
 use super::error::ApiError;
 use super::request::{ChatRequest, CompletionRequest, Plan, Prompt, parse};
-use crate::engine::{Event, Finish, Request, SubmitError};
+use crate::engine::{Event, Finish, Logprobs, Request, SubmitError, TokenLogprob};
 use crate::load::Served;
 use crate::metrics::{Metrics, RouteLabels};
 
@@ -113,6 +113,18 @@ pub async fn completions(state: &AppState, body: &[u8]) -> Result<Response, ApiE
         Prompt::Tokens(ids) => vec![ids.clone()],
         Prompt::TokenLists(lists) => lists.clone(),
     };
+    // The prompts as text, for `echo` and the offsets of log-probabilities.
+    let texts: Vec<String> = if plan.echo || plan.logprobs.is_some() {
+        match &request.prompt {
+            Prompt::Text(t) => vec![t.clone()],
+            Prompt::Texts(ts) => ts.clone(),
+            Prompt::Tokens(_) | Prompt::TokenLists(_) => {
+                prompts.iter().map(|ids| decode_all(&served, ids)).collect()
+            }
+        }
+    } else {
+        vec![String::new(); prompts.len()]
+    };
     if prompts.is_empty() {
         return Err(ApiError::invalid("prompt", "prompt must not be empty"));
     }
@@ -123,7 +135,14 @@ pub async fn completions(state: &AppState, body: &[u8]) -> Result<Response, ApiE
             format!("token id {bad} is outside the vocabulary (size {vocab})"),
         ));
     }
+    let prompts = prompts.into_iter().zip(texts).collect();
     run(state, served, Endpoint::Completions, prompts, plan, started).await
+}
+
+/// The text of `ids`, special tokens included.
+fn decode_all(served: &Served, ids: &[i64]) -> String {
+    let ids: Vec<u32> = ids.iter().map(|&id| id as u32).collect();
+    served.tokenizer.decode(&ids, false).unwrap_or_default()
 }
 
 pub async fn chat_completions(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
@@ -144,7 +163,15 @@ pub async fn chat_completions(state: &AppState, body: &[u8]) -> Result<Response,
         .encode(text, !served.chat.from_model)
         .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the messages: {e}")))?;
     let prompt = encoding.get_ids().iter().map(|&id| id as i64).collect();
-    run(state, served, Endpoint::Chat, vec![prompt], plan, started).await
+    run(
+        state,
+        served,
+        Endpoint::Chat,
+        vec![(prompt, String::new())],
+        plan,
+        started,
+    )
+    .await
 }
 
 /// Completion tokens for a prompt of `prompt_len`: as asked, or the default,
@@ -181,7 +208,8 @@ fn completion_budget(
         (None, Endpoint::Completions) => DEFAULT_COMPLETION_TOKENS.min(room).min(cap),
         (None, Endpoint::Chat) => room.min(cap),
     };
-    if room == 0 || asked > room {
+    // Nothing to generate is an error unless it was asked for (`echo` scoring).
+    if asked > room || (asked == 0 && plan.max_tokens != Some(0)) {
         return Err(ApiError::invalid(
             endpoint.prompt_param(),
             format!(
@@ -250,16 +278,16 @@ impl Answer {
     }
 
     /// A whole choice (non-streaming).
-    fn choice(&self, index: usize, text: String, finish: &Finish) -> Value {
+    fn choice(&self, index: usize, text: String, finish: &Finish, logprobs: Value) -> Value {
         match self.endpoint {
             Endpoint::Completions => json!({
-                "index": index, "text": text, "logprobs": null,
+                "index": index, "text": text, "logprobs": logprobs,
                 "finish_reason": finish.reason.as_str(),
             }),
             Endpoint::Chat => json!({
                 "index": index,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": finish.reason.as_str(),
             }),
         }
@@ -290,35 +318,156 @@ fn usage(prompt: usize, completion: usize) -> Value {
     })
 }
 
+/// The log-probabilities of one choice in the shape of its endpoint.
+struct Scored<'a> {
+    served: &'a Served,
+    /// Alternatives listed per token.
+    top: usize,
+}
+
+impl Scored<'_> {
+    fn text(&self, token: i64) -> String {
+        decode_all(self.served, &[token])
+    }
+
+    /// Completions: `tokens`, `token_logprobs`, `top_logprobs` and
+    /// `text_offset` (character offsets into the prompt followed by the
+    /// completion), the echoed prompt's first (its first token has no
+    /// log-probability, so null).
+    fn completion(
+        &self,
+        prompt: &[i64],
+        prompt_text: &str,
+        echo: Option<&[TokenLogprob]>,
+        generated: &[TokenLogprob],
+    ) -> Value {
+        let mut tokens = Vec::new();
+        let mut logprobs = Vec::new();
+        let mut tops = Vec::new();
+        let mut offsets = Vec::new();
+        let mut offset = match echo {
+            Some(_) => 0,
+            None => prompt_text.chars().count(),
+        };
+        let mut push = |text: String, logprob: Value, top: Value| {
+            offsets.push(offset);
+            offset += text.chars().count();
+            tokens.push(text);
+            logprobs.push(logprob);
+            tops.push(top);
+        };
+        let top = |scored: &TokenLogprob| {
+            let map: serde_json::Map<String, Value> = scored
+                .top
+                .iter()
+                .take(self.top)
+                .map(|&(id, lp)| (self.text(id), json!(lp)))
+                .collect();
+            Value::Object(map)
+        };
+        if let Some(scores) = echo {
+            for (i, &id) in prompt.iter().enumerate() {
+                match i.checked_sub(1).and_then(|j| scores.get(j)) {
+                    Some(s) => push(self.text(id), json!(s.logprob), top(s)),
+                    None => push(self.text(id), Value::Null, Value::Null),
+                }
+            }
+        }
+        for s in generated {
+            push(self.text(s.token), json!(s.logprob), top(s));
+        }
+        json!({
+            "tokens": tokens,
+            "token_logprobs": logprobs,
+            "top_logprobs": tops,
+            "text_offset": offsets,
+        })
+    }
+
+    /// Chat: `content`, one entry per generated token.
+    fn chat(&self, generated: &[TokenLogprob]) -> Value {
+        let entry = |id: i64, logprob: f32| {
+            let token = self.text(id);
+            let bytes = token.as_bytes().to_vec();
+            json!({"token": token, "logprob": logprob, "bytes": bytes})
+        };
+        let content: Vec<Value> = generated
+            .iter()
+            .map(|s| {
+                let mut e = entry(s.token, s.logprob);
+                e["top_logprobs"] = s
+                    .top
+                    .iter()
+                    .take(self.top)
+                    .map(|&(id, lp)| entry(id, lp))
+                    .collect();
+                e
+            })
+            .collect();
+        json!({"content": content})
+    }
+}
+
 async fn run(
     state: &AppState,
     served: Arc<Served>,
     endpoint: Endpoint,
-    prompts: Vec<Vec<i64>>,
+    prompts: Vec<(Vec<i64>, String)>,
     plan: Plan,
     started: Instant,
 ) -> Result<Response, ApiError> {
+    let vocab = served.tokenizer.get_vocab_size(true);
+    if let Some(&(bad, _)) = plan
+        .penalties
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id >= vocab)
+    {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            format!("logit_bias: token id {bad} is outside the vocabulary (size {vocab})"),
+        ));
+    }
+    let max_prompts = state.limits.max_prompts.min(served.engine.max_queue());
+    let choices = prompts.len() * plan.n;
+    if plan.n > 1 && choices > max_prompts {
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "n: this server answers at most {max_prompts} choices per request, {choices} were asked for"
+            ),
+        ));
+    }
     let budgets = prompts
         .iter()
-        .map(|p| completion_budget(&served, endpoint, &plan, p.len()))
+        .map(|(p, _)| completion_budget(&served, endpoint, &plan, p.len()))
         .collect::<Result<Vec<_>, _>>()?;
     let guard = InFlight::new(state.metrics.clone(), endpoint.route(), started);
-    let mut receivers = Vec::with_capacity(prompts.len());
-    let mut requests = Vec::with_capacity(prompts.len());
-    for (i, (prompt, budget)) in prompts.into_iter().zip(budgets).enumerate() {
-        let (tx, rx) = mpsc::unbounded_channel();
-        requests.push(Request {
-            prompt,
-            max_new_tokens: budget,
-            sampling: plan.sampling,
-            // Each prompt of a seeded request gets its own reproducible stream.
-            seed: plan
-                .seed
-                .map_or_else(random_u64, |s| s.wrapping_add(i as u64)),
-            stop: plan.stop_sequences(),
-            events: tx,
-        });
-        receivers.push(rx);
+    let mut receivers = Vec::with_capacity(choices);
+    let mut requests = Vec::with_capacity(choices);
+    let echo = plan.echo && endpoint == Endpoint::Completions;
+    for (p, ((prompt, _), budget)) in prompts.iter().zip(budgets).enumerate() {
+        for j in 0..plan.n {
+            let index = p * plan.n + j;
+            let (tx, rx) = mpsc::unbounded_channel();
+            requests.push(Request {
+                prompt: prompt.clone(),
+                max_new_tokens: budget,
+                sampling: plan.sampling,
+                // Each choice of a seeded request gets its own reproducible stream.
+                seed: plan
+                    .seed
+                    .map_or_else(random_u64, |s| s.wrapping_add(index as u64)),
+                stop: plan.stop_sequences(),
+                logprobs: Logprobs {
+                    generated: plan.logprobs,
+                    prompt: plan.logprobs.filter(|_| echo),
+                },
+                penalties: plan.penalties.clone(),
+                events: tx,
+            });
+            receivers.push(rx);
+        }
     }
     served.engine.submit_all(requests).map_err(|e| match e {
         SubmitError::Overloaded { max_queue } => ApiError::overloaded(max_queue),
@@ -332,10 +481,17 @@ async fn run(
         created: unix_now(),
         model: served.name.clone(),
     };
+    let shape = Shape {
+        n: plan.n,
+        echo,
+        logprobs: plan.logprobs,
+        prompts,
+    };
     if plan.stream {
         Ok(stream_answer(
             state.metrics.clone(),
             answer,
+            shape,
             receivers,
             plan.include_usage,
             guard,
@@ -346,17 +502,29 @@ async fn run(
         // the engine stops generating for them.
         timeout_at(
             deadline,
-            whole_answer(&state.metrics, answer, receivers, started),
+            whole_answer(&state.metrics, &served, answer, shape, receivers, started),
         )
         .await
         .unwrap_or_else(|_| Err(ApiError::timeout(timeout)))
     }
 }
 
+/// How the choices of a request map to its prompts, and what they carry.
+struct Shape {
+    /// Choices per prompt: choice `i` answers prompt `i / n`.
+    n: usize,
+    echo: bool,
+    logprobs: Option<usize>,
+    /// Each prompt's tokens and text.
+    prompts: Vec<(Vec<i64>, String)>,
+}
+
 /// Waits for every choice and answers with one body.
 async fn whole_answer(
     metrics: &Metrics,
+    served: &Served,
     answer: Answer,
+    shape: Shape,
     receivers: Vec<mpsc::UnboundedReceiver<Event>>,
     started: Instant,
 ) -> Result<Response, ApiError> {
@@ -364,7 +532,14 @@ async fn whole_answer(
     let (mut prompt_tokens, mut completion_tokens) = (0, 0);
     let mut first = true;
     for (index, mut rx) in receivers.into_iter().enumerate() {
-        let mut text = String::new();
+        let (prompt, prompt_text) = &shape.prompts[index / shape.n];
+        let mut text = if shape.echo {
+            prompt_text.clone()
+        } else {
+            String::new()
+        };
+        let mut scores = Vec::new();
+        let mut generated = Vec::new();
         let finish = loop {
             match rx.recv().await {
                 Some(Event::Text(t)) => {
@@ -375,14 +550,34 @@ async fn whole_answer(
                     }
                     text.push_str(&t);
                 }
+                Some(Event::Prompt(s)) => scores = s,
+                Some(Event::Token(t)) => generated.push(t),
                 Some(Event::Done(finish)) => break finish,
                 Some(Event::Failed(message)) => return Err(ApiError::internal(message)),
                 None => return Err(ApiError::internal("the generation engine stopped")),
             }
         };
-        prompt_tokens += finish.prompt_tokens;
+        // The prompt counts once, however many choices answer it.
+        if index % shape.n == 0 {
+            prompt_tokens += finish.prompt_tokens;
+        }
         completion_tokens += finish.completion_tokens;
-        choices.push(answer.choice(index, text, &finish));
+        let logprobs = match shape.logprobs {
+            None => Value::Null,
+            Some(top) => {
+                let scored = Scored { served, top };
+                match answer.endpoint {
+                    Endpoint::Completions => scored.completion(
+                        prompt,
+                        prompt_text,
+                        shape.echo.then_some(&scores[..]),
+                        &generated,
+                    ),
+                    Endpoint::Chat => scored.chat(&generated),
+                }
+            }
+        };
+        choices.push(answer.choice(index, text, &finish, logprobs));
     }
     let mut body = answer.envelope(false, Value::Array(choices));
     body["usage"] = usage(prompt_tokens, completion_tokens);
@@ -393,6 +588,7 @@ async fn whole_answer(
 fn stream_answer(
     metrics: Arc<Metrics>,
     answer: Answer,
+    shape: Shape,
     receivers: Vec<mpsc::UnboundedReceiver<Event>>,
     include_usage: bool,
     guard: InFlight,
@@ -412,6 +608,14 @@ fn stream_answer(
                 let role = json!([{"index": index, "delta": {"role": "assistant", "content": ""},
                                    "logprobs": null, "finish_reason": null}]);
                 if !send(answer.envelope(true, role)) {
+                    return;
+                }
+            }
+        }
+        if shape.echo {
+            for index in 0..choices {
+                let (_, prompt_text) = &shape.prompts[index / shape.n];
+                if !prompt_text.is_empty() && !send(answer.chunk(index, Some(prompt_text), None)) {
                     return;
                 }
             }
@@ -442,8 +646,12 @@ fn stream_answer(
                     }
                     send(answer.chunk(index, Some(&text), None))
                 }
+                // Log-probabilities are refused with `stream`.
+                Event::Prompt(_) | Event::Token(_) => true,
                 Event::Done(finish) => {
-                    prompt_tokens += finish.prompt_tokens;
+                    if index % shape.n == 0 {
+                        prompt_tokens += finish.prompt_tokens;
+                    }
                     completion_tokens += finish.completion_tokens;
                     send(answer.chunk(index, None, Some(&finish)))
                 }

@@ -219,6 +219,8 @@ async fn chat_completions(
 
 #[cfg(test)]
 mod limits_tests;
+#[cfg(test)]
+mod logprobs_tests;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use crate::chat::Message;
+use crate::engine::Penalties;
 
 /// A string or a list of strings (`prompt`, `stop`).
 #[derive(Debug, Clone, Deserialize)]
@@ -62,7 +63,7 @@ pub struct CompletionRequest {
     /// error loses the name of the field).
     #[serde(skip)]
     pub common: CommonParams,
-    pub logprobs: Option<Value>,
+    pub logprobs: Option<i64>,
     pub echo: Option<bool>,
     pub best_of: Option<i64>,
     pub suffix: Option<String>,
@@ -90,6 +91,7 @@ pub struct ChatRequest {
     pub common: CommonParams,
     pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
     pub tools: Option<Value>,
     pub response_format: Option<Value>,
 }
@@ -150,15 +152,30 @@ fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     })
 }
 
+/// Most choices per prompt (`n`).
+pub const MAX_N: i64 = 16;
+/// Most alternatives per token: completions' `logprobs` and chat's `top_logprobs`.
+pub const MAX_COMPLETION_LOGPROBS: i64 = 5;
+pub const MAX_TOP_LOGPROBS: i64 = 20;
+
 /// What the engine needs for each prompt of one request.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// `Some(0)` only for completions with `echo` (the prompt scored, nothing generated).
     pub max_tokens: Option<usize>,
     pub sampling: Sampling,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices per prompt.
+    pub n: usize,
+    pub penalties: Penalties,
+    /// The number of alternatives listed per token, when log-probabilities are asked for.
+    pub logprobs: Option<usize>,
+    /// Completions: the prompt comes back before the completion (with its
+    /// log-probabilities when `logprobs` is set).
+    pub echo: bool,
 }
 
 impl Plan {
@@ -181,30 +198,42 @@ pub fn plan(
     max_tokens: Option<i64>,
     max_param: &str,
 ) -> Result<Plan, ApiError> {
-    if let Some(n) = common.n
-        && n != 1
-    {
-        return Err(unsupported(
-            "n",
-            &format!("n={n} (only one choice per prompt)"),
-        ));
-    }
-    for (param, value) in [
-        ("presence_penalty", common.presence_penalty),
-        ("frequency_penalty", common.frequency_penalty),
-    ] {
-        if value.is_some_and(|v| v != 0.0) {
-            return Err(unsupported(param, "a non-zero penalty"));
+    plan_with(common, max_tokens, max_param, false)
+}
+
+/// [`plan`], where `allow_zero` admits `max_tokens: 0`.
+fn plan_with(
+    common: &CommonParams,
+    max_tokens: Option<i64>,
+    max_param: &str,
+    allow_zero: bool,
+) -> Result<Plan, ApiError> {
+    let n = match common.n {
+        None => 1,
+        Some(n) if (1..=MAX_N).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ApiError::invalid(
+                "n",
+                format!("n must be between 1 and {MAX_N}, got {n}"),
+            ));
         }
-    }
-    if common
-        .logit_bias
-        .as_ref()
-        .is_some_and(|b| b.as_object().is_none_or(|o| !o.is_empty()))
-    {
-        return Err(unsupported("logit_bias", "logit_bias"));
-    }
+    };
+    let penalty = |param: &str, value: Option<f64>| match value {
+        Some(v) if !(-2.0..=2.0).contains(&v) => Err(ApiError::invalid(
+            param,
+            format!("{param} must be between -2 and 2, got {v}"),
+        )),
+        v => Ok(v.unwrap_or(0.0) as f32),
+    };
+    let presence = penalty("presence_penalty", common.presence_penalty)?;
+    let frequency = penalty("frequency_penalty", common.frequency_penalty)?;
+    let penalties = Penalties {
+        presence,
+        frequency,
+        logit_bias: logit_bias(common.logit_bias.as_ref())?,
+    };
     let max_tokens = match max_tokens {
+        Some(0) if allow_zero => Some(0),
         Some(m) if m < 1 => {
             return Err(ApiError::invalid(
                 max_param,
@@ -259,31 +288,107 @@ pub fn plan(
             .stream_options
             .as_ref()
             .is_some_and(|o| o.include_usage),
+        n,
+        penalties,
+        logprobs: None,
+        echo: false,
     })
+}
+
+/// `logit_bias`: an object of token ids (as strings) to biases in -100..=100.
+/// Whether each id is in the vocabulary is checked once the tokenizer is known.
+fn logit_bias(value: Option<&Value>) -> Result<Vec<(usize, f32)>, ApiError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let Some(map) = value.as_object() else {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            "logit_bias must be an object of token ids to biases",
+        ));
+    };
+    let mut biases = Vec::with_capacity(map.len());
+    for (key, bias) in map {
+        let token: usize = key.parse().map_err(|_| {
+            ApiError::invalid(
+                "logit_bias",
+                format!("logit_bias: {key:?} is not a token id"),
+            )
+        })?;
+        let bias = bias
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "logit_bias",
+                    format!("logit_bias[{key}] must be a number between -100 and 100, got {bias}"),
+                )
+            })?;
+        biases.push((token, bias as f32));
+    }
+    Ok(biases)
+}
+
+/// Refuses log-probabilities in a stream: its chunks follow the text, which
+/// stop strings hold back, not the tokens.
+fn no_stream_logprobs(common: &CommonParams) -> Result<(), ApiError> {
+    if common.stream {
+        return Err(unsupported("logprobs", "logprobs together with stream"));
+    }
+    Ok(())
 }
 
 impl CompletionRequest {
     pub fn plan(&self) -> Result<Plan, ApiError> {
-        if self.logprobs.as_ref().is_some_and(|l| !l.is_null()) {
-            return Err(unsupported("logprobs", "logprobs"));
-        }
-        if self.echo == Some(true) {
-            return Err(unsupported("echo", "echo"));
-        }
-        if self.best_of.is_some_and(|b| b != 1) {
-            return Err(unsupported("best_of", "best_of other than 1"));
+        let logprobs = match self.logprobs {
+            None => None,
+            Some(k) if (0..=MAX_COMPLETION_LOGPROBS).contains(&k) => {
+                no_stream_logprobs(&self.common)?;
+                Some(k as usize)
+            }
+            Some(k) => {
+                return Err(ApiError::invalid(
+                    "logprobs",
+                    format!("logprobs must be between 0 and {MAX_COMPLETION_LOGPROBS}, got {k}"),
+                ));
+            }
+        };
+        let echo = self.echo == Some(true);
+        let n = self.common.n.unwrap_or(1);
+        if self.best_of.is_some_and(|b| b != 1 && b != n) {
+            return Err(unsupported("best_of", "best_of other than 1 or n"));
         }
         if self.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(unsupported("suffix", "suffix"));
         }
-        plan(&self.common, self.common.max_tokens, "max_tokens")
+        // With echo, `max_tokens: 0` asks for the prompt only (its log-likelihood).
+        let mut plan = plan_with(&self.common, self.common.max_tokens, "max_tokens", echo)?;
+        plan.logprobs = logprobs;
+        plan.echo = echo;
+        Ok(plan)
     }
 }
 
 impl ChatRequest {
     pub fn plan(&self) -> Result<Plan, ApiError> {
-        if self.logprobs == Some(true) {
-            return Err(unsupported("logprobs", "logprobs"));
+        let logprobs = self.logprobs == Some(true);
+        let top = match self.top_logprobs {
+            Some(_) if !logprobs => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "top_logprobs requires logprobs to be true",
+                ));
+            }
+            Some(k) if !(0..=MAX_TOP_LOGPROBS).contains(&k) => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+                ));
+            }
+            k => k.unwrap_or(0) as usize,
+        };
+        if logprobs {
+            no_stream_logprobs(&self.common)?;
         }
         if self.tools.as_ref().is_some_and(|t| !t.is_null()) {
             return Err(unsupported("tools", "tool calling"));
@@ -302,7 +407,9 @@ impl ChatRequest {
             Some(m) => (Some(m), "max_completion_tokens"),
             None => (self.common.max_tokens, "max_tokens"),
         };
-        plan(&self.common, max, param)
+        let mut plan = plan(&self.common, max, param)?;
+        plan.logprobs = logprobs.then_some(top);
+        Ok(plan)
     }
 
     /// The messages with their content as plain text.
@@ -353,11 +460,20 @@ mod tests {
             (r#"{"model":"m","temperature":3}"#, "temperature"),
             (r#"{"model":"m","top_p":0}"#, "top_p"),
             (r#"{"model":"m","top_k":0}"#, "top_k"),
-            (r#"{"model":"m","n":2}"#, "n"),
+            (r#"{"model":"m","n":0}"#, "n"),
+            (r#"{"model":"m","n":17}"#, "n"),
             (
-                r#"{"model":"m","presence_penalty":0.5}"#,
+                r#"{"model":"m","presence_penalty":2.5}"#,
                 "presence_penalty",
             ),
+            (
+                r#"{"model":"m","frequency_penalty":-3}"#,
+                "frequency_penalty",
+            ),
+            (r#"{"model":"m","logit_bias":{"x":1}}"#, "logit_bias"),
+            (r#"{"model":"m","logit_bias":{"5":101}}"#, "logit_bias"),
+            (r#"{"model":"m","logit_bias":{"5":"a"}}"#, "logit_bias"),
+            (r#"{"model":"m","logit_bias":[1]}"#, "logit_bias"),
             (r#"{"model":"m","stop":["a","b","c","d","e"]}"#, "stop"),
         ];
         for (json, param) in cases {
@@ -369,6 +485,101 @@ mod tests {
         let c = common(r#"{"model":"m"}"#);
         let err = plan(&c, Some(0), "max_completion_tokens").unwrap_err();
         assert_eq!(err.param.as_deref(), Some("max_completion_tokens"));
+    }
+
+    fn completion(json: &str) -> Result<Plan, ApiError> {
+        parse::<CompletionRequest>(json.as_bytes())?.plan()
+    }
+
+    fn chat(json: &str) -> Result<Plan, ApiError> {
+        parse::<ChatRequest>(json.as_bytes())?.plan()
+    }
+
+    #[test]
+    fn logprobs_echo_and_their_limits() {
+        let p = completion(r#"{"model":"m","prompt":"a","logprobs":5,"echo":true,"max_tokens":0}"#)
+            .unwrap();
+        assert_eq!((p.logprobs, p.echo, p.max_tokens), (Some(5), true, Some(0)));
+        let p = completion(r#"{"model":"m","prompt":"a","logprobs":0}"#).unwrap();
+        assert_eq!((p.logprobs, p.echo), (Some(0), false));
+        let p = completion(r#"{"model":"m","prompt":"a","logprobs":null,"echo":false}"#).unwrap();
+        assert_eq!((p.logprobs, p.echo), (None, false));
+        let p = chat(r#"{"model":"m","messages":[],"logprobs":true,"top_logprobs":20}"#).unwrap();
+        assert_eq!(p.logprobs, Some(20));
+        let p = chat(r#"{"model":"m","messages":[],"logprobs":true}"#).unwrap();
+        assert_eq!(p.logprobs, Some(0));
+        let p = chat(r#"{"model":"m","messages":[],"logprobs":false}"#).unwrap();
+        assert_eq!(p.logprobs, None);
+        let refused = [
+            (
+                completion(r#"{"model":"m","prompt":"a","logprobs":6}"#),
+                "logprobs",
+            ),
+            (
+                completion(r#"{"model":"m","prompt":"a","logprobs":-1}"#),
+                "logprobs",
+            ),
+            (
+                completion(r#"{"model":"m","prompt":"a","logprobs":true}"#),
+                "logprobs",
+            ),
+            (
+                completion(r#"{"model":"m","prompt":"a","logprobs":1,"stream":true}"#),
+                "logprobs",
+            ),
+            // Without echo there is nothing to answer with no tokens.
+            (
+                completion(r#"{"model":"m","prompt":"a","max_tokens":0}"#),
+                "max_tokens",
+            ),
+            (
+                completion(r#"{"model":"m","prompt":"a","best_of":3}"#),
+                "best_of",
+            ),
+            (
+                chat(r#"{"model":"m","messages":[],"top_logprobs":2}"#),
+                "top_logprobs",
+            ),
+            (
+                chat(r#"{"model":"m","messages":[],"logprobs":true,"top_logprobs":21}"#),
+                "top_logprobs",
+            ),
+            (
+                chat(r#"{"model":"m","messages":[],"logprobs":true,"stream":true}"#),
+                "logprobs",
+            ),
+            (
+                chat(r#"{"model":"m","messages":[],"max_completion_tokens":0}"#),
+                "max_completion_tokens",
+            ),
+        ];
+        for (i, (result, param)) in refused.into_iter().enumerate() {
+            let err = result.expect_err(param);
+            assert_eq!(
+                err.param.as_deref(),
+                Some(param),
+                "case {i}: {}",
+                err.message
+            );
+            assert!(err.message.contains(param), "case {i}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn n_penalties_and_logit_bias_reach_the_plan() {
+        let p = completion(
+            r#"{"model":"m","prompt":"a","n":3,"best_of":3,"presence_penalty":0.5,
+                "frequency_penalty":-1,"logit_bias":{"7":-100,"12":2.5}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.n, 3);
+        assert_eq!(p.penalties.presence, 0.5);
+        assert_eq!(p.penalties.frequency, -1.0);
+        let mut bias = p.penalties.logit_bias.clone();
+        bias.sort_by_key(|b| b.0);
+        assert_eq!(bias, [(7, -100.0), (12, 2.5)]);
+        let p = chat(r#"{"model":"m","messages":[],"logit_bias":{},"n":16}"#).unwrap();
+        assert_eq!((p.n, p.penalties), (16, Penalties::default()));
     }
 
     #[test]

@@ -85,6 +85,8 @@ fn engine_throughput(
             sampling: Sampling::Greedy,
             seed: 0,
             stop: StopSequences::default(),
+            logprobs: Default::default(),
+            penalties: Default::default(),
             events: tx,
         })?;
         receivers.push(rx);
@@ -93,7 +95,7 @@ fn engine_throughput(
     for mut rx in receivers {
         loop {
             match rx.blocking_recv() {
-                Some(Event::Text(_)) => {}
+                Some(Event::Text(_) | Event::Prompt(_) | Event::Token(_)) => {}
                 Some(Event::Done(finish)) => {
                     generated += finish.completion_tokens;
                     break;

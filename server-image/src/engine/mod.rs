@@ -13,8 +13,14 @@
 //! it at the next step, so abandoned requests neither run nor hold queue places.
 //! A sequence whose logits are not finite (a diverged model) fails instead of
 //! sampling from them.
+//!
+//! Log-probabilities cost only the requests that ask for them: the prompt's come
+//! from a prefill of their own that keeps every position's logits (the others
+//! keep only the last), and a generated token's from its logits row on the
+//! host. Both are the log-softmax of the raw logits, before penalties, biases
+//! and temperature.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -34,13 +40,59 @@ pub struct Request {
     pub sampling: Sampling,
     pub seed: u64,
     pub stop: StopSequences,
+    /// Log-probabilities to report.
+    pub logprobs: Logprobs,
+    /// Adjustments of the logits before sampling.
+    pub penalties: Penalties,
     /// Receives the text as it is generated, then exactly one `Done` or `Failed`.
     pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// Which log-probabilities a request asks for; each with how many of the most
+/// likely tokens to list beside the chosen one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Logprobs {
+    /// Of every generated token: [`Event::Token`] before its text.
+    pub generated: Option<usize>,
+    /// Of every prompt token after the first: one [`Event::Prompt`] before any
+    /// other event.
+    pub prompt: Option<usize>,
+}
+
+/// OpenAI's `presence_penalty`, `frequency_penalty` and `logit_bias`: before
+/// sampling, token `j`'s logit gets `bias[j] - presence * (c[j] > 0) -
+/// frequency * c[j]`, where `c[j]` counts `j` among the tokens generated so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Penalties {
+    pub presence: f32,
+    pub frequency: f32,
+    /// (token id, bias) pairs.
+    pub logit_bias: Vec<(usize, f32)>,
+}
+
+impl Penalties {
+    fn is_active(&self) -> bool {
+        self.presence != 0.0 || self.frequency != 0.0 || !self.logit_bias.is_empty()
+    }
+}
+
+/// One token's log-probability and the most likely tokens at its position,
+/// most likely first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: i64,
+    pub logprob: f32,
+    pub top: Vec<(i64, f32)>,
 }
 
 /// What a request hears back.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// The log-probabilities of the prompt's tokens after the first.
+    Prompt(Vec<TokenLogprob>),
+    /// A generated token's log-probability (also that of a final end of
+    /// sequence, which adds no text), sent before its text.
+    Token(TokenLogprob),
     /// New text (never empty).
     Text(String),
     Done(Finish),
@@ -196,6 +248,10 @@ struct Sequence {
     events: mpsc::UnboundedSender<Event>,
     sampler: LogitsProcessor,
     stop: StopSequences,
+    logprobs: Logprobs,
+    penalties: Penalties,
+    /// How often each token was generated, kept only under a penalty.
+    counts: HashMap<i64, u32>,
     max_new_tokens: usize,
     prompt_tokens: usize,
     generated: Vec<u32>,
@@ -227,6 +283,9 @@ impl Sequence {
             events: request.events,
             sampler: LogitsProcessor::new(request.seed, request.sampling),
             stop: request.stop,
+            logprobs: request.logprobs,
+            penalties: request.penalties,
+            counts: HashMap::new(),
             max_new_tokens: request.max_new_tokens,
             prompt_tokens: request.prompt.len(),
             generated: Vec::new(),
@@ -301,6 +360,9 @@ impl Sequence {
             return Ok(self.finish(FinishReason::Stop));
         }
         self.generated.push(token as u32);
+        if self.penalties.presence != 0.0 || self.penalties.frequency != 0.0 {
+            *self.counts.entry(token).or_default() += 1;
+        }
         self.next_input = token;
         let now = Instant::now();
         self.first_token_at.get_or_insert(now);
@@ -321,6 +383,48 @@ impl Sequence {
                 Ok(self.finish(FinishReason::Length))
             }
         }
+    }
+}
+
+impl Sequence {
+    /// `logits` with the penalties and biases applied.
+    fn adjusted(&self, logits: &[f32]) -> Vec<f32> {
+        let mut row = logits.to_vec();
+        for &(token, bias) in &self.penalties.logit_bias {
+            if let Some(x) = row.get_mut(token) {
+                *x += bias;
+            }
+        }
+        for (&token, &count) in &self.counts {
+            if let Some(x) = row.get_mut(token as usize) {
+                *x -= self.penalties.presence + self.penalties.frequency * count as f32;
+            }
+        }
+        row
+    }
+}
+
+/// The log-softmax of `logits` at `token`, and the `k` most likely tokens.
+pub fn token_logprob(logits: &[f32], token: usize, k: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .map(|&x| (f64::from(x) - f64::from(max)).exp())
+        .sum();
+    let lse = f64::from(max) + sum.ln();
+    let logprob = |i: usize| (f64::from(logits[i]) - lse) as f32;
+    let k = k.min(logits.len());
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    if k > 0 && k < order.len() {
+        order.select_nth_unstable_by(k - 1, by_logit);
+    }
+    order.truncate(k);
+    order.sort_by(by_logit);
+    TokenLogprob {
+        token: token as i64,
+        logprob: logprob(token),
+        top: order.into_iter().map(|i| (i as i64, logprob(i))).collect(),
     }
 }
 
@@ -390,23 +494,36 @@ impl Worker {
         self.metrics.kv_cache_tokens.set(cached as i64);
     }
 
-    /// Prefills `requests` together (left-padded to the longest prompt) and adds
-    /// them to the running batch, except those already finished (one token
-    /// asked for, an immediate stop) or abandoned.
+    /// Prefills `requests` and adds them to the running batch, except those
+    /// already finished (no or one token asked for, an immediate stop) or
+    /// abandoned. Those asking for the prompt's log-probabilities are prefilled
+    /// apart, so the others keep their cheaper prefill.
     fn admit(&mut self, requests: Vec<Request>) {
-        let (mut seqs, prompts): (Vec<Sequence>, Vec<Vec<i64>>) = requests
+        let (scored, plain): (Vec<Request>, Vec<Request>) = requests
             .into_iter()
             .filter(|r| !r.events.is_closed())
-            .map(Sequence::new)
-            .unzip();
-        if seqs.is_empty() {
-            return;
+            .partition(|r| r.logprobs.prompt.is_some());
+        for group in [plain, scored] {
+            if !group.is_empty() {
+                self.admit_group(group);
+            }
         }
+    }
+
+    /// Prefills `requests` together (left-padded to the longest prompt).
+    fn admit_group(&mut self, requests: Vec<Request>) {
+        let (mut seqs, prompts): (Vec<Sequence>, Vec<Vec<i64>>) =
+            requests.into_iter().map(Sequence::new).unzip();
         let started = Instant::now();
         let mut cache = self.model.new_cache();
-        let rows = prefill(&self.model, &prompts, &mut cache);
-        let rows = match rows {
-            Ok(rows) => rows,
+        let top: Vec<Option<usize>> = seqs.iter().map(|s| s.logprobs.prompt).collect();
+        let prefilled = if top.iter().any(Option::is_some) {
+            prefill_scored(&self.model, &prompts, &top, &mut cache)
+        } else {
+            prefill(&self.model, &prompts, &mut cache).map(|rows| (rows, Vec::new()))
+        };
+        let (rows, scores) = match prefilled {
+            Ok(prefilled) => prefilled,
             Err(e) => {
                 fail_all(&seqs, &e);
                 return;
@@ -417,8 +534,17 @@ impl Worker {
             .observe(started.elapsed().as_secs_f64());
         let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
         self.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+        let mut scores = scores.into_iter();
         let mut keep = Vec::new();
         for (i, (seq, row)) in seqs.iter_mut().zip(&rows).enumerate() {
+            if let Some(score) = scores.next() {
+                seq.send(Event::Prompt(score));
+            }
+            if seq.max_new_tokens == 0 {
+                // Only the prompt was asked about.
+                seq.finish(FinishReason::Length);
+                continue;
+            }
             if let Ok(None) = self.sample_into(seq, row) {
                 keep.push(i);
             }
@@ -426,6 +552,9 @@ impl Worker {
         let Some(seqs) = keep_rows(seqs, &mut cache, &keep) else {
             return;
         };
+        if seqs.is_empty() {
+            return;
+        }
         if let Err(e) = self.cache.append(cache) {
             fail_all(&seqs, &e.to_string());
             return;
@@ -442,13 +571,23 @@ impl Worker {
             )));
             return Err(());
         }
-        let token = match seq.sampler.sample_slice(logits) {
+        let adjusted;
+        let row = if seq.penalties.is_active() {
+            adjusted = seq.adjusted(logits);
+            &adjusted[..]
+        } else {
+            logits
+        };
+        let token = match seq.sampler.sample_slice(row) {
             Ok(t) => t as i64,
             Err(e) => {
                 seq.send(Event::Failed(format!("sampling failed: {e}")));
                 return Err(());
             }
         };
+        if let Some(k) = seq.logprobs.generated {
+            seq.send(Event::Token(token_logprob(logits, token as usize, k)));
+        }
         match seq.accept(token, &self.tokenizer, &self.eos_token_ids) {
             Ok(finished) => {
                 if !self.eos_token_ids.contains(&token) {
@@ -560,6 +699,106 @@ fn prefill(
         model.forward_last(&ids, mask.as_ref(), cache)
     };
     host_rows(&run().map_err(|e| e.to_string())?)
+}
+
+/// Each prompt's next-token logits, and its tokens' log-probabilities.
+type Prefilled = (Vec<Vec<f32>>, Vec<Vec<TokenLogprob>>);
+
+/// Like [`prefill`], also returning for each prompt whose `top` is set the
+/// log-probabilities of its tokens after the first, each with the `top` most
+/// likely tokens at its position.
+fn prefill_scored(
+    model: &Model,
+    prompts: &[Vec<i64>],
+    top: &[Option<usize>],
+    cache: &mut KvCache,
+) -> Result<Prefilled, String> {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * longest);
+    let mut mask = Vec::with_capacity(prompts.len() * longest);
+    for prompt in prompts {
+        let pad = longest - prompt.len();
+        ids.extend(std::iter::repeat_n(0, pad).chain(prompt.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, prompt.len())));
+    }
+    let shape = [prompts.len() as i64, longest as i64];
+    let k = top.iter().flatten().copied().max().unwrap_or(0) as i64;
+    let mut run = || -> Result<_, llmops_model::Error> {
+        let ids = Tensor::f_from_slice(&ids)?.f_view(shape)?;
+        let mask = Tensor::f_from_slice(&mask)?.f_view(shape)?;
+        let logits = model.forward_padded(&ids, &mask, cache)?;
+        let last = logits.f_select(1, -1)?;
+        if longest < 2 {
+            return Ok((last, None));
+        }
+        // Position t predicts the token at t + 1.
+        let logprobs = tch::no_grad(|| -> Result<_, llmops_model::Error> {
+            let all = logits
+                .f_narrow(1, 0, longest as i64 - 1)?
+                .f_log_softmax(-1, Kind::Float)?;
+            let next = ids.f_narrow(1, 1, longest as i64 - 1)?.f_to(all.device())?;
+            let chosen = all
+                .f_gather(2, &next.f_unsqueeze(-1)?, false)?
+                .f_squeeze_dim(-1)?;
+            let best = if k > 0 {
+                let (values, indices) = all.f_topk(k, -1, true, true)?;
+                Some((values, indices))
+            } else {
+                None
+            };
+            Ok((chosen, best))
+        })?;
+        Ok((last, Some(logprobs)))
+    };
+    let (last, logprobs) = run().map_err(|e| e.to_string())?;
+    let rows = host_rows(&last)?;
+    let Some((chosen, best)) = logprobs else {
+        return Ok((rows, vec![Vec::new(); prompts.len()]));
+    };
+    let chosen = host_rows_3d(&chosen.f_unsqueeze(-1).map_err(|e| e.to_string())?)?;
+    let best = match best {
+        Some((values, indices)) => Some((host_rows_3d(&values)?, host_ids_3d(&indices)?)),
+        None => None,
+    };
+    let mut scores = Vec::with_capacity(prompts.len());
+    for (row, prompt) in prompts.iter().enumerate() {
+        let pad = longest - prompt.len();
+        let want = top[row].unwrap_or(0);
+        let score = (pad..longest - 1)
+            .map(|t| TokenLogprob {
+                token: ids[row * longest + t + 1],
+                logprob: chosen[row][t][0],
+                top: best.as_ref().map_or_else(Vec::new, |(values, indices)| {
+                    indices[row][t]
+                        .iter()
+                        .zip(&values[row][t])
+                        .take(want)
+                        .map(|(&i, &v)| (i, v))
+                        .collect()
+                }),
+            })
+            .collect();
+        scores.push(score);
+    }
+    Ok((rows, scores))
+}
+
+/// A `[batch, seq, n]` float tensor on the host.
+fn host_rows_3d(t: &Tensor) -> Result<Vec<Vec<Vec<f32>>>, String> {
+    let host = t
+        .f_to_kind(Kind::Float)
+        .and_then(|t| t.f_to(Device::Cpu))
+        .map_err(|e| e.to_string())?;
+    Vec::<Vec<Vec<f32>>>::try_from(&host).map_err(|e| e.to_string())
+}
+
+/// A `[batch, seq, n]` integer tensor on the host.
+fn host_ids_3d(t: &Tensor) -> Result<Vec<Vec<Vec<i64>>>, String> {
+    let host = t
+        .f_to_kind(Kind::Int64)
+        .and_then(|t| t.f_to(Device::Cpu))
+        .map_err(|e| e.to_string())?;
+    Vec::<Vec<Vec<i64>>>::try_from(&host).map_err(|e| e.to_string())
 }
 
 /// Logits `[batch, vocab]` as one fp32 vector per row, on the host.

@@ -71,6 +71,8 @@ fn request(prompt: &[i64], max: usize, stop: &[&str]) -> (Request, mpsc::Unbound
         sampling: Sampling::Greedy,
         seed: 0,
         stop: StopSequences::new(stop.iter().copied()),
+        logprobs: Logprobs::default(),
+        penalties: Penalties::default(),
         events: tx,
     };
     (request, rx)
@@ -87,6 +89,7 @@ fn collect(rx: &mut mpsc::UnboundedReceiver<Event>) -> (String, Finish) {
             }
             Event::Done(finish) => return (text, finish),
             Event::Failed(e) => panic!("generation failed: {e}"),
+            Event::Prompt(_) | Event::Token(_) => {}
         }
     }
 }
@@ -336,4 +339,239 @@ fn waiting_requests_count_until_they_decode_and_abandoned_ones_give_their_place_
         rendered.contains("llmops_server_time_per_output_token_seconds_count 1\n"),
         "{rendered}"
     );
+}
+
+/// The log-softmax of the full-sequence logits of `tokens`: row `t` scores the
+/// token after position `t`.
+fn reference_logprobs(model: &Model, tokens: &[i64]) -> Vec<Vec<f32>> {
+    let ids = tch::Tensor::from_slice(tokens).view([1, tokens.len() as i64]);
+    let logits = tch::no_grad(|| model.forward_t(&ids, false).unwrap());
+    let logprobs = logits.log_softmax(-1, tch::Kind::Float).squeeze_dim(0);
+    Vec::<Vec<f32>>::try_from(&logprobs).unwrap()
+}
+
+fn scored_request(
+    prompt: &[i64],
+    max: usize,
+    top: usize,
+) -> (Request, mpsc::UnboundedReceiver<Event>) {
+    let (mut request, rx) = request(prompt, max, &[]);
+    request.logprobs = Logprobs {
+        generated: Some(top),
+        prompt: Some(top),
+    };
+    (request, rx)
+}
+
+/// Every event of one request, up to its end.
+fn events(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
+    let mut all = Vec::new();
+    loop {
+        let event = rx.blocking_recv().expect("the engine dropped the request");
+        let done = matches!(event, Event::Done(_) | Event::Failed(_));
+        all.push(event);
+        if done {
+            return all;
+        }
+    }
+}
+
+fn assert_scored(what: &str, got: &TokenLogprob, row: &[f32], top: usize) {
+    let want = row[got.token as usize];
+    assert!(
+        (got.logprob - want).abs() < 1e-4,
+        "{what}: logprob {} vs {want}",
+        got.logprob
+    );
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    assert_eq!(got.top.len(), top, "{what}");
+    for ((id, lp), want_id) in got.top.iter().zip(&order) {
+        assert!((lp - row[*id as usize]).abs() < 1e-4, "{what}: top {id}");
+        assert!(
+            (row[*want_id] - row[*id as usize]).abs() < 1e-6,
+            "{what}: top order"
+        );
+    }
+}
+
+#[test]
+fn logprobs_of_prompt_and_generated_tokens_are_the_models_log_softmax() {
+    let model = tiny_model();
+    let tokenizer = tokenizer();
+    let prompts: Vec<Vec<i64>> = vec![vec![1, 2, 3, 4, 5, 6], vec![9, 8], vec![42]];
+    let expected: Vec<String> = prompts
+        .iter()
+        .map(|p| reference(&model, &tokenizer, p, 5))
+        .collect();
+    let plain = reference(&model, &tokenizer, &[7, 7, 7], 5);
+    // The reference scores each prompt with its greedy answer (5 tokens).
+    let mut answers = Vec::new();
+    for p in &prompts {
+        let mut sampler = LogitsProcessor::new(0, Sampling::Greedy);
+        let out = generate(&model, p, 5, &[], &mut sampler, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let mut all = p.clone();
+        all.extend(&out.tokens);
+        answers.push((all.clone(), reference_logprobs(&model, &all)));
+    }
+
+    let engine = Engine::start(
+        model,
+        tokenizer,
+        Vec::new(),
+        8,
+        64,
+        Arc::new(Metrics::new()),
+    );
+    // Scored and plain requests arrive together: both prefills join one batch.
+    let mut receivers = Vec::new();
+    let mut batch = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let (r, rx) = scored_request(p, 5, i + 1);
+        batch.push(r);
+        receivers.push(rx);
+    }
+    let (r, mut plain_rx) = request(&[7, 7, 7], 5, &[]);
+    batch.push(r);
+    engine.submit_all(batch).unwrap();
+
+    for (i, rx) in receivers.iter_mut().enumerate() {
+        let (all, logprobs) = &answers[i];
+        let prompt_len = prompts[i].len();
+        let events = events(rx);
+        let Event::Prompt(scores) = &events[0] else {
+            panic!("prompt scores first: {:?}", events[0]);
+        };
+        assert_eq!(scores.len(), prompt_len - 1);
+        for (t, score) in scores.iter().enumerate() {
+            assert_eq!(score.token, all[t + 1]);
+            assert_scored(
+                &format!("prompt {i} token {}", t + 1),
+                score,
+                &logprobs[t],
+                i + 1,
+            );
+        }
+        let generated: Vec<&TokenLogprob> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Token(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(generated.len(), 5);
+        for (j, score) in generated.iter().enumerate() {
+            let at = prompt_len + j;
+            assert_eq!(score.token, all[at]);
+            assert_scored(
+                &format!("answer {i} token {j}"),
+                score,
+                &logprobs[at - 1],
+                i + 1,
+            );
+        }
+        let text: String = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, expected[i]);
+    }
+    // The plain request hears no log-probabilities and gets its usual answer.
+    let plain_events = events(&mut plain_rx);
+    assert!(
+        !plain_events
+            .iter()
+            .any(|e| matches!(e, Event::Prompt(_) | Event::Token(_)))
+    );
+    let text: String = plain_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, plain);
+}
+
+#[test]
+fn no_new_tokens_scores_the_prompt_only() {
+    let model = tiny_model();
+    let logprobs = reference_logprobs(&model, &[3, 1, 4, 1, 5]);
+    let engine = Engine::start(
+        model,
+        tokenizer(),
+        Vec::new(),
+        4,
+        8,
+        Arc::new(Metrics::new()),
+    );
+    let (r, mut rx) = scored_request(&[3, 1, 4, 1, 5], 0, 0);
+    engine.submit(r).unwrap();
+    let events = events(&mut rx);
+    assert_eq!(events.len(), 2, "{events:?}");
+    let Event::Prompt(scores) = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(scores.len(), 4);
+    for (t, s) in scores.iter().enumerate() {
+        assert_scored(&format!("token {}", t + 1), s, &logprobs[t], 0);
+    }
+    assert_eq!(
+        events[1],
+        Event::Done(Finish {
+            reason: FinishReason::Length,
+            prompt_tokens: 5,
+            completion_tokens: 0
+        })
+    );
+}
+
+#[test]
+fn logit_bias_and_penalties_steer_sampling() {
+    let model = tiny_model();
+    let engine = Engine::start(
+        model,
+        tokenizer(),
+        Vec::new(),
+        4,
+        8,
+        Arc::new(Metrics::new()),
+    );
+    // A bias of 100 makes a token win every greedy step.
+    let (mut r, mut rx) = request(&[1, 2, 3], 6, &[]);
+    r.penalties.logit_bias = vec![(17, 100.0)];
+    engine.submit(r).unwrap();
+    assert_eq!(collect(&mut rx).0, ["w17"; 6].join(" "));
+    // A bias of -100 keeps a token out: the greedy answer's first token changes.
+    let (r, mut rx) = request(&[1, 2, 3], 1, &[]);
+    engine.submit(r).unwrap();
+    let first = collect(&mut rx).0;
+    let id: usize = first.trim_start_matches('w').parse().unwrap();
+    let (mut r, mut rx) = request(&[1, 2, 3], 1, &[]);
+    r.penalties.logit_bias = vec![(id, -100.0)];
+    engine.submit(r).unwrap();
+    assert_ne!(collect(&mut rx).0, first);
+}
+
+#[test]
+fn penalties_follow_openais_definition() {
+    let (mut r, _rx) = request(&[1], 4, &[]);
+    r.penalties = Penalties {
+        presence: 0.5,
+        frequency: 0.25,
+        logit_bias: vec![(2, -3.0), (99, 1.0)],
+    };
+    let (mut seq, _) = Sequence::new(r);
+    let tokenizer = tokenizer();
+    for token in [1, 1, 1, 2] {
+        seq.accept(token, &tokenizer, &[]).unwrap();
+    }
+    let got = seq.adjusted(&[0.0, 1.0, 2.0, 3.0]);
+    assert_eq!(got, [0.0, 1.0 - 0.5 - 0.75, 2.0 - 3.0 - 0.5 - 0.25, 3.0]);
 }
