@@ -97,7 +97,7 @@ pub fn text(outcome: &Outcome) -> (&str, &str) {
         | Outcome::ReadyWhile {
             reason, message, ..
         } => (reason, message),
-        Outcome::FirstSight => ("", ""),
+        Outcome::FirstSight | Outcome::Held => ("", ""),
     }
 }
 

@@ -348,13 +348,13 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
                 "phase {}",
                 p["status"]["phase"]
             );
-            let ready = condition(p, "Ready").context("no Ready")?;
+            // Settled (kstatus: Current) but not Ready: no condition at all.
             ensure!(
-                ready["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .starts_with("suspended"),
-                "Ready is {ready}"
+                ["Ready", "Reconciling", "Stalled"]
+                    .iter()
+                    .all(|type_| condition(p, type_).is_none()),
+                "conditions {}",
+                p["status"]["conditions"]
             );
             Ok(())
         },

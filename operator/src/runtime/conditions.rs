@@ -1,8 +1,9 @@
 //! Conditions in the kstatus vocabulary, computed as a pure function of
 //! what a reconcile pass concluded and what the object already says.
 //!
-//! `Ready` is always present. `Reconciling` and `Stalled` appear only while true and
-//! are removed otherwise, as kstatus recommends for abnormal-true conditions.
+//! `Ready` is always present, but on a run held by the user ([`Outcome::Held`]).
+//! `Reconciling` and `Stalled` appear only while true and are removed otherwise, as
+//! kstatus recommends for abnormal-true conditions.
 //! `lastTransitionTime` moves only when a condition's status flips, so a pass that
 //! concludes the same thing produces identical conditions and therefore no write.
 
@@ -23,6 +24,11 @@ pub enum Outcome {
     Ready { reason: String, message: String },
     /// No progress without a change by the user: Ready=False, Stalled=True.
     Stalled { reason: String, message: String },
+    /// Held by the user's wish (a suspended run whose pods have stopped): no owned
+    /// condition at all. Nothing is in flight and nothing is wrong, so kstatus reads
+    /// it as Current (Ready=False would read as InProgress, and Flux would wait for
+    /// it until its timeout); nothing was produced, so it is not Ready either.
+    Held,
     /// The desired state is not reached, but what runs still serves: Ready=True
     /// about what serves, and `aside` (Reconciling=True while a change is in
     /// flight, Stalled=True when the change cannot go through) about the change.
@@ -126,6 +132,7 @@ impl Outcome {
                 (READY, "False", reason, message),
                 (STALLED, "True", reason, message),
             ],
+            Outcome::Held => vec![],
             Outcome::ReadyWhile {
                 reason,
                 message,
@@ -280,6 +287,25 @@ mod tests {
         assert_eq!(get(&next, STALLED).status, "True");
         assert_eq!(get(&next, STALLED).message, "bad line 3");
         assert!(find(&next, RECONCILING).is_none());
+    }
+
+    #[test]
+    fn held_removes_every_owned_condition() {
+        let suspending = next_conditions(
+            &[],
+            &Outcome::progressing("Suspended", "suspending"),
+            Some(2),
+            &at(0),
+        );
+        let next = next_conditions(&suspending, &Outcome::Held, Some(2), &at(5));
+        // Neither Reconciling (kstatus: InProgress) nor Ready=False (also InProgress):
+        // kstatus falls through to Current.
+        assert!(next.is_empty());
+        let mut written = suspending.clone();
+        replace_owned(&mut written, next.clone());
+        assert!(written.is_empty());
+        assert!(!owned_conditions_equal(&suspending, &next));
+        assert!(owned_conditions_equal(&written, &next));
     }
 
     #[test]

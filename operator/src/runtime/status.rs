@@ -133,13 +133,15 @@ pub struct WriteStatusError {
     pub source: kube::Error,
 }
 
-/// Whether the operator has not reported on `obj` yet (no Ready condition): the
-/// first pass says so at once, before anything slow happens.
+/// Whether the operator has not reported on `obj` yet (no observed generation and
+/// no Ready condition): the first pass says so at once, before anything slow
+/// happens. A held run has an observed generation and no Ready condition.
 pub fn first_sight<K: ReportsStatus>(obj: &K) -> bool {
     !obj.status().is_some_and(|s| {
-        s.conditions()
-            .iter()
-            .any(|c| c.type_ == llmops_crds::condition::READY)
+        s.observed_generation().is_some()
+            || s.conditions()
+                .iter()
+                .any(|c| c.type_ == llmops_crds::condition::READY)
     })
 }
 

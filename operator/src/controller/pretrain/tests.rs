@@ -865,16 +865,21 @@ mod status_tests {
         );
         assert_eq!(stopped.phase, JobPhase::Suspended);
         assert!(
-            matches!(&stopped.outcome, Outcome::Progressing { reason, .. } if reason == "Suspended")
+            matches!(&stopping.outcome, Outcome::Progressing { reason, .. } if reason == "Suspended")
         );
-        assert!(
-            text(&stopped.outcome)
-                .1
-                .contains("set spec.suspend to false")
-        );
+        // No pod left: held, with no condition, so kstatus sees it settled.
+        assert_eq!(stopped.outcome, Outcome::Held);
         // Resumed: the same Job runs again.
         let resumed = observed("{active: 1}", vec![], &fixture("{}"));
         assert_eq!(resumed.phase, JobPhase::Running);
+    }
+
+    #[test]
+    fn a_held_run_is_not_seen_for_the_first_time_again() {
+        use crate::runtime::status::first_sight;
+        let held = fixture("status: {observedGeneration: 1, conditions: []}");
+        assert!(!first_sight(&held));
+        assert!(first_sight(&fixture("status: null")));
     }
 
     #[test]

@@ -199,15 +199,18 @@ pub fn observe(
 fn suspended(job: &Job, progress: Option<&TrainingProgress>) -> (Outcome, JobPhase) {
     let active = job.status.as_ref().and_then(|s| s.active).unwrap_or(0);
     let at = progress.map_or_else(String::new, |p| format!(" at step {}", p.step));
-    let text = if active > 0 {
-        format!("suspending{at}: {active} pod(s) saving a checkpoint")
+    // Reconciling while pods still stop. Once none is left, nothing is in flight:
+    // held, with no condition (phase Suspended), so kstatus and Flux see the
+    // suspension as settled.
+    let outcome = if active > 0 {
+        Outcome::progressing(
+            reason::SUSPENDED,
+            format!("suspending{at}: {active} pod(s) saving a checkpoint"),
+        )
     } else {
-        format!("suspended{at}; set spec.suspend to false to resume from the newest checkpoint")
+        Outcome::Held
     };
-    (
-        Outcome::progressing(reason::SUSPENDED, text),
-        JobPhase::Suspended,
-    )
+    (outcome, JobPhase::Suspended)
 }
 
 /// A pod that cannot start (`why`): Stalled when only a change helps, starting
