@@ -23,7 +23,7 @@ pub mod model;
 pub mod sampling;
 pub mod stop;
 
-pub use config::{Activation, Config, Dtype, Family};
+pub use config::{Activation, Config, Dtype, Family, RopeScaling};
 pub use error::{Error, Result};
 pub use generation::{FinishReason, Generation, GenerationConfig, generate};
 pub use io::LoadedModel;

@@ -1,5 +1,7 @@
 //! Llama layout: RoPE, RMSNorm, grouped-query attention and a gated MLP, with
-//! `torch.nn.Linear` weights `[out, in]` under `model.*`.
+//! `torch.nn.Linear` weights `[out, in]` under `model.*`. Qwen2 adds biases to the
+//! query, key and value projections; Mistral's sliding window is a mask
+//! ([`crate::model`]); Llama 3's RoPE scaling lives in [`Rope`].
 
 use tch::nn;
 
@@ -27,14 +29,14 @@ pub(crate) fn build(vs: &nn::Path, cfg: &Config, init: Init) -> Result<Model> {
     for i in 0..cfg.num_layers {
         let b = &m / "layers" / i;
         let a = &b / "self_attn";
-        let bias = cfg.attention_bias;
+        let qkv_bias = cfg.attention_bias || cfg.qkv_bias;
         let attn = Attention {
             qkv: QkvProjection::Split {
-                q_proj: linear(&a / "q_proj", h, heads * head_dim, bias)?,
-                k_proj: linear(&a / "k_proj", h, kv_heads * head_dim, bias)?,
-                v_proj: linear(&a / "v_proj", h, kv_heads * head_dim, bias)?,
+                q_proj: linear(&a / "q_proj", h, heads * head_dim, qkv_bias)?,
+                k_proj: linear(&a / "k_proj", h, kv_heads * head_dim, qkv_bias)?,
+                v_proj: linear(&a / "v_proj", h, kv_heads * head_dim, qkv_bias)?,
             },
-            out_proj: linear(&a / "o_proj", heads * head_dim, h, bias)?,
+            out_proj: linear(&a / "o_proj", heads * head_dim, h, cfg.attention_bias)?,
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim,
@@ -67,7 +69,12 @@ pub(crate) fn build(vs: &nn::Path, cfg: &Config, init: Init) -> Result<Model> {
     } else {
         linear(vs / "lm_head", h, cfg.vocab_size, false)?
     };
-    let rope = Rope::new(head_dim, cfg.rope_theta, vs.device())?;
+    let rope = Rope::new(
+        head_dim,
+        cfg.rope_theta,
+        cfg.rope_scaling.as_ref(),
+        vs.device(),
+    )?;
     Ok(Model::from_parts(
         cfg,
         embed,

@@ -129,7 +129,9 @@ impl Model {
         config.validate()?;
         match config.family {
             Family::Gpt2 => crate::gpt2::build(vs, config, init),
-            Family::Llama => crate::llama::build(vs, config, init),
+            Family::Llama | Family::Qwen2 | Family::Mistral => {
+                crate::llama::build(vs, config, init)
+            }
         }
     }
 
@@ -305,12 +307,14 @@ impl Model {
             None => input_valid,
         };
         let cache_padded = cache.is_some_and(KvCache::is_padded);
-        let mask = if past_slots == 0 && !new_padding {
+        // A sliding window that some query cannot see past needs an explicit mask.
+        let window = self.config.sliding_window.filter(|&w| past_slots + seq > w);
+        let mask = if past_slots == 0 && !new_padding && window.is_none() {
             AttentionMask::Causal
-        } else if seq == 1 && !new_padding && !cache_padded {
+        } else if seq == 1 && !new_padding && !cache_padded && window.is_none() {
             AttentionMask::Full
         } else {
-            AttentionMask::Explicit(explicit_mask(&valid, past_slots, seq)?)
+            AttentionMask::Explicit(explicit_mask(&valid, past_slots, seq, window)?)
         };
         Ok(Step {
             ids,
@@ -376,7 +380,7 @@ impl Model {
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let (blocks, attn, mlp) = match self.config.family {
             Family::Gpt2 => ("transformer.h", "attn", "mlp"),
-            Family::Llama => ("model.layers", "self_attn", "mlp"),
+            Family::Llama | Family::Qwen2 | Family::Mistral => ("model.layers", "self_attn", "mlp"),
         };
         let mut out = Vec::new();
         for (i, block) in self.blocks.iter_mut().enumerate() {
@@ -411,12 +415,18 @@ fn all_true(t: &Tensor) -> Result<bool> {
 /// `[batch, 1, seq, past + seq]` bool: query `j` (slot `past + j`) may attend to slot
 /// `t` when `t` holds a real token and `t <= past + j`. Every query also sees its own
 /// slot, so a padding query never has an empty row (which would give NaN).
-fn explicit_mask(valid: &Tensor, past: i64, seq: i64) -> Result<Tensor> {
+fn explicit_mask(valid: &Tensor, past: i64, seq: i64, window: Option<i64>) -> Result<Tensor> {
     let device = valid.device();
     let keys = Tensor::f_arange(past + seq, (Kind::Int64, device))?.f_unsqueeze(0)?;
     let queries =
         Tensor::f_arange_start(past, past + seq, (Kind::Int64, device))?.f_unsqueeze(1)?;
-    let causal = keys.f_le_tensor(&queries)?;
+    let mut causal = keys.f_le_tensor(&queries)?;
+    if let Some(window) = window {
+        // As transformers' sliding window: key slot k is visible to query slot q
+        // when q - k < window.
+        let near = queries.f_sub(&keys)?.f_lt(window)?;
+        causal = causal.f_logical_and(&near)?;
+    }
     let own = keys.f_eq_tensor(&queries)?;
     let allowed = causal
         .f_unsqueeze(0)?

@@ -5,9 +5,9 @@ mod common;
 
 use std::ops::ControlFlow;
 
-use common::{ids, ids_arg, max_abs_diff, read_tensors, reference, tiny_model};
+use common::{ids, ids_arg, max_abs_diff, read_tensors, reference, tiny_config, tiny_model_with};
 use llmops_model::{
-    Dtype, Family, GenerationConfig, LogitsProcessor, Model, Sampling, generate, io,
+    Dtype, Family, GenerationConfig, LogitsProcessor, Model, RopeScaling, Sampling, generate, io,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -18,6 +18,8 @@ fn family_arg(family: Family) -> &'static str {
     match family {
         Family::Gpt2 => "gpt2",
         Family::Llama => "llama",
+        Family::Qwen2 => "qwen2",
+        Family::Mistral => "mistral",
     }
 }
 
@@ -52,12 +54,18 @@ fn strip_eos(mut tokens: Vec<i64>, eos: &[i64]) -> Vec<i64> {
 }
 
 fn hf_checkpoint_matches(family: Family, tied: bool) {
+    hf_checkpoint_matches_as(family_arg(family), family, tied);
+}
+
+/// The reference's `--family` (`llama3` is a Llama with RoPE scaling) loads here
+/// as `family` with the same logits, cached or not, and greedy tokens.
+fn hf_checkpoint_matches_as(variant: &str, family: Family, tied: bool) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let tied_flag = if tied { "--tied" } else { "--untied" };
     reference(&[
         "create",
         "--family",
-        family_arg(family),
+        variant,
         "--out",
         dir.path().to_str().unwrap(),
         "--seed",
@@ -71,6 +79,7 @@ fn hf_checkpoint_matches(family: Family, tied: bool) {
     let expected = read_tensors(&dir.path().join("reference.safetensors"));
     let loaded = io::load(dir.path(), Device::Cpu, Dtype::F32).unwrap();
     let model = &loaded.model;
+    assert_eq!(model.config().family, family);
     assert_eq!(model.config().tie_word_embeddings, tied);
     let has_lm_head = loaded.vs.variables().contains_key("lm_head.weight");
     assert_eq!(
@@ -104,7 +113,7 @@ fn hf_checkpoint_matches(family: Family, tied: bool) {
     // comparison above cannot pass by accident.
     let name = match family {
         Family::Gpt2 => "transformer.h.1.ln_1.weight",
-        Family::Llama => "model.layers.1.input_layernorm.weight",
+        _ => "model.layers.1.input_layernorm.weight",
     };
     let var = &loaded.vs.variables()[name];
     tch::no_grad(|| {
@@ -113,6 +122,64 @@ fn hf_checkpoint_matches(family: Family, tied: bool) {
     let perturbed = tch::no_grad(|| model.forward_t(&ids(PROMPT), false)).unwrap();
     let diff = max_abs_diff(&perturbed, want);
     assert!(diff > TOL, "a perturbed weight went unnoticed (Δ = {diff})");
+    dir
+}
+
+/// The same checkpoint read as a plain Llama (its `config.json` edited) gives
+/// different logits: what makes the family different shows in the comparison.
+fn differs_as_plain_llama(dir: &std::path::Path, edit: impl Fn(&mut serde_json::Value)) {
+    let config_path = dir.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let plain = io::load(dir, Device::Cpu, Dtype::F32).unwrap();
+    let want = &read_tensors(&dir.join("reference.safetensors"))["logits"];
+    let logits = tch::no_grad(|| plain.model.forward_t(&ids(PROMPT), false)).unwrap();
+    let diff = max_abs_diff(&logits, want);
+    assert!(
+        diff > TOL,
+        "the family's difference went unnoticed (Δ = {diff})"
+    );
+}
+
+#[test]
+fn llama3_rope_scaling_hf_checkpoint_matches_transformers() {
+    let dir = hf_checkpoint_matches_as("llama3", Family::Llama, false);
+    differs_as_plain_llama(dir.path(), |c| {
+        c["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 500.0});
+    });
+}
+
+#[test]
+fn qwen2_hf_checkpoint_matches_transformers() {
+    hf_checkpoint_matches_as("qwen2", Family::Qwen2, true);
+    let dir = hf_checkpoint_matches_as("qwen2", Family::Qwen2, false);
+    // Read as Llama, the q/k/v biases are not loaded: a load error, not a silent
+    // difference.
+    let config_path = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    config["model_type"] = "llama".into();
+    for key in [
+        "use_sliding_window",
+        "sliding_window",
+        "max_window_layers",
+        "layer_types",
+    ] {
+        config.as_object_mut().unwrap().remove(key);
+    }
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    assert!(io::load(dir.path(), Device::Cpu, Dtype::F32).is_err());
+}
+
+#[test]
+fn mistral_sliding_window_hf_checkpoint_matches_transformers() {
+    hf_checkpoint_matches_as("mistral", Family::Mistral, true);
+    let dir = hf_checkpoint_matches_as("mistral", Family::Mistral, false);
+    differs_as_plain_llama(dir.path(), |c| {
+        c["sliding_window"] = serde_json::Value::Null;
+    });
 }
 
 #[test]
@@ -136,7 +203,12 @@ fn llama_gqa_tied_hf_checkpoint_matches_transformers() {
 }
 
 fn our_checkpoint_matches(family: Family, tied: bool) {
-    let (vs, model) = tiny_model(family, tied, 11);
+    our_config_matches(&tiny_config(family, tied));
+}
+
+fn our_config_matches(config: &llmops_model::Config) {
+    let (family, tied) = (config.family, config.tie_word_embeddings);
+    let (vs, model) = tiny_model_with(config, 11);
     let dir = tempfile::tempdir().unwrap();
     let generation = GenerationConfig::from_model_config(model.config());
     io::save(dir.path(), &vs, &model, &generation).unwrap();
@@ -178,6 +250,20 @@ fn our_checkpoint_matches(family: Family, tied: bool) {
 fn gpt2_checkpoint_we_save_loads_in_transformers() {
     our_checkpoint_matches(Family::Gpt2, true);
     our_checkpoint_matches(Family::Gpt2, false);
+}
+
+#[test]
+fn qwen2_mistral_and_llama3_checkpoints_we_save_load_in_transformers() {
+    our_checkpoint_matches(Family::Qwen2, false);
+    our_checkpoint_matches(Family::Mistral, true);
+    let mut llama3 = tiny_config(Family::Llama, false);
+    llama3.rope_scaling = Some(RopeScaling {
+        factor: 4.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 16,
+    });
+    our_config_matches(&llama3);
 }
 
 #[test]

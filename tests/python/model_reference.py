@@ -1,7 +1,8 @@
 """Reference side of the llmops-model parity tests: `transformers` creates tiny random
 checkpoints and computes the logits our implementation must reproduce.
 
-    model_reference.py create --family gpt2|llama --out DIR [--seed N] [--tied|--untied]
+    model_reference.py create --family gpt2|llama|llama3|qwen2|mistral --out DIR
+                              [--seed N] [--tied|--untied]
                               [--dtype float32|bfloat16|float16] [--shard-size SIZE]
                               [--ids 1,2,3] [--generate N]
     model_reference.py logits --model DIR --ids 1,2,3 --out FILE.safetensors [--generate N]
@@ -19,19 +20,40 @@ import os
 import torch
 from safetensors.torch import save_file
 from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel,
-                          LlamaConfig, LlamaForCausalLM)
+                          LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+LLAMA_LIKE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=101,
+                  max_position_embeddings=64, rope_theta=500.0, rms_norm_eps=1e-5,
+                  bos_token_id=0, eos_token_id=1)
 
 
 def tiny_config(family, tied):
     if family == "gpt2":
         return GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=101,
                           bos_token_id=0, eos_token_id=1, tie_word_embeddings=tied)
-    return LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, vocab_size=101,
-                       max_position_embeddings=64, rope_theta=500.0, rms_norm_eps=1e-5,
-                       bos_token_id=0, eos_token_id=1, tie_word_embeddings=tied)
+    if family == "llama3":
+        # With head_dim 16 and rope_theta 500 the wavelengths run from 2π to ~1400:
+        # some below original/high_freq_factor (kept), some between (blended), most
+        # beyond original/low_freq_factor (divided by the factor).
+        return LlamaConfig(**LLAMA_LIKE, tie_word_embeddings=tied,
+                           rope_scaling={"rope_type": "llama3", "factor": 4.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 16})
+    if family == "qwen2":
+        return Qwen2Config(**LLAMA_LIKE, tie_word_embeddings=tied)
+    if family == "mistral":
+        # A window shorter than the test prompt, so that it masks something.
+        return MistralConfig(**LLAMA_LIKE, tie_word_embeddings=tied, sliding_window=5)
+    return LlamaConfig(**LLAMA_LIKE, tie_word_embeddings=tied)
+
+
+CLASSES = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "llama3": LlamaForCausalLM,
+           "qwen2": Qwen2ForCausalLM, "mistral": MistralForCausalLM}
 
 
 def spread_weights(model, seed):
@@ -70,7 +92,7 @@ def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
     create = sub.add_parser("create")
-    create.add_argument("--family", choices=["gpt2", "llama"], required=True)
+    create.add_argument("--family", choices=list(CLASSES), required=True)
     create.add_argument("--out", required=True)
     create.add_argument("--seed", type=int, default=0)
     create.add_argument("--tied", dest="tied", action="store_true", default=None)
@@ -90,8 +112,7 @@ def main():
         torch.manual_seed(args.seed)
         tied = args.tied if args.tied is not None else args.family == "gpt2"
         config = tiny_config(args.family, tied)
-        cls = GPT2LMHeadModel if args.family == "gpt2" else LlamaForCausalLM
-        model = cls(config)
+        model = CLASSES[args.family](config)
         spread_weights(model, args.seed)
         model = model.to(DTYPES[args.dtype])
         kwargs = {"safe_serialization": True}

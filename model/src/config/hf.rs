@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::path::Path;
 
-use super::keys::{GENERIC_KEYS, GPT2_KEYS, LLAMA_KEYS};
-use super::{Activation, Config, Dtype, Family};
+use super::keys::{GENERIC_KEYS, GPT2_KEYS, LLAMA_KEYS, MISTRAL_KEYS, QWEN2_KEYS};
+use super::{Activation, Config, Dtype, Family, RopeScaling};
 use crate::error::{Error, Result};
 
 impl Config {
@@ -41,9 +41,11 @@ impl Config {
         let family = match model_type {
             "gpt2" => Family::Gpt2,
             "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "mistral" => Family::Mistral,
             other => {
                 return Err(Error::UnsupportedConfig(format!(
-                    "model_type `{other}` (supported: gpt2, llama)"
+                    "model_type `{other}` (supported: gpt2, llama, qwen2, mistral)"
                 )));
             }
         };
@@ -54,6 +56,14 @@ impl Config {
         match family {
             Family::Gpt2 => read_gpt2(&json, &mut cfg)?,
             Family::Llama => read_llama(&json, &mut cfg)?,
+            Family::Qwen2 => {
+                read_llama(&json, &mut cfg)?;
+                read_qwen2(&json, &mut cfg)?;
+            }
+            Family::Mistral => {
+                read_llama(&json, &mut cfg)?;
+                cfg.sliding_window = json.opt_i64("sliding_window")?;
+            }
         }
         cfg.tie_word_embeddings = json.bool_or("tie_word_embeddings", cfg.tie_word_embeddings)?;
         cfg.initializer_range = json.f64_or("initializer_range", cfg.initializer_range)?;
@@ -95,22 +105,7 @@ impl Config {
                 "resid_pdrop": self.resid_dropout,
                 "scale_attn_weights": true,
             }),
-            Family::Llama => json!({
-                "hidden_size": self.hidden_size,
-                "intermediate_size": self.intermediate_size(),
-                "num_hidden_layers": self.num_layers,
-                "num_attention_heads": self.num_heads,
-                "num_key_value_heads": self.num_kv_heads(),
-                "head_dim": self.head_dim(),
-                "max_position_embeddings": self.max_position_embeddings,
-                "hidden_act": self.activation.hf_name(),
-                "rms_norm_eps": self.norm_eps,
-                "rope_theta": self.rope_theta,
-                "rope_scaling": null,
-                "attention_bias": self.attention_bias,
-                "mlp_bias": self.mlp_bias,
-                "attention_dropout": self.attn_dropout,
-            }),
+            Family::Llama | Family::Qwen2 | Family::Mistral => self.llama_like_json(),
         };
         let map = obj.as_object_mut().expect("json! object literal");
         map.insert("architectures".into(), json!([self.family.architecture()]));
@@ -135,6 +130,52 @@ impl Config {
 impl Serialize for Config {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         self.to_hf_json().serialize(s)
+    }
+}
+
+impl Config {
+    /// The `config.json` fields of the Llama-like families.
+    fn llama_like_json(&self) -> Value {
+        let rope_scaling = match &self.rope_scaling {
+            None => Value::Null,
+            Some(s) => json!({
+                "rope_type": "llama3",
+                "factor": s.factor,
+                "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            }),
+        };
+        let mut obj = json!({
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size(),
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads(),
+            "head_dim": self.head_dim(),
+            "max_position_embeddings": self.max_position_embeddings,
+            "hidden_act": self.activation.hf_name(),
+            "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": rope_scaling,
+            "attention_dropout": self.attn_dropout,
+        });
+        let map = obj.as_object_mut().expect("json! object literal");
+        match self.family {
+            // Qwen2's biases are fixed by its architecture, not configured.
+            Family::Qwen2 => {
+                map.insert("use_sliding_window".into(), json!(false));
+                map.insert("sliding_window".into(), Value::Null);
+            }
+            Family::Mistral => {
+                map.insert("sliding_window".into(), json!(self.sliding_window));
+            }
+            _ => {
+                map.insert("attention_bias".into(), json!(self.attention_bias));
+                map.insert("mlp_bias".into(), json!(self.mlp_bias));
+            }
+        }
+        obj
     }
 }
 
@@ -185,37 +226,96 @@ fn read_llama(json: &Json, cfg: &mut Config) -> Result<()> {
     cfg.attn_dropout = json.f64_or("attention_dropout", 0.0)?;
     cfg.rope_theta = json.f64_or("rope_theta", cfg.rope_theta)?;
     // `transformers` 5 moved RoPE settings into `rope_parameters`; older versions use
-    // `rope_theta` + `rope_scaling`. Only the unscaled ("default") rotation is supported.
+    // `rope_theta` + `rope_scaling`. The unscaled ("default") rotation and Llama 3's
+    // `llama3` scaling are supported.
     for key in ["rope_scaling", "rope_parameters"] {
         match json.obj.get(key) {
             None | Some(Value::Null) => {}
-            Some(Value::Object(params)) => {
-                let rope_type = params
-                    .get("rope_type")
-                    .or_else(|| params.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                if rope_type != "default" {
-                    return Err(Error::UnsupportedConfig(format!(
-                        "{key} with rope_type `{rope_type}` (only unscaled RoPE is implemented)"
-                    )));
-                }
-                if let Some((name, _)) = params
-                    .iter()
-                    .find(|(k, _)| !matches!(k.as_str(), "rope_type" | "type" | "rope_theta"))
-                {
-                    return Err(Error::UnsupportedConfig(format!("{key}.{name}")));
-                }
-                if let Some(theta) = params.get("rope_theta") {
-                    cfg.rope_theta = theta.as_f64().ok_or_else(|| {
-                        Error::InvalidConfig(format!("{key}.rope_theta must be a number"))
-                    })?;
-                }
-            }
+            Some(Value::Object(params)) => read_rope(key, params, cfg)?,
             Some(other) => {
                 return Err(Error::UnsupportedConfig(format!("{key}={other}")));
             }
         }
+    }
+    Ok(())
+}
+
+/// The keys of a `llama3` RoPE scaling, besides `rope_type` and `rope_theta`.
+const LLAMA3_ROPE_KEYS: [&str; 4] = [
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+];
+
+fn read_rope(key: &str, params: &Map<String, Value>, cfg: &mut Config) -> Result<()> {
+    let rope_type = params
+        .get("rope_type")
+        .or_else(|| params.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let scaled = match rope_type {
+        "default" => false,
+        "llama3" => true,
+        other => {
+            return Err(Error::UnsupportedConfig(format!(
+                "{key} with rope_type `{other}` (supported: default, llama3)"
+            )));
+        }
+    };
+    let allowed = |k: &str| {
+        matches!(k, "rope_type" | "type" | "rope_theta")
+            || (scaled && LLAMA3_ROPE_KEYS.contains(&k))
+    };
+    if let Some((name, _)) = params.iter().find(|(k, _)| !allowed(k)) {
+        return Err(Error::UnsupportedConfig(format!("{key}.{name}")));
+    }
+    let number = |name: &str| -> Result<f64> {
+        params
+            .get(name)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| Error::InvalidConfig(format!("{key}.{name} must be a number")))
+    };
+    if params.contains_key("rope_theta") {
+        cfg.rope_theta = number("rope_theta")?;
+    }
+    if scaled {
+        let original = params
+            .get("original_max_position_embeddings")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "{key}.original_max_position_embeddings must be an integer"
+                ))
+            })?;
+        cfg.rope_scaling = Some(RopeScaling {
+            factor: number("factor")?,
+            low_freq_factor: number("low_freq_factor")?,
+            high_freq_factor: number("high_freq_factor")?,
+            original_max_position_embeddings: original,
+        });
+    }
+    Ok(())
+}
+
+/// Qwen2: biases on the query, key and value projections (and no other attention
+/// or MLP bias, whatever else the config says, as `transformers` builds it); its
+/// per-layer sliding window is refused.
+fn read_qwen2(json: &Json, cfg: &mut Config) -> Result<()> {
+    cfg.qkv_bias = true;
+    cfg.attention_bias = false;
+    cfg.mlp_bias = false;
+    if json.bool_or("use_sliding_window", false)? {
+        return Err(Error::UnsupportedConfig(
+            "use_sliding_window=true (Qwen2's per-layer sliding window is not implemented)".into(),
+        ));
+    }
+    if let Some(Value::Array(types)) = json.obj.get("layer_types")
+        && let Some(other) = types.iter().find(|t| t.as_str() != Some("full_attention"))
+    {
+        return Err(Error::UnsupportedConfig(format!(
+            "layer_types containing {other} (only full_attention layers are implemented)"
+        )));
     }
     Ok(())
 }
@@ -238,11 +338,16 @@ fn check_keys(obj: &Map<String, Value>, family: Family) -> Result<()> {
     let specific = match family {
         Family::Gpt2 => GPT2_KEYS,
         Family::Llama => LLAMA_KEYS,
+        Family::Qwen2 => QWEN2_KEYS,
+        Family::Mistral => MISTRAL_KEYS,
     };
-    match obj
-        .keys()
-        .find(|k| !specific.contains(&k.as_str()) && !GENERIC_KEYS.contains(&k.as_str()))
-    {
+    let llama_like = family.is_llama_like();
+    let known = |k: &str| {
+        specific.contains(&k)
+            || GENERIC_KEYS.contains(&k)
+            || (llama_like && LLAMA_KEYS.contains(&k))
+    };
+    match obj.keys().find(|k| !known(k.as_str())) {
         Some(key) => Err(Error::UnsupportedConfig(format!(
             "unknown setting `{key}` for model_type {}",
             family.model_type()
@@ -415,10 +520,45 @@ mod tests {
         assert!(err.contains("sliding_window"), "{err}");
         let err = with("num_key_value_heads", json!(3));
         assert!(err.contains("num_kv_heads"), "{err}");
-        let err = parse(json!({"model_type": "mistral"}))
+        let err = parse(json!({"model_type": "phi3"}))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("mistral"), "{err}");
+        assert!(
+            err.contains("phi3") && err.contains("qwen2, mistral"),
+            "{err}"
+        );
+        // llama3 scaling needs all of its numbers, and takes no others.
+        let err = with(
+            "rope_scaling",
+            json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                   "original_max_position_embeddings": 16}),
+        );
+        assert!(err.contains("rope_scaling.high_freq_factor"), "{err}");
+        let err = with(
+            "rope_parameters",
+            json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 16,
+                   "beta_fast": 32}),
+        );
+        assert!(err.contains("rope_parameters.beta_fast"), "{err}");
+        // Qwen2's per-layer sliding windows are refused, naming the setting.
+        let qwen2 = |key: &str, value: Value| {
+            let mut v = base.clone();
+            v["model_type"] = json!("qwen2");
+            v[key] = value;
+            parse(v).unwrap_err().to_string()
+        };
+        assert!(qwen2("use_sliding_window", json!(true)).contains("use_sliding_window"));
+        let err = qwen2(
+            "layer_types",
+            json!(["full_attention", "sliding_attention"]),
+        );
+        assert!(err.contains("layer_types"), "{err}");
+        let mut mistral = base.clone();
+        mistral["model_type"] = json!("mistral");
+        mistral["sliding_window"] = json!(0);
+        let err = parse(mistral).unwrap_err().to_string();
+        assert!(err.contains("sliding_window"), "{err}");
         let err = parse(json!({"model_type": "gpt2", "scale_attn_by_inverse_layer_idx": true}))
             .unwrap_err()
             .to_string();
@@ -431,7 +571,7 @@ mod tests {
 
     #[test]
     fn round_trips_through_hf_json() {
-        for family in [Family::Gpt2, Family::Llama] {
+        for family in [Family::Gpt2, Family::Llama, Family::Qwen2, Family::Mistral] {
             let mut cfg = Config::default_for(family);
             cfg.hidden_size = 64;
             cfg.num_heads = 4;
@@ -440,9 +580,17 @@ mod tests {
             cfg.bos_token_id = Some(1);
             cfg.eos_token_id = vec![2];
             cfg.dtype = Some(Dtype::Bf16);
-            if family == Family::Llama {
+            if family.is_llama_like() {
                 cfg.intermediate_size = Some(96);
                 cfg.num_kv_heads = Some(2);
+            }
+            if family == Family::Llama {
+                cfg.rope_scaling = Some(RopeScaling {
+                    factor: 8.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 1024,
+                });
             }
             let text = serde_json::to_string(&cfg).unwrap();
             let back: Config = serde_json::from_str(&text).unwrap();
@@ -452,6 +600,10 @@ mod tests {
             assert_eq!(back.num_kv_heads(), cfg.num_kv_heads());
             assert_eq!(back.to_hf_json(), cfg.to_hf_json());
             assert_eq!(back.dtype, Some(Dtype::Bf16));
+            assert_eq!(back.family, family);
+            assert_eq!(back.rope_scaling, cfg.rope_scaling);
+            assert_eq!(back.sliding_window, cfg.sliding_window);
+            assert_eq!(back.qkv_bias, family == Family::Qwen2);
         }
     }
 }

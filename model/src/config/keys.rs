@@ -92,6 +92,18 @@ pub(super) const GPT2_KEYS: &[&str] = &[
     "vocab_size",
 ];
 
+/// Qwen2's keys besides Llama's. Its sliding-window settings are read to refuse
+/// them when on.
+pub(super) const QWEN2_KEYS: &[&str] = &[
+    "layer_types",
+    "max_window_layers",
+    "sliding_window",
+    "use_sliding_window",
+];
+
+/// Mistral's keys besides Llama's.
+pub(super) const MISTRAL_KEYS: &[&str] = &["sliding_window"];
+
 pub(super) const LLAMA_KEYS: &[&str] = &[
     "attention_bias",
     "attention_dropout",

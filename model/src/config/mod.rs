@@ -1,10 +1,11 @@
 //! The model configuration, read from and written to a Hugging Face `config.json`.
 //!
-//! One [`Config`] describes both families; the JSON layout differs per `model_type`
-//! (GPT-2 says `n_embd`, Llama says `hidden_size`). Parsing is strict on purpose: a
-//! setting that would change the forward pass and that we do not implement (RoPE
-//! scaling, cross-attention, an unknown activation, an unknown key) is an error, so a
-//! checkpoint is never run with silently different math.
+//! One [`Config`] describes every family; the JSON layout differs per `model_type`
+//! (GPT-2 says `n_embd`, Llama, Qwen2 and Mistral say `hidden_size`). Parsing is
+//! strict on purpose: a setting that would change the forward pass and that we do not
+//! implement (a RoPE scaling other than `llama3`, per-layer sliding windows,
+//! cross-attention, an unknown activation, an unknown key) is an error naming it, so
+//! a checkpoint is never run with silently different math.
 
 mod hf;
 mod keys;
@@ -18,8 +19,14 @@ pub(crate) use hf::{token_ids, token_ids_json};
 pub enum Family {
     /// GPT-2: learned positions, LayerNorm, GELU MLP, fused QKV stored as Conv1D.
     Gpt2,
-    /// Llama: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention.
+    /// Llama (1–3): RoPE (optionally `llama3`-scaled), RMSNorm, SwiGLU MLP,
+    /// grouped-query attention.
     Llama,
+    /// Qwen2 (and Qwen2.5): Llama's layout with biases on the query, key and value
+    /// projections.
+    Qwen2,
+    /// Mistral: Llama's layout with sliding-window attention.
+    Mistral,
 }
 
 impl Family {
@@ -28,7 +35,15 @@ impl Family {
         match self {
             Family::Gpt2 => "gpt2",
             Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+            Family::Mistral => "mistral",
         }
+    }
+
+    /// Whether the family has Llama's layout (RoPE, RMSNorm, gated MLP, split
+    /// projections under `model.layers`).
+    pub fn is_llama_like(self) -> bool {
+        !matches!(self, Family::Gpt2)
     }
 
     /// The causal-LM class `transformers` instantiates (`architectures[0]`).
@@ -36,6 +51,8 @@ impl Family {
         match self {
             Family::Gpt2 => "GPT2LMHeadModel",
             Family::Llama => "LlamaForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Mistral => "MistralForCausalLM",
         }
     }
 }
@@ -130,6 +147,48 @@ impl Dtype {
     }
 }
 
+/// Llama 3's RoPE frequency scaling (`rope_type: llama3`): wavelengths longer than
+/// `original_max_position_embeddings / low_freq_factor` are stretched by `factor`,
+/// shorter than `original_max_position_embeddings / high_freq_factor` kept, and the
+/// band between interpolated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: i64,
+}
+
+impl RopeScaling {
+    fn validate(&self, max_position_embeddings: i64) -> Result<()> {
+        let invalid = |msg: String| Err(Error::InvalidConfig(msg));
+        for (name, value) in [
+            ("factor", self.factor),
+            ("low_freq_factor", self.low_freq_factor),
+            ("high_freq_factor", self.high_freq_factor),
+        ] {
+            if value.is_nan() || value <= 0.0 {
+                return invalid(format!("rope_scaling.{name} must be positive, got {value}"));
+            }
+        }
+        if self.high_freq_factor <= self.low_freq_factor {
+            return invalid(format!(
+                "rope_scaling.high_freq_factor ({}) must exceed low_freq_factor ({})",
+                self.high_freq_factor, self.low_freq_factor
+            ));
+        }
+        if self.original_max_position_embeddings <= 0
+            || self.original_max_position_embeddings > max_position_embeddings
+        {
+            return invalid(format!(
+                "rope_scaling.original_max_position_embeddings must be in 1..={max_position_embeddings}, got {}",
+                self.original_max_position_embeddings
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Architecture and special tokens of a decoder-only model.
 ///
 /// Fields are public so a trainer can build a fresh config from a resource spec;
@@ -152,11 +211,19 @@ pub struct Config {
     pub max_position_embeddings: i64,
     /// Epsilon of LayerNorm (GPT-2) or RMSNorm (Llama).
     pub norm_eps: f64,
-    /// RoPE base frequency (Llama only).
+    /// RoPE base frequency (Llama-like families).
     pub rope_theta: f64,
+    /// RoPE frequency scaling (`rope_type: llama3`), when any.
+    pub rope_scaling: Option<RopeScaling>,
+    /// Each query attends to at most this many most recent positions, itself
+    /// included (Mistral's `sliding_window`); `None` attends to all.
+    pub sliding_window: Option<i64>,
     pub activation: Activation,
     /// Bias on the attention projections (always true for GPT-2).
     pub attention_bias: bool,
+    /// Bias on the query, key and value projections only, not the output one
+    /// (Qwen2).
+    pub qkv_bias: bool,
     /// Bias on the MLP projections (always true for GPT-2).
     pub mlp_bias: bool,
     /// Share the token embedding with the output projection (`lm_head`).
@@ -193,8 +260,11 @@ impl Config {
                 max_position_embeddings: 1024,
                 norm_eps: 1e-5,
                 rope_theta: 10000.0,
+                rope_scaling: None,
+                sliding_window: None,
                 activation: Activation::GeluNew,
                 attention_bias: true,
+                qkv_bias: false,
                 mlp_bias: true,
                 tie_word_embeddings: true,
                 embd_dropout: 0.1,
@@ -206,7 +276,7 @@ impl Config {
                 pad_token_id: None,
                 dtype: None,
             },
-            Family::Llama => Config {
+            Family::Llama | Family::Qwen2 | Family::Mistral => Config {
                 family,
                 vocab_size: 32000,
                 hidden_size: 4096,
@@ -218,8 +288,12 @@ impl Config {
                 max_position_embeddings: 2048,
                 norm_eps: 1e-6,
                 rope_theta: 10000.0,
+                rope_scaling: None,
+                // transformers' MistralConfig default.
+                sliding_window: (family == Family::Mistral).then_some(4096),
                 activation: Activation::Silu,
                 attention_bias: false,
+                qkv_bias: family == Family::Qwen2,
                 mlp_bias: false,
                 tie_word_embeddings: false,
                 embd_dropout: 0.0,
@@ -312,8 +386,19 @@ impl Config {
                 if !self.attention_bias || !self.mlp_bias {
                     return invalid("GPT-2 always has attention and MLP biases".into());
                 }
+                if self.rope_scaling.is_some() || self.sliding_window.is_some() {
+                    return invalid("GPT-2 has no RoPE scaling or sliding window".into());
+                }
             }
-            Family::Llama => {
+            Family::Llama | Family::Qwen2 | Family::Mistral => {
+                if let Some(window) = self.sliding_window
+                    && window <= 0
+                {
+                    return invalid(format!("sliding_window must be positive, got {window}"));
+                }
+                if let Some(scaling) = &self.rope_scaling {
+                    scaling.validate(self.max_position_embeddings)?;
+                }
                 if self.embd_dropout != 0.0 || self.resid_dropout != 0.0 {
                     return invalid(
                         "Llama has only attention dropout; embd_dropout and resid_dropout must be 0".into(),

@@ -4,6 +4,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::config::RopeScaling;
 use crate::error::Result;
 
 /// Precomputed inverse frequencies of one attention head.
@@ -13,12 +14,21 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(head_dim: i64, theta: f64, device: Device) -> Result<Self> {
+    pub fn new(
+        head_dim: i64,
+        theta: f64,
+        scaling: Option<&RopeScaling>,
+        device: Device,
+    ) -> Result<Self> {
         // Same operation order as LlamaRotaryEmbedding: theta ** (2i / d) in fp32.
         let exponent = Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Int64, device))?
             .f_to_kind(Kind::Float)?
             .f_div_scalar(head_dim as f64)?;
         let inv_freq = Tensor::f_pow_scalar(theta, &exponent)?.f_reciprocal()?;
+        let inv_freq = match scaling {
+            Some(scaling) => llama3_scaled(&inv_freq, scaling)?,
+            None => inv_freq,
+        };
         Ok(Rope { inv_freq })
     }
 
@@ -47,6 +57,36 @@ impl Rope {
             signed_sin: signed_sin.f_to_kind(kind)?,
         })
     }
+}
+
+/// Llama 3's frequency scaling, in the operation order of `transformers`'
+/// `_compute_llama3_parameters`: low frequencies (wavelengths beyond
+/// `original / low_freq_factor`) divided by `factor`, high ones kept, the band
+/// between blended by where its wavelength falls.
+fn llama3_scaled(inv_freq: &Tensor, s: &RopeScaling) -> Result<Tensor> {
+    let original = s.original_max_position_embeddings as f64;
+    let low_freq_wavelen = original / s.low_freq_factor;
+    let high_freq_wavelen = original / s.high_freq_factor;
+    let wavelen = inv_freq
+        .f_reciprocal()?
+        .f_mul_scalar(2.0 * std::f64::consts::PI)?;
+    let divided = inv_freq.f_div_scalar(s.factor)?;
+    let scaled = divided.f_where_self(&wavelen.f_gt(low_freq_wavelen)?, inv_freq)?;
+    let smooth = wavelen
+        .f_reciprocal()?
+        .f_mul_scalar(original)?
+        .f_sub_scalar(s.low_freq_factor)?
+        .f_div_scalar(s.high_freq_factor - s.low_freq_factor)?;
+    let smoothed = smooth
+        .f_neg()?
+        .f_add_scalar(1.0)?
+        .f_mul(&scaled.f_div_scalar(s.factor)?)?
+        .f_add(&smooth.f_mul(&scaled)?)?;
+    let medium = wavelen
+        .f_lt(high_freq_wavelen)?
+        .f_logical_not()?
+        .f_logical_and(&wavelen.f_gt(low_freq_wavelen)?.f_logical_not()?)?;
+    Ok(smoothed.f_where_self(&medium, &scaled)?)
 }
 
 /// cos and sign-folded sin `[batch, 1, seq, head_dim]` for the positions of one

@@ -83,11 +83,15 @@ pub fn tiny_config(family: Family, tied: bool) -> Config {
             cfg.attn_dropout = 0.1;
             cfg.resid_dropout = 0.1;
         }
-        Family::Llama => {
+        Family::Llama | Family::Qwen2 | Family::Mistral => {
             cfg.intermediate_size = Some(96);
             cfg.num_kv_heads = Some(2);
             cfg.rope_theta = 500.0;
             cfg.norm_eps = 1e-5;
+            if family == Family::Mistral {
+                // Shorter than the test prompts, so that the window masks something.
+                cfg.sliding_window = Some(5);
+            }
         }
     }
     cfg
@@ -97,9 +101,14 @@ pub fn tiny_config(family: Family, tied: bool) -> Config {
 /// non-zero biases, weights with std 0.25) so every part of the math shows in the
 /// logits.
 pub fn tiny_model(family: Family, tied: bool, seed: i64) -> (nn::VarStore, Model) {
+    tiny_model_with(&tiny_config(family, tied), seed)
+}
+
+/// [`tiny_model`] for any config.
+pub fn tiny_model_with(config: &llmops_model::Config, seed: i64) -> (nn::VarStore, Model) {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Model::new(&vs.root(), &tiny_config(family, tied)).unwrap();
+    let model = Model::new(&vs.root(), config).unwrap();
     tch::no_grad(|| {
         for (name, var) in vs.variables() {
             let noise = Tensor::randn(var.size(), (Kind::Float, Device::Cpu));

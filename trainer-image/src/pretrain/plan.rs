@@ -34,7 +34,7 @@ pub fn model_config(arch: &ModelArchitecture, vocab: u32, eos: u32, pad: u32) ->
             c.attn_dropout = arch.dropout;
             c.resid_dropout = arch.dropout;
         }
-        Family::Llama => {
+        Family::Llama | Family::Qwen2 | Family::Mistral => {
             // ⌈8/3 × hidden⌉ rounded up to a multiple of 64: SwiGLU's three
             // matrices then cost about what GPT-2's two 4× matrices do.
             let default = ((8 * hidden + 2) / 3 + 63) / 64 * 64;
