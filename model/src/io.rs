@@ -89,19 +89,7 @@ pub fn load_weights(vs: &nn::VarStore, config: &Config, dir: &Path) -> Result<()
                     path: file.clone(),
                 });
             }
-            let kind = match view.dtype() {
-                StDtype::F32 => Kind::Float,
-                StDtype::F16 => Kind::Half,
-                StDtype::BF16 => Kind::BFloat16,
-                StDtype::F64 => Kind::Double,
-                other => {
-                    return Err(Error::UnsupportedDtype {
-                        name: name.to_owned(),
-                        dtype: format!("{other:?}"),
-                        path: file.clone(),
-                    });
-                }
-            };
+            let kind = tensor_kind(name, view.dtype(), &file)?;
             let src = Tensor::f_from_data_size(view.data(), &shape, kind)?;
             // `copy_` converts dtype and device; parameters are leaves that require
             // grad, so the in-place write must not be recorded.
@@ -162,10 +150,20 @@ pub fn save_adapters(dir: &Path, vs: &nn::VarStore) -> Result<bool> {
 }
 
 fn write_variables(vs: &nn::VarStore, path: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
+    write_renamed(vs, path, |name| keep(name).then(|| name.to_owned()))
+}
+
+/// Writes the variables of `vs` that `rename` names (under that name) to one
+/// safetensors file.
+pub(crate) fn write_renamed(
+    vs: &nn::VarStore,
+    path: &Path,
+    rename: impl Fn(&str) -> Option<String>,
+) -> Result<()> {
     let mut variables: Vec<_> = vs
         .variables()
         .into_iter()
-        .filter(|(name, _)| keep(name))
+        .filter_map(|(name, tensor)| rename(&name).map(|n| (n, tensor)))
         .collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     let mut buffers = Vec::with_capacity(variables.len());
@@ -204,6 +202,21 @@ fn write_variables(vs: &nn::VarStore, path: &Path, keep: impl Fn(&str) -> bool) 
         .map_err(st_err)?;
     let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
     safetensors::tensor::serialize_to_file(views, Some(metadata), path).map_err(st_err)
+}
+
+/// The libtorch kind of a safetensors dtype a checkpoint may hold.
+pub(crate) fn tensor_kind(name: &str, dtype: StDtype, path: &Path) -> Result<Kind> {
+    match dtype {
+        StDtype::F32 => Ok(Kind::Float),
+        StDtype::F16 => Ok(Kind::Half),
+        StDtype::BF16 => Ok(Kind::BFloat16),
+        StDtype::F64 => Ok(Kind::Double),
+        other => Err(Error::UnsupportedDtype {
+            name: name.to_owned(),
+            dtype: format!("{other:?}"),
+            path: path.to_path_buf(),
+        }),
+    }
 }
 
 /// The weight files of a directory: one `model.safetensors`, or the shards an

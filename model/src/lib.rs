@@ -20,6 +20,7 @@ pub mod layers;
 mod llama;
 pub mod lora;
 pub mod model;
+pub mod peft;
 pub mod sampling;
 pub mod stop;
 

@@ -19,7 +19,15 @@ pub fn python() -> PathBuf {
 
 /// Runs `model_reference.py` with `args`; panics with its output on failure.
 pub fn reference(args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/model_reference.py");
+    run_script("model_reference.py", args);
+}
+
+/// Runs `tests/python/<script>` with the venv's Python; panics with its output
+/// when it fails.
+pub fn run_script(script: &str, args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/python")
+        .join(script);
     let python = python();
     let out = Command::new(&python)
         .arg(&script)
@@ -33,7 +41,8 @@ pub fn reference(args: &[&str]) {
         });
     assert!(
         out.status.success(),
-        "model_reference.py {args:?} failed:\n{}\n{}",
+        "{} {args:?} failed:\n{}\n{}",
+        script.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
