@@ -21,6 +21,7 @@ mod e2e_pretrain;
 mod e2e_secrets;
 mod e2e_serving;
 mod examples;
+mod gitops;
 mod helm;
 mod invalid;
 mod rbac;
