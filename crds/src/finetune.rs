@@ -325,7 +325,10 @@ pub struct FineTuneOutput {
     #[serde(flatten)]
     pub location: OutputSpec,
     /// With LoRA, merge the adapters into the base weights so the output is a plain
-    /// model; otherwise the adapters are saved beside the base model's reference.
+    /// model. `false` exports the adapter alone in the PEFT layout
+    /// (`adapter_config.json`, `adapter_model.safetensors`) with its base model's URI
+    /// and digest in `llmops.json`; the server loads it onto that base. Needs
+    /// `method.type: lora`.
     #[serde(default = "merge_default")]
     pub merge_adapter: bool,
 }

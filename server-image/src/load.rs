@@ -1,12 +1,15 @@
 //! Loading the served model: fetch the directory behind `--model`, then the
 //! weights (Hugging Face layout), the tokenizer, the chat template and the
-//! end-of-sequence tokens.
+//! end-of-sequence tokens. A LoRA adapter in the PEFT layout (a FineTune with
+//! `output.mergeAdapter: false`) is served on its base model: the base named by
+//! the adapter's lineage (`llmops.json`, `lineage.baseModel` URI and digest) is
+//! fetched and checked too, and the adapter merged into it on load.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use llmops_model::{Dtype, GenerationConfig, io};
+use llmops_model::{Dtype, GenerationConfig, io, peft};
 use llmops_store::{Credentials, Store, fetch_model};
 use tch::Device;
 use tokenizers::Tokenizer;
@@ -16,10 +19,14 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The lineage record of an llmops export.
+const LINEAGE_FILE: &str = "llmops.json";
 
 /// A local copy of the model directory; a downloaded one is removed on drop.
 pub struct ModelDir {
     pub path: PathBuf,
+    /// The adapter served on the model in `path`, when `--model` named one.
+    pub adapter: Option<Box<ModelDir>>,
     _download: Option<tempfile::TempDir>,
 }
 
@@ -47,6 +54,24 @@ pub async fn fetch(
         .as_ref()
         .map_or_else(PathBuf::new, |d| d.path().to_path_buf());
     let path = fetch_model(&store, &scratch, digest).await?;
+    if path.join(peft::ADAPTER_CONFIG_FILE).exists() {
+        let (base_uri, base_digest) = adapter_base(&path, &uri)?;
+        let base = Box::pin(fetch(&base_uri, credentials, base_digest.as_deref())).await?;
+        if base.adapter.is_some() {
+            bail!(
+                "{uri} is an adapter on {base_uri}, itself an adapter: serve merged models or adapters on a full base"
+            );
+        }
+        let adapter = ModelDir {
+            path,
+            adapter: None,
+            _download: download,
+        };
+        return Ok(ModelDir {
+            adapter: Some(Box::new(adapter)),
+            ..base
+        });
+    }
     if !path.join(io::CONFIG_FILE).exists() {
         bail!(
             "{uri} is not a model directory: it has no {}",
@@ -55,8 +80,28 @@ pub async fn fetch(
     }
     Ok(ModelDir {
         path,
+        adapter: None,
         _download: download,
     })
+}
+
+/// The base model an adapter was trained on: `lineage.baseModel` of its
+/// `llmops.json`, by URI and (when recorded) digest.
+fn adapter_base(dir: &Path, uri: &str) -> anyhow::Result<(String, Option<String>)> {
+    let lineage_path = dir.join(LINEAGE_FILE);
+    let text = std::fs::read_to_string(&lineage_path).with_context(|| {
+        format!("{uri} is a LoRA adapter without {LINEAGE_FILE} naming its base model")
+    })?;
+    let record: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{uri}: {LINEAGE_FILE} is not JSON"))?;
+    let base = &record["lineage"]["baseModel"];
+    let base_uri = base["uri"].as_str().with_context(|| {
+        format!("{uri} is a LoRA adapter whose {LINEAGE_FILE} names no lineage.baseModel.uri")
+    })?;
+    Ok((
+        base_uri.to_string(),
+        base["digest"].as_str().map(str::to_string),
+    ))
 }
 
 /// What `--dtype` asks for.
@@ -109,9 +154,10 @@ pub struct Served {
     pub engine: Engine,
 }
 
-/// Loads the model in `dir` onto the GPU if there is one and starts its engine.
+/// Loads the model in `model` (with its adapter merged in, when it has one)
+/// onto the GPU if there is one and starts its engine.
 pub fn load(
-    dir: &Path,
+    model: &ModelDir,
     name: String,
     dtype: DtypeChoice,
     limits: Limits,
@@ -119,8 +165,24 @@ pub fn load(
 ) -> anyhow::Result<Served> {
     let device = Device::cuda_if_available();
     let dtype = dtype.resolve(device);
-    let loaded = io::load(dir, device, dtype)
-        .with_context(|| format!("cannot load the model in {}", dir.display()))?;
+    let mut loaded = io::load(&model.path, device, dtype)
+        .with_context(|| format!("cannot load the model in {}", model.path.display()))?;
+    // The adapter's own tokenizer and chat template when it has them: they are
+    // what it was trained with.
+    let dir = match &model.adapter {
+        Some(adapter) => {
+            peft::load_adapter(&adapter.path, &mut loaded.model, &loaded.vs).with_context(
+                || format!("cannot load the adapter in {}", adapter.path.display()),
+            )?;
+            loaded.model.merge_lora()?;
+            if adapter.path.join(TOKENIZER_FILE).exists() {
+                adapter.path.as_path()
+            } else {
+                model.path.as_path()
+            }
+        }
+        None => model.path.as_path(),
+    };
     let tokenizer_path = dir.join(TOKENIZER_FILE);
     let tokenizer = Tokenizer::from_file(&tokenizer_path)
         .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", tokenizer_path.display()))?;
@@ -138,6 +200,7 @@ pub fn load(
     };
     tracing::info!(
         model = %name,
+        adapter = model.adapter.is_some(),
         ?device,
         ?dtype,
         context_length,

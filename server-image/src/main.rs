@@ -262,7 +262,7 @@ async fn serve(cli: Cli, api_keys: Vec<String>, limits: api::Limits) -> ExitCode
                     max_new_tokens: cli.max_new_tokens,
                     max_queue: cli.max_queue,
                 };
-                load::load(&dir.path, name, cli.dtype, limits, metrics.clone())
+                load::load(&dir, name, cli.dtype, limits, metrics.clone())
                     .map(|served| (served, dir, metrics))
             })
             .await??;

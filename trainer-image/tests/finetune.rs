@@ -161,6 +161,91 @@ fn lora_trains_only_the_adapted_projections_and_exports_a_merged_model() {
 }
 
 #[test]
+fn an_unmerged_lora_fine_tune_exports_a_peft_adapter_that_merges_into_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dataset, base_uri) = base(tmp.path());
+    let merged_resource = finetune_resource(lora(), json!({"maxPerplexity": 1.0e6}));
+    let merged = result(&finetune(
+        tmp.path(),
+        &merged_resource,
+        &base_uri,
+        &dataset,
+        "merged",
+    ));
+    let mut resource = merged_resource.clone();
+    resource["spec"]["output"] = json!({"mergeAdapter": false});
+    let out = result(&finetune(
+        tmp.path(),
+        &resource,
+        &base_uri,
+        &dataset,
+        "adapter",
+    ));
+    // Evaluated as the merged run was: the same training, the same scores.
+    assert_eq!(out["evaluation"], merged["evaluation"]);
+
+    // The export is the adapter alone, in the PEFT layout, with its manifest.
+    let dir = model_dir(&tmp.path().join("adapter"));
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "llmops.json",
+            "manifest.json",
+            "tokenizer.json"
+        ]
+    );
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 4);
+    assert_eq!(config["target_modules"], json!(["q_proj", "v_proj"]));
+    assert_eq!(config["base_model_name_or_path"], base_uri);
+    let adapters = tensors(&dir.join("adapter_model.safetensors"));
+    assert!(!adapters.is_empty());
+    assert!(
+        adapters
+            .keys()
+            .all(|k| k.starts_with("base_model.model.model.layers.")
+                && (k.contains(".q_proj.lora_") || k.contains(".v_proj.lora_")))
+    );
+
+    // On its base, merged, it is the merged run's model, weight for weight.
+    let base_dir = model_dir(&tmp.path().join("base"));
+    let mut loaded =
+        llmops_model::io::load(&base_dir, tch::Device::Cpu, llmops_model::Dtype::F32).unwrap();
+    llmops_model::peft::load_adapter(&dir, &mut loaded.model, &loaded.vs).unwrap();
+    loaded.model.merge_lora().unwrap();
+    let want = tensors(&model_dir(&tmp.path().join("merged")).join("model.safetensors"));
+    let got = loaded.vs.variables();
+    for (name, t) in &want {
+        assert_eq!(max_abs_diff(t, &got[name]), 0.0, "{name}");
+    }
+}
+
+#[test]
+fn an_unmerged_full_fine_tune_is_refused_naming_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dataset, base_uri) = base(tmp.path());
+    let mut resource = finetune_resource(json!({"type": "full"}), json!({}));
+    resource["spec"]["output"] = json!({"mergeAdapter": false});
+    let run = finetune(tmp.path(), &resource, &base_uri, &dataset, "full");
+    assert_ne!(run.code, 0);
+    assert!(
+        run.termination.contains("spec.output.mergeAdapter"),
+        "{}",
+        run.termination
+    );
+}
+
+#[test]
 fn a_full_fine_tune_changes_every_matrix_and_a_failed_gate_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let (dataset, base_uri) = base(tmp.path());

@@ -238,7 +238,8 @@ async fn evaluate_model(
     })
 }
 
-/// Exports the merged model with its lineage, training metrics, scores and gates.
+/// Exports the merged model (or, with `output.mergeAdapter: false`, the adapter)
+/// with its lineage, training metrics, scores and gates.
 async fn export(
     ft: &FineTune,
     r: Resolved,
@@ -261,7 +262,14 @@ async fn export(
             m
         },
     };
-    let artifact = session::export_model(&r.store, &e.trained, &lineage).await?;
+    // A LoRA fine-tune kept apart from its base exports only the adapter; it is
+    // evaluated merged all the same (the function is the same).
+    let artifact = match plan::lora(ft).filter(|_| !ft.spec.output.merge_adapter) {
+        Some(settings) => {
+            session::export_adapter(&r.store, &e.trained, &settings, &lineage).await?
+        }
+        None => session::export_model(&r.store, &e.trained, &lineage).await?,
+    };
     Ok(FineTuned {
         artifact,
         progress: e.trained.progress,

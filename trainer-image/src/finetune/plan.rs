@@ -56,9 +56,9 @@ pub fn plan(
     let spec = &ft.spec;
     let t = &spec.training;
     let invalid = |m: String| Err(FineTuneError::InvalidSpec(m));
-    if spec.method.kind == MethodType::Lora && !spec.output.merge_adapter {
+    if spec.method.kind != MethodType::Lora && !spec.output.merge_adapter {
         return invalid(
-            "spec.output.mergeAdapter: false is not supported by this trainer version yet; the output is always a merged, servable model".into(),
+            "spec.output.mergeAdapter: false needs method.type lora (a full fine-tune has no adapter to keep apart)".into(),
         );
     }
     if manifest.vocab_size as i64 > base.vocab_size {

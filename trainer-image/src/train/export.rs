@@ -58,6 +58,49 @@ pub fn write(
     lineage: &Lineage<'_>,
 ) -> Result<ModelManifest, TrainError> {
     io::save(staging, vs, model, &generation_config(model.config()))?;
+    finish(
+        staging,
+        lineage,
+        &[
+            io::CONFIG_FILE,
+            io::WEIGHTS_FILE,
+            io::GENERATION_CONFIG_FILE,
+        ],
+    )
+}
+
+/// Writes an unmerged LoRA adapter in the PEFT layout (`llmops_model::peft`)
+/// with the tokenizer, `llmops.json` and the manifest into `staging`. Its base
+/// model is the `baseModel` of the lineage, by URI and digest: what a reader
+/// loads the adapter onto.
+pub fn write_adapter(
+    staging: &Path,
+    vs: &nn::VarStore,
+    model: &Model,
+    settings: &llmops_model::LoraSettings,
+    lineage: &Lineage<'_>,
+) -> Result<ModelManifest, TrainError> {
+    let base = lineage.sources["baseModel"]["uri"]
+        .as_str()
+        .unwrap_or_default();
+    llmops_model::peft::save_adapter(staging, vs, model, settings, base)?;
+    finish(
+        staging,
+        lineage,
+        &[
+            llmops_model::peft::ADAPTER_CONFIG_FILE,
+            llmops_model::peft::ADAPTER_WEIGHTS_FILE,
+        ],
+    )
+}
+
+/// Adds the tokenizer and `llmops.json` to the `files` written in `staging`,
+/// then the manifest of them all.
+fn finish(
+    staging: &Path,
+    lineage: &Lineage<'_>,
+    files: &[&str],
+) -> Result<ModelManifest, TrainError> {
     std::fs::copy(lineage.tokenizer, staging.join(TOKENIZER_FILE)).map_err(TrainError::io(
         format!("copy {}", lineage.tokenizer.display()),
     ))?;
@@ -72,13 +115,7 @@ pub fn write(
     std::fs::write(staging.join(LINEAGE_FILE), text)
         .map_err(TrainError::io("write llmops.json"))?;
     let mut digests = Vec::new();
-    for name in [
-        io::CONFIG_FILE,
-        io::WEIGHTS_FILE,
-        io::GENERATION_CONFIG_FILE,
-        TOKENIZER_FILE,
-        LINEAGE_FILE,
-    ] {
+    for name in files.iter().copied().chain([TOKENIZER_FILE, LINEAGE_FILE]) {
         digests.push(FileDigest {
             path: name.into(),
             sha256: sha256_file(&staging.join(name))?,

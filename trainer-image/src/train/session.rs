@@ -189,6 +189,31 @@ pub async fn export_model(
     trained: &Trained,
     lineage: &export::Lineage<'_>,
 ) -> Result<Artifact, TrainError> {
+    export_with(store, |staging| {
+        export::write(staging, &trained.vs, &trained.model, lineage)
+    })
+    .await
+}
+
+/// Exports the LoRA adapter of `trained` alone, in the PEFT layout, as its own
+/// artifact (see [`export::write_adapter`]).
+pub async fn export_adapter(
+    store: &Store,
+    trained: &Trained,
+    settings: &llmops_model::LoraSettings,
+    lineage: &export::Lineage<'_>,
+) -> Result<Artifact, TrainError> {
+    export_with(store, |staging| {
+        export::write_adapter(staging, &trained.vs, &trained.model, settings, lineage)
+    })
+    .await
+}
+
+/// Writes an export with `write` into a staging directory, then publishes it.
+async fn export_with(
+    store: &Store,
+    write: impl FnOnce(&Path) -> Result<llmops_store::ModelManifest, TrainError>,
+) -> Result<Artifact, TrainError> {
     let scratch = store
         .local_root()
         .and_then(Path::parent)
@@ -196,7 +221,7 @@ pub async fn export_model(
         .map_or_else(std::env::temp_dir, Path::to_path_buf);
     let staging =
         tempfile::tempdir_in(scratch).map_err(TrainError::io("create a staging directory"))?;
-    let manifest = export::write(staging.path(), &trained.vs, &trained.model, lineage)?;
+    let manifest = write(staging.path())?;
     let uri = export::publish(store, staging.path(), &manifest).await?;
     Ok(Artifact {
         uri,
