@@ -176,10 +176,11 @@ fn root_path() -> String {
     "/".into()
 }
 
-/// How records are read. Set at most one of `jsonl` and `csv`; neither means text.
+/// How records are read. Set at most one of `jsonl`, `csv` and `parquet`; none
+/// means text.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(has(self.jsonl) && has(self.csv))").message("set at most one of jsonl or csv"))]
+#[x_kube(validation = Rule::new("[has(self.jsonl), has(self.csv), has(self.parquet)].filter(x, x).size() <= 1").message("set at most one of jsonl, csv or parquet"))]
 pub struct Format {
     /// Plain text: documents separated by `separator`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,6 +191,11 @@ pub struct Format {
     /// Comma-separated values with a header row naming the columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csv: Option<CsvFormat>,
+    /// Apache Parquet (the format of Hugging Face Hub datasets): string columns
+    /// named as JSONL's fields; any compression Parquet itself uses (snappy,
+    /// zstd, lz4, gzip), with `compression` left at `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<RecordFields>,
 }
 
 /// Plain-text options.

@@ -1197,6 +1197,12 @@ mod tests {
                 let mut buf = [0u8; 4096];
                 let _ = conn.read(&mut buf);
                 let _ = conn.write_all(answer.as_bytes());
+                // Read what is left of the request (its body may arrive after the
+                // first read) until the client closes: closing with unread bytes
+                // would reset the connection under the client's read.
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = std::io::copy(&mut conn, &mut std::io::sink());
             }
         });
         address

@@ -1,4 +1,4 @@
-//! Decompression and record parsing: text, JSONL and CSV into [`Record`]s.
+//! Decompression and record parsing: text, JSONL, CSV and Parquet into [`Record`]s.
 
 use std::io::{BufRead, BufReader, Read};
 
@@ -85,7 +85,7 @@ pub fn records(
     }
     if kind == DatasetType::Instruction {
         return Err(PrepareError::InvalidSpec(format!(
-            "{name}: instruction data needs format jsonl or csv with promptField and responseField"
+            "{name}: instruction data needs format jsonl, csv or parquet with promptField and responseField"
         )));
     }
     let separator = format
@@ -333,6 +333,7 @@ fn csv_records(
     Ok(Box::new(rows))
 }
 
+pub mod parquet_file;
 #[cfg(test)]
 mod props;
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use llmops_crds::dataset::{DatasetSpec, DatasetStats, DatasetType};
+use llmops_crds::dataset::{Compression, DatasetSpec, DatasetStats, DatasetType};
 use rayon::prelude::*;
 use tokenizers::Tokenizer;
 use tokio::runtime::Handle;
@@ -163,10 +163,22 @@ impl Collector<'_> {
         for (index, source) in job.spec.sources.iter().enumerate() {
             for input in sources::inputs(index, source, &job.rt)? {
                 let raw = input.open(&job.rt, self.bytes_in.clone())?;
-                let buffered = formats::decompress(raw, source.compression)
-                    .map_err(|e| PrepareError::from_read(&input.name, e))?;
-                let mut records =
-                    formats::records(buffered, &source.format, job.spec.kind, &input.name)?;
+                let mut records = match &source.format.parquet {
+                    // Parquet compresses inside the file and is read from its footer.
+                    Some(fields) => {
+                        if source.compression == Compression::Gzip {
+                            return Err(PrepareError::InvalidSpec(format!(
+                                "sources[{index}].compression: gzip does not apply to format.parquet (Parquet compresses its own pages); leave it at auto"
+                            )));
+                        }
+                        formats::parquet_file::records(raw, fields, job.spec.kind, &input.name)?
+                    }
+                    None => {
+                        let buffered = formats::decompress(raw, source.compression)
+                            .map_err(|e| PrepareError::from_read(&input.name, e))?;
+                        formats::records(buffered, &source.format, job.spec.kind, &input.name)?
+                    }
+                };
                 loop {
                     let batch = records
                         .by_ref()
