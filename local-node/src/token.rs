@@ -15,6 +15,31 @@ use crate::Node;
 /// default for projected tokens is an hour too.
 pub const TOKEN_SECONDS: i64 = 3600;
 
+/// A token of ServiceAccount `namespace/name` from the TokenRequest API, valid
+/// for `seconds`, for the apiserver's own audience.
+pub async fn request_token(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    seconds: i64,
+) -> anyhow::Result<String> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(seconds),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Ok(accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .with_context(|| format!("TokenRequest for ServiceAccount {namespace}/{name}"))?
+        .status
+        .context("TokenRequest without status")?
+        .token)
+}
+
 /// Write to `path` a kubeconfig for the node's cluster, authenticated as
 /// ServiceAccount `namespace/name` with a token from the TokenRequest API; returns
 /// the token.
@@ -24,21 +49,7 @@ pub async fn write_token_kubeconfig(
     name: &str,
     path: &Path,
 ) -> anyhow::Result<String> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(node.client().clone(), namespace);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(TOKEN_SECONDS),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .with_context(|| format!("TokenRequest for ServiceAccount {namespace}/{name}"))?
-        .status
-        .context("TokenRequest without status")?
-        .token;
+    let token = request_token(node.client(), namespace, name, TOKEN_SECONDS).await?;
     let mut config = Kubeconfig::read_from(node.kubeconfig())?;
     let context = config
         .contexts

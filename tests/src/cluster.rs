@@ -8,9 +8,6 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use anyhow::{Context, anyhow, bail};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -128,21 +125,9 @@ impl Cluster {
         namespace: &str,
         name: &str,
     ) -> anyhow::Result<Client> {
-        let accounts: Api<ServiceAccount> = Api::namespaced(self.client().await?, namespace);
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                expiration_seconds: Some(600),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let token = accounts
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .with_context(|| format!("TokenRequest for ServiceAccount {namespace}/{name}"))?
-            .status
-            .context("TokenRequest without status")?
-            .token;
+        let token =
+            llmops_local_node::token::request_token(&self.client().await?, namespace, name, 600)
+                .await?;
         let mut config = self.config().await?;
         config.auth_info = AuthInfo {
             token: Some(token.into()),
