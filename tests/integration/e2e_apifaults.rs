@@ -157,18 +157,7 @@ async fn the_quickstart_runs_through_a_flaky_apiserver() -> anyhow::Result<()> {
     watches.extend(JOBS.iter().map(|job| follow(&history, &jobs, job)));
 
     let examples = workspace_root().join("examples/quickstart");
-    cluster
-        .kubectl([
-            "apply",
-            "--server-side",
-            "--field-manager=llmops-tests",
-            "-n",
-            ns.name(),
-            "-f",
-            &examples.display().to_string(),
-        ])
-        .await?
-        .check()?;
+    ns.apply(cluster, &examples).await?;
 
     let ready = |o: &Value| has_condition(o, "Ready", "True");
     let with_node = |e: anyhow::Error| anyhow::anyhow!("{e:#}\nlocal-node:\n{}", node.log());

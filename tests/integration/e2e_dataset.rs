@@ -243,18 +243,7 @@ async fn dataset_lifecycle_with_the_real_trainer() -> anyhow::Result<()> {
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), ns.name());
 
     let manifest = workspace_root().join("examples/quickstart/01-dataset.yaml");
-    cluster
-        .kubectl([
-            "apply",
-            "--server-side",
-            "--field-manager=llmops-tests",
-            "-n",
-            ns.name(),
-            "-f",
-            &manifest.display().to_string(),
-        ])
-        .await?
-        .check()?;
+    ns.apply(cluster, &manifest).await?;
 
     // Generation 1: a Job under Pod Security "restricted", run for real.
     let job = wait_for_job(&mut operator, &client, &format!("{QUICKSTART}-prepare-g1")).await?;

@@ -68,18 +68,7 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
 
     let examples = workspace_root().join("examples/quickstart");
-    cluster
-        .kubectl([
-            "apply",
-            "--server-side",
-            "--field-manager=llmops-tests",
-            "-n",
-            ns.name(),
-            "-f",
-            &examples.display().to_string(),
-        ])
-        .await?
-        .check()?;
+    ns.apply(cluster, &examples).await?;
     let explain = |e: anyhow::Error| with_node_log(e, &node, ns.name());
 
     // Data: the corpus, then the Q&A set with the corpus's tokenizer.

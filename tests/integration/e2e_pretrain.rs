@@ -168,18 +168,7 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
 
     // The Dataset, prepared for real; then the lineage is recorded.
     let manifest = workspace_root().join("examples/quickstart/01-dataset.yaml");
-    cluster
-        .kubectl([
-            "apply",
-            "--server-side",
-            "--field-manager=llmops-tests",
-            "-n",
-            ns.name(),
-            "-f",
-            &manifest.display().to_string(),
-        ])
-        .await?
-        .check()?;
+    ns.apply(cluster, &manifest).await?;
     let prepare = format!("{DATASET}-prepare-g1");
     wait_for_job(&mut operator, &client, &prepare).await?;
     let exit = replay_job(&mut operator, &replayer, &prepare).await?;

@@ -213,18 +213,7 @@ async fn argo_cd_health_and_kstatus_follow_every_phase() -> anyhow::Result<()> {
     // quickstart, a small pipeline on them, and one object of each kind that stalls.
     let examples = workspace_root().join("examples/quickstart");
     for manifest in ["01-dataset.yaml", "02-dataset-qa.yaml"] {
-        cluster
-            .kubectl([
-                "apply",
-                "--server-side",
-                "--field-manager=llmops-tests",
-                "-n",
-                ns.name(),
-                "-f",
-                &examples.join(manifest).display().to_string(),
-            ])
-            .await?
-            .check()?;
+        ns.apply(cluster, &examples.join(manifest)).await?;
     }
     apply(
         &pretrains,

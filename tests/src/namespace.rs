@@ -60,6 +60,24 @@ impl TestNamespace {
         &self.name
     }
 
+    /// `kubectl apply --server-side` of `path` (a manifest or a directory of
+    /// them) into this namespace, as the tests' field manager.
+    pub async fn apply(&self, cluster: &Cluster, path: &std::path::Path) -> anyhow::Result<()> {
+        cluster
+            .kubectl([
+                "apply",
+                "--server-side",
+                "--field-manager=llmops-tests",
+                "-n",
+                self.name(),
+                "-f",
+                &path.display().to_string(),
+            ])
+            .await?
+            .check()?;
+        Ok(())
+    }
+
     /// Check that every address in the namespace is on loopback
     /// ([`crate::loopback`]), then delete it (unless `LLMOPS_KEEP_NAMESPACES=1`);
     /// a non-loopback address fails the test, naming the object and field.
