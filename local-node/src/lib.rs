@@ -6,9 +6,10 @@
 //! and termination message, and writes the pod's status as the kubelet would;
 //! [`probe`] is the kubelet's readiness prober for it; [`runner::PodRunner`] does
 //! this for every pod it is given (all of a namespace, or of a label selector)
-//! for as long as each lives, with restarts. The `local-node` binary is that
-//! runner as a process, for `scripts/local-cluster`; the end-to-end tests use
-//! the same library.
+//! for as long as each lives, with restarts; [`services::ServiceProxy`] is
+//! kube-proxy's part, so that Services' ClusterIPs answer. The `local-node`
+//! binary is the two as a process, for `scripts/local-cluster`; the end-to-end
+//! tests use the same library.
 //!
 //! Everything it connects to is what the API gives: the apiserver of the
 //! kubeconfig, and pod IPs (which the local cluster takes from a loopback
@@ -17,6 +18,7 @@
 pub mod probe;
 pub mod replay;
 pub mod runner;
+pub mod services;
 pub mod token;
 
 use std::path::{Path, PathBuf};

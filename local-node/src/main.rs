@@ -1,5 +1,6 @@
 //! `local-node`: runs the pods of a local cluster's nodes as local processes, as
-//! the kubelet would run their containers (see the library's documentation).
+//! the kubelet would run their containers, and makes Services' ClusterIPs
+//! answer, as kube-proxy would (see the library's documentation).
 //! `scripts/local-cluster up` starts it beside the control plane and the
 //! operator; it runs until SIGINT or SIGTERM, then kills its processes.
 
@@ -11,6 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use llmops_local_node::replay::Replayer;
 use llmops_local_node::runner::{Options, PodRunner};
+use llmops_local_node::services::ServiceProxy;
 use llmops_local_node::{Node, Programs};
 
 /// Run the containers of a local cluster's pods as local processes.
@@ -45,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.pods_dir)
         .with_context(|| format!("creating {}", args.pods_dir.display()))?;
     let programs = Programs::in_dir(&args.bin_dir);
+    let _services = ServiceProxy::start(node.client().clone(), args.namespace.as_deref(), true);
     let replayer = Replayer::in_dir(node, programs, &args.pods_dir);
     let options = Options {
         process_limit: Duration::from_secs(args.process_limit_hours * 3600),

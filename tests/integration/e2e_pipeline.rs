@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
@@ -230,6 +230,32 @@ async fn the_quickstart_runs_from_data_to_a_served_model() -> anyhow::Result<()>
             ],
         "NetworkPolicies {names:?}"
     );
+
+    // The ModelDeployment's Service answers at its ClusterIP: local-node forwards
+    // it to the ready pod, as kube-proxy would.
+    let services: Api<Service> = Api::namespaced(client.clone(), ns.name());
+    let service = services.get("quickstart").await?;
+    let spec = service.spec.context("the Service has no spec")?;
+    let cluster_ip = spec.cluster_ip.context("the Service has no ClusterIP")?;
+    let port = spec
+        .ports
+        .and_then(|p| p.first().map(|p| p.port))
+        .context("the Service has no port")?;
+    let at_service: std::net::SocketAddr = format!("{cluster_ip}:{port}").parse()?;
+    eventually(
+        "the Service's ClusterIP to answer",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = http(at_service, "GET", "/v1/models", None, None)?;
+            ensure!(
+                status == 200 && body.contains("quickstart"),
+                "/v1/models: {status} {body}"
+            );
+            Ok(())
+        },
+    )
+    .await
+    .map_err(explain)?;
 
     // A pod that is none of the operator's: reported, not run.
     let foreign: Pod = serde_json::from_value(json!({
