@@ -98,9 +98,13 @@ fn adapter_base(dir: &Path, uri: &str) -> anyhow::Result<(String, Option<String>
     let base_uri = base["uri"].as_str().with_context(|| {
         format!("{uri} is a LoRA adapter whose {LINEAGE_FILE} names no lineage.baseModel.uri")
     })?;
+    // A base given by URI alone (no lineage digest) records an empty digest.
     Ok((
         base_uri.to_string(),
-        base["digest"].as_str().map(str::to_string),
+        base["digest"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .map(str::to_string),
     ))
 }
 
@@ -234,4 +238,33 @@ pub fn load(
             .map_or(0, |d| d.as_secs()),
         engine,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adapters_base_comes_from_its_lineage_with_its_digest_when_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |digest: &str| {
+            let record = serde_json::json!({"kind": "FineTune", "lineage": {"baseModel": {
+                "uri": "file:///models/base/model-0123", "digest": digest}}});
+            std::fs::write(dir.path().join(LINEAGE_FILE), record.to_string()).unwrap();
+        };
+        write("sha256:abc");
+        assert_eq!(
+            adapter_base(dir.path(), "a").unwrap(),
+            (
+                "file:///models/base/model-0123".to_string(),
+                Some("sha256:abc".to_string())
+            )
+        );
+        // A base given by URI alone: nothing to pin.
+        write("");
+        assert_eq!(adapter_base(dir.path(), "a").unwrap().1, None);
+        std::fs::remove_file(dir.path().join(LINEAGE_FILE)).unwrap();
+        let err = adapter_base(dir.path(), "file:///adapter").unwrap_err();
+        assert!(err.to_string().contains("llmops.json"), "{err}");
+    }
 }
