@@ -9,53 +9,18 @@
 //! Needs the project venv (`scripts/setup-venv`, which installs `lm-eval`), or
 //! `LLMOPS_PYTHON` naming a Python with the packages of `tests/python/requirements.txt`.
 
+mod common;
+
+use common::{output_text, python, repo_root};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 const MODEL_NAME: &str = "tiny";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `LLMOPS_PYTHON`, else the project venv; panics (never skips) when it cannot run
-/// or lacks the packages the test uses.
-fn python() -> PathBuf {
-    let python = std::env::var_os("LLMOPS_PYTHON").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python")),
-        PathBuf::from,
-    );
-    let probe = Command::new(&python)
-        .args(["-c", "import lm_eval, pytest, torch, transformers"])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}): create the project venv with scripts/setup-venv \
-                 or set LLMOPS_PYTHON",
-                python.display()
-            )
-        });
-    assert!(
-        probe.status.success(),
-        "{} lacks the test packages; run scripts/setup-venv:\n{}",
-        python.display(),
-        String::from_utf8_lossy(&probe.stderr)
-    );
-    python
-}
-
-fn output_text(out: &Output) -> String {
-    format!(
-        "--- stdout ---\n{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The running `server`, killed when dropped; its log is printed if the test failed.
 struct Server {
@@ -128,7 +93,7 @@ fn start_server(model_dir: &Path, log: PathBuf) -> Server {
 
 #[test]
 fn lm_eval_harness_scores_the_served_model_as_transformers_does() {
-    let python = python();
+    let python = python("lm_eval, pytest, torch, transformers");
     let root = repo_root();
     let dir = tempfile::tempdir().expect("create a temporary directory");
     let model_dir = dir.path().join("model");

@@ -7,58 +7,20 @@
 //! Needs the project venv (`scripts/setup-venv`), or `LLMOPS_PYTHON` naming a Python
 //! with the packages of `tests/python/requirements.txt`.
 
+mod common;
+
+use common::{output_text, python, repo_root};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 const API_KEY: &str = "sk-test-123";
 const MODEL_NAME: &str = "tiny";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `LLMOPS_PYTHON`, else the project venv; panics (never skips) when it cannot run
-/// or lacks the packages the tests use.
-fn python() -> PathBuf {
-    let python = std::env::var_os("LLMOPS_PYTHON").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python")),
-        PathBuf::from,
-    );
-    let probe = Command::new(&python)
-        .args([
-            "-c",
-            "import openai, pytest, tokenizers, torch, transformers",
-        ])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}): create the project venv with scripts/setup-venv \
-                 or set LLMOPS_PYTHON",
-                python.display()
-            )
-        });
-    assert!(
-        probe.status.success(),
-        "{} lacks the test packages; run scripts/setup-venv:\n{}",
-        python.display(),
-        String::from_utf8_lossy(&probe.stderr)
-    );
-    python
-}
-
-fn output_text(out: &Output) -> String {
-    format!(
-        "--- stdout ---\n{}\n--- stderr ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -252,7 +214,7 @@ fn tiny_model_and_keys(python: &Path, dir: &Path) -> (PathBuf, PathBuf) {
 
 #[test]
 fn openai_client_against_the_server() {
-    let python = python();
+    let python = python("openai, pytest, tokenizers, torch, transformers");
     let root = repo_root();
     let dir = tempfile::tempdir().expect("create a temporary directory");
     let (model_dir, key_file) = tiny_model_and_keys(&python, dir.path());
@@ -345,7 +307,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 fn sigterm_drains_the_requests_in_flight_then_exits() {
     const GRACE_SECONDS: u64 = 60;
     const PROMPTS: usize = 48;
-    let python = python();
+    let python = python("openai, pytest, tokenizers, torch, transformers");
     let dir = tempfile::tempdir().expect("create a temporary directory");
     let (model_dir, key_file) = tiny_model_and_keys(&python, dir.path());
     // One sequence at a time on one thread, so a request of many prompts stays
