@@ -6,6 +6,7 @@
 //!   tensors. [`Model::forward_t`] trains, [`Model::forward`] decodes with a [`KvCache`].
 //! - [`sampling`], [`stop`], [`generation`]: turning logits into text.
 //! - [`lora`]: low-rank adapters for fine-tuning, merged into the weights for export.
+//! - [`multi_lora`]: several adapters served unmerged on one base, routed per batch row.
 //!
 //! Models load in `transformers` and `transformers` models load here; the parity
 //! tests in `tests/` hold the two implementations to the same logits.
@@ -20,6 +21,7 @@ pub mod layers;
 mod llama;
 pub mod lora;
 pub mod model;
+pub mod multi_lora;
 pub mod peft;
 pub mod sampling;
 pub mod stop;
@@ -31,5 +33,6 @@ pub use io::LoadedModel;
 pub use kv_cache::KvCache;
 pub use lora::LoraSettings;
 pub use model::{Block, Model};
+pub use multi_lora::{AdapterRoutes, PeftAdapter};
 pub use sampling::{LogitsProcessor, Sampling};
 pub use stop::{StopMatch, StopSequences};

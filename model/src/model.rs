@@ -13,6 +13,7 @@ use crate::kv_cache::KvCache;
 use crate::layers::{
     Attention, AttentionMask, Linear, Mlp, Norm, Rope, RotaryTables, WeightLayout,
 };
+use crate::multi_lora::AdapterRoutes;
 
 /// One transformer block: pre-norm attention and pre-norm MLP, each residual.
 #[derive(Debug)]
@@ -33,11 +34,14 @@ impl Block {
         mask: &AttentionMask,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         train: bool,
+        routes: Option<&AdapterRoutes>,
     ) -> Result<Tensor> {
         let normed = self.attn_norm.forward(xs)?;
-        let attn = self.attn.forward(&normed, rope, mask, cache, train)?;
+        let attn = self
+            .attn
+            .forward(&normed, rope, mask, cache, train, routes)?;
         let xs = xs.f_add(&dropout(&attn, self.resid_dropout, train)?)?;
-        let mlp = self.mlp.forward(&self.mlp_norm.forward(&xs)?)?;
+        let mlp = self.mlp.forward(&self.mlp_norm.forward(&xs)?, routes)?;
         Ok(xs.f_add(&dropout(&mlp, self.resid_dropout, train)?)?)
     }
 }
@@ -114,6 +118,7 @@ impl Init {
             bias,
             layout,
             lora: None,
+            served: Vec::new(),
         })
     }
 }
@@ -179,7 +184,7 @@ impl Model {
     /// under `tch::no_grad`.
     pub fn forward_t(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         self.lm_head
-            .forward(&self.hidden_states(ids, None, None, train)?)
+            .forward(&self.hidden_states(ids, None, None, train, None)?)
     }
 
     /// Inference step: runs `ids` `[batch, seq]` after the tokens already in `cache`,
@@ -191,7 +196,7 @@ impl Model {
     pub fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         tch::no_grad(|| {
             self.lm_head
-                .forward(&self.hidden_states(ids, None, Some(cache), false)?)
+                .forward(&self.hidden_states(ids, None, Some(cache), false, None)?)
         })
     }
 
@@ -205,9 +210,25 @@ impl Model {
         mask: &Tensor,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
+        self.forward_padded_routed(ids, mask, cache, None)
+    }
+
+    /// [`Model::forward_padded`] with rows routed to served adapters.
+    pub fn forward_padded_routed(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        cache: &mut KvCache,
+        routes: Option<&AdapterRoutes>,
+    ) -> Result<Tensor> {
         tch::no_grad(|| {
-            self.lm_head
-                .forward(&self.hidden_states(ids, Some(mask), Some(cache), false)?)
+            self.lm_head.forward(&self.hidden_states(
+                ids,
+                Some(mask),
+                Some(cache),
+                false,
+                routes,
+            )?)
         })
     }
 
@@ -221,8 +242,20 @@ impl Model {
         mask: Option<&Tensor>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
+        self.forward_last_routed(ids, mask, cache, None)
+    }
+
+    /// [`Model::forward_last`] with rows routed to served adapters
+    /// ([`crate::multi_lora`]): rows of different adapters decode together.
+    pub fn forward_last_routed(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        routes: Option<&AdapterRoutes>,
+    ) -> Result<Tensor> {
         tch::no_grad(|| {
-            let hidden = self.hidden_states(ids, mask, Some(cache), false)?;
+            let hidden = self.hidden_states(ids, mask, Some(cache), false, routes)?;
             self.lm_head.forward(&hidden.f_select(1, -1)?)
         })
     }
@@ -234,6 +267,7 @@ impl Model {
         mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
         train: bool,
+        routes: Option<&AdapterRoutes>,
     ) -> Result<Tensor> {
         let step = self.plan(ids, mask, cache.as_deref())?;
         let mut xs = Tensor::f_embedding(&self.embed_tokens, &step.ids, -1, false, false)?;
@@ -258,7 +292,7 @@ impl Model {
                 })?),
                 None => None,
             };
-            xs = block.forward(&xs, rope.as_ref(), &step.mask, slot, train)?;
+            xs = block.forward(&xs, rope.as_ref(), &step.mask, slot, train, routes)?;
         }
         if let Some(c) = cache {
             c.set_valid(step.valid, step.new_padding);

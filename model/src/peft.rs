@@ -28,7 +28,7 @@ pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 /// What PEFT puts before a projection's name in the saved keys.
-const PREFIX: &str = "base_model.model.";
+pub(crate) const PREFIX: &str = "base_model.model.";
 
 /// Writes the adapters of `vs` (added to `model` with `settings`) to `dir` in the
 /// PEFT layout; `base_model` is recorded as `base_model_name_or_path`.
@@ -126,7 +126,7 @@ pub fn load_adapter(dir: &Path, model: &mut Model, vs: &nn::VarStore) -> Result<
     Ok(settings)
 }
 
-fn settings_from(config: &Value) -> Result<LoraSettings> {
+pub(crate) fn settings_from(config: &Value) -> Result<LoraSettings> {
     let unsupported = |what: String| Err(Error::UnsupportedConfig(what));
     if config["peft_type"] != "LORA" {
         return unsupported(format!(

@@ -4,6 +4,7 @@ use tch::Tensor;
 
 use super::{Linear, RotaryTables};
 use crate::error::Result;
+use crate::multi_lora::AdapterRoutes;
 
 /// How queries, keys and values are projected from the hidden states.
 #[derive(Debug)]
@@ -49,6 +50,7 @@ impl Attention {
     ///
     /// `rope` rotates queries and keys when present. When `cache` is given, the new
     /// keys/values are appended to it and the queries attend over the whole cache.
+    /// `routes` sends rows of the batch through served adapters.
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -56,13 +58,14 @@ impl Attention {
         mask: &AttentionMask,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         train: bool,
+        routes: Option<&AdapterRoutes>,
     ) -> Result<Tensor> {
         let (batch, seq) = (xs.size()[0], xs.size()[1]);
         let q_width = self.num_heads * self.head_dim;
         let kv_width = self.num_kv_heads * self.head_dim;
         let (q, k, v) = match &self.qkv {
             QkvProjection::Fused(proj) => {
-                let qkv = proj.forward(xs)?;
+                let qkv = proj.forward_routed(xs, routes)?;
                 (
                     qkv.f_narrow(2, 0, q_width)?,
                     qkv.f_narrow(2, q_width, kv_width)?,
@@ -74,9 +77,9 @@ impl Attention {
                 k_proj,
                 v_proj,
             } => (
-                q_proj.forward(xs)?,
-                k_proj.forward(xs)?,
-                v_proj.forward(xs)?,
+                q_proj.forward_routed(xs, routes)?,
+                k_proj.forward_routed(xs, routes)?,
+                v_proj.forward_routed(xs, routes)?,
             ),
         };
         let heads = |t: Tensor, n: i64| -> Result<Tensor> {
@@ -114,7 +117,7 @@ impl Attention {
             self.num_kv_heads != self.num_heads,
         )?;
         let out = out.f_transpose(1, 2)?.f_reshape([batch, seq, q_width])?;
-        self.out_proj.forward(&out)
+        self.out_proj.forward_routed(&out, routes)
     }
 
     /// The projections of this attention with their Hugging Face names.

@@ -3,6 +3,7 @@
 use tch::Tensor;
 
 use crate::error::Result;
+use crate::multi_lora::AdapterRoutes;
 
 /// How a projection's weight matrix is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,19 @@ pub struct Linear {
     pub layout: WeightLayout,
     /// A low-rank adapter added to the output (see [`crate::lora`]).
     pub lora: Option<LoraAdapter>,
+    /// Adapters kept apart for serving, each applied only to the rows of a
+    /// batch routed to it (see [`crate::multi_lora`]).
+    pub served: Vec<ServedAdapter>,
+}
+
+/// One served adapter's `A` `[rank, in]` and `B` `[out, rank]` for this
+/// projection, in the model's dtype and on its device.
+#[derive(Debug)]
+pub struct ServedAdapter {
+    pub id: u32,
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
 }
 
 /// `scale · B(A(dropout(x)))` added to a projection's output: `a` is
@@ -80,5 +94,29 @@ impl Linear {
             .f_linear::<&Tensor>(&lora.a, None)?
             .f_linear::<&Tensor>(&lora.b, None)?;
         Ok(out.f_add(&update.f_mul_scalar(lora.scale)?)?)
+    }
+
+    /// [`Linear::forward`] on a batch `xs` `[batch, ...]` whose rows are routed
+    /// to served adapters: each group of rows gets its own adapter's
+    /// `scale · x Aᵀ Bᵀ` added (gathered by row index, scattered back with
+    /// `index_add`); rows routed nowhere, and adapters without this
+    /// projection, get the base output alone.
+    pub fn forward_routed(&self, xs: &Tensor, routes: Option<&AdapterRoutes>) -> Result<Tensor> {
+        let mut out = self.forward(xs)?;
+        let Some(routes) = routes else {
+            return Ok(out);
+        };
+        for (id, rows) in routes.groups() {
+            let Some(adapter) = self.served.iter().find(|s| s.id == *id) else {
+                continue;
+            };
+            let delta = xs
+                .f_index_select(0, rows)?
+                .f_linear::<&Tensor>(&adapter.a, None)?
+                .f_linear::<&Tensor>(&adapter.b, None)?
+                .f_mul_scalar(adapter.scale)?;
+            out = out.f_index_add(0, rows, &delta)?;
+        }
+        Ok(out)
     }
 }

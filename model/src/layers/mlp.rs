@@ -5,6 +5,7 @@ use tch::Tensor;
 use super::Linear;
 use crate::config::Activation;
 use crate::error::Result;
+use crate::multi_lora::AdapterRoutes;
 
 /// The MLP of a transformer block.
 #[derive(Debug)]
@@ -25,21 +26,25 @@ pub enum Mlp {
 }
 
 impl Mlp {
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// `routes` sends rows of the batch through served adapters.
+    pub fn forward(&self, xs: &Tensor, routes: Option<&AdapterRoutes>) -> Result<Tensor> {
         match self {
             Mlp::Plain {
                 c_fc,
                 c_proj,
                 activation,
-            } => c_proj.forward(&activate(&c_fc.forward(xs)?, *activation)?),
+            } => c_proj.forward_routed(
+                &activate(&c_fc.forward_routed(xs, routes)?, *activation)?,
+                routes,
+            ),
             Mlp::Gated {
                 gate_proj,
                 up_proj,
                 down_proj,
                 activation,
             } => {
-                let gate = activate(&gate_proj.forward(xs)?, *activation)?;
-                down_proj.forward(&gate.f_mul(&up_proj.forward(xs)?)?)
+                let gate = activate(&gate_proj.forward_routed(xs, routes)?, *activation)?;
+                down_proj.forward_routed(&gate.f_mul(&up_proj.forward_routed(xs, routes)?)?, routes)
             }
         }
     }

@@ -9,7 +9,7 @@ mod norm;
 mod rope;
 
 pub use attention::{Attention, AttentionMask, QkvProjection};
-pub use linear::{Linear, LoraAdapter, WeightLayout};
+pub use linear::{Linear, LoraAdapter, ServedAdapter, WeightLayout};
 pub use mlp::Mlp;
 pub use norm::Norm;
 pub use rope::{Rope, RotaryTables};
