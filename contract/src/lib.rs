@@ -130,7 +130,7 @@ pub mod env {
     pub const LOCAL_RANK: &str = "LOCAL_RANK";
 }
 
-/// Object-store credentials: a referenced Secret's keys reach the pods only as
+/// Store credentials: a referenced Secret's keys reach the pods only as
 /// environment variables (optional `secretKeyRef`s set by the operator), never
 /// through the resource, a ConfigMap or the command line.
 ///
@@ -142,9 +142,10 @@ pub mod credentials {
     /// The start of every credential variable.
     pub const ENV_PREFIX: &str = "LLMOPS_CRED_";
 
-    /// The Secret keys the operator passes through, covering S3, GCS and Azure.
-    /// The store reads the same names as plain variables when no Secret is named.
-    pub const CREDENTIAL_KEYS: [&str; 9] = [
+    /// The Secret keys the operator passes through, covering S3, GCS, Azure and
+    /// the Hugging Face Hub (`HF_TOKEN`, for `hf://` URIs). The store reads the
+    /// same names as plain variables when no Secret is named.
+    pub const CREDENTIAL_KEYS: [&str; 10] = [
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
@@ -154,6 +155,7 @@ pub mod credentials {
         "GOOGLE_SERVICE_ACCOUNT_KEY",
         "AZURE_STORAGE_ACCOUNT_NAME",
         "AZURE_STORAGE_ACCOUNT_KEY",
+        "HF_TOKEN",
     ];
 
     /// `LLMOPS_CRED_<SECRET>_`: the prefix of the variables carrying the keys of

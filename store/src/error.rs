@@ -16,6 +16,10 @@ pub enum StoreError {
     },
     #[error("cannot reach {uri}: {reason}; check the URL and network access")]
     Unreachable { uri: String, reason: String },
+    /// The Hugging Face Hub refused or could not serve a repository, revision
+    /// or file; the reason says what to change (a token, the revision).
+    #[error("{uri}: {reason}")]
+    Hub { uri: String, reason: String },
     #[error("{uri} not found")]
     NotFound { uri: String },
     #[error(

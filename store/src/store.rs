@@ -9,6 +9,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::{Digest as _, Sha256};
 
+use crate::hub::HubStore;
 use crate::{ArtifactUri, Credentials, MANIFEST_FILE, StoreError};
 
 /// An async stream of the bytes of one object.
@@ -43,6 +44,7 @@ enum Backend {
         client: reqwest::Client,
         url: url::Url,
     },
+    Hub(Arc<HubStore>),
 }
 
 /// The Secret keys without which a store cannot authenticate at all.
@@ -83,6 +85,7 @@ impl Store {
                 client: reqwest::Client::new(),
                 url,
             },
+            ArtifactUri::Hub(hub) => Backend::Hub(Arc::new(HubStore::open(uri, hub, credentials)?)),
             ArtifactUri::Object { url } => {
                 let scheme = url.scheme().to_string();
                 if let Credentials::Secret(secret) = credentials {
@@ -152,9 +155,39 @@ impl Store {
         }
     }
 
+    /// A store over the Hub URI `uri` at `endpoint` with `token`: how tests
+    /// reach a Hub on loopback without changing the process's environment.
+    #[cfg(test)]
+    pub(crate) fn over_hub(
+        uri: &str,
+        credentials: &Credentials,
+        endpoint: &str,
+        token: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let ArtifactUri::Hub(hub) = ArtifactUri::parse(uri)? else {
+            panic!("{uri} is not an hf:// URI");
+        };
+        let hub = HubStore::with(uri, hub, credentials, endpoint, token.map(str::to_string))?;
+        Ok(Self {
+            uri: uri.to_string(),
+            backend: Backend::Hub(Arc::new(hub)),
+        })
+    }
+
     /// The URI this store was opened at.
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// The URI with the revision of an `hf://` URI replaced by the commit it
+    /// resolves to (asking the Hub once per store), so that a record of it reads
+    /// the same files again; `None` for other stores, whose URIs name their
+    /// bytes by themselves.
+    pub async fn pinned_uri(&self) -> Result<Option<String>, StoreError> {
+        match &self.backend {
+            Backend::Hub(hub) => hub.pinned_uri().await.map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// The local directory or file behind a `file://` or `pvc://` URI.
@@ -227,6 +260,7 @@ impl Store {
                     })
                     .boxed())
             }
+            Backend::Hub(hub) => hub.get(rel).await,
             Backend::Http { client, url } => {
                 let url = if rel.is_empty() {
                     url.clone()
@@ -337,6 +371,7 @@ impl Store {
                     })
                     .collect()
             }
+            Backend::Hub(hub) => hub.list().await?,
             Backend::Http { .. } => {
                 return Err(StoreError::InvalidUri {
                     uri: self.uri.clone(),
@@ -373,7 +408,7 @@ impl Store {
                     })?;
                 Ok(())
             }
-            Backend::Http { .. } => Err(StoreError::ReadOnly {
+            Backend::Http { .. } | Backend::Hub(_) => Err(StoreError::ReadOnly {
                 uri: self.uri.clone(),
             }),
         }
@@ -415,7 +450,7 @@ impl Store {
                 _ => Ok(()),
             },
             Backend::Object { .. } => self.delete_objects_under(None).await,
-            Backend::Http { .. } => Err(StoreError::ReadOnly {
+            Backend::Http { .. } | Backend::Hub(_) => Err(StoreError::ReadOnly {
                 uri: self.uri.clone(),
             }),
         }
@@ -476,7 +511,8 @@ impl Store {
                     }),
                 }
             }
-            Backend::Http { .. } => Ok(true),
+            // Read-only: nothing may be published over them either way.
+            Backend::Http { .. } | Backend::Hub(_) => Ok(true),
         }
     }
 
@@ -522,7 +558,7 @@ impl Store {
                 names.sort();
                 Ok((names, false))
             }
-            Backend::Http { .. } => Err(StoreError::ReadOnly {
+            Backend::Http { .. } | Backend::Hub(_) => Err(StoreError::ReadOnly {
                 uri: self.uri.clone(),
             }),
         }
@@ -584,7 +620,7 @@ impl Store {
                     _ => Ok(()),
                 }
             }
-            Backend::Http { .. } => Err(StoreError::ReadOnly {
+            Backend::Http { .. } | Backend::Hub(_) => Err(StoreError::ReadOnly {
                 uri: self.uri.clone(),
             }),
         }
@@ -628,7 +664,7 @@ impl Store {
                 }
                 Ok(())
             }
-            Backend::Http { .. } => Err(StoreError::ReadOnly {
+            Backend::Http { .. } | Backend::Hub(_) => Err(StoreError::ReadOnly {
                 uri: self.uri.clone(),
             }),
         }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use llmops_contract::{env, path};
 
 use crate::StoreError;
+use crate::hub::HubRef;
 
 /// Where `pvc://<claim>/<path>` is found when `LLMOPS_PVC_ROOT` is not set: the
 /// operator mounts each claim at `/mnt/pvc/<claim>`.
@@ -19,6 +20,9 @@ pub enum ArtifactUri {
     Local { path: PathBuf },
     /// A read-only `http(s)://` URL.
     Http { url: url::Url },
+    /// A read-only file or folder of a Hugging Face Hub repository:
+    /// `hf://[datasets/]<org>/<name>[@<revision>][/<path>]` ([`crate::hub`]).
+    Hub(HubRef),
 }
 
 impl ArtifactUri {
@@ -72,8 +76,9 @@ impl ArtifactUri {
                 local.extend(path.split('/').filter(|c| !c.is_empty()));
                 Ok(Self::Local { path: local })
             }
+            "hf" => HubRef::parse(rest).map(Self::Hub).map_err(|r| invalid(&r)),
             other => Err(invalid(&format!(
-                "unsupported scheme {other:?}; use s3, gs, az, file, pvc, http or https"
+                "unsupported scheme {other:?}; use s3, gs, az, file, pvc, http, https or hf"
             ))),
         }
     }
