@@ -445,11 +445,15 @@ pub struct ModelSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fine_tune_ref: Option<LocalObjectRef>,
     /// A Hugging Face-format model directory (`config.json`, `model.safetensors`,
-    /// `tokenizer.json`).
+    /// `tokenizer.json`): `s3://`, `gs://`, `az://`, `file://`, `pvc://<claim>/<path>`,
+    /// or a Hugging Face Hub model repository
+    /// `hf://<org>/<model>[@<revision>][/<folder>]` (revision: branch, tag or commit;
+    /// default `main`), read at the commit the revision resolves to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(s3|gs|az|file|pvc)://.+"))]
+    #[schemars(regex(pattern = r"^(s3|gs|az|file|pvc|hf)://.+"))]
     pub uri: Option<String>,
-    /// Secret with object-store credentials for `uri`.
+    /// Secret with the credentials for `uri`: object-store keys, or for `hf://`
+    /// the Hub token in key `HF_TOKEN` (needed for gated and private repositories).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 }

@@ -91,7 +91,8 @@ pub struct Source {
     /// An http(s) URL, optionally checked against a sha256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpSource>,
-    /// An object or prefix in S3, GCS or Azure Blob storage.
+    /// An object or prefix in S3, GCS or Azure Blob storage, or a file or folder of
+    /// a Hugging Face Hub repository (`hf://`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_store: Option<ObjectStoreSource>,
     /// Documents written in the manifest itself.
@@ -129,10 +130,14 @@ pub struct HttpSource {
 #[serde(rename_all = "camelCase")]
 pub struct ObjectStoreSource {
     /// `s3://bucket/key`, `gs://bucket/key` or `az://container/key`; a URI ending in
-    /// `/` is a prefix and every object under it is read in name order.
-    #[schemars(regex(pattern = r"^(s3|gs|az)://[^/]+/.*$"))]
+    /// `/` is a prefix and every object under it is read in name order. Or a file or
+    /// folder of a Hugging Face Hub repository,
+    /// `hf://datasets/<org>/<dataset>[@<revision>]/<path>` (a folder's files are read
+    /// in name order; `hf://<org>/<model>/...` reads a model repository).
+    #[schemars(regex(pattern = r"^((s3|gs|az)://[^/]+/.*|hf://.+)$"))]
     pub uri: String,
-    /// Secret holding the store's credentials (see `output.credentialsSecretRef`).
+    /// Secret holding the store's credentials (see `output.credentialsSecretRef`);
+    /// for `hf://`, the Hub token in key `HF_TOKEN`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
 }
@@ -478,9 +483,9 @@ pub struct TokenizerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_ref: Option<LocalObjectRef>,
     /// Reuse a `tokenizer.json`, given as its URI or the URI of a model directory
-    /// containing one.
+    /// containing one (`hf://<org>/<model>[@<revision>]` included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(https?|s3|gs|az|file|pvc)://.+"))]
+    #[schemars(regex(pattern = r"^(https?|s3|gs|az|file|pvc|hf)://.+"))]
     pub uri: Option<String>,
 }
 
