@@ -39,21 +39,7 @@ pub async fn fetch(
     credentials: &Credentials,
     digest: Option<&str>,
 ) -> anyhow::Result<ModelDir> {
-    let uri = if uri.contains("://") {
-        uri.to_string()
-    } else {
-        let path = std::path::absolute(uri).with_context(|| format!("bad model path {uri}"))?;
-        format!("file://{}", path.display())
-    };
-    let store = Store::open(&uri, credentials)?;
-    let download = match store.local_root() {
-        Some(_) => None,
-        None => Some(tempfile::tempdir().context("cannot create a download directory")?),
-    };
-    let scratch = download
-        .as_ref()
-        .map_or_else(PathBuf::new, |d| d.path().to_path_buf());
-    let path = fetch_model(&store, &scratch, digest).await?;
+    let (uri, path, download) = fetch_plain(uri, credentials, digest).await?;
     if path.join(peft::ADAPTER_CONFIG_FILE).exists() {
         let (base_uri, base_digest) = adapter_base(&path, &uri)?;
         let base = Box::pin(fetch(&base_uri, credentials, base_digest.as_deref())).await?;
@@ -83,6 +69,59 @@ pub async fn fetch(
         adapter: None,
         _download: download,
     })
+}
+
+/// The directory behind `uri` as it is: its full URI, its local path, and the
+/// download directory holding it (none when used in place).
+async fn fetch_plain(
+    uri: &str,
+    credentials: &Credentials,
+    digest: Option<&str>,
+) -> anyhow::Result<(String, PathBuf, Option<tempfile::TempDir>)> {
+    let uri = if uri.contains("://") {
+        uri.to_string()
+    } else {
+        let path = std::path::absolute(uri).with_context(|| format!("bad model path {uri}"))?;
+        format!("file://{}", path.display())
+    };
+    let store = Store::open(&uri, credentials)?;
+    let download = match store.local_root() {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().context("cannot create a download directory")?),
+    };
+    let scratch = download
+        .as_ref()
+        .map_or_else(PathBuf::new, |d| d.path().to_path_buf());
+    let path = fetch_model(&store, &scratch, digest).await?;
+    Ok((uri, path, download))
+}
+
+/// A LoRA adapter in the PEFT layout, fetched (and its digest checked) like a
+/// model, to serve beside the base model rather than merged into it; with the
+/// base digest its lineage records, if any.
+pub async fn fetch_adapter(
+    uri: &str,
+    credentials: &Credentials,
+    digest: Option<&str>,
+) -> anyhow::Result<(ModelDir, Option<String>)> {
+    let (uri, path, download) = fetch_plain(uri, credentials, digest).await?;
+    if !path.join(peft::ADAPTER_CONFIG_FILE).exists() {
+        bail!(
+            "{uri} is not a LoRA adapter: it has no {} (a FineTune exports one with output.mergeAdapter: false)",
+            peft::ADAPTER_CONFIG_FILE
+        );
+    }
+    let base_digest = if path.join(LINEAGE_FILE).exists() {
+        adapter_base(&path, &uri)?.1
+    } else {
+        None
+    };
+    let dir = ModelDir {
+        path,
+        adapter: None,
+        _download: download,
+    };
+    Ok((dir, base_digest))
 }
 
 /// The base model an adapter was trained on: `lineage.baseModel` of its

@@ -21,6 +21,15 @@ pub struct RequestLabels {
     pub status: &'static str,
 }
 
+/// One adapter version named in the adapters file.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdapterLabels {
+    /// Its model name.
+    pub adapter: String,
+    /// The digest asked for (empty when none was given).
+    pub digest: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: &'static str,
@@ -57,6 +66,9 @@ pub struct Metrics {
     pub prompt_tokens: Counter,
     pub generated_tokens: Counter,
     pub ready: Gauge,
+    /// Per adapter version asked for: 1 once it serves, 0 while it loads or
+    /// after it failed to.
+    pub adapter_loaded: Family<AdapterLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -136,6 +148,12 @@ impl Metrics {
             generated_tokens.clone(),
         );
         registry.register("ready", "1 once the model is loaded", ready.clone());
+        let adapter_loaded = Family::<AdapterLabels, Gauge>::default();
+        registry.register(
+            "adapter_loaded",
+            "Per LoRA adapter (name, digest) in the adapters file: 1 once it serves, 0 while it loads or when it failed to",
+            adapter_loaded.clone(),
+        );
         Self {
             registry,
             requests,
@@ -150,6 +168,7 @@ impl Metrics {
             prompt_tokens,
             generated_tokens,
             ready,
+            adapter_loaded,
         }
     }
 

@@ -72,18 +72,34 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn check_model(served: &Served, model: &str) -> Result<(), ApiError> {
-    if model != served.name {
-        return Err(ApiError::model_not_found(model));
-    }
-    Ok(())
+/// The model a request names: the base (no adapter) or a serving adapter.
+struct Target {
+    name: String,
+    adapter: Option<u32>,
+}
+
+fn check_model(state: &AppState, served: &Served, model: &str) -> Result<Target, ApiError> {
+    let adapter = if model == served.name {
+        None
+    } else {
+        Some(
+            state
+                .adapters
+                .route(model)
+                .ok_or_else(|| ApiError::model_not_found(model))?,
+        )
+    };
+    Ok(Target {
+        name: model.to_string(),
+        adapter,
+    })
 }
 
 pub async fn completions(state: &AppState, body: &[u8]) -> Result<Response, ApiError> {
     let started = Instant::now();
     let served = state.served()?;
     let request: CompletionRequest = parse(body)?;
-    check_model(&served, &request.common.model)?;
+    let target = check_model(state, &served, &request.common.model)?;
     let plan = request.plan()?;
     // More prompts than the queue holds could never be taken: the queue bounds them too.
     let max_prompts = state.limits.max_prompts.min(served.engine.max_queue());
@@ -136,7 +152,16 @@ pub async fn completions(state: &AppState, body: &[u8]) -> Result<Response, ApiE
         ));
     }
     let prompts = prompts.into_iter().zip(texts).collect();
-    run(state, served, Endpoint::Completions, prompts, plan, started).await
+    run(
+        state,
+        served,
+        target,
+        Endpoint::Completions,
+        prompts,
+        plan,
+        started,
+    )
+    .await
 }
 
 /// The text of `ids`, special tokens included.
@@ -149,7 +174,7 @@ pub async fn chat_completions(state: &AppState, body: &[u8]) -> Result<Response,
     let started = Instant::now();
     let served = state.served()?;
     let request: ChatRequest = parse(body)?;
-    check_model(&served, &request.common.model)?;
+    let target = check_model(state, &served, &request.common.model)?;
     let plan = request.plan()?;
     let messages = request.messages()?;
     let text = served
@@ -166,6 +191,7 @@ pub async fn chat_completions(state: &AppState, body: &[u8]) -> Result<Response,
     run(
         state,
         served,
+        target,
         Endpoint::Chat,
         vec![(prompt, String::new())],
         plan,
@@ -408,9 +434,11 @@ impl Scored<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     state: &AppState,
     served: Arc<Served>,
+    target: Target,
     endpoint: Endpoint,
     prompts: Vec<(Vec<i64>, String)>,
     plan: Plan,
@@ -464,6 +492,7 @@ async fn run(
                     prompt: plan.logprobs.filter(|_| echo),
                 },
                 penalties: plan.penalties.clone(),
+                adapter: target.adapter,
                 events: tx,
             });
             receivers.push(rx);
@@ -479,7 +508,7 @@ async fn run(
         endpoint,
         id: format!("{}-{:016x}", endpoint.id_prefix(), random_u64()),
         created: unix_now(),
-        model: served.name.clone(),
+        model: target.name,
     };
     let shape = Shape {
         n: plan.n,

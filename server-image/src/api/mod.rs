@@ -1,6 +1,10 @@
 //! The HTTP API: OpenAI's `/v1/models`, `/v1/completions` and
 //! `/v1/chat/completions`, plus `/healthz`, `/readyz` and `/metrics`.
 //!
+//! A request's `model` names the base model or one of the LoRA adapters
+//! serving beside it ([`crate::adapters`]); `/v1/models` lists the base and
+//! each adapter with `parent` naming the base, as vLLM does.
+//!
 //! Overload answers are OpenAI error bodies too: a full waiting queue is a 429
 //! with `Retry-After`, a body above the limit a 413, a request past its time a
 //! 504 (its generation stopped).
@@ -25,6 +29,7 @@ use serde_json::json;
 
 pub use error::{ApiError, OVERLOADED_RETRY_AFTER_SECONDS};
 
+use crate::adapters::Adapters;
 use crate::load::Served;
 use crate::metrics::Metrics;
 
@@ -53,6 +58,8 @@ impl Default for Limits {
 pub struct AppState {
     /// Set once the model is loaded; until then `/v1` answers 503.
     pub served: OnceLock<Arc<Served>>,
+    /// The adapters serving beside the base model.
+    pub adapters: Arc<Adapters>,
     /// Accepted bearer tokens; empty means no authentication.
     pub api_keys: Vec<String>,
     pub metrics: Arc<Metrics>,
@@ -66,6 +73,7 @@ impl AppState {
     pub fn new(api_keys: Vec<String>, metrics: Arc<Metrics>, limits: Limits) -> Self {
         AppState {
             served: OnceLock::new(),
+            adapters: Arc::new(Adapters::default()),
             api_keys,
             metrics,
             limits,
@@ -160,16 +168,28 @@ async fn authenticate(
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {
     let response = match state.served() {
-        Ok(served) => axum::Json(json!({
-            "object": "list",
-            "data": [{
+        Ok(served) => {
+            let base = json!({
                 "id": served.name,
                 "object": "model",
                 "created": served.created,
                 "owned_by": "llmops",
-            }],
-        }))
-        .into_response(),
+                "root": served.name,
+                "parent": null,
+            });
+            let adapters = state.adapters.listed().into_iter().map(|a| {
+                json!({
+                    "id": a.name,
+                    "object": "model",
+                    "created": a.created,
+                    "owned_by": "llmops",
+                    "root": a.uri,
+                    "parent": served.name,
+                })
+            });
+            let data: Vec<_> = std::iter::once(base).chain(adapters).collect();
+            axum::Json(json!({"object": "list", "data": data})).into_response()
+        }
         Err(e) => e.into_response(),
     };
     state.metrics.answered("models", response.status().as_u16());

@@ -87,6 +87,7 @@ fn engine_throughput(
             stop: StopSequences::default(),
             logprobs: Default::default(),
             penalties: Default::default(),
+            adapter: None,
             events: tx,
         })?;
         receivers.push(rx);

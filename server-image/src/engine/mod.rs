@@ -14,6 +14,12 @@
 //! A sequence whose logits are not finite (a diverged model) fails instead of
 //! sampling from them.
 //!
+//! Each request names the LoRA adapter it is decoded with (or none: the base
+//! model). Adapters are attached to the model unmerged ([`Engine::attach_adapter`]),
+//! and every forward pass routes each row through its own adapter
+//! ([`llmops_model::multi_lora`]), so requests for different adapters share
+//! the batch. A detached adapter goes once no sequence of its own is left.
+//!
 //! Log-probabilities cost only the requests that ask for them: the prompt's come
 //! from a prefill of their own that keeps every position's logits (the others
 //! keep only the last), and a generated token's from its logits row on the
@@ -25,7 +31,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use llmops_model::{KvCache, LogitsProcessor, Model, Sampling, StopMatch, StopSequences};
+use std::task::Poll;
+
+use llmops_model::{
+    AdapterRoutes, KvCache, LogitsProcessor, Model, PeftAdapter, Sampling, StopMatch, StopSequences,
+};
 use tch::{Device, Kind, Tensor};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
@@ -44,6 +54,8 @@ pub struct Request {
     pub logprobs: Logprobs,
     /// Adjustments of the logits before sampling.
     pub penalties: Penalties,
+    /// The attached adapter to decode with; none for the base model.
+    pub adapter: Option<u32>,
     /// Receives the text as it is generated, then exactly one `Done` or `Failed`.
     pub events: mpsc::UnboundedSender<Event>,
 }
@@ -134,7 +146,18 @@ pub const NON_FINITE_LOGITS: &str =
 #[derive(Clone, Debug)]
 pub struct Engine {
     requests: mpsc::UnboundedSender<Request>,
+    commands: mpsc::UnboundedSender<Command>,
     queue: Queue,
+}
+
+/// Changes to the attached adapters, made by the engine thread between steps.
+enum Command {
+    Attach {
+        id: u32,
+        adapter: Box<PeftAdapter>,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+    Detach(u32),
 }
 
 /// Why requests were not taken.
@@ -193,12 +216,15 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (command_tx, command_rx) = mpsc::unbounded_channel();
         let queue = Queue {
             depth: Arc::new(AtomicUsize::new(0)),
             max: max_queue.max(1),
             metrics: metrics.clone(),
         };
         let worker = Worker {
+            commands: command_rx,
+            detaching: Vec::new(),
             model,
             tokenizer,
             eos_token_ids,
@@ -216,8 +242,29 @@ impl Engine {
             .expect("cannot start the engine thread");
         Engine {
             requests: tx,
+            commands: command_tx,
             queue,
         }
+    }
+
+    /// Attaches `adapter` under `id` between two decoding steps; answers
+    /// whether it fits the model (nothing changes when it does not).
+    pub async fn attach_adapter(&self, id: u32, adapter: PeftAdapter) -> Result<(), String> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Command::Attach {
+                id,
+                adapter: Box::new(adapter),
+                done,
+            })
+            .map_err(|_| SubmitError::Stopped.to_string())?;
+        answer.await.map_err(|_| SubmitError::Stopped.to_string())?
+    }
+
+    /// Detaches adapter `id` once no sequence decoded with it is left; its
+    /// requests already taken finish with it.
+    pub fn detach_adapter(&self, id: u32) {
+        let _ = self.commands.send(Command::Detach(id));
     }
 
     /// Most prompts that may wait for the batch.
@@ -246,6 +293,7 @@ impl Engine {
 /// A request being decoded.
 struct Sequence {
     events: mpsc::UnboundedSender<Event>,
+    adapter: Option<u32>,
     sampler: LogitsProcessor,
     stop: StopSequences,
     logprobs: Logprobs,
@@ -281,6 +329,7 @@ impl Sequence {
     fn new(request: Request) -> (Self, Vec<i64>) {
         let seq = Sequence {
             events: request.events,
+            adapter: request.adapter,
             sampler: LogitsProcessor::new(request.seed, request.sampling),
             stop: request.stop,
             logprobs: request.logprobs,
@@ -441,6 +490,9 @@ struct Worker {
     max_batch: usize,
     metrics: Arc<Metrics>,
     requests: mpsc::UnboundedReceiver<Request>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// Adapters to detach once no sequence uses them.
+    detaching: Vec<u32>,
     /// The places of the submitted requests not yet in the batch.
     queue: Queue,
     /// Received requests waiting for room in the batch, oldest first.
@@ -455,11 +507,16 @@ impl Worker {
         self.cache = self.model.new_cache();
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
-                // Idle: sleep until a request comes (or the server stops).
-                match self.requests.blocking_recv() {
-                    Some(request) => self.waiting.push_back(request),
+                // Idle: sleep until a request or a command comes (or the
+                // server stops).
+                match self.idle_wait() {
+                    Some(Some(request)) => self.waiting.push_back(request),
+                    Some(None) => {}
                     None => return,
                 }
+            }
+            while let Ok(command) = self.commands.try_recv() {
+                self.command(command);
             }
             while let Ok(request) = self.requests.try_recv() {
                 self.waiting.push_back(request);
@@ -482,7 +539,52 @@ impl Worker {
                 // Also after the step: an idle engine shows zero.
                 self.publish();
             }
+            self.detach_unused();
         }
+    }
+
+    /// Blocks until a request (`Some(Some)`) or a command (`Some(None)`)
+    /// arrives; `None` when the engine's handles are all gone.
+    fn idle_wait(&mut self) -> Option<Option<Request>> {
+        futures::executor::block_on(futures::future::poll_fn(|cx| {
+            if let Poll::Ready(Some(command)) = self.commands.poll_recv(cx) {
+                self.command(command);
+                return Poll::Ready(Some(None));
+            }
+            self.requests.poll_recv(cx).map(|r| r.map(Some))
+        }))
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Attach { id, adapter, done } => {
+                let result = self
+                    .model
+                    .attach_adapter(id, &adapter)
+                    .map_err(|e| e.to_string());
+                let _ = done.send(result);
+            }
+            Command::Detach(id) => self.detaching.push(id),
+        }
+    }
+
+    /// Detaches the adapters asked to go that no sequence, running or
+    /// waiting, uses any more.
+    fn detach_unused(&mut self) {
+        if self.detaching.is_empty() {
+            return;
+        }
+        let (running, waiting) = (&self.running, &self.waiting);
+        let in_use = |id: u32| {
+            running.iter().any(|s| s.adapter == Some(id))
+                || waiting.iter().any(|r| r.adapter == Some(id))
+        };
+        let (busy, unused): (Vec<u32>, Vec<u32>) =
+            self.detaching.iter().partition(|&&id| in_use(id));
+        for id in unused {
+            self.model.detach_adapter(id);
+        }
+        self.detaching = busy;
     }
 
     /// The running batch's gauges.
@@ -517,11 +619,15 @@ impl Worker {
         let started = Instant::now();
         let mut cache = self.model.new_cache();
         let top: Vec<Option<usize>> = seqs.iter().map(|s| s.logprobs.prompt).collect();
-        let prefilled = if top.iter().any(Option::is_some) {
-            prefill_scored(&self.model, &prompts, &top, &mut cache)
-        } else {
-            prefill(&self.model, &prompts, &mut cache).map(|rows| (rows, Vec::new()))
-        };
+        let adapters: Vec<Option<u32>> = seqs.iter().map(|s| s.adapter).collect();
+        let prefilled = routes(&self.model, &adapters).and_then(|routes| {
+            let routes = routes.as_ref();
+            if top.iter().any(Option::is_some) {
+                prefill_scored(&self.model, &prompts, &top, &mut cache, routes)
+            } else {
+                prefill(&self.model, &prompts, &mut cache, routes).map(|rows| (rows, Vec::new()))
+            }
+        });
         let (rows, scores) = match prefilled {
             Ok(prefilled) => prefilled,
             Err(e) => {
@@ -610,16 +716,19 @@ impl Worker {
     /// One decoding step for every running sequence.
     fn step(&mut self) {
         let inputs: Vec<i64> = self.running.iter().map(|s| s.next_input).collect();
+        let adapters: Vec<Option<u32>> = self.running.iter().map(|s| s.adapter).collect();
         let n = inputs.len() as i64;
-        let rows = Tensor::f_from_slice(&inputs)
-            .and_then(|t| t.f_view([n, 1]))
-            .map_err(|e| e.to_string())
-            .and_then(|ids| {
-                self.model
-                    .forward_last(&ids, None, &mut self.cache)
-                    .map_err(|e| e.to_string())
-            })
-            .and_then(|l| host_rows(&l));
+        let rows = routes(&self.model, &adapters).and_then(|routes| {
+            Tensor::f_from_slice(&inputs)
+                .and_then(|t| t.f_view([n, 1]))
+                .map_err(|e| e.to_string())
+                .and_then(|ids| {
+                    self.model
+                        .forward_last_routed(&ids, None, &mut self.cache, routes.as_ref())
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|l| host_rows(&l))
+        });
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
@@ -644,6 +753,11 @@ impl Worker {
             None => self.cache.clear(),
         }
     }
+}
+
+/// The routes of a batch whose rows use `adapters`.
+fn routes(model: &Model, adapters: &[Option<u32>]) -> Result<Option<AdapterRoutes>, String> {
+    AdapterRoutes::from_rows(adapters, model.device()).map_err(|e| e.to_string())
 }
 
 /// Tells every sequence that generation failed.
@@ -679,6 +793,7 @@ fn prefill(
     model: &Model,
     prompts: &[Vec<i64>],
     cache: &mut KvCache,
+    routes: Option<&AdapterRoutes>,
 ) -> Result<Vec<Vec<f32>>, String> {
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(prompts.len() * longest);
@@ -696,7 +811,7 @@ fn prefill(
             .contains(&0)
             .then(|| Tensor::f_from_slice(&mask).and_then(|m| m.f_view(shape)))
             .transpose()?;
-        model.forward_last(&ids, mask.as_ref(), cache)
+        model.forward_last_routed(&ids, mask.as_ref(), cache, routes)
     };
     host_rows(&run().map_err(|e| e.to_string())?)
 }
@@ -712,6 +827,7 @@ fn prefill_scored(
     prompts: &[Vec<i64>],
     top: &[Option<usize>],
     cache: &mut KvCache,
+    routes: Option<&AdapterRoutes>,
 ) -> Result<Prefilled, String> {
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(prompts.len() * longest);
@@ -726,7 +842,7 @@ fn prefill_scored(
     let mut run = || -> Result<_, llmops_model::Error> {
         let ids = Tensor::f_from_slice(&ids)?.f_view(shape)?;
         let mask = Tensor::f_from_slice(&mask)?.f_view(shape)?;
-        let logits = model.forward_padded(&ids, &mask, cache)?;
+        let logits = model.forward_padded_routed(&ids, &mask, cache, routes)?;
         let last = logits.f_select(1, -1)?;
         if longest < 2 {
             return Ok((last, None));
@@ -819,6 +935,7 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> (Self, mpsc::UnboundedReceiver<Request>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (commands, _) = mpsc::unbounded_channel();
         let queue = Queue {
             depth: Arc::new(AtomicUsize::new(0)),
             max: max_queue.max(1),
@@ -827,6 +944,7 @@ impl Engine {
         (
             Engine {
                 requests: tx,
+                commands,
                 queue,
             },
             rx,

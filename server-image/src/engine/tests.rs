@@ -73,6 +73,7 @@ fn request(prompt: &[i64], max: usize, stop: &[&str]) -> (Request, mpsc::Unbound
         stop: StopSequences::new(stop.iter().copied()),
         logprobs: Logprobs::default(),
         penalties: Penalties::default(),
+        adapter: None,
         events: tx,
     };
     (request, rx)
