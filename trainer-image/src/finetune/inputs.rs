@@ -85,10 +85,12 @@ pub(super) fn resolve(ft: &FineTune, options: &Options) -> Result<Resolved, Fine
 }
 
 /// Downloads the dataset (checked against `status.lineage.dataset.digest`) and
-/// the base model into `cache`.
+/// the base model into `cache`. A base model from the Hugging Face Hub is
+/// recorded from then on by the commit its revision resolved to
+/// (`hf://org/model@<sha>`), so that the lineage names the bytes trained on.
 pub(super) async fn fetch(
     ft: &FineTune,
-    r: &Resolved,
+    r: &mut Resolved,
     cache: &Path,
 ) -> Result<Fetched, FineTuneError> {
     let (dataset_scratch, base_scratch) = (cache.join("dataset"), cache.join("base"));
@@ -114,6 +116,10 @@ pub(super) async fn fetch(
     let pinned = Some(r.base_digest.as_str()).filter(|d| !d.is_empty());
     let base_store = Store::open(&r.base_uri, &Credentials::from_secret(base_secret))?;
     let base_dir = fetch_model(&base_store, &base_scratch, pinned).await?;
+    if let Some(pinned_uri) = base_store.pinned_uri().await? {
+        tracing::info!(base_model = %pinned_uri, "the base model's revision resolved");
+        r.base_uri = pinned_uri;
+    }
     let base_config = Config::from_file(base_dir.join(io::CONFIG_FILE)).map_err(|e| {
         FineTuneError::Incompatible(format!(
             "the base model at {} is not a model directory: {e}",

@@ -65,10 +65,10 @@ pub async fn finetune(
     reporter: Option<Reporter>,
     interrupt: Interrupt,
 ) -> Result<Outcome, FineTuneError> {
-    let resolved = inputs::resolve(ft, options)?;
+    let mut resolved = inputs::resolve(ft, options)?;
     session::claim_output(&resolved.store, &owner_of(ft)).await?;
     let cache = tempfile::tempdir().map_err(TrainError::io("create a download cache"))?;
-    let fetched = inputs::fetch(ft, &resolved, cache.path()).await?;
+    let fetched = inputs::fetch(ft, &mut resolved, cache.path()).await?;
     let tokenizer = inputs::check_tokenizer(&resolved, &fetched)?;
     let run = train(ft, &resolved, fetched, reporter.clone(), interrupt).await?;
     if let Some(early) = Outcome::before_export(&run.trained, run.rank) {
