@@ -31,7 +31,8 @@ pub struct ModelDir {
 }
 
 /// The directory behind `uri`: used in place for `file://`/`pvc://` (and plain
-/// paths), downloaded to a temporary directory from object stores. With a
+/// paths), downloaded to a temporary directory from object stores and the
+/// Hugging Face Hub (`hf://`, at the commit its revision resolves to). With a
 /// manifest only the files it lists (no checkpoints), each checked; `digest`,
 /// the one the operator pinned, must be the model's (`llmops_store::model`).
 pub async fn fetch(
@@ -93,6 +94,11 @@ async fn fetch_plain(
         .as_ref()
         .map_or_else(PathBuf::new, |d| d.path().to_path_buf());
     let path = fetch_model(&store, &scratch, digest).await?;
+    // A Hub revision (a branch, a tag) is logged as the commit it named, what a
+    // rollback or a second replica must ask for to load the same bytes.
+    if let Some(pinned) = store.pinned_uri().await? {
+        tracing::info!(model = %uri, commit = %pinned, "the model's revision resolved");
+    }
     Ok((uri, path, download))
 }
 
