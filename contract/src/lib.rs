@@ -124,6 +124,22 @@ pub mod env {
     /// trainer.
     pub const HTTP_READ_TIMEOUT_SECONDS: &str = "LLMOPS_HTTP_READ_TIMEOUT_SECONDS";
 
+    /// The object a trainer or server pod works for, as `KIND/NAMESPACE/NAME`
+    /// (`FineTune/ml/support-bot`). Set by the operator on every trainer and
+    /// server pod; read by their logging, which puts it on every line.
+    pub const OWNER: &str = "LLMOPS_OWNER";
+
+    /// `json` or `text`: how the trainer, server and operator write log lines
+    /// (default: text on a terminal, JSON otherwise). Not set by the operator;
+    /// read by all three.
+    pub const LOG_FORMAT: &str = "LLMOPS_LOG_FORMAT";
+
+    /// The W3C trace context the pod's work continues: the trace of the object's
+    /// generation that created the pod. Set by the operator on trainer and server
+    /// pods from the pod's [`crate::TRACEPARENT_ANNOTATION`] (downward API); read
+    /// by their telemetry, whose first span becomes a child of it.
+    pub const TRACEPARENT: &str = "TRACEPARENT";
+
     /// The process's index within its pod. Set by the trainer's launcher on the
     /// processes it starts; read by them (and its presence tells a process it was
     /// launched). The operator never sets it.
@@ -224,6 +240,11 @@ pub mod exit {
     /// error). Exited with by the trainer; the operator fails the Job at once.
     pub const INVALID: u8 = 2;
 }
+
+/// Pod (and Job) annotation holding the W3C `traceparent` of the object
+/// generation that created the pod; the operator sets it, [`env::TRACEPARENT`]
+/// reads it through the downward API.
+pub const TRACEPARENT_ANNOTATION: &str = "llmops.dev/traceparent";
 
 /// The server-side-apply field manager of everything the operator writes (its
 /// children and the operator's part of each status); also the children's

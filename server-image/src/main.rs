@@ -9,7 +9,6 @@
 //! also one arriving meanwhile, is still served; once no request is in flight,
 //! or `--shutdown-grace` has passed, the process exits with status 0.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use llmops_server::api::{self, AppState, router};
 use llmops_server::load::{self, DtypeChoice};
 use llmops_server::metrics::Metrics;
 use llmops_store::Credentials;
+use tracing::Instrument as _;
 
 /// Serve a model over an OpenAI-compatible HTTP API.
 #[derive(Parser, Debug)]
@@ -203,14 +203,20 @@ async fn drain(
 fn main() -> ExitCode {
     // Workspace builds enable more than one rustls backend; pick one.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    // Logs on stderr (JSON in a pod, text on a terminal) and, with OTEL_* set,
+    // spans exported under the pod's TRACEPARENT; gRPC export needs the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        match llmops_telemetry::init(llmops_telemetry::Options::new("llmops-server", "info")) {
+            Ok(telemetry) => telemetry,
+            Err(e) => return fail(&format!("{e:#}")),
+        }
+    };
     let api_keys = match api_keys(&cli) {
         Ok(keys) => keys,
         Err(e) => return fail(&e),
@@ -225,11 +231,8 @@ fn main() -> ExitCode {
         Ok(limits) => limits,
         Err(e) => return fail(&e),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
-    };
     let code = runtime.block_on(serve(cli, api_keys, limits));
+    telemetry.shutdown();
     // Do not wait for a model still loading, nor for cut-off requests.
     runtime.shutdown_background();
     code
@@ -247,6 +250,16 @@ async fn serve(cli: Cli, api_keys: Vec<String>, limits: api::Limits) -> ExitCode
     let grace = Duration::from_secs(cli.shutdown_grace);
 
     let loader_state = state.clone();
+    // The pod's part of its trace: from the start to a loaded model (or the
+    // error that ends the process), a child of the pod's TRACEPARENT.
+    let startup = tracing::info_span!(
+        "server.start",
+        model = %cli.model,
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = llmops_telemetry::context::from_env() {
+        parent.adopt(&startup);
+    }
     tokio::spawn(async move {
         let name = cli
             .served_model_name
@@ -268,6 +281,7 @@ async fn serve(cli: Cli, api_keys: Vec<String>, limits: api::Limits) -> ExitCode
             .await??;
             anyhow::Ok(served)
         }
+        .instrument(startup.clone())
         .await;
         match result {
             Ok((served, dir, metrics)) => {
@@ -275,10 +289,15 @@ async fn serve(cli: Cli, api_keys: Vec<String>, limits: api::Limits) -> ExitCode
                 drop(dir);
                 let _ = loader_state.served.set(Arc::new(served));
                 metrics.ready.set(1);
-                tracing::info!("ready");
+                startup.in_scope(|| tracing::info!("ready"));
             }
             Err(e) => {
+                startup.in_scope(|| tracing::error!(error = format!("{e:#}"), "cannot serve"));
+                startup.record("otel.status_code", "ERROR");
                 eprintln!("error: cannot serve {}: {e:#}", cli.model);
+                // The span ends here; flush it, as exit skips every destructor.
+                drop(startup);
+                llmops_telemetry::shutdown();
                 std::process::exit(1);
             }
         }

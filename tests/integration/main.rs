@@ -26,3 +26,4 @@ mod helm;
 mod invalid;
 mod rbac;
 mod scheduling;
+mod telemetry;

@@ -36,6 +36,7 @@ pub mod loopback;
 mod namespace;
 pub mod node;
 pub mod operator;
+pub mod otlp;
 pub mod traffic;
 
 pub use cluster::{Cluster, Outcome, SKIP_ENV};

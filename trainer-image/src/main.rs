@@ -1,6 +1,5 @@
 //! `trainer`: runs one step of a model's life for the resource in `--resource`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -110,19 +109,48 @@ fn main() -> ExitCode {
     // Workspace builds enable more than one rustls backend (aws-lc-rs through
     // reqwest, ring through the operator), and then rustls refuses to guess.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: pod logs and pipes get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
+    // Logs on stderr (JSON in a pod, text on a terminal) and, with OTEL_* set,
+    // spans exported under the pod's TRACEPARENT; gRPC export needs the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        match llmops_telemetry::init(llmops_telemetry::Options::new("llmops-trainer", "warn")) {
+            Ok(telemetry) => telemetry,
+            Err(e) => return fail(&format!("{e:#}")),
+        }
+    };
+    let root = telemetry.root_span(tracing::info_span!(
+        "trainer",
+        command = cli.command.name(),
+        otel.status_code = tracing::field::Empty,
+    ));
+    let code = root.in_scope(|| run(cli, &runtime));
+    if code != ExitCode::SUCCESS {
+        root.record("otel.status_code", "ERROR");
+    }
+    drop(root);
+    telemetry.shutdown();
+    code
+}
+
+impl Command {
+    /// The subcommand, as the root span names it.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Prepare { .. } => "prepare",
+            Command::Pretrain { .. } => "pretrain",
+            Command::Finetune { .. } => "finetune",
+            Command::Clean { .. } => "clean",
+            Command::Bench { .. } => "bench",
+        }
+    }
+}
+
+fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
     match cli.command {
         Command::Prepare { resource, output } => runtime.block_on(run_prepare(resource, output)),
         Command::Clean {
