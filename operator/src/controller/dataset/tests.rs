@@ -315,8 +315,11 @@ spec:
             .iter()
             .filter(|e| e.name.starts_with("LLMOPS_CRED_"))
             .collect();
-        // Three distinct Secrets (s3-creds once), nine keys each.
-        assert_eq!(credentials.len(), 27);
+        // Three distinct Secrets (s3-creds once), every credential key of each.
+        assert_eq!(
+            credentials.len(),
+            3 * llmops_contract::credentials::CREDENTIAL_KEYS.len()
+        );
         for var in &credentials {
             assert!(var.value.is_none(), "{} has a literal value", var.name);
             let selector = var
