@@ -46,6 +46,10 @@ pub struct OperatorConfig {
     pub operator_namespace: Option<String>,
     /// Whether every ModelDeployment must set `spec.auth`.
     pub require_auth: bool,
+    /// The operator's `OTEL_*` export settings, which its trainer and serving
+    /// pods get too so that their spans reach the same collector
+    /// (`llmops_telemetry::otlp::export_env`).
+    pub pod_export_env: Vec<(String, String)>,
 }
 
 /// CPU and memory for trainer pods whose resource has no `resources` field.
@@ -108,6 +112,7 @@ impl OperatorConfig {
             trainer_egress: crate::workload::isolation::allow_all(),
             operator_namespace: Some("llmops-system".into()),
             require_auth: false,
+            pod_export_env: Vec::new(),
         }
     }
 }

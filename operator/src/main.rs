@@ -44,7 +44,8 @@ struct RunArgs {
     /// Log level (trace, debug, info, warn, error) or a full filter (`info,kube=debug`).
     #[arg(long, default_value = "info")]
     log_level: String,
-    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    /// How log lines are written (also `$LLMOPS_LOG_FORMAT`).
+    #[arg(long, value_enum, env = llmops_contract::env::LOG_FORMAT, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
     /// Image of the trainer pods.
     #[arg(long)]
@@ -78,7 +79,9 @@ struct RunArgs {
     /// Elect a leader on a Lease in $POD_NAMESPACE, held as $POD_NAME.
     #[arg(long)]
     leader_election: bool,
-    /// OTLP gRPC endpoint for traces, e.g. http://otel-collector:4317.
+    /// OTLP gRPC endpoint for traces, e.g. http://otel-collector:4317; the
+    /// standard `OTEL_EXPORTER_OTLP_*` variables do the same (and choose HTTP).
+    /// The trainer and serving pods get the same settings.
     #[arg(long)]
     otlp_endpoint: Option<String>,
     /// How often each ModelDeployment's serving pods are scraped (`15s`, `1m`).
@@ -218,6 +221,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .ok()
                 .filter(|ns| !ns.is_empty()),
             require_auth: args.require_auth,
+            pod_export_env: llmops_telemetry::otlp::export_env(args.otlp_endpoint.as_deref()),
         },
         scope: Scope::new(
             args.namespaces

@@ -268,6 +268,11 @@ where
             move |obj, ctx: Arc<Context>| {
                 let key = ObjectRef::from_obj(obj.as_ref()).to_string();
                 let span = tracing::info_span!("reconcile", kind, object = %key);
+                // Every pass over one generation joins that generation's trace,
+                // with the pods it starts (`workload::telemetry`).
+                if let Some(trace) = crate::workload::telemetry::trace_of(obj.as_ref()) {
+                    trace.adopt(&span);
+                }
                 async move {
                     let started = Instant::now();
                     let result = reconcile(obj, ctx.clone()).await;

@@ -29,6 +29,7 @@ use super::credentials::credential_env;
 use super::job::{TrainerJob, env, pod_failure_policy};
 use super::observe::{JobState, job_pods, job_state};
 use super::storage::{PvcMounts, pvc_claim};
+use super::telemetry::PodTelemetry;
 use crate::config::OperatorConfig;
 use crate::runtime::Context;
 use crate::runtime::apply::{
@@ -480,6 +481,7 @@ pub fn build_clean_job<K: OwnsArtifact>(
         // prefix it must not delete fails the Job at once.
         pod_failure_policy: pod_failure_policy(&[], &[i32::from(exit::INVALID)]),
         active_deadline_seconds: CLEAN_DEADLINE_SECONDS,
+        telemetry: PodTelemetry::of(obj, &config.pod_export_env),
     }
     .into_job()
 }

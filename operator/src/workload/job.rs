@@ -16,6 +16,7 @@ use llmops_contract::path::{RESOURCE_KEY, RESOURCE_PATH};
 
 use super::image::ImagePull;
 use super::security::{container_security_context, pod_security_context};
+use super::telemetry::PodTelemetry;
 
 /// Name of the trainer container; the operator reads its termination message.
 pub const TRAINER_CONTAINER: &str = "trainer";
@@ -54,6 +55,8 @@ pub struct TrainerJob {
     /// stopped and it fails with `DeadlineExceeded`: a pod that hangs (a stuck
     /// download, a rendezvous that never completes) cannot hold its nodes forever.
     pub active_deadline_seconds: i64,
+    /// The owner, trace and OTLP settings of the pod ([`PodTelemetry::of`]).
+    pub telemetry: PodTelemetry,
 }
 
 /// `podFailurePolicy` of a trainer Job, evaluated in order:
@@ -190,8 +193,22 @@ impl TrainerJob {
             labels: self.meta.labels.clone(),
             ..ObjectMeta::default()
         };
+        let mut template = PodTemplateSpec {
+            metadata: Some(pod_meta),
+            spec: Some(pod),
+        };
+        // The Job is created once and its template is immutable: its pods keep
+        // the trace of the generation that started the run.
+        self.telemetry.apply(&mut template);
+        let mut metadata = self.meta;
+        if let Some(traceparent) = &self.telemetry.traceparent {
+            metadata.annotations.get_or_insert_default().insert(
+                llmops_contract::TRACEPARENT_ANNOTATION.into(),
+                traceparent.clone(),
+            );
+        }
         Job {
-            metadata: self.meta,
+            metadata,
             spec: Some(JobSpec {
                 backoff_limit: Some(self.backoff_limit),
                 pod_failure_policy: Some(self.pod_failure_policy),
@@ -199,10 +216,7 @@ impl TrainerJob {
                 completions: Some(1),
                 parallelism: Some(1),
                 ttl_seconds_after_finished: self.ttl_seconds_after_finished,
-                template: PodTemplateSpec {
-                    metadata: Some(pod_meta),
-                    spec: Some(pod),
-                },
+                template,
                 ..JobSpec::default()
             }),
             status: None,

@@ -1,6 +1,7 @@
 //! Pieces of the pods the operator runs for every kind: Pod Security `restricted`
 //! settings, credentials from Secrets, image pull settings, volumes for URIs on PVCs, trainer Jobs
-//! and the NetworkPolicy that isolates trainer pods.
+//! the NetworkPolicy that isolates trainer pods, and the owner, trace and OTLP
+//! settings every pod gets.
 
 pub mod cleanup;
 pub mod credentials;
@@ -13,3 +14,4 @@ pub mod rbac;
 pub mod record;
 pub mod security;
 pub mod storage;
+pub mod telemetry;

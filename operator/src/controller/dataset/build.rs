@@ -38,6 +38,7 @@ use crate::workload::job::{
 };
 use crate::workload::rbac::{TrainerRbac, trainer_rbac};
 use crate::workload::storage::{PvcMounts, pvc_claim};
+use crate::workload::telemetry::PodTelemetry;
 
 /// `app.kubernetes.io/component` of the preparation children.
 pub const PREPARE_COMPONENT: &str = "prepare";
@@ -148,6 +149,7 @@ fn build_prepare_job(valid: &Valid<'_>, config: &OperatorConfig) -> Job {
             .spec
             .active_deadline_seconds
             .unwrap_or(DEFAULT_PREPARE_DEADLINE_SECONDS),
+        telemetry: PodTelemetry::of(ds, &config.pod_export_env),
     }
     .into_job()
 }

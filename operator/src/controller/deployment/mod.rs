@@ -253,6 +253,7 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
     children.canary = rollout
         .canary_replicas
         .map(|n| build::build_canary(&md, &model, &ctx.config, n));
+    stamp_telemetry(&md, &mut children, &live, &ctx.config);
     let deployment = apply_children(&ctx.client, &children).await?;
     // Weights first: a canary goes only once the route no longer sends to it,
     // so nothing is deleted while the route cannot be written.
@@ -356,6 +357,23 @@ fn with_canary(
         canary.aborted,
         serving_canary,
     )
+}
+
+/// The serving pods' owner, trace and OTLP settings, keeping each live
+/// template's trace while nothing else in it changes
+/// ([`crate::workload::telemetry::stamp_deployment`]).
+fn stamp_telemetry(
+    md: &ModelDeployment,
+    children: &mut Children,
+    live: &Live,
+    config: &crate::config::OperatorConfig,
+) {
+    use crate::workload::telemetry::stamp_deployment;
+    let env = &config.pod_export_env;
+    stamp_deployment(md, &mut children.deployment, live.stable.as_ref(), env);
+    if let Some(canary) = children.canary.as_mut() {
+        stamp_deployment(md, canary, live.canary.as_ref(), env);
+    }
 }
 
 /// The live stable and canary Deployments of a ModelDeployment.

@@ -883,3 +883,54 @@ mod status_tests {
         ));
     }
 }
+
+mod telemetry_tests {
+    use super::*;
+    use crate::workload::telemetry::stamp_deployment;
+    use llmops_contract::TRACEPARENT_ANNOTATION;
+    use llmops_telemetry::TraceParent;
+
+    /// The stable Deployment of a pass: built, then stamped against the live one.
+    fn pass(overlay: &str, live: Option<&Deployment>) -> Deployment {
+        let md = fixture(overlay);
+        let mut c = build::build(&md, &resolved(&md), &OperatorConfig::example());
+        stamp_deployment(&md, &mut c.deployment, live, &[]);
+        c.deployment
+    }
+
+    fn traceparent(d: &Deployment) -> Option<&str> {
+        d.spec
+            .as_ref()?
+            .template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get(TRACEPARENT_ANNOTATION)
+            .map(String::as_str)
+    }
+
+    #[test]
+    fn a_new_generation_that_only_scales_leaves_the_template_as_it_runs() {
+        let first = pass("{}", None);
+        let trace = TraceParent::derived("9c1d-uid", 1).to_string();
+        assert_eq!(traceparent(&first), Some(trace.as_str()));
+        for overlay in [
+            "metadata: {generation: 2}\nspec: {replicas: {min: 3, max: 3}}",
+            "metadata: {generation: 3}\nspec: {replicas: {min: 1, max: 4}}",
+        ] {
+            let later = pass(overlay, Some(&first));
+            assert_eq!(
+                later.spec.as_ref().unwrap().template,
+                first.spec.as_ref().unwrap().template,
+                "{overlay}"
+            );
+        }
+        let new_model = pass(
+            "metadata: {generation: 4}\nspec: {model: {uri: \"s3://models/chat-v2\"}}",
+            Some(&first),
+        );
+        let trace = TraceParent::derived("9c1d-uid", 4).to_string();
+        assert_eq!(traceparent(&new_model), Some(trace.as_str()));
+    }
+}

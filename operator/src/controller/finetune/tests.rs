@@ -789,3 +789,40 @@ mod watch_tests {
         );
     }
 }
+
+mod telemetry_tests {
+    use super::*;
+    use llmops_contract::TRACEPARENT_ANNOTATION;
+    use llmops_telemetry::TraceParent;
+
+    #[test]
+    fn the_trainer_job_continues_the_generation_s_trace() {
+        let c = children("metadata: {generation: 5}");
+        let trace = TraceParent::derived("9c1d-uid", 5).to_string();
+        let template = &c.job.spec.as_ref().unwrap().template;
+        let annotations = template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap();
+        assert_eq!(annotations.get(TRACEPARENT_ANNOTATION), Some(&trace));
+        let traceparent = env_var(&c.job, env::TRACEPARENT).unwrap();
+        assert_eq!(
+            traceparent
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            format!("metadata.annotations['{TRACEPARENT_ANNOTATION}']")
+        );
+        assert_eq!(
+            env_var(&c.job, env::OWNER).unwrap().value.as_deref(),
+            Some("FineTune/ml/qa")
+        );
+    }
+}

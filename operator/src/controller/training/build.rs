@@ -29,6 +29,7 @@ use crate::workload::isolation::trainer_network_policy;
 use crate::workload::job::{DEFAULT_SCRATCH_SIZE, TrainerJob, env, resource_file};
 use crate::workload::rbac::{TrainerRbac, trainer_rbac};
 use crate::workload::storage::{PvcMounts, pvc_claim};
+use crate::workload::telemetry::PodTelemetry;
 
 /// Port rank 0 listens on for the other ranks ([`llmops_contract::MASTER_PORT`]).
 pub const MASTER_PORT: i32 = llmops_contract::MASTER_PORT as i32;
@@ -270,6 +271,7 @@ fn build_job<K: Resource<DynamicType = ()>>(
         backoff_limit: backoff_limit(run.failure_policy, run.resources),
         pod_failure_policy: pod_failure_policy(),
         active_deadline_seconds: active_deadline_seconds(run.failure_policy),
+        telemetry: PodTelemetry::of(parent, &config.pod_export_env),
     }
     .into_job();
 
