@@ -1,0 +1,459 @@
+//! Discovery: the models and pods to route to, and the keys, from the API.
+//!
+//! Reflectors keep ModelDeployments, the endpoints of their Services, and the
+//! key Secrets; any change rebuilds the routing table and the key set as a
+//! whole ([`build_table`]). A ModelDeployment `<name>` is served by the
+//! Service `<name>` (port `http`, the server's port), whose ready endpoints
+//! are what the EndpointSlices labelled `kubernetes.io/service-name: <name>`
+//! hold: a serving pod is ready once its model is loaded, and turns unready as
+//! soon as it starts draining, so new requests go only where they can be served.
+//!
+//! With `--endpoints=pods` the ready pods the Service selects are read
+//! instead of its EndpointSlices: for clusters where no EndpointSlice
+//! controller runs (a local node whose pods have loopback addresses, which
+//! EndpointSlices refuse). Both give the same set of addresses.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use llmops_crds::ModelDeployment;
+use tokio::sync::Notify;
+
+use crate::keys::KeySet;
+use crate::metrics::Metrics;
+use crate::registry::{Backend, Registry, Table};
+
+/// The label naming an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The serving pods' labels, as the operator sets them and the Service
+/// selects them: the ModelDeployment's name, and the component.
+pub const MODEL_DEPLOYMENT_LABEL: &str = "llmops.dev/modeldeployment";
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+pub const SERVER_COMPONENT: &str = "server";
+/// The serving port's name, on the Service, the EndpointSlices and the pods.
+pub const PORT_NAME: &str = "http";
+
+/// Where the ready endpoints come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EndpointSource {
+    /// The Services' EndpointSlices.
+    Endpointslices,
+    /// The ready pods the Services select.
+    Pods,
+}
+
+/// What to watch.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    /// The namespace of the ModelDeployments served; all when `None`.
+    pub namespace: Option<String>,
+    pub endpoints: EndpointSource,
+    /// Where the key Secrets are, and their names.
+    pub keys_namespace: String,
+    pub key_secrets: Vec<String>,
+}
+
+/// The id clients use for a ModelDeployment: its name when the gateway serves
+/// one namespace, `<namespace>/<name>` when it serves all.
+pub fn model_id(namespace: &str, name: &str, single_namespace: bool) -> String {
+    if single_namespace {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+/// The ready serving addresses of a Service's EndpointSlices.
+pub fn slice_endpoints<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec<SocketAddr> {
+    let mut out = BTreeSet::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        let ports = slice.ports.as_deref().unwrap_or_default();
+        let port = ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(PORT_NAME))
+            .or(match ports {
+                [only] => Some(only),
+                _ => None,
+            })
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok());
+        let Some(port) = port else { continue };
+        for endpoint in &slice.endpoints {
+            // Ready unset means ready, as for kube-proxy.
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            if let Some(ip) = endpoint
+                .addresses
+                .first()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+            {
+                out.insert(SocketAddr::new(ip, port));
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The ready serving addresses among a ModelDeployment's pods.
+pub fn pod_endpoints<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<SocketAddr> {
+    let mut out = BTreeSet::new();
+    for pod in pods {
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let Some(status) = &pod.status else { continue };
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let ip = status
+            .pod_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok());
+        let port = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(PORT_NAME))
+            .and_then(|p| u16::try_from(p.container_port).ok());
+        if let (true, Some(ip), Some(port)) = (ready, ip, port) {
+            out.insert(SocketAddr::new(ip, port));
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The routing table of `mds`, given the ready endpoints of each
+/// `(namespace, name)`; a ModelDeployment with its own `auth` is left out
+/// (its pods want a key the gateway does not hold), which the warnings say.
+pub fn build_table(
+    mds: &[Arc<ModelDeployment>],
+    endpoints: &BTreeMap<(String, String), Vec<SocketAddr>>,
+    single_namespace: bool,
+) -> (Table, Vec<String>) {
+    let mut table = Table::default();
+    let mut warnings = Vec::new();
+    for md in mds {
+        let (namespace, name) = (md.namespace().unwrap_or_default(), md.name_any());
+        if md.spec.auth.is_some() {
+            warnings.push(format!(
+                "ModelDeployment {namespace}/{name} has spec.auth: not served through the gateway"
+            ));
+            continue;
+        }
+        let id = model_id(&namespace, &name, single_namespace);
+        let backend = Backend {
+            id: id.clone(),
+            created: md
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| t.0.as_second()),
+            endpoints: endpoints
+                .get(&(namespace.clone(), name.clone()))
+                .cloned()
+                .unwrap_or_default(),
+            namespace,
+            served_name: name,
+        };
+        table.backends.insert(id, Arc::new(backend));
+    }
+    (table, warnings)
+}
+
+/// Forwards a reflector's events as change notices until the stream ends.
+async fn drive<S, T, E>(stream: S, what: &'static str, changed: Arc<Notify>)
+where
+    S: Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(_) => changed.notify_one(),
+            Err(e) => tracing::warn!("watching {what}: {e}"),
+        }
+    }
+}
+
+enum Endpoints {
+    Slices(Store<EndpointSlice>),
+    Pods(Store<Pod>),
+}
+
+impl Endpoints {
+    fn by_service(&self) -> BTreeMap<(String, String), Vec<SocketAddr>> {
+        let mut grouped: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
+        let mut pods: BTreeMap<(String, String), Vec<Arc<Pod>>> = BTreeMap::new();
+        match self {
+            Endpoints::Slices(store) => {
+                for slice in store.state() {
+                    if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
+                        let key = (slice.namespace().unwrap_or_default(), service.clone());
+                        grouped.entry(key).or_default().push(slice);
+                    }
+                }
+            }
+            Endpoints::Pods(store) => {
+                for pod in store.state() {
+                    if let Some(md) = pod.labels().get(MODEL_DEPLOYMENT_LABEL) {
+                        let key = (pod.namespace().unwrap_or_default(), md.clone());
+                        pods.entry(key).or_default().push(pod);
+                    }
+                }
+            }
+        }
+        let slices = grouped
+            .into_iter()
+            .map(|(k, v)| (k, slice_endpoints(v.iter().map(|s| &**s))));
+        let pods = pods
+            .into_iter()
+            .map(|(k, v)| (k, pod_endpoints(v.iter().map(|p| &**p))));
+        slices.chain(pods).collect()
+    }
+
+    async fn wait_until_ready(&self) -> anyhow::Result<()> {
+        match self {
+            Endpoints::Slices(s) => s.wait_until_ready().await?,
+            Endpoints::Pods(s) => s.wait_until_ready().await?,
+        }
+        Ok(())
+    }
+}
+
+fn namespaced<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Watches everything and keeps `registry` current; runs until the process
+/// ends.
+pub async fn run(
+    client: Client,
+    scope: Scope,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let changed = Arc::new(Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    let ns = scope.namespace.as_deref();
+
+    let (mds, writer) = reflector::store::<ModelDeployment>();
+    let stream = watcher(namespaced(&client, ns), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    tasks.spawn(drive(stream, "ModelDeployments", changed.clone()));
+
+    let endpoints = match scope.endpoints {
+        EndpointSource::Endpointslices => {
+            let (store, writer) = reflector::store::<EndpointSlice>();
+            let config = watcher::Config::default().labels(SERVICE_NAME_LABEL);
+            let stream = watcher(namespaced(&client, ns), config)
+                .default_backoff()
+                .reflect(writer);
+            tasks.spawn(drive(stream, "EndpointSlices", changed.clone()));
+            Endpoints::Slices(store)
+        }
+        EndpointSource::Pods => {
+            let (store, writer) = reflector::store::<Pod>();
+            let config = watcher::Config::default().labels(&format!(
+                "{COMPONENT_LABEL}={SERVER_COMPONENT},{MODEL_DEPLOYMENT_LABEL}"
+            ));
+            let stream = watcher(namespaced(&client, ns), config)
+                .default_backoff()
+                .reflect(writer);
+            tasks.spawn(drive(stream, "serving pods", changed.clone()));
+            Endpoints::Pods(store)
+        }
+    };
+
+    // One watch per key Secret, by name: RBAC can then grant these Secrets
+    // only (resourceNames), not every Secret of the namespace.
+    let mut key_stores = Vec::new();
+    for name in &scope.key_secrets {
+        let (store, writer) = reflector::store::<Secret>();
+        let api: Api<Secret> = Api::namespaced(client.clone(), &scope.keys_namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream = watcher(api, config).default_backoff().reflect(writer);
+        tasks.spawn(drive(stream, "key Secrets", changed.clone()));
+        key_stores.push(store);
+    }
+
+    mds.wait_until_ready().await?;
+    endpoints.wait_until_ready().await?;
+    for store in &key_stores {
+        store.wait_until_ready().await?;
+    }
+
+    let single = scope.namespace.is_some();
+    let mut reported = BTreeSet::new();
+    loop {
+        let (table, warnings) = build_table(&mds.state(), &endpoints.by_service(), single);
+        let secrets: Vec<Arc<Secret>> = key_stores.iter().flat_map(Store::state).collect();
+        let (keys, key_errors) = KeySet::from_secrets(secrets.iter().map(|s| &**s));
+        let now: BTreeSet<String> = warnings.into_iter().chain(key_errors).collect();
+        for warning in now.difference(&reported) {
+            tracing::warn!("{warning}");
+        }
+        reported = now;
+        for backend in table.backends.values() {
+            metrics
+                .endpoints
+                .get_or_create(&Metrics::model(&backend.id))
+                .set(backend.endpoints.len() as i64);
+        }
+        for gone in registry
+            .table()
+            .backends
+            .keys()
+            .filter(|id| !table.backends.contains_key(*id))
+        {
+            metrics
+                .endpoints
+                .get_or_create(&Metrics::model(gone))
+                .set(0);
+        }
+        if !registry.synced() {
+            tracing::info!(
+                models = table.backends.len(),
+                keys = keys.len(),
+                "discovery synced"
+            );
+        }
+        registry.set_keys(keys);
+        registry.set_table(table);
+        registry.set_synced();
+        tokio::select! {
+            () = changed.notified() => {}
+            Some(ended) = tasks.join_next() => {
+                anyhow::bail!("a watch ended: {ended:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(ports: &str, endpoints: &str) -> EndpointSlice {
+        serde_json::from_str(&format!(
+            r#"{{"addressType": "IPv4", "metadata": {{"name": "s"}}, "ports": {ports}, "endpoints": {endpoints}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn ready_slice_endpoints_on_the_http_port() {
+        let one = slice(
+            r#"[{"name": "metrics", "port": 9000}, {"name": "http", "port": 8000}]"#,
+            r#"[{"addresses": ["10.0.0.1"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.0.0.3"]}]"#,
+        );
+        let two = slice(
+            r#"[{"name": "http", "port": 8000}]"#,
+            r#"[{"addresses": ["10.0.0.4"], "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.1"], "conditions": {"ready": true}}]"#,
+        );
+        let addrs: Vec<String> = slice_endpoints([&one, &two])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addrs, ["10.0.0.1:8000", "10.0.0.3:8000", "10.0.0.4:8000"]);
+        // A slice without a port to use gives nothing.
+        let none = slice("[]", r#"[{"addresses": ["10.0.0.9"]}]"#);
+        assert!(slice_endpoints([&none]).is_empty());
+    }
+
+    fn pod(ip: &str, ready: &str, deleting: bool) -> Pod {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "server", "ports": [{"name": "http", "containerPort": 8000}]}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": ready}]},
+        }))
+        .unwrap();
+        if deleting {
+            pod.metadata.deletion_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                ));
+        }
+        pod
+    }
+
+    #[test]
+    fn ready_pods_not_being_deleted() {
+        let pods = [
+            pod("127.244.0.1", "True", false),
+            pod("127.244.0.2", "False", false),
+            pod("127.244.0.3", "True", true),
+        ];
+        let addrs: Vec<String> = pod_endpoints(&pods)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addrs, ["127.244.0.1:8000"]);
+    }
+
+    fn md(namespace: &str, name: &str, auth: bool) -> Arc<ModelDeployment> {
+        let mut spec = serde_json::json!({"model": {"uri": "file:///m"}});
+        if auth {
+            spec["auth"] = serde_json::json!({"apiKeySecretRef": {"name": "k", "key": "keys"}});
+        }
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "llmops.dev/v1alpha1", "kind": "ModelDeployment",
+                "metadata": {"name": name, "namespace": namespace}, "spec": spec,
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_table_names_models_by_namespace_unless_one_is_served() {
+        let mds = [
+            md("a", "chat", false),
+            md("b", "chat", false),
+            md("b", "own", true),
+        ];
+        let endpoints = BTreeMap::from([(
+            ("a".to_string(), "chat".to_string()),
+            vec!["127.0.0.1:8000".parse().unwrap()],
+        )]);
+        let (table, warnings) = build_table(&mds, &endpoints, false);
+        let ids: Vec<&String> = table.backends.keys().collect();
+        assert_eq!(ids, ["a/chat", "b/chat"]);
+        assert_eq!(table.backends["a/chat"].endpoints.len(), 1);
+        assert_eq!(table.backends["a/chat"].served_name, "chat");
+        assert!(table.backends["b/chat"].endpoints.is_empty());
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("b/own"), "{warnings:?}");
+        let (table, _) = build_table(&mds[..1], &endpoints, true);
+        assert_eq!(table.backends.keys().collect::<Vec<_>>(), ["chat"]);
+    }
+}
