@@ -6,6 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{Artifact, Conditions, LocalObjectRef, ModelSource, Scheduling, SecretKeyRef};
+use crate::finetune::Lineage;
 
 /// A served model. Changing `model` starts a rollout; a failed rollout leaves the
 /// previous model serving.
@@ -60,6 +61,36 @@ pub struct ModelDeploymentSpec {
     /// The Service in front of the pods.
     #[serde(default)]
     pub service: ServiceSpec,
+    /// LoRA adapters served on `model`, each under its own model name (in
+    /// `/v1/models`, and as a request's `model`). Requests for different
+    /// adapters are decoded in the same batch; adding, changing or removing
+    /// one reaches the running pods without restarting them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))")
+        .message("adapter names must be unique"))]
+    pub adapters: Vec<AdapterSource>,
+}
+
+/// A LoRA adapter in the PEFT layout, served on the deployment's model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.fineTuneRef), has(self.uri)].filter(x, x).size() == 1")
+    .message("set exactly one of fineTuneRef or uri"))]
+pub struct AdapterSource {
+    /// The model name clients send for this adapter; not the deployment's own
+    /// name (the base model's).
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._:/-]+$"))]
+    pub name: String,
+    /// The adapter a FineTune in this namespace exported (`output.mergeAdapter:
+    /// false`) on this deployment's model; a new export rolls in by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tune_ref: Option<LocalObjectRef>,
+    /// A PEFT adapter directory (`adapter_config.json`,
+    /// `adapter_model.safetensors`), read with the model's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^(s3|gs|az|file|pvc)://.+"))]
+    pub uri: Option<String>,
 }
 
 /// Replica bounds.
@@ -469,6 +500,39 @@ pub struct ModelDeploymentOperatorStatus {
     /// Why the replica count last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_reason: Option<String>,
+    /// Each adapter of `spec.adapters`: what it resolved to, its lineage, and
+    /// whether the serving pods have it loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adapters: Vec<AdapterStatus>,
+}
+
+/// An adapter being served.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdapterStatus {
+    /// Its model name.
+    pub name: String,
+    /// The adapter directory served; empty while it is waited for.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uri: String,
+    /// `sha256:<hex>` of its manifest; empty for one given by `uri`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// The FineTune that produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tune_ref: Option<LocalObjectRef>,
+    /// Its lineage, as the FineTune recorded it: the base model and dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
+    /// Ready serving pods that have this version loaded.
+    #[serde(default)]
+    pub loaded: i32,
+    /// Every ready serving pod has this version loaded.
+    #[serde(default)]
+    pub ready: bool,
+    /// Why it is not served (yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Replica counts.

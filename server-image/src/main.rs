@@ -94,6 +94,12 @@ struct Cli {
     /// Seconds the requests in flight get to finish after SIGTERM.
     #[arg(long, default_value_t = 25)]
     shutdown_grace: u64,
+    /// JSON file of LoRA adapters to serve beside the model, read again every
+    /// --adapters-poll-seconds (see the `adapters` module).
+    #[arg(long)]
+    adapters_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    adapters_poll_seconds: u64,
 }
 
 /// The request limits, or why the flags are wrong.
@@ -287,8 +293,20 @@ async fn serve(cli: Cli, api_keys: Vec<String>, limits: api::Limits) -> ExitCode
             Ok((served, dir, metrics)) => {
                 // Everything is in memory now; a downloaded copy is deleted.
                 drop(dir);
-                let _ = loader_state.served.set(Arc::new(served));
+                let served = Arc::new(served);
+                let _ = loader_state.served.set(served.clone());
                 metrics.ready.set(1);
+                if let Some(path) = cli.adapters_file {
+                    let loader = llmops_server::adapters::Loader {
+                        adapters: loader_state.adapters.clone(),
+                        served,
+                        credentials,
+                        base_digest: cli.model_digest,
+                        metrics,
+                    };
+                    let every = Duration::from_secs(cli.adapters_poll_seconds.max(1));
+                    tokio::spawn(llmops_server::adapters::watch(path, every, loader));
+                }
                 startup.in_scope(|| tracing::info!("ready"));
             }
             Err(e) => {

@@ -228,6 +228,16 @@ mod tests {
         m.prompt_tokens.inc_by(12);
         m.generated_tokens.inc_by(16);
         m.ready.set(1);
+        let adapter = |name: &str, digest: &str| AdapterLabels {
+            adapter: name.into(),
+            digest: digest.into(),
+        };
+        m.adapter_loaded
+            .get_or_create(&adapter("support", "sha256:5e"))
+            .set(1);
+        m.adapter_loaded
+            .get_or_create(&adapter("legal", "sha256:1e"))
+            .set(0);
         m
     }
 
@@ -247,6 +257,7 @@ mod tests {
             ("prompt_tokens", "counter"),
             ("generated_tokens", "counter"),
             ("ready", "gauge"),
+            ("adapter_loaded", "gauge"),
         ] {
             let line = format!("# TYPE llmops_server_{name} {kind}\n");
             assert!(text.contains(&line), "{line}in\n{text}");

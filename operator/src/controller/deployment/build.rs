@@ -14,6 +14,11 @@
 //! - NetworkPolicy `<name>-server`, the serving port open to the expected
 //!   traffic only ([`super::isolation`]).
 //!
+//! The serving pods mount ConfigMap `<name>-adapters` and read the LoRA
+//! adapters to serve from it (`--adapters-file`, [`super::adapters`]); the
+//! template is the same whatever adapters there are, so changing them restarts
+//! no pod.
+//!
 //! The pod template carries the model's URI and digest as annotations: a new
 //! artifact at the same URI (a re-trained PretrainJob) rolls the pods too, and the
 //! status reads which model a Deployment revision serves from them.
@@ -233,6 +238,8 @@ pub fn server_args(md: &ModelDeployment, model: &Model) -> Vec<String> {
         server.max_queue.to_string(),
         "--shutdown-grace".into(),
         SHUTDOWN_GRACE_SECONDS.to_string(),
+        "--adapters-file".into(),
+        super::adapters::adapters_file(),
     ];
     if server.threads > 0 {
         args.extend(["--threads".into(), server.threads.to_string()]);
@@ -370,7 +377,10 @@ fn build_deployment(
     revision: Revision,
 ) -> Deployment {
     let name = md.name_any();
-    let (volumes, mounts) = server_volumes(model);
+    let (mut volumes, mut mounts) = server_volumes(model);
+    let (adapters, adapters_mount) = super::adapters::volume(md);
+    volumes.push(adapters);
+    mounts.push(adapters_mount);
     let container = server_container(md, model, config, mounts);
     let pod_meta = ObjectMeta {
         labels: Some({

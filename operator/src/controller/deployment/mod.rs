@@ -41,10 +41,14 @@
 //!   failed its quality gates has no artifact, so it is never served). While
 //!   waiting, or stalled on a spec this version cannot run, the Deployment of
 //!   the last good spec is left as it is, serving.
+//! - **Adapters** ([`adapters`]): `spec.adapters` are served beside the model
+//!   from ConfigMap `<name>-adapters`, which the pods read while running, so
+//!   adapters come and go without a restart; each FineTune named is watched.
 //! - **Secrets**: the API keys reach the pods as `LLMOPS_API_KEYS` and the model
 //!   store's credentials as `LLMOPS_CRED_<SECRET>_<KEY>`, both through
 //!   `secretKeyRef`; the operator never reads a Secret.
 
+mod adapters;
 mod autoscale;
 mod build;
 mod canary;
@@ -180,9 +184,12 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
                         .status
                         .as_ref()
                         .and_then(|s| s.operator.artifact.as_ref());
-                    serving_other_than(&for_finetune.state(), &ft, artifact, |md| {
+                    let deployments = for_finetune.state();
+                    let mut refs = serving_other_than(&deployments, &ft, artifact, |md| {
                         md.spec.model.fine_tune_ref.as_ref()
-                    })
+                    });
+                    refs.extend(adapters::referrers(&deployments, &ft));
+                    refs
                 },
             );
         start(KIND, controller, ctx.clone(), stop.clone(), reconcile)
@@ -240,6 +247,18 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
         let outcome = Outcome::stalled(reason::INVALID_SPEC, invalid.to_string());
         return hold(&mut md, &api, &ctx, outcome, Action::await_change()).await;
     }
+    let served_adapters = match adapters::resolve(&md, &ctx, &model).await? {
+        Ok(resolved) => resolved,
+        Err(invalid) => {
+            let outcome = Outcome::stalled(reason::INVALID_SPEC, invalid.to_string());
+            return hold(&mut md, &api, &ctx, outcome, Action::await_change()).await;
+        }
+    };
+    apply_child(
+        &ctx.client,
+        &adapters::build_config_map(&md, &served_adapters),
+    )
+    .await?;
 
     let live = Live::read(&md, &ctx.client).await?;
     let observation = monitor::observe(&md, &ctx.client, &ctx.monitor, &monitoring(&ctx)).await?;
@@ -276,6 +295,7 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
         observed.last_scale = Some((conditions::now(), reason));
     }
     observed.metrics = metrics_update(&md, &ctx, &observation);
+    observed.adapters = Some(adapters::with_loaded(served_adapters, &observation.stable));
     // A route the user must fix is told in the status; an API failure is
     // retried once the status is written.
     let routed = match routed {

@@ -13,14 +13,15 @@
 //!   away).
 //!
 //! The operator owns `observedGeneration`, `conditions`, `replicas`, `endpoint`,
-//! `model`, `rollout`, `metrics`, `lastScaleTime` and `lastScaleReason` (the
-//! last three kept as they are by a pass that does not change them).
+//! `model`, `rollout`, `metrics`, `lastScaleTime`, `lastScaleReason` and
+//! `adapters` (all but the first five kept as they are by a pass that does
+//! not change them).
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use llmops_crds::deployment::{
-    ReplicaStatus, RolloutPhase, RolloutStatus, ServedModels, ServingMetrics,
+    AdapterStatus, ReplicaStatus, RolloutPhase, RolloutStatus, ServedModels, ServingMetrics,
 };
 use llmops_crds::{
     Artifact, ModelDeployment, ModelDeploymentOperatorStatus, ModelDeploymentStatus,
@@ -48,6 +49,8 @@ pub struct Observed {
     pub last_scale: Option<(Time, String)>,
     /// New serving figures; none keeps the last.
     pub metrics: Option<ServingMetrics>,
+    /// The adapters and their state; none keeps the last.
+    pub adapters: Option<Vec<AdapterStatus>>,
 }
 
 /// `<uri>` or `<uri> (<digest>)`.
@@ -232,6 +235,7 @@ pub fn observe_with(
         }),
         last_scale: None,
         metrics: None,
+        adapters: None,
     }
 }
 
@@ -417,6 +421,7 @@ pub fn without_apply(
         rollout: current.and_then(|s| s.operator.rollout.clone()),
         last_scale: None,
         metrics: None,
+        adapters: None,
     }
 }
 
@@ -450,6 +455,11 @@ pub fn desired_status(md: &ModelDeployment, observed: Observed, now: &Time) -> O
                 .or_else(|| current.and_then(|s| s.operator.metrics.clone())),
             last_scale_time,
             last_scale_reason,
+            adapters: observed.adapters.unwrap_or_else(|| {
+                current
+                    .map(|s| s.operator.adapters.clone())
+                    .unwrap_or_default()
+            }),
         },
     }
 }
@@ -479,6 +489,7 @@ mod route_tests {
             rollout: None,
             last_scale: None,
             metrics: None,
+            adapters: None,
         }
     }
 

@@ -334,7 +334,7 @@ mod build_tests {
             .flatten()
             .map(|m| m.mount_path.as_str())
             .collect();
-        assert_eq!(mounts, ["/tmp", "/work"]);
+        assert_eq!(mounts, ["/tmp", "/work", "/etc/llmops/adapters"]);
     }
 
     #[test]
@@ -352,7 +352,8 @@ mod build_tests {
             container.args.as_ref().unwrap().join(" "),
             "--model s3://models/chat-v1 --host 0.0.0.0 --port 8000 --served-model-name chat \
              --dtype bfloat16 --max-batch-size 4 --max-context 512 --max-new-tokens 64 \
-             --max-queue 64 --shutdown-grace 25"
+             --max-queue 64 --shutdown-grace 25 \
+             --adapters-file /etc/llmops/adapters/adapters.json"
         );
         let with_threads = children("spec: {server: {threads: 6}}");
         let args = server(&with_threads.deployment).args.clone().unwrap();

@@ -12,6 +12,7 @@ pub mod series {
     pub const GENERATED_TOKENS: &str = "llmops_server_generated_tokens_total";
     pub const IN_FLIGHT: &str = "llmops_server_in_flight_requests";
     pub const QUEUE_DEPTH: &str = "llmops_server_queue_depth";
+    pub const ADAPTER_LOADED: &str = "llmops_server_adapter_loaded";
 }
 
 /// The routes whose requests count as traffic (`/v1/models` does not).
@@ -150,6 +151,8 @@ pub struct Reading {
     pub generated_tokens: f64,
     pub in_flight: f64,
     pub queue_depth: f64,
+    /// The LoRA adapters serving, as (name, digest).
+    pub adapters_loaded: Vec<(String, String)>,
 }
 
 /// Sums the buckets of `name` over the generation routes (or over all series of
@@ -214,6 +217,14 @@ pub fn read(text: &str) -> Result<Reading, ParseError> {
         generated_tokens: sum(series::GENERATED_TOKENS, None),
         in_flight,
         queue_depth: gauge(series::QUEUE_DEPTH).unwrap_or(0.0),
+        adapters_loaded: samples
+            .iter()
+            .filter(|s| s.name == series::ADAPTER_LOADED && s.value >= 1.0)
+            .filter_map(|s| {
+                let label = |key: &str| s.labels.get(key).cloned();
+                Some((label("adapter")?, label("digest").unwrap_or_default()))
+            })
+            .collect(),
     })
 }
 
@@ -233,6 +244,11 @@ mod tests {
         assert_eq!(r.duration.0.first(), Some(&(0.005, 0.0)));
         assert_eq!(r.duration.0.last(), Some(&(f64::INFINITY, 2.0)));
         assert_eq!(r.time_to_first_token.count(), 1.0);
+        // Only the adapter that serves (1), not the one loading or failed (0).
+        assert_eq!(
+            r.adapters_loaded,
+            vec![("support".to_string(), "sha256:5e".to_string())]
+        );
     }
 
     #[test]

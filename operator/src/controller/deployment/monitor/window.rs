@@ -57,6 +57,8 @@ pub struct Summary {
     pub queue_depth: f64,
     /// Pods that answered the last scrape.
     pub pods: usize,
+    /// How many of those serve each LoRA adapter version (name, digest).
+    pub adapters_loaded: BTreeMap<(String, String), usize>,
 }
 
 impl History {
@@ -107,6 +109,9 @@ impl History {
                 summary.in_flight += latest.in_flight;
                 summary.queue_depth += latest.queue_depth;
                 summary.pods += 1;
+                for adapter in &latest.adapters_loaded {
+                    *summary.adapters_loaded.entry(adapter.clone()).or_default() += 1;
+                }
             }
         }
         summary.seconds = (last - first).max(0.0);
