@@ -12,9 +12,10 @@ use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
-/// The variables that choose where and how spans go, which the operator passes
-/// on to the pods it starts so that they export to the same collector.
-pub const EXPORT_VARIABLES: [&str; 9] = [
+/// The variables that choose where and how spans go (and what every span says
+/// of its origin), which the operator passes on to the pods it starts so that
+/// they export to the same collector alike.
+pub const EXPORT_VARIABLES: [&str; 10] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -24,6 +25,7 @@ pub const EXPORT_VARIABLES: [&str; 9] = [
     "OTEL_SDK_DISABLED",
     "OTEL_TRACES_EXPORTER",
     "OTEL_TRACES_SAMPLER",
+    "OTEL_RESOURCE_ATTRIBUTES",
 ];
 
 /// The [`EXPORT_VARIABLES`] of this process for the processes it has started

@@ -553,3 +553,97 @@ fn chart_readme_values_table_matches_values_yaml() -> anyhow::Result<()> {
         path.display()
     )
 }
+
+#[tokio::test]
+async fn chart_tracing_settings_reach_the_operator_as_otel_variables() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let otel_env = |docs: &[Value]| -> anyhow::Result<Vec<(String, String)>> {
+        let [deployment] = of_kind(docs, "Deployment")[..] else {
+            bail!("expected one Deployment");
+        };
+        let env = deployment
+            .pointer("/spec/template/spec/containers/0/env")
+            .and_then(Value::as_array)
+            .context("no operator env")?;
+        Ok(env
+            .iter()
+            .filter_map(|e| {
+                let name = e["name"].as_str()?;
+                name.starts_with("OTEL_").then(|| {
+                    (
+                        name.to_string(),
+                        e["value"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+            })
+            .collect())
+    };
+    let docs = render(cluster, &[]).await?;
+    ensure!(
+        otel_env(&docs)?.is_empty(),
+        "OTEL_* by default: {:?}",
+        otel_env(&docs)?
+    );
+    let args = operator_args(&docs)?;
+    ensure!(
+        !args.iter().any(|a| a.starts_with("--otlp-endpoint")),
+        "{args:?}"
+    );
+
+    let docs = render(
+        cluster,
+        &[
+            "--set",
+            "tracing.otlpEndpoint=http://collector.monitoring:4318",
+            "--set",
+            "tracing.protocol=http/protobuf",
+            "--set",
+            "tracing.resourceAttributes.deployment\\.environment=prod",
+            "--set",
+            "tracing.resourceAttributes.team=ml",
+        ],
+    )
+    .await?;
+    let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+    ensure!(
+        otel_env(&docs)?
+            == [
+                pair(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "http://collector.monitoring:4318"
+                ),
+                pair("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                pair(
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "deployment.environment=prod,team=ml"
+                ),
+            ],
+        "{:?}",
+        otel_env(&docs)?
+    );
+
+    let chart = chart_dir();
+    for (set, named) in [
+        ("tracing.protocol=http/json", "/tracing/protocol"),
+        (
+            "tracing.otlpEndpoint=collector:4317",
+            "/tracing/otlpEndpoint",
+        ),
+        (
+            "tracing.resourceAttributes.team=a\\,b",
+            "/tracing/resourceAttributes",
+        ),
+    ] {
+        let out = cluster
+            .helm(&["template", "rel", chart.as_str(), "--set", set])
+            .await?;
+        ensure!(
+            !out.success && out.stderr.contains(named),
+            "{set} was not refused naming {named}: {}",
+            out.stderr
+        );
+    }
+    Ok(())
+}
