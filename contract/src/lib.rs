@@ -39,6 +39,13 @@ pub mod env {
     /// operator on server pods; read by the server.
     pub const MODEL_CREDENTIALS_SECRET: &str = "LLMOPS_MODEL_CREDENTIALS_SECRET";
 
+    /// The shared model cache (`llmops_store::cache`): a directory where the
+    /// server keeps each downloaded model once, by digest, for every pod that
+    /// mounts it. Set by the operator on server pods of a ModelDeployment with
+    /// `spec.server.modelCache`; read by the server (unset: each pod downloads
+    /// its own copy).
+    pub const MODEL_CACHE_DIR: &str = "LLMOPS_MODEL_CACHE_DIR";
+
     /// Training processes per pod, one per GPU. Set by the operator on trainer
     /// pods with more than one GPU; read by the trainer's launcher (default: the
     /// number of visible GPUs).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use llmops_model::{Dtype, GenerationConfig, io, peft};
-use llmops_store::{Credentials, Store, fetch_model};
+use llmops_store::{Credentials, Store, fetch_model, fetch_model_cached};
 use tch::Device;
 use tokenizers::Tokenizer;
 
@@ -86,6 +86,20 @@ async fn fetch_plain(
         format!("file://{}", path.display())
     };
     let store = Store::open(&uri, credentials)?;
+    if let Some(cache) = model_cache_dir() {
+        let started = std::time::Instant::now();
+        if let Some(cached) = fetch_model_cached(&store, &cache, digest).await? {
+            tracing::info!(
+                model = %uri,
+                entry = %cached.path.display(),
+                hit = cached.hit,
+                seconds = started.elapsed().as_secs_f64(),
+                "the model is in the shared cache"
+            );
+            log_commit(&store, &uri).await?;
+            return Ok((uri, cached.path, None));
+        }
+    }
     let download = match store.local_root() {
         Some(_) => None,
         None => Some(tempfile::tempdir().context("cannot create a download directory")?),
@@ -94,12 +108,26 @@ async fn fetch_plain(
         .as_ref()
         .map_or_else(PathBuf::new, |d| d.path().to_path_buf());
     let path = fetch_model(&store, &scratch, digest).await?;
-    // A Hub revision (a branch, a tag) is logged as the commit it named, what a
-    // rollback or a second replica must ask for to load the same bytes.
+    log_commit(&store, &uri).await?;
+    Ok((uri, path, download))
+}
+
+/// `LLMOPS_MODEL_CACHE_DIR`, when set: the shared model cache
+/// (`llmops_store::cache`), which the operator mounts for a ModelDeployment with
+/// a model cache.
+fn model_cache_dir() -> Option<PathBuf> {
+    std::env::var_os(llmops_contract::env::MODEL_CACHE_DIR)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Logs the commit a Hub revision (a branch, a tag) named: what a rollback or a
+/// second replica must ask for to load the same bytes.
+async fn log_commit(store: &Store, uri: &str) -> anyhow::Result<()> {
     if let Some(pinned) = store.pinned_uri().await? {
         tracing::info!(model = %uri, commit = %pinned, "the model's revision resolved");
     }
-    Ok((uri, path, download))
+    Ok(())
 }
 
 /// A LoRA adapter in the PEFT layout, fetched (and its digest checked) like a

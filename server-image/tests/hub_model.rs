@@ -3,7 +3,8 @@
 //! a tiny random model (`tests/python/tiny_model.py`) at a tag, while `main` holds
 //! a model that cannot load, so only the pinned files serve; a gated repository
 //! refused without a token (naming the repository and the Secret key) and served
-//! with the Secret's token.
+//! with the Secret's token; and the shared model cache, from which a second
+//! server loads the model without downloading it.
 //!
 //! Needs the project venv (`scripts/setup-venv`), or `LLMOPS_PYTHON`.
 
@@ -61,6 +62,10 @@ impl Drop for Server {
 }
 
 fn start(hub: &TestHub, model: &str, token: Option<&str>) -> Server {
+    start_with(hub, model, token, &[])
+}
+
+fn start_with(hub: &TestHub, model: &str, token: Option<&str>, env: &[(&str, &Path)]) -> Server {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -81,6 +86,10 @@ fn start(hub: &TestHub, model: &str, token: Option<&str>) -> Server {
         Some(token) => cmd.env("LLMOPS_CRED_HUB_CREDS_HF_TOKEN", token),
         None => cmd.env_remove("LLMOPS_CRED_HUB_CREDS_HF_TOKEN"),
     };
+    cmd.env_remove(llmops_contract::env::MODEL_CACHE_DIR);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     Server {
         child: cmd.spawn().expect("start the server binary"),
         port,
@@ -178,4 +187,55 @@ async fn the_server_loads_a_pinned_hub_model_and_a_gated_one_with_its_token() {
         });
     let log = stop(server);
     assert!(!log.contains(TOKEN), "the token is in the log:\n{log}");
+}
+
+/// Seconds from start to ready, the files the Hub served meanwhile, and the log.
+fn time_to_ready(hub: &TestHub, model: &str, cache: &Path) -> (f64, usize, String) {
+    let before = hub.requests().len();
+    let started = Instant::now();
+    let server = ready_or_exit(start_with(
+        hub,
+        model,
+        None,
+        &[(llmops_contract::env::MODEL_CACHE_DIR, cache)],
+    ))
+    .unwrap_or_else(|out| panic!("{model} did not serve:\n{}", output_text(&out)));
+    let seconds = started.elapsed().as_secs_f64();
+    let files = hub.requests()[before..]
+        .iter()
+        .filter(|r| r.contains("/resolve/"))
+        .count();
+    (seconds, files, stop(server))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_loads_the_model_from_the_shared_cache() {
+    let python = python("tokenizers, torch, transformers");
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(&python, &dir.path().join("model"), &[]);
+    let hub = TestHub::start().await.unwrap();
+    let mut repo = TestRepo::new();
+    repo.commit("v1", model.clone());
+    hub.add(RepoKind::Model, "org/tiny", repo);
+    // At 512 KiB/s, as over a slow link to the Hub, the download of the tiny
+    // model (some 0.6 MB) takes about a second: what the cache saves.
+    hub.throttle(512 << 10);
+    let cache = dir.path().join("cache");
+
+    let (first, first_files, log) = time_to_ready(&hub, "hf://org/tiny@v1", &cache);
+    assert_eq!(
+        first_files,
+        model.len(),
+        "the first server downloads every file"
+    );
+    assert!(log.contains("hit=false"), "{log}");
+    let (second, second_files, log) = time_to_ready(&hub, "hf://org/tiny@v1", &cache);
+    assert_eq!(second_files, 0, "the second server downloads nothing");
+    assert!(log.contains("hit=true"), "{log}");
+    let bytes: usize = model.values().map(Vec::len).sum();
+    eprintln!(
+        "time to ready at 512 KiB/s: first server {first:.2}s (downloaded {} files, {bytes} bytes), second {second:.2}s (from the cache)",
+        model.len()
+    );
+    assert!(second < first, "first {first:.2}s, second {second:.2}s");
 }

@@ -6,6 +6,7 @@
 //! the operator sets up, streams bytes in and out, publishes directories so that a
 //! half-written artifact is never visible, and computes artifact digests.
 
+pub mod cache;
 pub mod credentials;
 pub mod digest;
 mod error;
@@ -17,6 +18,7 @@ mod store;
 pub mod test_hub;
 pub mod uri;
 
+pub use cache::{Cached, fetch_model_cached};
 pub use credentials::{CREDENTIAL_KEYS, Credentials, credential_env_prefix, credential_env_var};
 pub use digest::{FileDigest, artifact_digest, digest_dir, sha256_file};
 pub use error::StoreError;

@@ -13,6 +13,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 
 use crate::hub::RepoKind;
 
@@ -61,6 +62,8 @@ struct Hub {
     repos: BTreeMap<(String, String), TestRepo>,
     /// Every path asked for, in order.
     requests: Vec<String>,
+    /// Bytes per second files are sent at (none: as fast as loopback goes).
+    rate: Option<u64>,
 }
 
 /// The server; it stops when dropped.
@@ -106,6 +109,12 @@ impl TestHub {
         let mut hub = self.hub.lock().unwrap();
         hub.repos
             .insert((collection(kind).into(), repo.into()), content);
+    }
+
+    /// Sends files at `bytes_per_second`, as a link to a remote Hub would, for
+    /// measurements where the download time matters.
+    pub fn throttle(&self, bytes_per_second: u64) {
+        self.hub.lock().unwrap().rate = Some(bytes_per_second.max(1));
     }
 
     /// The paths asked for so far (query strings left out).
@@ -196,12 +205,19 @@ async fn serve(State(hub): State<Arc<Mutex<Hub>>>, request: Request) -> Response
                 );
             };
             let bytes = bytes.clone();
+            let body = match hub.rate {
+                None => Body::from(bytes),
+                Some(rate) => throttled(bytes, rate),
+            };
             (
                 [
                     ("x-repo-commit", sha.clone()),
-                    (header::ETAG.as_str(), format!("\"{sha}-{}\"", bytes.len())),
+                    (
+                        header::ETAG.as_str(),
+                        format!("\"{sha}-{}\"", bytes_len(&repo, &sha, &file)),
+                    ),
                 ],
-                Body::from(bytes),
+                body,
             )
                 .into_response()
         }
@@ -267,4 +283,23 @@ fn lookup(
         )));
     };
     Ok((repo.clone(), sha))
+}
+
+fn bytes_len(repo: &TestRepo, sha: &str, file: &str) -> usize {
+    repo.commits[sha].get(file).map_or(0, Vec::len)
+}
+
+/// `bytes` sent in 16 KiB chunks at `rate` bytes per second.
+fn throttled(bytes: Vec<u8>, rate: u64) -> Body {
+    const CHUNK: usize = 16 << 10;
+    let chunks: Vec<bytes::Bytes> = bytes
+        .chunks(CHUNK)
+        .map(bytes::Bytes::copy_from_slice)
+        .collect();
+    let stream = futures::stream::iter(chunks).then(move |chunk| async move {
+        let pause = std::time::Duration::from_secs_f64(chunk.len() as f64 / rate as f64);
+        tokio::time::sleep(pause).await;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    Body::from_stream(stream)
 }
