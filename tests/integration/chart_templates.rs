@@ -164,6 +164,45 @@ async fn chart_image_settings_reach_the_operator_flags() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn chart_reconcile_concurrency_reaches_the_operator_flag() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let flag = |args: &[String]| {
+        args.iter()
+            .find(|a| a.starts_with("--max-concurrent-reconciles="))
+            .cloned()
+    };
+    let args = operator_args(&render(cluster, &[]).await?)?;
+    ensure!(
+        flag(&args).as_deref() == Some("--max-concurrent-reconciles=16"),
+        "default concurrency: {args:?}"
+    );
+    let args = operator_args(&render(cluster, &["--set", "maxConcurrentReconciles=4"]).await?)?;
+    ensure!(
+        flag(&args).as_deref() == Some("--max-concurrent-reconciles=4"),
+        "set concurrency: {args:?}"
+    );
+    // The schema refuses 0, which would leave the flag's parser to fail at start.
+    let chart = chart_dir();
+    let out = cluster
+        .helm(&[
+            "template",
+            "rel",
+            chart.as_str(),
+            "--set",
+            "maxConcurrentReconciles=0",
+        ])
+        .await?;
+    ensure!(
+        !out.success && out.stderr.contains("maxConcurrentReconciles"),
+        "maxConcurrentReconciles=0 was not refused naming the value: {}",
+        out.stderr
+    );
+    Ok(())
+}
+
 /// Metric names the operator and the server register (`registry.register("x", ..)`
 /// under their prefixes), with the suffixes Prometheus exposes.
 fn exported_metrics() -> anyhow::Result<BTreeSet<String>> {
