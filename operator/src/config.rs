@@ -50,7 +50,16 @@ pub struct OperatorConfig {
     /// pods get too so that their spans reach the same collector
     /// (`llmops_telemetry::otlp::export_env`).
     pub pod_export_env: Vec<(String, String)>,
+    /// Reconciles of one kind (in one namespace scope) run at once at most. The
+    /// bound is what keeps memory flat with many objects: each reconcile in
+    /// flight holds a connection to the apiserver (HTTP/1.1, one request each),
+    /// and the client's pool keeps every connection it ever opened idle for a
+    /// while, each with its TLS buffers.
+    pub reconcile_concurrency: u16,
 }
+
+/// Default of [`OperatorConfig::reconcile_concurrency`].
+pub const DEFAULT_RECONCILE_CONCURRENCY: u16 = 16;
 
 /// CPU and memory for trainer pods whose resource has no `resources` field.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,6 +122,7 @@ impl OperatorConfig {
             operator_namespace: Some("llmops-system".into()),
             require_auth: false,
             pod_export_env: Vec::new(),
+            reconcile_concurrency: DEFAULT_RECONCILE_CONCURRENCY,
         }
     }
 }

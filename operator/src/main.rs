@@ -115,6 +115,11 @@ struct RunArgs {
     /// `spec.auth` stalls.
     #[arg(long)]
     require_auth: bool,
+    /// Reconciles of one kind run at once at most (per namespace with
+    /// `--namespaces`). Each holds an apiserver connection while it runs.
+    #[arg(long, default_value_t = llmops_operator::config::DEFAULT_RECONCILE_CONCURRENCY,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
 }
 
 /// A duration as the CRDs spell them (`500ms`, `15s`, `1m30s`).
@@ -222,6 +227,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .filter(|ns| !ns.is_empty()),
             require_auth: args.require_auth,
             pod_export_env: llmops_telemetry::otlp::export_env(args.otlp_endpoint.as_deref()),
+            reconcile_concurrency: args.max_concurrent_reconciles,
         },
         scope: Scope::new(
             args.namespaces

@@ -255,6 +255,7 @@ where
     E: ReconcileError,
 {
     let store = controller.store();
+    let concurrency = ctx.config.reconcile_concurrency;
     let synced = async move {
         // Only fails if the controller is dropped before syncing; then nothing waits.
         let _ = store.wait_until_ready().await;
@@ -262,7 +263,11 @@ where
     .boxed();
 
     let run = controller
-        .with_config(Config::default().debounce(DEBOUNCE))
+        .with_config(
+            Config::default()
+                .debounce(DEBOUNCE)
+                .concurrency(concurrency),
+        )
         .graceful_shutdown_on(async move { stop.wait().await })
         .run(
             move |obj, ctx: Arc<Context>| {
