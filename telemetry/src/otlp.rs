@@ -15,13 +15,12 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 /// The variables that choose where and how spans go (and what every span says
 /// of its origin), which the operator passes on to the pods it starts so that
 /// they export to the same collector alike.
-pub const EXPORT_VARIABLES: [&str; 10] = [
+pub const EXPORT_VARIABLES: [&str; 9] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "OTEL_EXPORTER_OTLP_TIMEOUT",
-    "OTEL_EXPORTER_OTLP_COMPRESSION",
     "OTEL_SDK_DISABLED",
     "OTEL_TRACES_EXPORTER",
     "OTEL_TRACES_SAMPLER",
