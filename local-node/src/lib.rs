@@ -4,7 +4,7 @@
 //! [`replay::Replayer`] runs one pod's container — the `trainer` or `server`
 //! binary its command names — with the pod's env, volumes, ServiceAccount token
 //! and termination message, and writes the pod's status as the kubelet would;
-//! [`probe`] is the kubelet's readiness prober for it; [`runner::PodRunner`] does
+//! [`config_sync`] keeps its ConfigMap volumes current while it runs; [`probe`] is the kubelet's readiness prober for it; [`runner::PodRunner`] does
 //! this for every pod it is given (all of a namespace, or of a label selector)
 //! for as long as each lives, with restarts; [`services::ServiceProxy`] is
 //! kube-proxy's part, so that Services' ClusterIPs answer. The `local-node`
@@ -15,6 +15,7 @@
 //! kubeconfig, and pod IPs (which the local cluster takes from a loopback
 //! range, so serving pods listen on this machine only).
 
+pub mod config_sync;
 pub mod probe;
 pub mod replay;
 pub mod runner;

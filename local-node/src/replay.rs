@@ -21,7 +21,9 @@
 //!   filesystem (`<root>/fs`): ConfigMap and Secret volumes are materialised as
 //!   files (their `items`, else every key; a `subPath` mount is that one file),
 //!   emptyDirs are fresh directories, and PersistentVolumeClaims are directories
-//!   per claim and namespace, shared by every pod of the [`Replayer`];
+//!   per claim and namespace, shared by every pod of the [`Replayer`]; while the
+//!   process runs, ConfigMap volumes follow their ConfigMap as the kubelet's do
+//!   ([`crate::config_sync`]);
 //! - paths: an absolute path in an argument, an environment value or the
 //!   `workingDir` that is a mount path, lies under one, or is a parent of one
 //!   (`/etc/llmops/sources` for mounts at `/etc/llmops/sources/<i>`) becomes
@@ -92,6 +94,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 
+use crate::config_sync::{self, SyncTask, Synced};
 use crate::probe::{Prober, Readiness, readiness_probe, write_ready, write_started};
 use crate::token::write_token_kubeconfig;
 use crate::{Node, Programs};
@@ -138,6 +141,8 @@ pub struct Replay {
     fallback_to_logs: bool,
     /// The readiness prober, for a container with a readiness probe.
     prober: Option<Prober>,
+    /// Keeps the ConfigMap volumes current while the process runs.
+    config_sync: Option<SyncTask>,
 }
 
 /// A pod whose container a local node cannot run: its command names a program
@@ -383,6 +388,11 @@ impl Replayer {
             .with_context(|| format!("writing pod {name} started"))?;
         }
         let prober = probe.map(|spec| Prober::spawn(pods, pod, spec, child.id()));
+        let config_sync = config_sync::spawn(
+            self.client.clone(),
+            namespace.clone(),
+            synced_volumes(pod, container, &root),
+        );
         Ok(Replay {
             client: self.client.clone(),
             pod: pod.clone(),
@@ -394,6 +404,7 @@ impl Replayer {
             fallback_to_logs: container.termination_message_policy.as_deref()
                 == Some("FallbackToLogsOnError"),
             prober,
+            config_sync,
         })
     }
 
@@ -706,6 +717,7 @@ impl Replay {
         if let Some(prober) = self.prober.take() {
             prober.stop().await;
         }
+        self.config_sync = None;
         let code = exit_code(status);
         let restart = stop.is_none()
             && match spec.restart_policy.as_deref().unwrap_or("Always") {
@@ -942,6 +954,29 @@ fn rewrite_path(value: &str, mounts: &[(String, PathBuf)], fs: &Path) -> String 
     } else {
         value.to_string()
     }
+}
+
+/// The ConfigMap volumes `container` mounts as directories (none of its
+/// mounts of them with `subPath`), where [`Replayer::start`] put them.
+fn synced_volumes(pod: &Pod, container: &Container, root: &Path) -> Vec<Synced> {
+    let mounts: Vec<_> = container.volume_mounts.iter().flatten().collect();
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|volume| {
+            let source = volume.config_map.as_ref()?;
+            let mine: Vec<_> = mounts.iter().filter(|m| m.name == volume.name).collect();
+            let whole = !mine.is_empty()
+                && mine
+                    .iter()
+                    .all(|m| m.sub_path.as_deref().unwrap_or_default().is_empty());
+            whole.then(|| Synced {
+                config_map: source.name.clone(),
+                items: source.items.clone(),
+                dir: root.join("volumes").join(&volume.name),
+            })
+        })
+        .collect()
 }
 
 fn write_keys(
