@@ -212,6 +212,10 @@ pub mod path {
     /// store uses it when that variable is not set.
     pub const PVC_ROOT: &str = "/mnt/pvc";
 
+    /// Where the operator mounts a ModelDeployment's `spec.server.modelCache`
+    /// claim on its server pods; passed as [`crate::env::MODEL_CACHE_DIR`].
+    pub const MODEL_CACHE: &str = "/var/cache/llmops/models";
+
     /// The directory of the files the operator mounts for the trainer.
     pub const CONFIG_DIR: &str = "/etc/llmops";
 

@@ -345,6 +345,24 @@ pub struct ServerSettings {
     #[serde(default = "default_max_queue")]
     #[schemars(range(min = 1, max = 65536))]
     pub max_queue: i32,
+    /// A model cache shared by the serving pods: each pod loads a model already
+    /// downloaded there instead of downloading it again, and the first pod to
+    /// serve a model adds it (by its digest, or a Hub model's commit). Without
+    /// it every pod downloads its own copy into its scratch space.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_cache: Option<ModelCache>,
+}
+
+/// Where the shared model cache lives.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelCache {
+    /// A PersistentVolumeClaim in this namespace, mounted read-write by every
+    /// serving pod: `ReadWriteMany` for pods on several nodes (`ReadWriteOnce`
+    /// serves the pods of one node). Size it for the models it will hold;
+    /// entries are never removed by the server.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
 }
 
 impl Default for ServerSettings {
@@ -356,6 +374,7 @@ impl Default for ServerSettings {
             dtype: ServeDtype::default(),
             threads: 0,
             max_queue: default_max_queue(),
+            model_cache: None,
         }
     }
 }

@@ -37,8 +37,9 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
-    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
-    Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    LifecycleHandler, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec, SleepAction,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -291,6 +292,12 @@ fn server_env(md: &ModelDeployment, model: &Model) -> Vec<EnvVar> {
             llmops_contract::path::PVC_ROOT,
         ),
     ];
+    if md.spec.server.model_cache.is_some() {
+        vars.push(env(
+            llmops_contract::env::MODEL_CACHE_DIR,
+            llmops_contract::path::MODEL_CACHE,
+        ));
+    }
     if let Some(secret) = &model.credentials_secret {
         vars.push(env(CREDENTIALS_SECRET_ENV, secret.clone()));
         vars.extend(credential_env([secret.as_str()]));
@@ -377,7 +384,7 @@ fn build_deployment(
     revision: Revision,
 ) -> Deployment {
     let name = md.name_any();
-    let (mut volumes, mut mounts) = server_volumes(model);
+    let (mut volumes, mut mounts) = server_volumes(md, model);
     let (adapters, adapters_mount) = super::adapters::volume(md);
     volumes.push(adapters);
     mounts.push(adapters_mount);
@@ -439,8 +446,9 @@ fn build_deployment(
 /// Scratch space (`/tmp`, `/work`: the root filesystem is read-only), each with
 /// a size limit so a runaway download cannot fill the node's disk — `/tmp`
 /// holds a model downloaded from an object store — and, for a model on a PVC,
-/// its claim read-only.
-fn server_volumes(model: &Model) -> (Vec<Volume>, Vec<VolumeMount>) {
+/// its claim read-only; and the claim of the shared model cache, if any,
+/// read-write.
+fn server_volumes(md: &ModelDeployment, model: &Model) -> (Vec<Volume>, Vec<VolumeMount>) {
     let scratch = [("tmp", DEFAULT_SCRATCH_SIZE), ("work", HOME_SIZE_LIMIT)];
     let (mut volumes, mut mounts): (Vec<Volume>, Vec<VolumeMount>) = scratch
         .into_iter()
@@ -469,8 +477,26 @@ fn server_volumes(model: &Model) -> (Vec<Volume>, Vec<VolumeMount>) {
         volumes.extend(pvc_volumes);
         mounts.extend(pvc_mounts);
     }
+    if let Some(cache) = &md.spec.server.model_cache {
+        volumes.push(Volume {
+            name: MODEL_CACHE_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: cache.claim_name.clone(),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: MODEL_CACHE_VOLUME.into(),
+            mount_path: llmops_contract::path::MODEL_CACHE.into(),
+            ..VolumeMount::default()
+        });
+    }
     (volumes, mounts)
 }
+
+/// The volume of `spec.server.modelCache`.
+const MODEL_CACHE_VOLUME: &str = "model-cache";
 
 /// The `server` container: its arguments, probes and stop.
 fn server_container(

@@ -645,6 +645,45 @@ spec:
     }
 
     #[test]
+    fn a_model_cache_claim_is_mounted_read_write_and_named_to_the_server() {
+        let c = children("spec: {server: {modelCache: {claimName: models-rwx}}}");
+        let volume = pod_spec(&c.deployment)
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "model-cache")
+            .expect("a model-cache volume");
+        let claim = volume.persistent_volume_claim.as_ref().unwrap();
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("models-rwx", Some(false))
+        );
+        let mount = server(&c.deployment)
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "model-cache")
+            .expect("a model-cache mount");
+        assert_eq!(mount.mount_path, llmops_contract::path::MODEL_CACHE);
+        assert_ne!(mount.read_only, Some(true));
+        assert_eq!(
+            env_var(&c.deployment, llmops_contract::env::MODEL_CACHE_DIR)
+                .and_then(|e| e.value.as_deref()),
+            Some(llmops_contract::path::MODEL_CACHE)
+        );
+        // Without one, each pod downloads into its own scratch space.
+        let plain = children("{}");
+        assert!(env_var(&plain.deployment, llmops_contract::env::MODEL_CACHE_DIR).is_none());
+        assert!(
+            !pod_spec(&plain.deployment)
+                .volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == "model-cache")
+        );
+    }
+
+    #[test]
     fn scratch_space_is_bounded() {
         let c = children("{}");
         let limits: Vec<(String, Option<String>)> = pod_spec(&c.deployment)
