@@ -1,7 +1,8 @@
 //! End to end, FineTune: the real operator and the real `trainer prepare` and
 //! `trainer finetune`, replayed from the operator's pod specs, on the real
 //! control plane: waiting for the Dataset, the lineage in the trainer's resource,
-//! a restricted Job, and a gated, evaluated model.
+//! a restricted Job, and a gated, evaluated model, in one trace from apply to
+//! Ready.
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::batch::v1::Job;
@@ -10,6 +11,7 @@ use kube::api::{Api, Patch, PatchParams};
 use llmops_crds::{Dataset, FineTune};
 use llmops_tests::local::tiny_model;
 use llmops_tests::operator::Operator;
+use llmops_tests::otlp::{ReceivedSpan, Receiver};
 use llmops_tests::replay::tail;
 use llmops_tests::{Cluster, TestNamespace, workspace_root};
 use serde_json::{Value, json};
@@ -58,7 +60,10 @@ async fn finetune_waits_for_its_dataset_records_lineage_and_publishes_a_gated_mo
         return Ok(());
     };
     let ns = TestNamespace::create(cluster, "e2e-finetune").await?;
-    let mut operator = Operator::start(cluster, &ns).await?;
+    // Spans of the operator, and (passed on) of its trainer pods, to a receiver.
+    let receiver = Receiver::start().await?;
+    let otlp = format!("--otlp-endpoint={}", receiver.grpc_endpoint());
+    let mut operator = Operator::start_with(cluster, &ns, &[&otlp]).await?;
     let replayer = cluster
         .replayer()
         .await?
@@ -237,6 +242,59 @@ async fn finetune_waits_for_its_dataset_records_lineage_and_publishes_a_gated_mo
             dir.display()
         );
     }
+
+    // One trace from the first reconcile to Ready: the operator's passes over
+    // this generation and the trainer's run, a child of the Job's traceparent.
+    let traceparent = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get("llmops.dev/traceparent"))
+        .context("the Job's pods carry no traceparent")?
+        .clone();
+    let [_, trace_id, parent_id, _] = traceparent.split('-').collect::<Vec<_>>()[..] else {
+        anyhow::bail!("traceparent {traceparent:?}");
+    };
+    let object = format!("FineTune.v1alpha1.llmops.dev/{NAME}.{}", ns.name());
+    let in_trace = |s: &ReceivedSpan| s.trace_id == trace_id && s.parent_span_id == parent_id;
+    let spans = receiver
+        .wait_for(
+            "the FineTune's trace",
+            std::time::Duration::from_secs(30),
+            |spans| {
+                spans.iter().any(|s| {
+                    in_trace(s) && s.name == "trainer" && s.service() == Some("llmops-trainer")
+                }) && spans.iter().any(|s| {
+                    in_trace(s) && s.name == "reconcile" && s.service() == Some("llmops-operator")
+                })
+            },
+        )
+        .await?;
+    let reconciles: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.name == "reconcile" && s.trace_id == trace_id)
+        .collect();
+    ensure!(
+        reconciles.len() >= 2
+            && reconciles
+                .iter()
+                .all(|s| in_trace(s) && s.attributes.get("object") == Some(&object)),
+        "the FineTune's reconciles in its trace: {reconciles:#?}"
+    );
+    let trainer = spans
+        .iter()
+        .find(|s| s.name == "trainer" && s.trace_id == trace_id)
+        .context("no trainer span")?;
+    ensure!(
+        trainer.attributes.get("command").map(String::as_str) == Some("finetune")
+            && trainer
+                .resource
+                .get("llmops.owner.name")
+                .map(String::as_str)
+                == Some(NAME),
+        "trainer span {trainer:#?}"
+    );
     drop(operator);
     ns.delete(cluster).await
 }
