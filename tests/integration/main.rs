@@ -11,6 +11,7 @@ mod chart;
 mod chart_templates;
 mod crds;
 mod dockerfiles;
+mod e2e_adapters;
 mod e2e_apifaults;
 mod e2e_dataset;
 mod e2e_deployment;
