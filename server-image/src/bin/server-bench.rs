@@ -7,6 +7,10 @@
 //! sequence), all arriving at once. The reference runs them one at a time and as
 //! one static batch (equal prompt lengths, so its best case: no padding, no
 //! arrivals mid-batch).
+//!
+//! With `--adapters N` the engine also runs with N random LoRA adapters
+//! attached, every request for one of them (round robin, so each step decodes
+//! N adapter groups together), next to the same engine serving the base alone.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -15,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use llmops_model::{Dtype, Sampling, StopSequences, io};
+use llmops_model::{Dtype, LoraSettings, PeftAdapter, Sampling, StopSequences, io, peft};
 use llmops_server::engine::{Engine, Event, Request};
 use llmops_server::metrics::Metrics;
 use tokio::sync::mpsc;
@@ -38,6 +42,12 @@ struct Options {
     hidden: usize,
     #[arg(long, default_value_t = 4)]
     heads: usize,
+    /// LoRA adapters to serve beside the base in a run of their own (0: none).
+    #[arg(long, default_value_t = 0)]
+    adapters: usize,
+    /// Their rank (on q_proj, k_proj, v_proj and o_proj).
+    #[arg(long, default_value_t = 16)]
+    adapter_rank: i64,
     /// CPU threads for both sides.
     #[arg(long, default_value_t = 1)]
     threads: i32,
@@ -69,15 +79,56 @@ fn python(o: &Options, args: &[String]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Generated tokens per second of `engine` over `prompts`, all submitted at once.
+/// `n` random adapters on the model in `dir` (B away from zero, as trained).
+fn random_adapters(dir: &std::path::Path, n: usize, rank: i64) -> anyhow::Result<Vec<PeftAdapter>> {
+    let settings = LoraSettings {
+        rank,
+        alpha: 2.0 * rank as f64,
+        dropout: 0.0,
+        targets: ["q_proj", "k_proj", "v_proj", "o_proj"]
+            .map(String::from)
+            .to_vec(),
+    };
+    (0..n)
+        .map(|i| {
+            let mut loaded = io::load(dir, tch::Device::Cpu, Dtype::F32)?;
+            loaded.model.add_lora(&loaded.vs, &settings)?;
+            tch::manual_seed(i as i64 + 1);
+            tch::no_grad(|| {
+                for (name, var) in loaded.vs.variables() {
+                    if name.ends_with("lora_B.weight") {
+                        let noise =
+                            tch::Tensor::randn(var.size(), (tch::Kind::Float, tch::Device::Cpu));
+                        var.shallow_clone().copy_(&(noise * 0.02));
+                    }
+                }
+            });
+            let out = tempfile::tempdir()?;
+            peft::save_adapter(out.path(), &loaded.vs, &loaded.model, &settings, "bench")?;
+            Ok(PeftAdapter::read(out.path())?)
+        })
+        .collect()
+}
+
+/// Generated tokens per second of `engine` over `prompts`, all submitted at
+/// once, prompt `i` for adapter `route(i)`.
 fn engine_throughput(
     engine: &Engine,
     prompts: &[Vec<i64>],
     new_tokens: usize,
 ) -> anyhow::Result<f64> {
+    engine_throughput_routed(engine, prompts, new_tokens, |_| None)
+}
+
+fn engine_throughput_routed(
+    engine: &Engine,
+    prompts: &[Vec<i64>],
+    new_tokens: usize,
+    route: impl Fn(usize) -> Option<u32>,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
     let mut receivers = Vec::new();
-    for prompt in prompts {
+    for (i, prompt) in prompts.iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         engine.submit(Request {
             prompt: prompt.clone(),
@@ -87,7 +138,7 @@ fn engine_throughput(
             stop: StopSequences::default(),
             logprobs: Default::default(),
             penalties: Default::default(),
-            adapter: None,
+            adapter: route(i),
             events: tx,
         })?;
         receivers.push(rx);
@@ -186,6 +237,36 @@ fn run(o: &Options) -> anyhow::Result<()> {
             ours[0], hf_batched
         );
     }
+    let mut with_adapters = None;
+    if o.adapters > 0 {
+        let adapters = random_adapters(dir.path(), o.adapters, o.adapter_rank)?;
+        let loaded = io::load(dir.path(), tch::Device::Cpu, Dtype::F32)?;
+        let engine = Engine::start(
+            loaded.model,
+            tokenizer.clone(),
+            Vec::new(),
+            o.requests,
+            o.requests.max(1),
+            Arc::new(Metrics::new()),
+        );
+        for (id, adapter) in adapters.into_iter().enumerate() {
+            futures::executor::block_on(engine.attach_adapter(id as u32 + 1, adapter))
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
+        let n = o.adapters;
+        let route = |i: usize| Some((i % n) as u32 + 1);
+        engine_throughput_routed(&engine, &prompts[..1], 4, route)?; // warm-up
+        let mut best = 0.0f64;
+        for _ in 0..o.rounds.max(1) {
+            best = best.max(engine_throughput_routed(
+                &engine,
+                &prompts,
+                o.new_tokens,
+                route,
+            )?);
+        }
+        with_adapters = Some(best);
+    }
     println!(
         "llama {}L h{} heads{}: {} requests × ({} prompt + {} new tokens), threads {}",
         o.layers, o.hidden, o.heads, o.requests, o.prompt_len, o.new_tokens, o.threads
@@ -198,6 +279,14 @@ fn run(o: &Options) -> anyhow::Result<()> {
         "engine, one request at a time:          {:8.1} tokens/s",
         ours[1]
     );
+    if let Some(mixed) = with_adapters {
+        println!(
+            "engine, {} rank-{} adapters mixed:       {mixed:8.1} tokens/s ({:.2}x the base alone)",
+            o.adapters,
+            o.adapter_rank,
+            mixed / ours[0]
+        );
+    }
     println!("transformers generate, one at a time:   {hf_sequential:8.1} tokens/s");
     println!("transformers generate, static batch:    {hf_batched:8.1} tokens/s");
     println!(
