@@ -240,6 +240,32 @@ mod tests {
     }
 
     #[test]
+    fn adapters_count_the_pods_of_the_last_scrape_that_serve_them() {
+        let mut h = History::default();
+        let with = |adapters: &[(&str, &str)]| Reading {
+            adapters_loaded: adapters
+                .iter()
+                .map(|(n, d)| (n.to_string(), d.to_string()))
+                .collect(),
+            ..reading(0.0, 0.0, 0.0, 0.0)
+        };
+        scrape(
+            &mut h,
+            0.0,
+            &[("a", with(&[("x", "d0")])), ("b", with(&[]))],
+        );
+        // Pod b loaded it meanwhile, pod a moved to a new version.
+        scrape(
+            &mut h,
+            15.0,
+            &[("a", with(&[("x", "d1")])), ("b", with(&[("x", "d0")]))],
+        );
+        let s = h.summary(STABLE, 15.0, 60.0);
+        let count = |d: &str| s.adapters_loaded.get(&("x".into(), d.into())).copied();
+        assert_eq!((count("d0"), count("d1"), s.pods), (Some(1), Some(1), 2));
+    }
+
+    #[test]
     fn a_restarted_server_counts_again_from_zero() {
         let mut h = History::default();
         scrape(&mut h, 0.0, &[("a", reading(100.0, 0.0, 0.0, 0.0))]);
