@@ -17,6 +17,7 @@ mod e2e_dataset;
 mod e2e_deployment;
 mod e2e_faults;
 mod e2e_finetune;
+mod e2e_hub;
 mod e2e_pipeline;
 mod e2e_pretrain;
 mod e2e_secrets;
