@@ -470,3 +470,33 @@ fn the_adapters_file_is_checked_naming_the_entry() {
     let err = parse(json!({"adapters": [{"name": "a"}]})).unwrap_err();
     assert!(err.contains("uri"), "{err}");
 }
+
+#[tokio::test]
+async fn a_request_for_an_adapter_detached_meanwhile_fails_instead_of_getting_the_base() {
+    let fixture = Fixture::new();
+    let (dir, _) = fixture.adapter(4, &["q_proj"], 1, &fixture.base_digest);
+    let served = engine(fixture.merged(None));
+    served
+        .attach_adapter(1, PeftAdapter::read(dir.path()).unwrap())
+        .await
+        .unwrap();
+    let (r, rx) = request(&[3, 4], Some(1));
+    served.submit(r).unwrap();
+    assert_eq!(tokens(rx).await.len(), 8);
+
+    served.detach_adapter(1);
+    // One pass of the engine's loop later the adapter is gone (nothing uses it).
+    let (r, rx) = request(&[3, 4], None);
+    served.submit(r).unwrap();
+    tokens(rx).await;
+    for id in [1, 7] {
+        let (r, mut rx) = request(&[3, 4], Some(id));
+        served.submit(r).unwrap();
+        match rx.recv().await {
+            Some(Event::Failed(message)) => {
+                assert_eq!(message, crate::engine::ADAPTER_UNLOADED)
+            }
+            other => panic!("adapter {id}: {other:?}"),
+        }
+    }
+}

@@ -142,6 +142,10 @@ impl FinishReason {
 pub const NON_FINITE_LOGITS: &str =
     "the model produced non-finite logits (NaN or infinity); its weights or inputs have diverged";
 
+/// What a request for an adapter unloaded before it started hears.
+pub const ADAPTER_UNLOADED: &str =
+    "the adapter this request names was unloaded before it started; it is no longer served";
+
 /// Sends requests to the engine thread.
 #[derive(Clone, Debug)]
 pub struct Engine {
@@ -224,6 +228,7 @@ impl Engine {
         };
         let worker = Worker {
             commands: command_rx,
+            attached: Default::default(),
             detaching: Vec::new(),
             model,
             tokenizer,
@@ -491,6 +496,8 @@ struct Worker {
     metrics: Arc<Metrics>,
     requests: mpsc::UnboundedReceiver<Request>,
     commands: mpsc::UnboundedReceiver<Command>,
+    /// The adapters attached to the model.
+    attached: std::collections::HashSet<u32>,
     /// Adapters to detach once no sequence uses them.
     detaching: Vec<u32>,
     /// The places of the submitted requests not yet in the batch.
@@ -562,6 +569,9 @@ impl Worker {
                     .model
                     .attach_adapter(id, &adapter)
                     .map_err(|e| e.to_string());
+                if result.is_ok() {
+                    self.attached.insert(id);
+                }
                 let _ = done.send(result);
             }
             Command::Detach(id) => self.detaching.push(id),
@@ -583,6 +593,7 @@ impl Worker {
             self.detaching.iter().partition(|&&id| in_use(id));
         for id in unused {
             self.model.detach_adapter(id);
+            self.attached.remove(&id);
         }
         self.detaching = busy;
     }
@@ -601,9 +612,19 @@ impl Worker {
     /// abandoned. Those asking for the prompt's log-probabilities are prefilled
     /// apart, so the others keep their cheaper prefill.
     fn admit(&mut self, requests: Vec<Request>) {
+        let attached = &self.attached;
         let (scored, plain): (Vec<Request>, Vec<Request>) = requests
             .into_iter()
             .filter(|r| !r.events.is_closed())
+            .filter(|r| match r.adapter {
+                // Unloaded between the API's lookup and now: never the base
+                // model's answer in its place.
+                Some(id) if !attached.contains(&id) => {
+                    let _ = r.events.send(Event::Failed(ADAPTER_UNLOADED.into()));
+                    false
+                }
+                _ => true,
+            })
             .partition(|r| r.logprobs.prompt.is_some());
         for group in [plain, scored] {
             if !group.is_empty() {
