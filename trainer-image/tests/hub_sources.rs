@@ -159,7 +159,12 @@ async fn hub_dataset_files_and_folders_prepare_at_their_revision() {
         parquet_format,
         None,
     );
-    assert_ne!(run.code, 0);
+    assert_eq!(
+        run.code,
+        i32::from(llmops_contract::exit::INVALID),
+        "no retry gives a token: {}",
+        run.stderr
+    );
     let message = format!("{}{}", run.termination, run.stderr);
     for needed in [
         "org/qa-gated",

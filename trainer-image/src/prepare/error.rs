@@ -95,9 +95,13 @@ impl Permanence for PrepareError {
             | Self::RefusedSource { .. }
             | Self::NothingLeft { .. }
             | Self::EmptyTrainSplit => true,
+            // The Hub's refusals (no or a rejected token, a missing revision)
+            // need a changed spec or Secret, like missing credentials.
             Self::Store(e) => matches!(
                 e,
-                StoreError::InvalidUri { .. } | StoreError::MissingCredentials { .. }
+                StoreError::InvalidUri { .. }
+                    | StoreError::MissingCredentials { .. }
+                    | StoreError::Hub { .. }
             ),
             Self::UnreadableSource { .. } | Self::Tokenizer(_) | Self::Io { .. } => false,
         }

@@ -75,11 +75,14 @@ impl Permanence for TrainError {
                 | Self::Diverged { .. }
         ) || matches!(
             self,
-            // Another object's output, or a model that is not the one recorded:
-            // no retry changes either.
+            // Another object's output, a model that is not the one recorded, or
+            // the Hub's refusal (no or a rejected token, a missing revision): no
+            // retry changes any of them.
             Self::Store(e) if matches!(
                 **e,
-                llmops_store::StoreError::NotOwned { .. } | llmops_store::StoreError::InvalidModel { .. }
+                llmops_store::StoreError::NotOwned { .. }
+                    | llmops_store::StoreError::InvalidModel { .. }
+                    | llmops_store::StoreError::Hub { .. }
             )
         )
     }
