@@ -488,12 +488,22 @@ impl HubStore {
                 });
             }
             404 => format!(
-                "the Hub has no {} {repo} at revision {}{hub_message}",
+                "the Hub has no {} {repo} at revision {}{}{hub_message}",
                 match self.hub.kind {
                     RepoKind::Model => "model repository",
                     RepoKind::Dataset => "dataset repository",
                 },
-                self.hub.revision
+                self.hub.revision,
+                // The Hub answers a token without access to a private
+                // repository as if the repository did not exist.
+                if self.token.is_some() {
+                    format!(
+                        ", or it is private and the token ({}) cannot see it",
+                        self.token_source()
+                    )
+                } else {
+                    String::new()
+                }
             ),
             _ => {
                 return Err(StoreError::Unreachable {
