@@ -52,8 +52,8 @@ pub enum EndpointSource {
 /// What to watch.
 #[derive(Clone, Debug)]
 pub struct Scope {
-    /// The namespace of the ModelDeployments served; all when `None`.
-    pub namespace: Option<String>,
+    /// The namespaces of the ModelDeployments served; all when empty.
+    pub namespaces: Vec<String>,
     pub endpoints: EndpointSource,
     /// Where the key Secrets are, and their names.
     pub keys_namespace: String,
@@ -61,7 +61,7 @@ pub struct Scope {
 }
 
 /// The id clients use for a ModelDeployment: its name when the gateway serves
-/// one namespace, `<namespace>/<name>` when it serves all.
+/// one namespace, `<namespace>/<name>` when it serves several or all.
 pub fn model_id(namespace: &str, name: &str, single_namespace: bool) -> String {
     if single_namespace {
         name.to_string()
@@ -195,8 +195,8 @@ where
 }
 
 enum Endpoints {
-    Slices(Store<EndpointSlice>),
-    Pods(Store<Pod>),
+    Slices(Vec<Store<EndpointSlice>>),
+    Pods(Vec<Store<Pod>>),
 }
 
 impl Endpoints {
@@ -204,16 +204,16 @@ impl Endpoints {
         let mut grouped: BTreeMap<(String, String), Vec<Arc<EndpointSlice>>> = BTreeMap::new();
         let mut pods: BTreeMap<(String, String), Vec<Arc<Pod>>> = BTreeMap::new();
         match self {
-            Endpoints::Slices(store) => {
-                for slice in store.state() {
+            Endpoints::Slices(stores) => {
+                for slice in stores.iter().flat_map(Store::state) {
                     if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
                         let key = (slice.namespace().unwrap_or_default(), service.clone());
                         grouped.entry(key).or_default().push(slice);
                     }
                 }
             }
-            Endpoints::Pods(store) => {
-                for pod in store.state() {
+            Endpoints::Pods(stores) => {
+                for pod in stores.iter().flat_map(Store::state) {
                     if let Some(md) = pod.labels().get(MODEL_DEPLOYMENT_LABEL) {
                         let key = (pod.namespace().unwrap_or_default(), md.clone());
                         pods.entry(key).or_default().push(pod);
@@ -232,8 +232,16 @@ impl Endpoints {
 
     async fn wait_until_ready(&self) -> anyhow::Result<()> {
         match self {
-            Endpoints::Slices(s) => s.wait_until_ready().await?,
-            Endpoints::Pods(s) => s.wait_until_ready().await?,
+            Endpoints::Slices(stores) => {
+                for store in stores {
+                    store.wait_until_ready().await?;
+                }
+            }
+            Endpoints::Pods(stores) => {
+                for store in stores {
+                    store.wait_until_ready().await?;
+                }
+            }
         }
         Ok(())
     }
@@ -260,35 +268,50 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let changed = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
-    let ns = scope.namespace.as_deref();
+    // One watch per namespace served (RoleBindings there suffice), or one
+    // over all of them.
+    let namespaces: Vec<Option<&str>> = if scope.namespaces.is_empty() {
+        vec![None]
+    } else {
+        scope.namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
 
-    let (mds, writer) = reflector::store::<ModelDeployment>();
-    let stream = watcher(namespaced(&client, ns), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    tasks.spawn(drive(stream, "ModelDeployments", changed.clone()));
-
+    let mut mds = Vec::new();
+    let mut slices = Vec::new();
+    let mut pods = Vec::new();
+    for &ns in &namespaces {
+        let (store, writer) = reflector::store::<ModelDeployment>();
+        let stream = watcher(namespaced(&client, ns), watcher::Config::default())
+            .default_backoff()
+            .reflect(writer);
+        tasks.spawn(drive(stream, "ModelDeployments", changed.clone()));
+        mds.push(store);
+        match scope.endpoints {
+            EndpointSource::Endpointslices => {
+                let (store, writer) = reflector::store::<EndpointSlice>();
+                let config = watcher::Config::default().labels(SERVICE_NAME_LABEL);
+                let stream = watcher(namespaced(&client, ns), config)
+                    .default_backoff()
+                    .reflect(writer);
+                tasks.spawn(drive(stream, "EndpointSlices", changed.clone()));
+                slices.push(store);
+            }
+            EndpointSource::Pods => {
+                let (store, writer) = reflector::store::<Pod>();
+                let config = watcher::Config::default().labels(&format!(
+                    "{COMPONENT_LABEL}={SERVER_COMPONENT},{MODEL_DEPLOYMENT_LABEL}"
+                ));
+                let stream = watcher(namespaced(&client, ns), config)
+                    .default_backoff()
+                    .reflect(writer);
+                tasks.spawn(drive(stream, "serving pods", changed.clone()));
+                pods.push(store);
+            }
+        }
+    }
     let endpoints = match scope.endpoints {
-        EndpointSource::Endpointslices => {
-            let (store, writer) = reflector::store::<EndpointSlice>();
-            let config = watcher::Config::default().labels(SERVICE_NAME_LABEL);
-            let stream = watcher(namespaced(&client, ns), config)
-                .default_backoff()
-                .reflect(writer);
-            tasks.spawn(drive(stream, "EndpointSlices", changed.clone()));
-            Endpoints::Slices(store)
-        }
-        EndpointSource::Pods => {
-            let (store, writer) = reflector::store::<Pod>();
-            let config = watcher::Config::default().labels(&format!(
-                "{COMPONENT_LABEL}={SERVER_COMPONENT},{MODEL_DEPLOYMENT_LABEL}"
-            ));
-            let stream = watcher(namespaced(&client, ns), config)
-                .default_backoff()
-                .reflect(writer);
-            tasks.spawn(drive(stream, "serving pods", changed.clone()));
-            Endpoints::Pods(store)
-        }
+        EndpointSource::Endpointslices => Endpoints::Slices(slices),
+        EndpointSource::Pods => Endpoints::Pods(pods),
     };
 
     // One watch per key Secret, by name: RBAC can then grant these Secrets
@@ -303,16 +326,19 @@ pub async fn run(
         key_stores.push(store);
     }
 
-    mds.wait_until_ready().await?;
+    for store in &mds {
+        store.wait_until_ready().await?;
+    }
     endpoints.wait_until_ready().await?;
     for store in &key_stores {
         store.wait_until_ready().await?;
     }
 
-    let single = scope.namespace.is_some();
+    let single = scope.namespaces.len() == 1;
     let mut reported = BTreeSet::new();
     loop {
-        let (table, warnings) = build_table(&mds.state(), &endpoints.by_service(), single);
+        let all: Vec<Arc<ModelDeployment>> = mds.iter().flat_map(Store::state).collect();
+        let (table, warnings) = build_table(&all, &endpoints.by_service(), single);
         let secrets: Vec<Arc<Secret>> = key_stores.iter().flat_map(Store::state).collect();
         let (keys, key_errors) = KeySet::from_secrets(secrets.iter().map(|s| &**s));
         let now: BTreeSet<String> = warnings.into_iter().chain(key_errors).collect();

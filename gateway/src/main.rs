@@ -26,18 +26,20 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// Serve the ModelDeployments of this namespace only, by name; without it,
-    /// those of every namespace, as `<namespace>/<name>`.
-    #[arg(long, env = "LLMOPS_GATEWAY_NAMESPACE")]
-    namespace: Option<String>,
+    /// Serve the ModelDeployments of these namespaces (comma-separated or
+    /// repeated); without it, those of every namespace. Models are named
+    /// `<namespace>/<name>`, or just `<name>` when one namespace is served.
+    #[arg(long = "namespaces", value_delimiter = ',')]
+    namespaces: Vec<String>,
     /// Where the ready pods of a ModelDeployment's Service are read.
     #[arg(long, value_enum, default_value_t = EndpointSource::Endpointslices)]
     endpoints: EndpointSource,
     /// Namespace of the key Secrets (default: the pod's own, from POD_NAMESPACE).
     #[arg(long, env = "POD_NAMESPACE")]
     keys_namespace: String,
-    /// A Secret of API keys (repeatable); each data entry is one key.
-    #[arg(long = "key-secret", required = true)]
+    /// Secrets of API keys (comma-separated or repeated), in --keys-namespace;
+    /// each data entry of each is one key.
+    #[arg(long = "key-secrets", required = true, value_delimiter = ',')]
     key_secrets: Vec<String>,
     /// Characters of a prompt that make its affinity key (0: no affinity).
     #[arg(long, default_value_t = 256)]
@@ -69,13 +71,16 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     if cli.key_secrets.iter().any(String::is_empty) {
-        anyhow::bail!("--key-secret: a Secret name must not be empty");
+        anyhow::bail!("--key-secrets: a Secret name must not be empty");
+    }
+    if cli.namespaces.iter().any(String::is_empty) {
+        anyhow::bail!("--namespaces: a namespace must not be empty");
     }
     let client = kube::Client::try_default().await?;
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::new());
     let scope = Scope {
-        namespace: cli.namespace.clone(),
+        namespaces: cli.namespaces.clone(),
         endpoints: cli.endpoints,
         keys_namespace: cli.keys_namespace.clone(),
         key_secrets: cli.key_secrets.clone(),

@@ -686,3 +686,251 @@ async fn chart_tracing_settings_reach_the_operator_as_otel_variables() -> anyhow
     }
     Ok(())
 }
+
+/// The gateway: nothing by default; when enabled, a Deployment of the server
+/// image's `gateway` (two replicas, a PodDisruptionBudget, admitted under Pod
+/// Security `restricted`), a Service, and RBAC that lists and watches
+/// ModelDeployments and endpoints only where the operator works and reads only
+/// the named key Secrets.
+#[tokio::test]
+async fn chart_gateway_is_opt_in_restricted_and_least_privileged() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let is_gateway = |d: &&Value| {
+        d.pointer("/metadata/labels/app.kubernetes.io~1component") == Some(&Value::from("gateway"))
+    };
+    let docs = render(cluster, &[]).await?;
+    ensure!(
+        !docs.iter().any(|d| is_gateway(&d)),
+        "gateway objects by default"
+    );
+
+    let on = [
+        "--set",
+        "gateway.enabled=true",
+        "--set",
+        "gateway.keySecrets={keys-a,keys-b}",
+    ];
+    let docs = render(cluster, &on).await?;
+    let gateway: Vec<&Value> = docs.iter().filter(is_gateway).collect();
+    let kinds: BTreeSet<&str> = gateway.iter().filter_map(|d| d["kind"].as_str()).collect();
+    ensure!(
+        kinds
+            == BTreeSet::from([
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Deployment",
+                "PodDisruptionBudget",
+                "Role",
+                "RoleBinding",
+                "Service",
+                "ServiceAccount",
+            ]),
+        "{kinds:?}"
+    );
+    let find = |kind: &str| {
+        gateway
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .copied()
+            .with_context(|| format!("no gateway {kind}"))
+    };
+    let deployment = find("Deployment")?;
+    ensure!(deployment["spec"]["replicas"] == 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    ensure!(pod["serviceAccountName"] == "rel-llmops-gateway");
+    let container = &pod["containers"][0];
+    ensure!(container["command"] == serde_json::json!(["gateway"]));
+    let image = format!("ghcr.io/llmops-dev/server:{}", app_version()?);
+    ensure!(
+        container["image"] == image.as_str(),
+        "{}",
+        container["image"]
+    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .context("no args")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for arg in [
+        "--key-secrets=keys-a,keys-b",
+        "--endpoints=endpointslices",
+        "--listen=0.0.0.0:8080",
+    ] {
+        ensure!(args.contains(&arg), "{arg} not in {args:?}");
+    }
+    ensure!(
+        !args.iter().any(|a| a.starts_with("--namespaces")),
+        "{args:?}"
+    );
+    let pdb = find("PodDisruptionBudget")?;
+    ensure!(pdb["spec"]["maxUnavailable"] == 1);
+    let service = find("Service")?;
+    ensure!(service["spec"]["ports"][0]["port"] == 80);
+    ensure!(service["spec"]["ports"][0]["targetPort"] == "http");
+
+    // What the gateway may do: read, never write; Secrets only by name.
+    let rules = |doc: &Value| -> Vec<(String, String, Vec<String>, Value)> {
+        doc["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|rule| {
+                let verbs: Vec<String> = rule["verbs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect();
+                let groups = rule["apiGroups"].as_array().cloned().unwrap_or_default();
+                let resources = rule["resources"].as_array().cloned().unwrap_or_default();
+                let names = rule["resourceNames"].clone();
+                groups
+                    .into_iter()
+                    .flat_map(move |g| {
+                        let verbs = verbs.clone();
+                        let names = names.clone();
+                        resources.clone().into_iter().map(move |r| {
+                            (
+                                g.as_str().unwrap_or("?").to_string(),
+                                r.as_str().unwrap_or("?").to_string(),
+                                verbs.clone(),
+                                names.clone(),
+                            )
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let list_watch = vec!["list".to_string(), "watch".to_string()];
+    ensure!(
+        rules(find("ClusterRole")?)
+            == vec![
+                (
+                    "llmops.dev".into(),
+                    "modeldeployments".into(),
+                    list_watch.clone(),
+                    Value::Null
+                ),
+                (
+                    "discovery.k8s.io".into(),
+                    "endpointslices".into(),
+                    list_watch.clone(),
+                    Value::Null
+                ),
+            ],
+        "{:?}",
+        rules(find("ClusterRole")?)
+    );
+    let role = find("Role")?;
+    ensure!(role["metadata"]["namespace"] == "llmops-system");
+    ensure!(
+        rules(role)
+            == vec![(
+                "".into(),
+                "secrets".into(),
+                vec!["get".into(), "list".into(), "watch".into()],
+                serde_json::json!(["keys-a", "keys-b"])
+            )],
+        "{:?}",
+        rules(role)
+    );
+
+    // watchNamespaces: bound there only, and passed on; pods instead of
+    // EndpointSlices when asked; one replica, no PDB.
+    let mut scoped = on.to_vec();
+    scoped.extend([
+        "--set",
+        "watchNamespaces={team-a,team-b}",
+        "--set",
+        "gateway.endpoints=pods",
+        "--set",
+        "gateway.replicas=1",
+    ]);
+    let docs = render(cluster, &scoped).await?;
+    let gateway: Vec<&Value> = docs.iter().filter(is_gateway).collect();
+    ensure!(!gateway.iter().any(|d| d["kind"] == "ClusterRoleBinding"));
+    ensure!(!gateway.iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+    let bound: BTreeSet<&str> = gateway
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" && d["roleRef"]["kind"] == "ClusterRole")
+        .filter_map(|d| d["metadata"]["namespace"].as_str())
+        .collect();
+    ensure!(bound == BTreeSet::from(["team-a", "team-b"]), "{bound:?}");
+    let cluster_role = gateway
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .context("no ClusterRole")?;
+    ensure!(
+        rules(cluster_role)[1].1 == "pods",
+        "{:?}",
+        rules(cluster_role)
+    );
+    let deployment = gateway
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .context("no Deployment")?;
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    ensure!(
+        args.as_array()
+            .is_some_and(|a| a.contains(&Value::from("--namespaces=team-a,team-b"))
+                && a.contains(&Value::from("--endpoints=pods"))),
+        "{args}"
+    );
+
+    // The schema refuses what the gateway could not use.
+    let chart = chart_dir();
+    for bad in [
+        "gateway.endpoints=endpoints",
+        "gateway.keySecrets=null",
+        "gateway.keySecrets={}",
+        "gateway.service.port=0",
+        "gateway.unknown=1",
+    ] {
+        let out = cluster
+            .helm([
+                "template",
+                "rel",
+                &chart,
+                "--set",
+                "gateway.enabled=true",
+                "--set",
+                bad,
+            ])
+            .await?;
+        ensure!(!out.success, "{bad} was accepted");
+    }
+
+    // Admitted where Pod Security `restricted` is enforced.
+    let ns = TestNamespace::create(cluster, "helm-gateway").await?;
+    let out = cluster
+        .helm([
+            "template",
+            "rel",
+            &chart_dir(),
+            "-n",
+            ns.name(),
+            "--set",
+            "gateway.enabled=true",
+            "--show-only",
+            "templates/gateway.yaml",
+        ])
+        .await?
+        .check()?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, &out)?;
+    let path = path.display().to_string();
+    let applied = cluster
+        .kubectl(["apply", "--dry-run=server", "-n", ns.name(), "-f", &path])
+        .await?;
+    ensure!(
+        applied.success && !applied.stderr.contains("violate"),
+        "the gateway is not admitted as restricted: {}",
+        applied.stderr
+    );
+    ns.delete(cluster).await
+}

@@ -255,3 +255,41 @@ fn base_images_are_pinned_by_digest() -> anyhow::Result<()> {
     ensure!(unpinned.is_empty(), "not pinned: {unpinned:?}");
     Ok(())
 }
+
+/// The server image carries the gateway too, built as a package of its own (it
+/// links no libtorch) and installed on PATH, where the chart's gateway
+/// Deployment (`command: ["gateway"]`) finds it.
+#[test]
+fn the_server_image_carries_the_gateway() -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(workspace_root().join("server-image/Dockerfile"))?;
+    let steps = instructions(&text);
+    let (package, bins) = crate_bins("gateway")?;
+    ensure!(
+        bins.iter().any(|b| b == "gateway"),
+        "gateway/Cargo.toml has no [[bin]] gateway: {bins:?}"
+    );
+    let find = |prefix: &str, needle: &str| {
+        steps
+            .iter()
+            .any(|s| s.starts_with(prefix) && s.contains(needle))
+    };
+    ensure!(
+        find(
+            "RUN ",
+            &format!("cargo build --release --locked -p {package}")
+        ),
+        "server-image/Dockerfile does not build package {package}"
+    );
+    ensure!(
+        find("RUN ", "cp target/release/gateway /gateway"),
+        "server-image/Dockerfile does not take target/release/gateway"
+    );
+    ensure!(
+        find("COPY ", "--from=build /gateway /usr/local/bin/gateway"),
+        "server-image/Dockerfile does not install gateway in /usr/local/bin"
+    );
+    let chart =
+        std::fs::read_to_string(workspace_root().join("charts/llmops/templates/gateway.yaml"))?;
+    ensure!(chart.contains(r#"command: ["gateway"]"#));
+    Ok(())
+}

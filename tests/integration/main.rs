@@ -23,6 +23,7 @@ mod e2e_pretrain;
 mod e2e_secrets;
 mod e2e_serving;
 mod examples;
+mod gateway;
 mod gitops;
 mod helm;
 mod invalid;
