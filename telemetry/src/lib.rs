@@ -83,8 +83,11 @@ impl Options {
 }
 
 /// Spans of these targets are never exported: the exporter's own HTTP and gRPC
-/// calls would otherwise be traced, and export themselves.
-const NOT_EXPORTED: [&str; 7] = [
+/// calls would otherwise be traced, and export themselves; and kube-runtime's
+/// per-object span around each reconcile would be a one-span trace of its own
+/// every time (the operator's `reconcile` span joins the object's trace
+/// instead).
+const NOT_EXPORTED: [&str; 8] = [
     "h2",
     "hyper",
     "hyper_util",
@@ -92,6 +95,7 @@ const NOT_EXPORTED: [&str; 7] = [
     "tower",
     "reqwest",
     "opentelemetry",
+    "kube_runtime",
 ];
 
 /// The installed logging and tracing. [`Telemetry::shutdown`] flushes the spans

@@ -282,6 +282,10 @@ async fn finetune_waits_for_its_dataset_records_lineage_and_publishes_a_gated_mo
                 .all(|s| in_trace(s) && s.attributes.get("object") == Some(&object)),
         "the FineTune's reconciles in its trace: {reconciles:#?}"
     );
+    ensure!(
+        !spans.iter().any(|s| s.name == "reconciling object"),
+        "kube-runtime's own per-reconcile spans are exported as traces of their own"
+    );
     let trainer = spans
         .iter()
         .find(|s| s.name == "trainer" && s.trace_id == trace_id)
