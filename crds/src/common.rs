@@ -301,6 +301,32 @@ pub struct TrainingSpec {
     #[serde(default = "default_checkpoints_kept")]
     #[schemars(range(min = 1, max = 100))]
     pub checkpoints_kept: i32,
+    /// ZeRO sharding of the optimizer over the data-parallel ranks.
+    #[serde(default, skip_serializing_if = "ZeroSpec::is_off")]
+    pub zero: ZeroSpec,
+}
+
+/// ZeRO (Rajbhandari et al.): each data-parallel rank keeps only its shard of
+/// the optimizer state, so its memory falls with the number of ranks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ZeroSpec {
+    /// 0: every rank keeps all of the optimizer state (plain data parallelism).
+    /// 1: each rank keeps the AdamW moments and fp32 master weights of its
+    /// shard of the parameters only. 2: as 1, and gradients are reduce-scattered
+    /// so each rank keeps only its shard of the averaged gradient. With one rank
+    /// any stage trains as stage 0. Checkpoints of stage 1 and 2 hold one
+    /// optimizer file per rank; resuming with another rank count or stage
+    /// reassembles them.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 2))]
+    pub stage: i32,
+}
+
+impl ZeroSpec {
+    fn is_off(&self) -> bool {
+        self.stage == 0
+    }
 }
 
 impl Default for TrainingSpec {

@@ -6,6 +6,9 @@
 //! <root>/step-<n>/model.safetensors
 //! <root>/step-<n>/generation_config.json
 //! <root>/step-<n>/optimizer.safetensors   AdamW moments (exp_avg.*, exp_avg_sq.*)
+//! <root>/step-<n>/optimizer-zero-rank-<r>.safetensors
+//!                                         instead, with training.zero stage 1 or 2:
+//!                                         rank r's shard (exp_avg, exp_avg_sq, master)
 //! <root>/step-<n>/SHA256SUMS              each file's sha256 (`sha256sum` format)
 //! <root>/step-<n>/trainer_state.json      step, tokens, data cursor, seed, metrics
 //! ```
@@ -28,6 +31,11 @@ pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const SUMS_FILE: &str = "SHA256SUMS";
 
+/// The optimizer shard of `rank` in a ZeRO checkpoint.
+pub fn zero_optimizer_file(rank: usize) -> String {
+    format!("optimizer-zero-rank-{rank}.safetensors")
+}
+
 /// Everything besides tensors needed to continue exactly where training stopped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -45,6 +53,10 @@ pub struct TrainerState {
     /// Ranks the run had; resuming with another count changes the dropout
     /// streams but nothing else.
     pub world_size: usize,
+    /// The ZeRO stage the optimizer state was saved with: 0 is one
+    /// `optimizer.safetensors`, 1 and 2 one shard file per rank of `world_size`.
+    #[serde(default, skip_serializing_if = "is_zero_stage")]
+    pub zero_stage: u8,
     /// The dataset artifact trained on, to refuse resuming on other data.
     pub dataset_digest: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,6 +77,10 @@ pub struct TrainerState {
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_stage(n: &u8) -> bool {
     *n == 0
 }
 
@@ -298,6 +314,7 @@ mod tests {
             },
             seed: 1,
             world_size: 1,
+            zero_stage: 0,
             dataset_digest: "sha256:x".into(),
             train_loss: Some(1.0),
             validation_loss: None,

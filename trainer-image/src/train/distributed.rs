@@ -52,6 +52,65 @@ pub trait Collective: Send {
     fn broadcast(&mut self, tensors: &[Tensor]) -> Result<(), CollectiveError>;
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<(), CollectiveError>;
+    /// The element-wise mean over ranks of `flat`, a 1-D fp32 tensor of
+    /// `world_size × s` values (see [`Shards`]), returned only in part: this
+    /// rank's shard, the `s` values from `rank × s`, on `flat`'s device.
+    fn reduce_scatter_mean(&mut self, flat: &Tensor) -> Result<Tensor, CollectiveError>;
+    /// Every rank's `shard` (1-D fp32, the same length `s` on every rank)
+    /// concatenated in rank order: `world_size × s` values on every rank.
+    fn all_gather(&mut self, shard: &Tensor) -> Result<Tensor, CollectiveError>;
+}
+
+/// How `len` flattened values split over `world` ranks for the sharded
+/// collectives and the ZeRO optimizer: contiguous shards of `ceil(len / world)`
+/// values in rank order, the buffer padded with zeros to `world` whole shards
+/// (NCCL's reduce-scatter and all-gather need equal parts). Only the last
+/// shards hold padding, at most `world - 1` values in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shards {
+    /// Values before padding.
+    pub len: usize,
+    pub world: usize,
+    /// Values per shard, padding included.
+    pub shard: usize,
+}
+
+impl Shards {
+    pub fn new(len: usize, world: usize) -> Self {
+        let world = world.max(1);
+        Self {
+            len,
+            world,
+            shard: len.div_ceil(world),
+        }
+    }
+
+    /// The padded length, `world × shard`.
+    pub fn padded(&self) -> usize {
+        self.world * self.shard
+    }
+
+    /// Where `rank`'s shard starts in the padded buffer.
+    pub fn start(&self, rank: usize) -> usize {
+        rank * self.shard
+    }
+
+    /// The real (unpadded) values of `rank`'s shard, as a range of the
+    /// unpadded buffer; empty when the shard is all padding.
+    pub fn real(&self, rank: usize) -> std::ops::Range<usize> {
+        let start = self.start(rank).min(self.len);
+        start..(start + self.shard).min(self.len)
+    }
+
+    /// `flat` (1-D, `len` values) with zeros appended up to [`Shards::padded`].
+    pub fn pad(&self, flat: &Tensor) -> Result<Tensor, tch::TchError> {
+        let missing = (self.padded() - self.len) as i64;
+        if missing == 0 {
+            return Ok(flat.shallow_clone());
+        }
+        let zeros = Tensor::f_zeros([missing], (flat.kind(), flat.device()))?;
+        Tensor::f_cat(&[flat.shallow_clone(), zeros], 0)
+    }
 }
 
 /// One process: every operation is the identity.
@@ -72,6 +131,12 @@ impl Collective for Single {
     }
     fn barrier(&mut self) -> Result<(), CollectiveError> {
         Ok(())
+    }
+    fn reduce_scatter_mean(&mut self, flat: &Tensor) -> Result<Tensor, CollectiveError> {
+        Ok(flat.shallow_clone())
+    }
+    fn all_gather(&mut self, shard: &Tensor) -> Result<Tensor, CollectiveError> {
+        Ok(shard.shallow_clone())
     }
 }
 
@@ -310,6 +375,82 @@ impl TcpCollective {
         Ok(())
     }
 
+    /// The mean over ranks of `data` (`world × s` values on every rank), of
+    /// which this rank gets its `s` values from `rank × s`.
+    ///
+    /// Through rank 0, which sums in rank order exactly as
+    /// [`TcpCollective::all_reduce_mean_host`] does (so the shards equal the
+    /// slices of an all-reduce bit for bit): every other rank sends all `n`
+    /// values and receives `n / world`; rank 0 receives `(world - 1) × n` and
+    /// sends `(world - 1) × n / world`. Against the all-reduce, what the ranks
+    /// receive shrinks by a factor `world`; what rank 0 receives does not.
+    pub fn reduce_scatter_mean_host(&mut self, data: &[f32]) -> Result<Vec<f32>, CollectiveError> {
+        let shard = self.shard_len(data.len())?;
+        if self.rank == 0 {
+            let mut sum = data.to_vec();
+            for peer in &mut self.peers {
+                Self::recv(peer, &mut sum, &mut self.buf, |acc, x| *acc += x)?;
+            }
+            let scale = 1.0 / self.world as f32;
+            sum.iter_mut().for_each(|x| *x *= scale);
+            for (i, peer) in self.peers.iter_mut().enumerate() {
+                let r = i + 1;
+                Self::send(peer, &sum[r * shard..(r + 1) * shard], &mut self.buf)?;
+            }
+            sum.truncate(shard);
+            Ok(sum)
+        } else {
+            Self::send(&mut self.peers[0], data, &mut self.buf)?;
+            let mut mine = vec![0f32; shard];
+            Self::recv(&mut self.peers[0], &mut mine, &mut self.buf, |slot, x| {
+                *slot = x
+            })?;
+            Ok(mine)
+        }
+    }
+
+    /// Every rank's `shard` in rank order, on every rank.
+    ///
+    /// Through rank 0: every other rank sends `s` values and receives
+    /// `world × s`; rank 0 receives `(world - 1) × s` and sends
+    /// `(world - 1) × world × s`.
+    pub fn all_gather_host(&mut self, shard: &[f32]) -> Result<Vec<f32>, CollectiveError> {
+        let s = shard.len();
+        let mut all = vec![0f32; self.world * s];
+        if self.rank == 0 {
+            all[..s].copy_from_slice(shard);
+            for (i, peer) in self.peers.iter_mut().enumerate() {
+                let r = i + 1;
+                Self::recv(
+                    peer,
+                    &mut all[r * s..(r + 1) * s],
+                    &mut self.buf,
+                    |slot, x| *slot = x,
+                )?;
+            }
+            for peer in &mut self.peers {
+                Self::send(peer, &all, &mut self.buf)?;
+            }
+        } else {
+            Self::send(&mut self.peers[0], shard, &mut self.buf)?;
+            Self::recv(&mut self.peers[0], &mut all, &mut self.buf, |slot, x| {
+                *slot = x
+            })?;
+        }
+        Ok(all)
+    }
+
+    /// The shard length of a buffer of `len` values, which must split evenly.
+    fn shard_len(&self, len: usize) -> Result<usize, CollectiveError> {
+        if !len.is_multiple_of(self.world) {
+            return Err(CollectiveError::Mismatch(format!(
+                "a reduce-scatter of {len} values does not split over {} ranks (pad to whole shards)",
+                self.world
+            )));
+        }
+        Ok(len / self.world)
+    }
+
     /// Replaces `data` on every rank with rank 0's bytes (e.g. NCCL's unique id).
     pub fn broadcast_bytes(&mut self, data: &mut [u8]) -> Result<(), CollectiveError> {
         let len = (data.len() as u64).to_le_bytes();
@@ -357,6 +498,18 @@ impl Collective for TcpCollective {
 
     fn barrier(&mut self) -> Result<(), CollectiveError> {
         self.all_reduce_mean_host(&mut [0.0])
+    }
+
+    fn reduce_scatter_mean(&mut self, flat: &Tensor) -> Result<Tensor, CollectiveError> {
+        let data = flatten(std::slice::from_ref(flat))?;
+        let mine = self.reduce_scatter_mean_host(&data)?;
+        Ok(Tensor::f_from_slice(&mine)?.f_to_device(flat.device())?)
+    }
+
+    fn all_gather(&mut self, shard: &Tensor) -> Result<Tensor, CollectiveError> {
+        let data = flatten(std::slice::from_ref(shard))?;
+        let all = self.all_gather_host(&data)?;
+        Ok(Tensor::f_from_slice(&all)?.f_to_device(shard.device())?)
     }
 }
 
@@ -426,6 +579,78 @@ mod tests {
             assert_eq!(data, vec![1.0, 10.0]);
             assert_eq!(b, vec![5.0]);
         }
+    }
+
+    /// Reduce-scatter and all-gather over 2 and 3 ranks: each rank's shard is
+    /// the mean of its slice, bit for bit the all-reduce's, and gathering the
+    /// shards gives the whole buffer back on every rank.
+    #[test]
+    fn tcp_ranks_reduce_scatter_and_all_gather() {
+        for world in [2usize, 3] {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            // 7 values: 2 ranks take 4 + 3 (one padding value), 3 ranks 3 + 3 + 1.
+            let values = |rank: usize| -> Vec<f32> {
+                (0..7).map(|i| 0.1 * i as f32 + rank as f32 * 1.7).collect()
+            };
+            let shards = Shards::new(7, world);
+            let handles: Vec<_> = (0..world)
+                .map(|rank| {
+                    let addr = addr.clone();
+                    std::thread::spawn(move || {
+                        let mut c =
+                            TcpCollective::connect(rank, world, &addr, Duration::from_secs(20))
+                                .unwrap();
+                        let flat = shards.pad(&Tensor::from_slice(&values(rank))).unwrap();
+                        let mine = c.reduce_scatter_mean(&flat).unwrap();
+                        let mut reduced = values(rank);
+                        c.all_reduce_mean_host(&mut reduced).unwrap();
+                        let gathered = c.all_gather(&mine).unwrap();
+                        let odd =
+                            c.reduce_scatter_mean(&Tensor::zeros([5], (Kind::Float, Device::Cpu)));
+                        (
+                            rank,
+                            flatten(&[mine]).unwrap(),
+                            reduced,
+                            flatten(&[gathered]).unwrap(),
+                            odd.is_err(),
+                        )
+                    })
+                })
+                .collect();
+            for h in handles {
+                let (rank, mine, reduced, gathered, odd_refused) = h.join().unwrap();
+                assert_eq!(mine.len(), shards.shard);
+                let real = shards.real(rank);
+                assert_eq!(
+                    &mine[..real.len()],
+                    &reduced[real.clone()],
+                    "world {world} rank {rank}"
+                );
+                assert!(
+                    mine[real.len()..].iter().all(|&x| x == 0.0),
+                    "padding stays zero"
+                );
+                assert_eq!(gathered.len(), shards.padded());
+                assert_eq!(&gathered[..7], &reduced[..], "world {world} rank {rank}");
+                assert!(odd_refused, "5 values do not split over {world} ranks");
+            }
+        }
+    }
+
+    #[test]
+    fn shards_cover_the_buffer_once() {
+        let s = Shards::new(10, 3);
+        assert_eq!((s.shard, s.padded()), (4, 12));
+        assert_eq!([s.real(0), s.real(1), s.real(2)], [0..4, 4..8, 8..10]);
+        let s = Shards::new(2, 4);
+        assert_eq!([s.real(2), s.real(3)], [2..2, 2..2]);
+        let single = Shards::new(5, 1);
+        assert_eq!((single.shard, single.real(0)), (5, 0..5));
     }
 
     #[test]

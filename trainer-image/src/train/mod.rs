@@ -6,7 +6,8 @@
 //! ([`error`]).
 //!
 //! Its machinery: the data loader ([`data`]), the masked next-token loss
-//! ([`loss`]), AdamW ([`optimizer`]), the learning-rate schedule ([`schedule`]),
+//! ([`loss`]), AdamW ([`optimizer`]) and its ZeRO-sharded form ([`zero`]), the
+//! learning-rate schedule ([`schedule`]),
 //! checkpoints ([`checkpoint`], mirrored to object stores by [`mirror`]), data
 //! parallelism ([`distributed`] over TCP or [`nccl`], [`launch`] for several
 //! processes per pod), the SIGTERM/SIGINT flag ([`interrupt`]), and host
@@ -28,6 +29,7 @@ pub mod plan;
 pub mod run;
 pub mod schedule;
 pub mod session;
+pub mod zero;
 
 pub use error::{Permanence, TrainError};
 pub use plan::Plan;

@@ -60,6 +60,17 @@ struct Api {
         Comm,
         Stream,
     ) -> NcclResult,
+    reduce_scatter: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        Comm,
+        Stream,
+    ) -> NcclResult,
+    all_gather:
+        unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, Comm, Stream) -> NcclResult,
     error_string: unsafe extern "C" fn(NcclResult) -> *const c_char,
     /// Selects the GPU NCCL binds to (CUDA runtime, loaded by libtorch_cuda).
     set_device: Option<unsafe extern "C" fn(c_int) -> c_int>,
@@ -120,6 +131,8 @@ impl Api {
                 comm_destroy: symbol(handle, "ncclCommDestroy")?,
                 all_reduce: symbol(handle, "ncclAllReduce")?,
                 broadcast: symbol(handle, "ncclBroadcast")?,
+                reduce_scatter: symbol(handle, "ncclReduceScatter")?,
+                all_gather: symbol(handle, "ncclAllGather")?,
                 error_string: symbol(handle, "ncclGetErrorString")?,
                 set_device: symbol(libc::RTLD_DEFAULT, "cudaSetDevice").ok(),
             })
@@ -261,6 +274,30 @@ impl NcclCollective {
     }
 }
 
+impl NcclCollective {
+    /// Runs `op` from `input` (1-D, `input_len` values) into a fresh fp32
+    /// buffer of `output_len` values on this rank's GPU.
+    fn out_of_place(
+        &mut self,
+        input: &Tensor,
+        output_len: usize,
+        op: impl FnOnce(&Api, *const c_void, *mut c_void, Comm) -> NcclResult,
+        name: &str,
+    ) -> Result<Tensor, CollectiveError> {
+        let input = input
+            .f_to_device(self.device)?
+            .f_to_kind(Kind::Float)?
+            .f_contiguous()?;
+        let output = Tensor::f_empty([output_len as i64], (Kind::Float, self.device))?;
+        // Ordered on the default stream as in `in_place`.
+        self.api.check(
+            name,
+            op(&self.api, input.data_ptr(), output.data_ptr(), self.comm),
+        )?;
+        Ok(output)
+    }
+}
+
 impl Collective for NcclCollective {
     fn rank(&self) -> usize {
         self.rank
@@ -300,6 +337,55 @@ impl Collective for NcclCollective {
                 unsafe { (api.broadcast)(ptr, ptr, n, NCCL_FLOAT32, 0, comm, std::ptr::null_mut()) }
             },
             "ncclBroadcast",
+        )
+    }
+
+    fn reduce_scatter_mean(&mut self, flat: &Tensor) -> Result<Tensor, CollectiveError> {
+        let n = flat.numel();
+        if !n.is_multiple_of(self.world) {
+            return Err(CollectiveError::Mismatch(format!(
+                "a reduce-scatter of {n} values does not split over {} ranks (pad to whole shards)",
+                self.world
+            )));
+        }
+        let shard = n / self.world;
+        self.out_of_place(
+            flat,
+            shard,
+            |api, input, output, comm| {
+                // SAFETY: input addresses world × shard floats and output shard
+                // floats on this rank's GPU, both alive until the stream has run
+                // the reduction (the tensors outlive this call's queueing and
+                // libtorch frees memory in stream order).
+                unsafe {
+                    (api.reduce_scatter)(
+                        input,
+                        output,
+                        shard,
+                        NCCL_FLOAT32,
+                        NCCL_AVG,
+                        comm,
+                        std::ptr::null_mut(),
+                    )
+                }
+            },
+            "ncclReduceScatter",
+        )
+    }
+
+    fn all_gather(&mut self, shard: &Tensor) -> Result<Tensor, CollectiveError> {
+        let n = shard.numel();
+        self.out_of_place(
+            shard,
+            n * self.world,
+            |api, input, output, comm| {
+                // SAFETY: input addresses n floats and output world × n floats
+                // on this rank's GPU, as for reduce_scatter_mean.
+                unsafe {
+                    (api.all_gather)(input, output, n, NCCL_FLOAT32, comm, std::ptr::null_mut())
+                }
+            },
+            "ncclAllGather",
         )
     }
 

@@ -82,6 +82,64 @@ impl AdamW {
         self.params.iter().map(|p| &p.value)
     }
 
+    /// Bytes of optimizer state: the moments and any fp32 masters.
+    pub fn state_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.numel() * t.kind().elt_size_in_bytes();
+        self.params
+            .iter()
+            .map(|p| bytes(&p.exp_avg) + bytes(&p.exp_avg_sq) + p.master.as_ref().map_or(0, bytes))
+            .sum()
+    }
+
+    /// The parameters' names and sizes, in order.
+    pub fn layout(&self) -> Vec<(String, usize)> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.value.numel()))
+            .collect()
+    }
+
+    /// Restores the state of a sharded (ZeRO) checkpoint reassembled into one
+    /// flat buffer per tensor, in the order of [`AdamW::layout`].
+    pub fn load_full(&mut self, full: &super::zero::FullState, step: i64) -> Result<(), String> {
+        let total: usize = self.params.iter().map(|p| p.value.numel()).sum();
+        if full.exp_avg.numel() != total {
+            return Err(format!(
+                "the optimizer state has {} values, the model's parameters {total}",
+                full.exp_avg.numel()
+            ));
+        }
+        let mut offset = 0i64;
+        let err = |e: tch::TchError| e.to_string();
+        for p in &mut self.params {
+            let n = p.value.numel() as i64;
+            let part = |t: &Tensor| -> Result<Tensor, tch::TchError> {
+                t.f_narrow(0, offset, n)?.f_view(p.value.size().as_slice())
+            };
+            p.exp_avg
+                .f_copy_(&part(&full.exp_avg).map_err(err)?)
+                .map_err(err)?;
+            p.exp_avg_sq
+                .f_copy_(&part(&full.exp_avg_sq).map_err(err)?)
+                .map_err(err)?;
+            if let Some(master) = &mut p.master {
+                match &full.master {
+                    Some(saved) => {
+                        master.f_copy_(&part(saved).map_err(err)?).map_err(err)?;
+                        tch::no_grad(|| p.value.shallow_clone().f_copy_(master)).map_err(err)?;
+                    }
+                    None => {
+                        let value = p.value.f_to_kind(Kind::Float).map_err(err)?;
+                        master.f_copy_(&value).map_err(err)?;
+                    }
+                }
+            }
+            offset += n;
+        }
+        self.step = step;
+        Ok(())
+    }
+
     /// Clears accumulated gradients.
     pub fn zero_grad(&self) {
         for p in &self.params {

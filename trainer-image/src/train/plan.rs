@@ -33,6 +33,9 @@ pub struct Plan {
     pub precision: Precision,
     /// Stop when validation loss has not improved for a while.
     pub early_stopping: Option<EarlyStop>,
+    /// ZeRO stage (`training.zero.stage`): 0, 1 or 2. With one rank it is
+    /// 0 whatever the spec says, as there is nothing to shard over.
+    pub zero_stage: u8,
 }
 
 /// Stop after `patience` evaluations in a row that did not lower the best
@@ -67,6 +70,20 @@ pub fn assemble(
             "training.minLearningRate exceeds learningRate".into(),
         ));
     }
+    let zero_stage = match t.zero.stage {
+        0..=2 => t.zero.stage as u8,
+        other => {
+            return Err(TrainError::InvalidSpec(format!(
+                "training.zero.stage is {other}; it is 0, 1 or 2"
+            )));
+        }
+    };
+    if zero_stage > 0 && world == 1 {
+        tracing::info!(
+            stage = zero_stage,
+            "training.zero has nothing to shard over with one rank: training as stage 0"
+        );
+    }
     Ok(Plan {
         model,
         sequence_length,
@@ -98,5 +115,6 @@ pub fn assemble(
         checkpoints_kept: t.checkpoints_kept.max(1) as usize,
         precision: t.precision,
         early_stopping: None,
+        zero_stage: if world > 1 { zero_stage } else { 0 },
     })
 }

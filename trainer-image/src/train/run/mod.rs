@@ -13,6 +13,7 @@ use tch::{Device, nn};
 
 mod report;
 mod resume;
+mod sharded;
 mod step;
 
 pub use report::summary;
@@ -25,6 +26,7 @@ use super::interrupt::Interrupt;
 use super::mirror::Mirror;
 use super::optimizer::AdamW;
 use super::plan::Plan;
+use super::zero::ZeroAdamW;
 use crate::artifact::DatasetArtifact;
 use crate::progress::Reporter;
 
@@ -79,12 +81,52 @@ pub fn generation_config(config: &Config) -> GenerationConfig {
     GenerationConfig::from_model_config(config)
 }
 
-/// The training loop's state; its parts live in `step`, `resume` and `report`.
+/// AdamW with all of its state on every rank (`training.zero.stage` 0), or
+/// sharded over the ranks (1 or 2, see [`super::zero`]).
+enum Optimizer {
+    Full(AdamW),
+    Zero(ZeroAdamW),
+}
+
+impl Optimizer {
+    fn new(vs: &nn::VarStore, plan: &Plan, rank: usize, world: usize) -> Result<Self, TrainError> {
+        Ok(match plan.zero_stage {
+            0 => Optimizer::Full(AdamW::new(vs, plan.adamw)?),
+            stage => Optimizer::Zero(ZeroAdamW::new(vs, plan.adamw, stage, rank, world)?),
+        })
+    }
+
+    /// The trainable parameters, in the optimizer's order.
+    fn parameters(&self) -> Vec<tch::Tensor> {
+        match self {
+            Optimizer::Full(o) => o.parameters().map(tch::Tensor::shallow_clone).collect(),
+            Optimizer::Zero(o) => o.parameters().map(tch::Tensor::shallow_clone).collect(),
+        }
+    }
+
+    fn zero_grad(&mut self) {
+        match self {
+            Optimizer::Full(o) => o.zero_grad(),
+            Optimizer::Zero(o) => o.zero_grad(),
+        }
+    }
+
+    /// The stage the state is kept in.
+    fn zero_stage(&self) -> u8 {
+        match self {
+            Optimizer::Full(_) => 0,
+            Optimizer::Zero(o) => o.stage(),
+        }
+    }
+}
+
+/// The training loop's state; its parts live in `step`, `sharded`, `resume`
+/// and `report`.
 struct Loop<'a> {
     s: Inputs<'a>,
     model: Model,
     vs: nn::VarStore,
-    opt: AdamW,
+    opt: Optimizer,
     loader: Loader,
     eval: Vec<MicroBatch>,
     state: TrainerState,
@@ -102,7 +144,7 @@ pub fn train(s: Inputs<'_>) -> Result<Trained, TrainError> {
     let world = s.collective.world_size();
     tch::manual_seed(plan.seed as i64);
     let (vs, model) = build_model(&s)?;
-    let opt = AdamW::new(&vs, plan.adamw)?;
+    let opt = Optimizer::new(&vs, plan, rank, world)?;
     let (loader, eval) = load_data(&s, rank, world)?;
     let state = TrainerState {
         step: 0,
@@ -110,6 +152,7 @@ pub fn train(s: Inputs<'_>) -> Result<Trained, TrainError> {
         cursor: loader.cursor(),
         seed: plan.seed,
         world_size: world,
+        zero_stage: plan.zero_stage,
         dataset_digest: s.dataset.manifest.digest.clone(),
         train_loss: None,
         validation_loss: None,

@@ -5,12 +5,11 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use llmops_crds::common::CheckpointInfo;
 use llmops_model::{Config, io};
-use tch::Tensor;
 
 use super::report::now;
 use super::{Loop, TRAIN_LOG};
 use crate::train::TrainError;
-use crate::train::checkpoint::{Newest, OPTIMIZER_FILE};
+use crate::train::checkpoint::Newest;
 
 impl Loop<'_> {
     /// Continues from the newest complete checkpoint, if any.
@@ -56,9 +55,8 @@ impl Loop<'_> {
             )));
         }
         io::load_weights(&self.vs, &self.s.plan.model, &dir)?;
-        self.opt
-            .load(&dir.join(OPTIMIZER_FILE), state.step)
-            .map_err(foreign)?;
+        self.load_optimizer(&dir, &state).map_err(foreign)?;
+        self.parameters_from_masters()?;
         self.loader.seek(state.cursor);
         tracing::info!(step = state.step, checkpoint = %dir.display(), "resuming");
         self.progress.step = state.step;
@@ -70,6 +68,8 @@ impl Loop<'_> {
         self.started_step = state.step;
         self.state = state;
         self.state.world_size = self.s.collective.world_size();
+        // Saved from now on as this run keeps it.
+        self.state.zero_stage = self.opt.zero_stage();
         Ok(())
     }
 
@@ -90,8 +90,7 @@ impl Loop<'_> {
         if self.s.collective.world_size() == 1 {
             return Ok(());
         }
-        let params: Vec<Tensor> = self.opt.parameters().map(Tensor::shallow_clone).collect();
-        self.s.collective.broadcast(&params)?;
+        self.s.collective.broadcast(&self.opt.parameters())?;
         Ok(())
     }
 

@@ -8,9 +8,9 @@ use std::time::Instant;
 use llmops_model::io;
 use tch::Tensor;
 
-use super::{LOSS_WINDOW, Loop, TRAIN_LOG, Trained, generation_config};
+use super::sharded::save_optimizer;
+use super::{LOSS_WINDOW, Loop, Optimizer, TRAIN_LOG, Trained, generation_config};
 use crate::train::TrainError;
-use crate::train::checkpoint::OPTIMIZER_FILE;
 use crate::train::data::{self, MicroBatch};
 use crate::train::loss::{evaluate, summed_loss};
 use crate::train::plan::EarlyStop;
@@ -25,6 +25,17 @@ fn micro_seed(seed: u64, step: i64, micro: usize, rank: usize) -> i64 {
     (data::splitmix64(&mut s) >> 1) as i64
 }
 
+/// A loss that is not a number ends the run before the update.
+pub(super) fn diverged(step: i64, loss: f64) -> Result<(), TrainError> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    Err(TrainError::Diverged {
+        step: step + 1,
+        loss,
+    })
+}
+
 impl Loop<'_> {
     pub(super) fn rank(&self) -> usize {
         self.s.collective.rank()
@@ -34,7 +45,7 @@ impl Loop<'_> {
     pub(super) fn run(mut self) -> Result<Trained, TrainError> {
         let plan = self.s.plan;
         let world = self.s.collective.world_size();
-        let params: Vec<Tensor> = self.opt.parameters().map(Tensor::shallow_clone).collect();
+        let params: Vec<Tensor> = self.opt.parameters();
         let mut interrupted = false;
         self.started = Instant::now();
         while self.state.step < plan.total_steps && !self.state.stopped_early {
@@ -55,15 +66,12 @@ impl Loop<'_> {
                 interrupted = true;
                 break;
             };
-            let (loss, stop) = self.reduce(&params, local_sum, batch.global_targets)?;
-            if !loss.is_finite() {
-                return Err(TrainError::Diverged {
-                    step: step + 1,
-                    loss,
-                });
-            }
-            let grad_norm = self.opt.clip_grad_norm(plan.grad_clip)?;
-            self.opt.update(lr)?;
+            let (loss, stop, grad_norm) = match &self.opt {
+                Optimizer::Full(_) => {
+                    self.full_update(&params, local_sum, batch.global_targets, lr)?
+                }
+                Optimizer::Zero(_) => self.sharded_update(local_sum, batch.global_targets, lr)?,
+            };
             self.state.step += 1;
             self.state.tokens_seen += plan.tokens_per_step();
             self.state.cursor = self.loader.cursor();
@@ -95,6 +103,25 @@ impl Loop<'_> {
         })
     }
 
+    /// Stage 0: the gradients averaged over the ranks, clipped, and AdamW on
+    /// every rank; returns the loss, the stop flag and the gradient norm.
+    fn full_update(
+        &mut self,
+        params: &[Tensor],
+        local_sum: f64,
+        global_targets: i64,
+        lr: f64,
+    ) -> Result<(f64, bool, f64), TrainError> {
+        let (loss, stop) = self.reduce(params, local_sum, global_targets)?;
+        diverged(self.state.step, loss)?;
+        let mut grad_norm = 0.0;
+        if let Optimizer::Full(opt) = &mut self.opt {
+            grad_norm = opt.clip_grad_norm(self.s.plan.grad_clip)?;
+            opt.update(lr)?;
+        }
+        Ok((loss, stop, grad_norm))
+    }
+
     /// Forward and backward over this rank's micro-batches, accumulating
     /// gradients; returns the summed loss, or `None` when a signal stopped a
     /// single process between micro-steps.
@@ -116,7 +143,11 @@ impl Loop<'_> {
             tch::manual_seed(micro_seed(plan.seed, step, i, rank));
             let logits = self.model.forward_t(&mb.inputs, true)?;
             let loss = summed_loss(&logits, &mb.targets)?;
-            loss.f_mul_scalar(scale)?.backward();
+            let scaled = loss.f_mul_scalar(scale)?;
+            match &mut self.opt {
+                Optimizer::Zero(opt) => opt.backward(&scaled)?,
+                Optimizer::Full(_) => scaled.f_backward()?,
+            }
             local_sum += loss.f_double_value(&[])?;
             // Several ranks stop together at the step's all-reduce instead.
             if world == 1 && self.s.interrupt.requested() && i + 1 < micro_batches.len() {
@@ -223,11 +254,14 @@ impl Loop<'_> {
         Ok(flag.f_double_value(&[0])? > 0.5)
     }
 
-    /// Saves the current state (rank 0 writes; every rank waits for it).
+    /// Saves the current state (rank 0 writes, with the other ranks' optimizer
+    /// shards under ZeRO; every rank waits for it).
     pub(super) fn checkpoint_now(&mut self) -> Result<(), TrainError> {
+        let shards = self.stage_shard()?;
         if self.rank() == 0 {
             self.state.time = k8s_openapi::jiff::Timestamp::now().to_string();
             let (vs, model, opt) = (&self.vs, &self.model, &self.opt);
+            let world = self.s.collective.world_size();
             let generation = generation_config(model.config());
             let dir = self
                 .s
@@ -235,9 +269,11 @@ impl Loop<'_> {
                 .save(&self.state, |dir| -> Result<(), String> {
                     io::save(dir, vs, model, &generation).map_err(|e| e.to_string())?;
                     io::save_adapters(dir, vs).map_err(|e| e.to_string())?;
-                    opt.save(&dir.join(OPTIMIZER_FILE))
-                        .map_err(|e| e.to_string())
+                    save_optimizer(opt, dir, shards.as_deref(), world)
                 })?;
+            if let Some(staged) = &shards {
+                let _ = std::fs::remove_dir_all(staged);
+            }
             if let Some(mirror) = &self.s.mirror {
                 let kept: Vec<i64> = self
                     .s
