@@ -18,6 +18,10 @@
 //! - limits: a key's requests per minute end in 429 with `Retry-After`, its
 //!   tokens per minute too once a response's `usage` is counted; usage per key
 //!   name is in `/metrics`, and no key is;
+//! - a client gone mid-stream: the gateway drops the request to the pod, which
+//!   stops generating;
+//! - a request for a model whose pod is not ready yet is held, counted in the
+//!   model's queue gauge, and answered once the pod is ready;
 //! - a pod SIGKILLed mid-stream ends that stream with an error event, and the
 //!   requests after it succeed on the other pod.
 //!
@@ -121,6 +125,8 @@ struct Setup {
     _operator: Operator,
     pods: PodRunner,
     gateway: GatewayProcess,
+    /// The model `alpha` serves.
+    alpha_model: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -229,7 +235,7 @@ impl Setup {
                 "--endpoints=pods".into(),
                 format!("--keys-namespace={name}"),
                 format!("--key-secrets={KEYS_SECRET}"),
-                "--queue-timeout=5".into(),
+                "--queue-timeout=60".into(),
             ])
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
@@ -250,6 +256,7 @@ impl Setup {
             _operator: operator,
             pods,
             gateway,
+            alpha_model: alpha,
             _dir: dir,
         };
         setup.pods.wait_ready(3, READY_TIMEOUT).await?;
@@ -400,6 +407,40 @@ async fn http(
 fn completion(model: &str, prompt: &str, max_tokens: u32) -> Value {
     json!({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
            "logit_bias": serde_json::from_str::<Value>(NO_EOS).unwrap_or_default()})
+}
+
+/// Reads from `stream` into `raw` until the first server-sent event.
+async fn read_first_event(stream: &mut TcpStream, raw: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !String::from_utf8_lossy(raw).contains("data: ") {
+            let n = stream.read(&mut buf).await?;
+            ensure!(
+                n > 0,
+                "the stream ended before its first event: {}",
+                String::from_utf8_lossy(raw)
+            );
+            raw.extend_from_slice(&buf[..n]);
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await?
+}
+
+/// A gauge or counter of a serving pod's `/metrics` (summed over its series).
+async fn server_gauge(pod: &ServedPod, name: &str) -> anyhow::Result<f64> {
+    let address = pod.address.context("a pod without an address")?;
+    let metrics = http(address, "GET", "/metrics", None, None).await?.body;
+    Ok(metrics
+        .lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Tokens a serving pod has generated.
+async fn generated_tokens(pod: &ServedPod) -> anyhow::Result<u64> {
+    Ok(server_gauge(pod, "llmops_server_generated_tokens_total").await? as u64)
 }
 
 /// Completions a serving pod has answered (its own `/metrics`).
@@ -655,6 +696,97 @@ async fn gateway_routes_by_model_limits_keys_and_survives_a_pod_kill() -> anyhow
         );
     }
 
+    // A client gone mid-stream: the gateway drops the request to the pod,
+    // which stops generating long before its 240 tokens.
+    let pod = &beta[0];
+    let generated_before = generated_tokens(pod).await?;
+    let mut stream_request = completion("beta", "the farmer", 240);
+    stream_request["stream"] = json!(true);
+    let mut stream = TcpStream::connect(gw).await?;
+    stream
+        .write_all(&request_bytes(
+            "POST",
+            "/v1/completions",
+            Some(KEY_ALL),
+            Some(&stream_request),
+        ))
+        .await?;
+    read_first_event(&mut stream, &mut Vec::new()).await?;
+    drop(stream);
+    let generated = eventually(
+        "the gateway to end the abandoned request",
+        Duration::from_secs(30),
+        || async {
+            let metrics = http(gw, "GET", "/metrics", None, None).await?.body;
+            let closed = r#"llmops_gateway_requests_total{model="beta",code="client_closed"} 1"#;
+            ensure!(metrics.contains(closed), "no `{closed}`");
+            ensure!(
+                server_gauge(pod, "llmops_server_in_flight_requests").await? == 0.0,
+                "in flight at the pod"
+            );
+            generated_tokens(pod).await
+        },
+    )
+    .await?;
+    ensure!(
+        generated - generated_before < 120,
+        "the pod generated {} tokens for a client gone after the first",
+        generated - generated_before
+    );
+
+    // A request for a model without a ready pod yet is held until one is
+    // ready, counted in the model's queue, and then answered.
+    let client = cluster.client().await?;
+    let deployments: Api<ModelDeployment> = Api::namespaced(client, setup.ns.name());
+    let alpha_uri = format!("file://{}", setup.alpha_model.display());
+    deployments
+        .patch(
+            "gamma",
+            &PatchParams::apply(llmops_tests::FIELD_MANAGER).force(),
+            &Patch::Apply(model_deployment("gamma", &alpha_uri, 1)),
+        )
+        .await?;
+    eventually(
+        "the gateway to list gamma",
+        Duration::from_secs(30),
+        || async {
+            let metrics = http(gw, "GET", "/metrics", None, None).await?.body;
+            let none_ready = r#"llmops_gateway_ready_endpoints{model="gamma"} 0"#;
+            ensure!(metrics.contains(none_ready), "no `{none_ready}`");
+            Ok(())
+        },
+    )
+    .await
+    .context("gamma must be listed before its pod is ready")?;
+    let held = tokio::spawn(async move {
+        http(
+            gw,
+            "POST",
+            "/v1/completions",
+            Some(KEY_ALL),
+            Some(&completion("gamma", "hi", 2)),
+        )
+        .await
+    });
+    eventually(
+        "the request to be queued",
+        Duration::from_secs(30),
+        || async {
+            let metrics = http(gw, "GET", "/metrics", None, None).await?.body;
+            let queued = r#"llmops_gateway_queued_requests{model="gamma"} 1"#;
+            ensure!(metrics.contains(queued), "no `{queued}`");
+            Ok(())
+        },
+    )
+    .await?;
+    let answered = tokio::time::timeout(READY_TIMEOUT, held).await???;
+    ensure!(answered.status == 200, "{answered:?}");
+    let metrics = http(gw, "GET", "/metrics", None, None).await?.body;
+    ensure!(
+        metrics.contains(r#"llmops_gateway_queued_requests{model="gamma"} 0"#),
+        "{metrics}"
+    );
+
     // A pod killed mid-stream. The prompt's prefix affinity sends a request
     // and the stream after it to the same pod (both pods idle): the first
     // tells which pod that is, so that its pid is at hand before the stream.
@@ -687,16 +819,7 @@ async fn gateway_routes_by_model_limits_keys_and_survives_a_pod_kill() -> anyhow
         ))
         .await?;
     let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let read_first = async {
-        while !String::from_utf8_lossy(&raw).contains("data: ") {
-            let n = stream.read(&mut buf).await?;
-            ensure!(n > 0, "the stream ended before its first event");
-            raw.extend_from_slice(&buf[..n]);
-        }
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(30), read_first).await??;
+    read_first_event(&mut stream, &mut raw).await?;
     sigkill(pid)?;
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await??;
     let reply = parse_reply(&raw)?;
