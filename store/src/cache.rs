@@ -13,7 +13,8 @@
 //!   file per key (`<key>.lock`, an advisory `flock`) makes concurrent pods wait
 //!   for the one downloading rather than download too. Where the filesystem
 //!   has no locks the rename still keeps entries whole; pods then may download
-//!   the same model twice.
+//!   the same model twice. The pod holding the lock removes what a pod that
+//!   died mid-download left of the same key.
 //! - **Reading**: an entry of an llmops export is checked file by file against
 //!   its manifest on every use ([`fetch_model`] over the local copy), so a
 //!   damaged entry is refused rather than served.
@@ -95,6 +96,11 @@ pub async fn fetch_model_cached(
         drop(lock);
         return checked(entry, key, true, pinned).await.map(Some);
     }
+    if lock.is_some() {
+        // Whatever a pod that died mid-download left: with the lock held, no
+        // one else is downloading this key.
+        remove_incoming(cache, &key);
+    }
     let incoming = cache.join(format!(".{key}.incoming-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&incoming);
     std::fs::create_dir_all(&incoming).map_err(StoreError::io("create", &incoming))?;
@@ -119,6 +125,16 @@ pub async fn fetch_model_cached(
         key,
         hit: false,
     }))
+}
+
+/// Removes the download directories of `key` (`.<key>.incoming-<pid>`).
+fn remove_incoming(cache: &Path, key: &str) {
+    let prefix = format!(".{key}.incoming-");
+    for entry in std::fs::read_dir(cache).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The entry at `path`, checked against its manifest (when it has one).

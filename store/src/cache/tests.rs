@@ -39,6 +39,14 @@ async fn concurrent_pods_download_a_hub_model_once() {
         )
         .unwrap()
     };
+    // What a pod that died mid-download left behind.
+    let key = format!(
+        "hf-{}",
+        hex::encode(Sha256::digest(format!("hf://org/tiny@{v1}").as_bytes()))
+    );
+    let stale = cache.path().join(format!(".{key}.incoming-999999"));
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("model.safetensors"), b"half").unwrap();
     let (a, b) = (open(), open());
     let (a, b) = tokio::join!(
         fetch_model_cached(&a, cache.path(), None),
@@ -52,11 +60,8 @@ async fn concurrent_pods_download_a_hub_model_once() {
         "exactly one downloads: {a:?} {b:?}"
     );
     assert_eq!(resolves(&hub), 3, "each file once");
-    let key = format!(
-        "hf-{}",
-        hex::encode(Sha256::digest(format!("hf://org/tiny@{v1}").as_bytes()))
-    );
     assert_eq!(a.key, key);
+    assert!(!stale.exists(), "the dead pod's download is removed");
     assert_eq!(
         std::fs::read(a.path.join("model.safetensors")).unwrap(),
         vec![7u8; 1 << 16]
