@@ -530,3 +530,176 @@ pub fn read_unsharded(path: &Path, layout: &[(String, usize)]) -> Result<FullSta
         master: join("master")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    use tch::Device;
+
+    use super::*;
+    use crate::train::distributed::TcpCollective;
+    use crate::train::optimizer::AdamW;
+
+    const CONFIG: AdamWConfig = AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+
+    /// A matrix that decays and a bias that does not: 15 + 8 = 23 values, an
+    /// odd count, so the second of two shards ends in one padding value.
+    fn store(bf16: bool) -> (nn::VarStore, Tensor, Tensor) {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().var_copy(
+            "w",
+            &Tensor::linspace(-1.0, 1.0, 15, (Kind::Float, Device::Cpu)).view([3, 5]),
+        );
+        let b = vs.root().var_copy(
+            "b",
+            &Tensor::linspace(0.5, 2.0, 8, (Kind::Float, Device::Cpu)),
+        );
+        if bf16 {
+            vs.bfloat16();
+        }
+        (vs, w, b)
+    }
+
+    /// The same loss on every rank, so the mean gradient is each rank's.
+    fn loss(w: &Tensor, b: &Tensor, step: usize) -> Tensor {
+        let scale = 1.0 + step as f64;
+        (w.to_kind(Kind::Float).square() * scale).sum(Kind::Float)
+            + (b.to_kind(Kind::Float) * -3.0).sum(Kind::Float)
+    }
+
+    const STEPS: usize = 3;
+    const CLIP: f64 = 2.0;
+
+    /// Plain AdamW with clipping on one process: the weights after STEPS and
+    /// the state bytes.
+    fn unsharded(bf16: bool) -> (Vec<f32>, usize) {
+        let (vs, w, b) = store(bf16);
+        let mut opt = AdamW::new(&vs, CONFIG).unwrap();
+        for step in 0..STEPS {
+            opt.zero_grad();
+            loss(&w, &b, step).backward();
+            opt.clip_grad_norm(CLIP).unwrap();
+            opt.update(0.05).unwrap();
+        }
+        let weights = crate::train::distributed::flatten(&[b, w]).unwrap();
+        (weights, opt.state_bytes())
+    }
+
+    /// Each of two ranks with `stage`: the weights after STEPS and its state
+    /// bytes.
+    fn sharded(stage: u8, bf16: bool) -> Vec<(Vec<f32>, usize)> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                let addr = addr.clone();
+                std::thread::spawn(move || {
+                    let mut c =
+                        TcpCollective::connect(rank, 2, &addr, Duration::from_secs(20)).unwrap();
+                    let (vs, w, b) = store(bf16);
+                    let mut opt = ZeroAdamW::new(&vs, CONFIG, stage, rank, 2).unwrap();
+                    for step in 0..STEPS {
+                        opt.zero_grad();
+                        opt.backward(&loss(&w, &b, step)).unwrap();
+                        let mut grad = opt.reduce_gradients(&mut c).unwrap();
+                        let sq = Tensor::from_slice(&[ZeroAdamW::norm_sq(&grad).unwrap() as f32]);
+                        c.all_reduce_mean(&[sq.shallow_clone()]).unwrap();
+                        let norm = (2.0 * sq.double_value(&[0])).sqrt();
+                        ZeroAdamW::clip(&mut grad, norm, CLIP).unwrap();
+                        opt.update(&grad, 0.05, &mut c).unwrap();
+                    }
+                    let weights = crate::train::distributed::flatten(&[b, w]).unwrap();
+                    (weights, opt.state_bytes())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    /// Two ranks with ZeRO-1 or ZeRO-2 end with one process's weights, each
+    /// holding half of its optimizer state (plus one padding value per
+    /// tensor), for fp32 parameters and for bf16 ones with fp32 masters.
+    #[test]
+    fn two_ranks_hold_half_the_state_and_update_as_one() {
+        for bf16 in [false, true] {
+            let (expected, full_bytes) = unsharded(bf16);
+            // Moments, and masters for bf16: 4 bytes per value each.
+            let tensors = if bf16 { 3 } else { 2 };
+            assert_eq!(full_bytes, tensors * 4 * 23);
+            for stage in [1, 2] {
+                for (rank, (weights, bytes)) in sharded(stage, bf16).into_iter().enumerate() {
+                    let worst = weights
+                        .iter()
+                        .zip(&expected)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    // bf16: the unsharded optimizer clips the bf16 gradients
+                    // in place (rounded to bf16), the sharded one its fp32
+                    // shard, so the weights may differ by a bf16 step (2^-7
+                    // at |w| < 2).
+                    let tolerance = if bf16 { 2f32.powi(-7) } else { 1e-6 };
+                    assert!(
+                        worst < tolerance,
+                        "stage {stage} bf16 {bf16} rank {rank}: weights differ by {worst}"
+                    );
+                    // 12 of the 24 padded values: half of 23, rounded up.
+                    assert_eq!(
+                        2 * bytes,
+                        full_bytes + tensors * 4,
+                        "stage {stage} rank {rank}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Moments reassembled from the shards of two ranks split again for one
+    /// rank hold the same values.
+    #[test]
+    fn shards_reassemble_for_another_rank_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vs, w, b) = store(false);
+        let mut parts = Vec::new();
+        for rank in 0..2 {
+            let mut opt = ZeroAdamW::new(&vs, CONFIG, 2, rank, 2).unwrap();
+            let shards = opt.shards;
+            let values = Tensor::arange(shards.padded() as i64, (Kind::Float, Device::Cpu));
+            let mine = values.narrow(0, shards.start(rank) as i64, shards.shard as i64);
+            opt.exp_avg.copy_(&mine);
+            opt.exp_avg_sq.copy_(&(&mine * 2.0));
+            opt.save(&dir.path().join(format!("r{rank}"))).unwrap();
+            parts.push(opt);
+        }
+        let full = read_shards(dir.path(), 2, 23, |r| format!("r{r}")).unwrap();
+        assert_eq!(full.exp_avg.numel(), 23, "the padding is cut");
+        let mut one = ZeroAdamW::new(&vs, CONFIG, 1, 0, 1).unwrap();
+        one.load_full(&full, 7).unwrap();
+        let expected = Tensor::arange(23, (Kind::Float, Device::Cpu));
+        assert_eq!(one.exp_avg, expected);
+        assert_eq!(one.exp_avg_sq, &expected * 2.0);
+        assert_eq!(one.step_count(), 7);
+        let mut plain = AdamW::new(&vs, CONFIG).unwrap();
+        plain.load_full(&full, 7).unwrap();
+        // A shard of another model's size is refused, naming both sizes.
+        drop((w, b));
+        let other = nn::VarStore::new(Device::Cpu);
+        let _ = other.root().var("x", &[4], nn::Init::Const(0.0));
+        let mut small = ZeroAdamW::new(&other, CONFIG, 1, 0, 2).unwrap();
+        let err = small.load_full(&full, 7).unwrap_err();
+        assert!(
+            err.contains("23 values") && err.contains("parameters 4"),
+            "{err}"
+        );
+    }
+}
