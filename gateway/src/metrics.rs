@@ -49,7 +49,8 @@ pub struct Metrics {
     pub requests: Family<ModelCode, Counter>,
     /// Seconds from the request to the end of its response.
     pub latency: Latency,
-    /// Requests sent to a pod and not finished.
+    /// Requests admitted and not finished: queued for a pod, waiting for its
+    /// answer, or relaying it.
     pub in_flight: Family<ModelLabels, Gauge>,
     /// Requests waiting for a ready pod.
     pub queued: Family<ModelLabels, Gauge>,
@@ -99,7 +100,7 @@ impl Metrics {
         );
         registry.register(
             "llmops_gateway_in_flight_requests",
-            "Requests sent to a serving pod and not finished",
+            "Requests admitted and not finished (queued ones included)",
             metrics.in_flight.clone(),
         );
         registry.register(

@@ -140,11 +140,13 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Arc<Grant>, ApiErro
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(ApiError::missing_key)?;
+    // The scheme is case-insensitive (RFC 9110).
     let key = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim())
         .ok_or_else(ApiError::invalid_key)?;
     gw.registry
         .keys()
@@ -266,6 +268,7 @@ async fn generate(
         Key::Affinity,
     );
     let accept = headers.get(header::ACCEPT).cloned();
+    let in_flight = ModelInFlight::new(&gw, &model);
     let call = Call {
         gw: gw.clone(),
         model,
@@ -274,12 +277,36 @@ async fn generate(
         started,
     };
     match forward(&call, upstream_path, body, key, accept).await {
-        Ok((response, guard)) => relay(call, response, guard),
+        Ok((response, guard)) => relay(call, response, guard, in_flight),
         Err(error) => {
             gw.limiter.settle(&call.admission, Some(0), Instant::now());
             let model = call.model.clone();
             refuse(&gw, &call.key_name, &model, error)
         }
+    }
+}
+
+/// A request of the model in flight (waiting for a pod's answer or relaying
+/// it), until dropped.
+struct ModelInFlight {
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl ModelInFlight {
+    fn new(gw: &Gateway, model: &str) -> ModelInFlight {
+        let gauge = gw
+            .metrics
+            .in_flight
+            .get_or_create(&Metrics::model(model))
+            .clone();
+        gauge.inc();
+        ModelInFlight { gauge }
+    }
+}
+
+impl Drop for ModelInFlight {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
@@ -399,7 +426,7 @@ struct Ending {
     call: Call,
     status: StatusCode,
     _guard: InFlight,
-    in_flight: prometheus_client::metrics::gauge::Gauge,
+    _in_flight: ModelInFlight,
 }
 
 impl Ending {
@@ -453,7 +480,6 @@ impl Ending {
                 code,
             })
             .inc();
-        self.in_flight.dec();
     }
 }
 
@@ -475,7 +501,12 @@ impl Drop for Relay {
     }
 }
 
-fn relay(call: Call, response: reqwest::Response, guard: InFlight) -> Response {
+fn relay(
+    call: Call,
+    response: reqwest::Response,
+    guard: InFlight,
+    in_flight: ModelInFlight,
+) -> Response {
     let status = response.status();
     let mut headers = HeaderMap::new();
     for name in [
@@ -495,13 +526,6 @@ fn relay(call: Call, response: reqwest::Response, guard: InFlight) -> Response {
         // Proxies in front of the gateway must not buffer the events either.
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
-    let in_flight = call
-        .gw
-        .metrics
-        .in_flight
-        .get_or_create(&Metrics::model(&call.model))
-        .clone();
-    in_flight.inc();
     let state = Relay {
         upstream: response.bytes_stream().boxed(),
         sse,
@@ -511,7 +535,7 @@ fn relay(call: Call, response: reqwest::Response, guard: InFlight) -> Response {
             call,
             status,
             _guard: guard,
-            in_flight,
+            _in_flight: in_flight,
         }),
     };
     let stream = futures::stream::unfold(state, |mut relay| async move {

@@ -773,8 +773,12 @@ async fn gateway_routes_by_model_limits_keys_and_survives_a_pod_kill() -> anyhow
         Duration::from_secs(30),
         || async {
             let metrics = http(gw, "GET", "/metrics", None, None).await?.body;
-            let queued = r#"llmops_gateway_queued_requests{model="gamma"} 1"#;
-            ensure!(metrics.contains(queued), "no `{queued}`");
+            for held in [
+                r#"llmops_gateway_queued_requests{model="gamma"} 1"#,
+                r#"llmops_gateway_in_flight_requests{model="gamma"} 1"#,
+            ] {
+                ensure!(metrics.contains(held), "no `{held}`");
+            }
             Ok(())
         },
     )
@@ -782,10 +786,14 @@ async fn gateway_routes_by_model_limits_keys_and_survives_a_pod_kill() -> anyhow
     let answered = tokio::time::timeout(READY_TIMEOUT, held).await???;
     ensure!(answered.status == 200, "{answered:?}");
     let metrics = http(gw, "GET", "/metrics", None, None).await?.body;
-    ensure!(
-        metrics.contains(r#"llmops_gateway_queued_requests{model="gamma"} 0"#),
-        "{metrics}"
-    );
+    for done in [
+        r#"llmops_gateway_queued_requests{model="gamma"} 0"#,
+        r#"llmops_gateway_in_flight_requests{model="gamma"} 0"#,
+        r#"llmops_gateway_in_flight_requests{model="alpha"} 0"#,
+        r#"llmops_gateway_in_flight_requests{model="beta"} 0"#,
+    ] {
+        ensure!(metrics.contains(done), "no `{done}` in\n{metrics}");
+    }
 
     // A pod killed mid-stream. The prompt's prefix affinity sends a request
     // and the stream after it to the same pod (both pods idle): the first
