@@ -9,7 +9,7 @@ pub use crate::controller::training::validate::{Invalid, Valid};
 
 use super::build::{FINETUNE, credential_secrets, run};
 use super::resolve::Resolved;
-use crate::controller::training::validate::{batch, invalid, names, pvc_uri};
+use crate::controller::training::validate::{batch, invalid, names, pvc_uri, zero};
 use crate::workload::credentials::colliding_secrets;
 
 /// The run of `resolved`, once nothing stands in its way.
@@ -18,6 +18,7 @@ pub fn validate(resolved: &Resolved) -> Result<Valid<'_, FineTune>, Invalid> {
     let spec = &ft.spec;
     names(&ft.name_any(), FINETUNE, &spec.resources)?;
     batch(&spec.training, &spec.resources)?;
+    zero(&spec.training, &spec.resources, &resolved.output_uri)?;
     pvc_uri("spec.output.uri", &resolved.output_uri)?;
     if spec.base_model.uri.is_some() {
         pvc_uri("spec.baseModel.uri", &resolved.base_model.uri)?;

@@ -199,6 +199,20 @@ mod validate_tests {
     }
 
     #[test]
+    fn zero_over_several_pods_needs_a_shared_checkpoint_directory() {
+        let job = |replicas: i32, uri: &str| {
+            format!(
+                "spec: {{resources: {{replicas: {replicas}}}, training: {{maxSteps: 200, batchSize: 32, microBatchSize: 8, zero: {{stage: 2}}}}, output: {{uri: \"{uri}\"}}}}"
+            )
+        };
+        let err = check(&job(2, "s3://models/run"), "{}").unwrap_err();
+        assert_eq!(err.field, "spec.training.zero.stage");
+        assert!(err.message.contains("s3://models/run"), "{}", err.message);
+        assert_eq!(check(&job(2, "pvc://shared/run"), "{}"), Ok(()));
+        assert_eq!(check(&job(1, "s3://models/run"), "{}"), Ok(()));
+    }
+
+    #[test]
     fn the_batch_must_split_evenly_over_every_gpu() {
         // 32 rows in micro-batches of 8 (the fixture): 2 pods × 2 GPUs split
         // evenly, one pod with 3 GPUs does not.

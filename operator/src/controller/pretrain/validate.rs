@@ -9,7 +9,7 @@ pub use crate::controller::training::validate::{Invalid, Valid};
 
 use super::build::{PRETRAIN, run};
 use super::resolve::Resolved;
-use crate::controller::training::validate::{batch, invalid, names, pvc_uri};
+use crate::controller::training::validate::{batch, invalid, names, pvc_uri, zero};
 
 /// The run of `resolved`, once nothing stands in its way.
 pub fn validate(resolved: &Resolved) -> Result<Valid<'_, PretrainJob>, Invalid> {
@@ -43,6 +43,7 @@ pub fn validate(resolved: &Resolved) -> Result<Valid<'_, PretrainJob>, Invalid> 
     }
 
     batch(&spec.training, &spec.resources)?;
+    zero(&spec.training, &spec.resources, &resolved.output_uri)?;
     pvc_uri("spec.output.uri", &resolved.output_uri)?;
     Ok(Valid {
         resource: job,

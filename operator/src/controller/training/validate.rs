@@ -74,6 +74,28 @@ pub fn batch(training: &TrainingSpec, resources: &ComputeResources) -> Result<()
     Ok(())
 }
 
+/// ZeRO with ranks in several pods: each rank writes its optimizer shard into
+/// the checkpoint directory, which the pods share only on a `file://` or
+/// `pvc://` output; on an object store each pod has its own working copy and
+/// only rank 0 uploads, so the other ranks' shards would be lost.
+pub fn zero(
+    training: &TrainingSpec,
+    resources: &ComputeResources,
+    output_uri: &str,
+) -> Result<(), Invalid> {
+    let shared = output_uri.starts_with("pvc://") || output_uri.starts_with("file://");
+    if training.zero.stage > 0 && resources.replicas > 1 && !shared {
+        return invalid(
+            "spec.training.zero.stage",
+            format!(
+                "stage {} keeps one optimizer shard per rank in the checkpoint directory, which the {} pods share only on a pvc:// (ReadWriteMany) or file:// output, not {output_uri}; use such an output, one replica, or stage 0",
+                training.zero.stage, resources.replicas
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// A `pvc://` URI names its claim.
 pub fn pvc_uri(field: &str, uri: &str) -> Result<(), Invalid> {
     if uri.starts_with("pvc://") && pvc_claim(uri).is_none() {
