@@ -24,6 +24,7 @@
 pub mod context;
 pub mod format;
 pub mod otlp;
+pub mod root;
 
 use std::io::IsTerminal as _;
 use std::sync::Mutex;

@@ -164,6 +164,8 @@ pub fn tracer_provider(
     }
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
+        // The generation roots take ids derived earlier (`root`).
+        .with_id_generator(crate::root::DerivedIds::default())
         .with_resource(resource.build())
         .build())
 }

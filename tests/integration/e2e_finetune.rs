@@ -282,6 +282,50 @@ async fn finetune_waits_for_its_dataset_records_lineage_and_publishes_a_gated_mo
                 .all(|s| in_trace(s) && s.attributes.get("object") == Some(&object)),
         "the FineTune's reconciles in its trace: {reconciles:#?}"
     );
+    // The generation's root, recorded when the FineTune turned Ready: the parent
+    // of them all, from the apply (the object's creation) to Ready.
+    let spans = receiver
+        .wait_for(
+            "the generation's root span",
+            std::time::Duration::from_secs(30),
+            |spans| {
+                spans
+                    .iter()
+                    .any(|s| s.span_id == parent_id && s.trace_id == trace_id)
+            },
+        )
+        .await?;
+    let root = spans
+        .iter()
+        .find(|s| s.span_id == parent_id)
+        .context("no root")?;
+    ensure!(
+        root.name == format!("FineTune {}/{NAME}", ns.name())
+            && root.parent_span_id.is_empty()
+            && root.status_code != 2
+            && root.service() == Some("llmops-operator")
+            && root.attributes.get("llmops.outcome").map(String::as_str) == Some("Ready")
+            && root.attributes.get("llmops.reason").map(String::as_str) == Some("Trained"),
+        "root span {root:#?}"
+    );
+    let children: Vec<&ReceivedSpan> = spans.iter().filter(|s| in_trace(s)).collect();
+    let first = children
+        .iter()
+        .map(|s| s.start_unix_nanos)
+        .min()
+        .unwrap_or_default();
+    let trainer_end = children
+        .iter()
+        .filter(|s| s.name == "trainer")
+        .map(|s| s.end_unix_nanos)
+        .max()
+        .unwrap_or_default();
+    ensure!(
+        root.start_unix_nanos <= first && root.end_unix_nanos >= trainer_end,
+        "the root ({}..{}) does not cover the first reconcile ({first}) to the trainer's end ({trainer_end})",
+        root.start_unix_nanos,
+        root.end_unix_nanos
+    );
     ensure!(
         !spans.iter().any(|s| s.name == "reconciling object"),
         "kube-runtime's own per-reconcile spans are exported as traces of their own"

@@ -36,6 +36,9 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
     /// `status.code`: 0 unset, 1 ok, 2 error.
     pub status_code: i32,
+    /// Nanoseconds since the Unix epoch.
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
     /// `grpc` or `http/protobuf`: how it came.
     pub protocol: &'static str,
 }
@@ -69,6 +72,8 @@ impl Sink {
                         resource: resource.clone(),
                         attributes: attributes(&span.attributes),
                         status_code: span.status.map_or(0, |s| s.code),
+                        start_unix_nanos: span.start_time_unix_nano,
+                        end_unix_nanos: span.end_time_unix_nano,
                         protocol,
                     });
                 }

@@ -165,6 +165,12 @@ pub async fn write<K: ReportsStatus>(
     let current = obj.status().map(|s| s.conditions()).unwrap_or_default();
     let flipped = transitions(current, &desired.conditions);
     events.transitions(&*obj, &flipped).await;
+    crate::workload::telemetry::record_outcome(
+        &*obj,
+        current,
+        &flipped,
+        desired.observed_generation,
+    );
     K::record(obj.status_mut().get_or_insert_default(), desired);
     Ok(())
 }

@@ -18,14 +18,23 @@
 //! template keeps the traceparent it already has unless something else in it
 //! changed ([`stamp_deployment`]): a new generation that only scales, or an
 //! operator restart, never restarts a pod.
+//!
+//! The generation's root span itself is recorded when a status write gives
+//! the generation its outcome ([`record_outcome`]).
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{Resource, ResourceExt};
 use llmops_contract::{TRACEPARENT_ANNOTATION, env as var};
+use llmops_crds::condition::{READY, STALLED};
 use llmops_telemetry::TraceParent;
+use llmops_telemetry::root::{KeyValue, Root};
+
+use crate::runtime::conditions::Transition;
 
 use super::job::env;
 
@@ -173,6 +182,67 @@ pub fn stamp_deployment<K: Resource<DynamicType = ()>>(
     if let Some(traceparent) = telemetry.traceparent {
         annotations.insert(TRACEPARENT_ANNOTATION.into(), traceparent);
     }
+}
+
+/// Record the root span of `obj`'s current generation when a status write
+/// (`before` → `flipped`, for `observed_generation`) gives the generation its
+/// outcome: Ready or Stalled turning True. It spans from when the generation
+/// was taken up (the object's creation for the first; the last condition
+/// change before the outcome for later ones, when the new spec was seen) to
+/// now, and is an error when the generation stalled. Only the status write
+/// that flips the condition records it, so it is recorded once however often
+/// the object is reconciled.
+pub fn record_outcome<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    before: &[Condition],
+    flipped: &[Transition],
+    observed_generation: Option<i64>,
+) {
+    let meta = obj.meta();
+    if observed_generation.is_none() || observed_generation != meta.generation {
+        return;
+    }
+    let Some(trace) = trace_of(obj) else {
+        return;
+    };
+    let Some(outcome) = flipped
+        .iter()
+        .find(|t| t.status == "True" && (t.type_ == READY || t.type_ == STALLED))
+    else {
+        return;
+    };
+    let created = meta
+        .creation_timestamp
+        .as_ref()
+        .map(|t| SystemTime::from(t.0));
+    let last_change = before
+        .iter()
+        .map(|c| SystemTime::from(c.last_transition_time.0))
+        .max();
+    let start = match meta.generation {
+        Some(1) | None => created.or(last_change),
+        Some(_) => last_change.or(created),
+    }
+    .unwrap_or_else(SystemTime::now);
+    let kind = K::kind(&());
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    llmops_telemetry::root::record(Root {
+        trace,
+        name: format!("{kind} {namespace}/{name}"),
+        start,
+        end: SystemTime::now(),
+        attributes: vec![
+            KeyValue::new("k8s.namespace.name", namespace),
+            KeyValue::new("llmops.kind", kind.into_owned()),
+            KeyValue::new("llmops.name", name),
+            KeyValue::new("llmops.generation", meta.generation.unwrap_or(0)),
+            KeyValue::new("llmops.outcome", outcome.type_.clone()),
+            KeyValue::new("llmops.reason", outcome.reason.clone()),
+        ],
+        error: (outcome.type_ == STALLED)
+            .then(|| format!("{}: {}", outcome.reason, outcome.message)),
+    });
 }
 
 /// A stable hash (FNV-1a over the JSON, the same across operator builds) of a
