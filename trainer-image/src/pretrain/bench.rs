@@ -2,7 +2,9 @@
 //! loop (forward, masked loss, backward, clipping, AdamW) next to PyTorch eager
 //! running the same model shape, batch and thread count in Python
 //! (`tests/python/pretrain_bench.py`, a nanoGPT-style loop over a `transformers`
-//! model), measured in the same run. A benchmark, not a test.
+//! model), measured in the same run. A benchmark, not a test. With
+//! `--zero-ranks N` it compares `training.zero` stages instead
+//! ([`super::zero_bench`]).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -66,11 +68,20 @@ pub struct Options {
     /// The reference script.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/pretrain_bench.py"))]
     pub script: PathBuf,
+    /// Instead of the PyTorch comparison: the step with `training.zero` stage
+    /// 0, 1 and 2 over this many ranks (processes on loopback TCP, CPU), with
+    /// tokens/s, optimizer state and peak memory per rank
+    /// (see `zero_bench.rs`).
+    #[arg(long)]
+    pub zero_ranks: Option<usize>,
+    /// One rank of `--zero-ranks` (internal): `stage,rank,world,addr`.
+    #[arg(long, hide = true)]
+    pub zero_child: Option<String>,
 }
 
 const WARMUP: usize = 2;
 
-fn architecture(o: &Options) -> anyhow::Result<ModelArchitecture> {
+pub(super) fn architecture(o: &Options) -> anyhow::Result<ModelArchitecture> {
     let family = match o.family.as_str() {
         "llama" => ModelFamily::Llama,
         "gpt2" => ModelFamily::Gpt2,
@@ -243,8 +254,14 @@ fn flops_per_token(o: &Options) -> anyhow::Result<f64> {
     Ok((6 * weights + attention) as f64)
 }
 
-/// Runs both sides and prints the comparison.
+/// Runs both sides and prints the comparison (or the ZeRO comparison).
 pub fn run(o: &Options) -> anyhow::Result<()> {
+    if let Some(spec) = &o.zero_child {
+        return super::zero_bench::child(o, spec);
+    }
+    if let Some(ranks) = o.zero_ranks {
+        return super::zero_bench::compare(o, ranks);
+    }
     if let Some(t) = o.threads {
         tch::set_num_threads(t);
     }

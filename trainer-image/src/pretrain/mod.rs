@@ -2,11 +2,13 @@
 //!
 //! [`plan`] resolves the spec against the dataset; the session in
 //! [`crate::train`] fetches the data, runs the loop and exports the model with
-//! its lineage; [`bench`] times a training step against PyTorch.
+//! its lineage; [`bench`] times a training step against PyTorch, and
+//! [`zero_bench`] the ZeRO stages against each other.
 
 pub mod bench;
 pub mod error;
 pub mod plan;
+pub mod zero_bench;
 
 use llmops_crds::PretrainJob;
 use llmops_crds::common::{Artifact, TrainingProgress};
