@@ -198,19 +198,28 @@ pub fn record_outcome<K: Resource<DynamicType = ()>>(
     flipped: &[Transition],
     observed_generation: Option<i64>,
 ) {
+    if let Some(root) = outcome_root(obj, before, flipped, observed_generation, SystemTime::now()) {
+        llmops_telemetry::root::record(root);
+    }
+}
+
+/// The root span [`record_outcome`] records, ending at `now`; `None` when the
+/// write gives the generation no outcome.
+fn outcome_root<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    before: &[Condition],
+    flipped: &[Transition],
+    observed_generation: Option<i64>,
+    now: SystemTime,
+) -> Option<Root> {
     let meta = obj.meta();
     if observed_generation.is_none() || observed_generation != meta.generation {
-        return;
+        return None;
     }
-    let Some(trace) = trace_of(obj) else {
-        return;
-    };
-    let Some(outcome) = flipped
+    let trace = trace_of(obj)?;
+    let outcome = flipped
         .iter()
-        .find(|t| t.status == "True" && (t.type_ == READY || t.type_ == STALLED))
-    else {
-        return;
-    };
+        .find(|t| t.status == "True" && (t.type_ == READY || t.type_ == STALLED))?;
     let created = meta
         .creation_timestamp
         .as_ref()
@@ -223,15 +232,15 @@ pub fn record_outcome<K: Resource<DynamicType = ()>>(
         Some(1) | None => created.or(last_change),
         Some(_) => last_change.or(created),
     }
-    .unwrap_or_else(SystemTime::now);
+    .unwrap_or(now);
     let kind = K::kind(&());
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
-    llmops_telemetry::root::record(Root {
+    Some(Root {
         trace,
         name: format!("{kind} {namespace}/{name}"),
         start,
-        end: SystemTime::now(),
+        end: now,
         attributes: vec![
             KeyValue::new("k8s.namespace.name", namespace),
             KeyValue::new("llmops.kind", kind.into_owned()),
@@ -242,7 +251,7 @@ pub fn record_outcome<K: Resource<DynamicType = ()>>(
         ],
         error: (outcome.type_ == STALLED)
             .then(|| format!("{}: {}", outcome.reason, outcome.message)),
-    });
+    })
 }
 
 /// A stable hash (FNV-1a over the JSON, the same across operator builds) of a

@@ -204,3 +204,122 @@ fn trainer_jobs_carry_the_trace_on_the_job_and_its_pods() {
         Some("grpc")
     );
 }
+
+mod outcome_tests {
+    use std::time::{Duration, SystemTime};
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    use super::*;
+    use crate::runtime::conditions::Transition;
+
+    fn at(second: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(second).unwrap())
+    }
+
+    fn since_epoch(second: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(second)
+    }
+
+    fn condition(type_: &str, status: &str, second: i64) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: "m".into(),
+            last_transition_time: at(second),
+            observed_generation: None,
+        }
+    }
+
+    fn flip(type_: &str, status: &str, reason: &str) -> Transition {
+        Transition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: "why".into(),
+            is_problem: false,
+        }
+    }
+
+    fn ft(generation: i64) -> FineTune {
+        with_overlay(
+            FT,
+            &format!(
+                "metadata: {{generation: {generation}, creationTimestamp: \"1970-01-01T00:16:40Z\"}}"
+            ),
+        )
+    }
+
+    const NOW: u64 = 5_000;
+
+    #[test]
+    fn the_first_generation_s_root_spans_from_creation_to_ready() {
+        let before = [
+            condition("Ready", "False", 1_010),
+            condition("Reconciling", "True", 1_010),
+        ];
+        let root = outcome_root(
+            &ft(1),
+            &before,
+            &[flip("Ready", "True", "Trained")],
+            Some(1),
+            since_epoch(NOW),
+        )
+        .unwrap();
+        assert_eq!(root.trace, TraceParent::derived("77aa-uid", 1));
+        assert_eq!(root.name, "FineTune ml/qa");
+        assert_eq!(root.start, since_epoch(1_000));
+        assert_eq!(root.end, since_epoch(NOW));
+        assert_eq!(root.error, None);
+    }
+
+    #[test]
+    fn a_later_generation_starts_at_the_last_change_and_a_stall_is_an_error() {
+        let before = [
+            condition("Ready", "False", 1_010),
+            condition("Reconciling", "True", 3_000),
+        ];
+        let root = outcome_root(
+            &ft(2),
+            &before,
+            &[flip("Stalled", "True", "GateFailed")],
+            Some(2),
+            since_epoch(NOW),
+        )
+        .unwrap();
+        assert_eq!(root.trace, TraceParent::derived("77aa-uid", 2));
+        assert_eq!(root.start, since_epoch(3_000));
+        assert_eq!(root.error.as_deref(), Some("GateFailed: why"));
+    }
+
+    #[test]
+    fn only_an_outcome_of_the_current_generation_records_a_root() {
+        let now = since_epoch(NOW);
+        let ready = [flip("Ready", "True", "Trained")];
+        // Written for an older generation, or with no outcome.
+        assert!(outcome_root(&ft(2), &[], &ready, Some(1), now).is_none());
+        assert!(outcome_root(&ft(2), &[], &ready, None, now).is_none());
+        assert!(
+            outcome_root(
+                &ft(2),
+                &[],
+                &[flip("Ready", "False", "Training")],
+                Some(2),
+                now
+            )
+            .is_none()
+        );
+        assert!(
+            outcome_root(
+                &ft(2),
+                &[],
+                &[flip("Reconciling", "True", "Training")],
+                Some(2),
+                now
+            )
+            .is_none()
+        );
+        assert!(outcome_root(&ft(2), &[], &[], Some(2), now).is_none());
+    }
+}
