@@ -230,3 +230,69 @@ fn a_zero_2_run_resumed_from_its_checkpoint_reproduces_the_uninterrupted_run() {
     println!("ZeRO-2 checkpoint of 2 ranks resumed on 1: |Δloss| {dl:.2e}, |Δweight| {dw:.2e}");
     assert!(dl < 1e-5 && dw < 1e-5, "|Δloss| {dl}, |Δweight| {dw}");
 }
+
+/// SIGTERM to a pod's launcher mid-run: its two ZeRO-2 ranks agree on a step,
+/// each writes its optimizer shard into that checkpoint, and the restarted run
+/// ends with the uninterrupted run's weights, bit for bit.
+#[test]
+fn a_zero_2_run_stopped_by_sigterm_resumes_to_the_uninterrupted_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dataset = prepare_dataset(tmp.path(), 32);
+    let job = with_zero(
+        &job(
+            "zero-term",
+            "llama",
+            json!({"maxSteps": 200, "microBatchSize": 2, "checkpointEvery": 1000, "evalEvery": 100}),
+        ),
+        2,
+    );
+    let launch = |output: &str| {
+        command(tmp.path(), &job, &dataset, output)
+            .env(llmops_contract::env::PROCS_PER_POD, "2")
+            .env("MASTER_PORT", free_port().to_string())
+            .spawn()
+            .unwrap()
+    };
+    assert_ok(&finish(launch("reference"), tmp.path(), "reference"));
+
+    let child = launch("run");
+    let log_path = tmp.path().join("run/checkpoints/train_log.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&log_path).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(started.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let run = finish(child, tmp.path(), "run");
+    assert_eq!(run.code, 143, "{}", run.stderr);
+    let message: Value = serde_json::from_str(&run.termination).unwrap();
+    let step = message["interrupted"]["step"].as_i64().unwrap();
+    assert!(step < 200, "stopped at step {step}");
+    let checkpoints = tmp.path().join("run/checkpoints");
+    for rank in 0..2 {
+        let shard = checkpoints.join(format!(
+            "step-{step}/optimizer-zero-rank-{rank}.safetensors"
+        ));
+        assert!(shard.is_file(), "{} is missing", shard.display());
+    }
+    let staging_left: Vec<_> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(staging_left.is_empty(), "left behind: {staging_left:?}");
+
+    assert_ok(&finish(launch("run"), tmp.path(), "run"));
+    let resumed = log(tmp.path(), "run");
+    let steps: Vec<i64> = resumed
+        .iter()
+        .map(|l| l["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=200).collect::<Vec<_>>());
+    assert_eq!(losses(&resumed), losses(&log(tmp.path(), "reference")));
+    let dw = max_weight_diff(&tmp.path().join("reference"), &tmp.path().join("run"));
+    assert_eq!(dw, 0.0, "weights differ by {dw} after the restart");
+}
