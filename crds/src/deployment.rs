@@ -351,6 +351,27 @@ pub struct ServerSettings {
     /// it every pod downloads its own copy into its scratch space.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_cache: Option<ModelCache>,
+    /// The inference server the pods run. `builtin`: the project's server, one
+    /// engine on one device (CPU, or one GPU). `vllm`: vLLM's OpenAI server
+    /// (the operator's `--vllm-image`) on the same model, fetched by the
+    /// trainer image before it starts, with tensor parallelism over the pod's
+    /// `resources.gpus`; the same API, API-key Secret, probes, rollouts,
+    /// autoscaling and `status.metrics`.
+    #[serde(default)]
+    pub runtime: ServerRuntime,
+}
+
+/// Which inference server runs in the serving pods.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum ServerRuntime {
+    /// The project's `server`: one engine on the CPU or one GPU.
+    #[default]
+    Builtin,
+    /// vLLM's OpenAI-compatible server, tensor parallel over the pod's GPUs.
+    Vllm,
 }
 
 /// Where the shared model cache lives.
@@ -375,6 +396,7 @@ impl Default for ServerSettings {
             threads: 0,
             max_queue: default_max_queue(),
             model_cache: None,
+            runtime: ServerRuntime::default(),
         }
     }
 }
@@ -411,7 +433,10 @@ pub enum ServeDtype {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServingResources {
-    /// GPUs per pod; 0 serves on CPU.
+    /// GPUs per pod; 0 serves on CPU. The built-in server runs one engine on
+    /// one GPU, so more than 1 needs `server.runtime: vllm` (tensor parallel
+    /// over all of them); more throughput with the built-in server comes from
+    /// replicas of 1 GPU.
     #[serde(default)]
     #[schemars(range(min = 0, max = 16))]
     pub gpus: i32,

@@ -14,6 +14,8 @@ pub struct OperatorConfig {
     pub trainer_image: String,
     /// Image of the `server` binary (inference).
     pub server_image: String,
+    /// Image of vLLM's OpenAI server, run for `spec.server.runtime: vllm`.
+    pub vllm_image: String,
     /// Pull policy and pull Secrets of the trainer pods.
     pub trainer_image_pull: ImagePull,
     /// Pull policy and pull Secrets of the serving pods.
@@ -109,6 +111,7 @@ impl OperatorConfig {
         Self {
             trainer_image: "ghcr.io/llmops-dev/trainer:test".into(),
             server_image: "ghcr.io/llmops-dev/server:test".into(),
+            vllm_image: "vllm/vllm-openai:test".into(),
             trainer_image_pull: ImagePull::default(),
             server_image_pull: ImagePull::default(),
             artifact_store: "s3://llmops-artifacts".into(),

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use llmops_operator::config::{OperatorConfig, TrainerResources, normalize_store_uri};
 use llmops_operator::controller::deployment::Monitoring;
+use llmops_operator::controller::deployment::vllm::DEFAULT_IMAGE as DEFAULT_VLLM_IMAGE;
 use llmops_operator::runtime::controller::Scope;
 use llmops_operator::runtime::{LeaderElection, Settings};
 use llmops_operator::telemetry::{self, LogFormat};
@@ -53,6 +54,10 @@ struct RunArgs {
     /// Image of the inference pods.
     #[arg(long)]
     server_image: String,
+    /// Image of vLLM's OpenAI server, for ModelDeployments with
+    /// `spec.server.runtime: vllm` (pulled with the inference pods' policy).
+    #[arg(long, default_value = DEFAULT_VLLM_IMAGE)]
+    vllm_image: String,
     /// Pull policy of the trainer pods' container (default: Kubernetes' own,
     /// by the image's tag).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(PULL_POLICIES))]
@@ -197,6 +202,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         config: OperatorConfig {
             trainer_image: args.trainer_image,
             server_image: args.server_image,
+            vllm_image: args.vllm_image,
             trainer_image_pull: ImagePull {
                 policy: args.trainer_image_pull_policy,
                 secrets: pull_secrets.clone(),

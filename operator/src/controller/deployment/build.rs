@@ -2,7 +2,8 @@
 //! the resolved model and the operator's settings.
 //!
 //! For ModelDeployment `<name>`:
-//! - Deployment `<name>-server`: `server --model <uri> ...` pods, rolled with
+//! - Deployment `<name>-server`: `server --model <uri> ...` pods (vLLM's with
+//!   `spec.server.runtime: vllm`, [`super::vllm`]), rolled with
 //!   `maxUnavailable: 0, maxSurge: 1`, so a new model whose pods never become
 //!   ready leaves every old pod serving;
 //! - Service `<name>` (`spec.service.type`), port `spec.service.port` → `http`;
@@ -48,7 +49,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use llmops_crds::ModelDeployment;
-use llmops_crds::deployment::{ServeDtype, ServiceType};
+use llmops_crds::deployment::{ServeDtype, ServerRuntime, ServiceType};
 
 use super::isolation::build_network_policy;
 use super::resolve::Model;
@@ -321,7 +322,7 @@ fn server_env(md: &ModelDeployment, model: &Model) -> Vec<EnvVar> {
     vars
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+pub(super) fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -350,13 +351,17 @@ pub fn build_canary(
 pub fn served_model(deployment: &Deployment) -> Option<Model> {
     let template = &deployment.spec.as_ref()?.template;
     let annotations = template.metadata.as_ref()?.annotations.as_ref()?;
-    let credentials_secret = template
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.env.as_ref())
-        .and_then(|env| env.iter().find(|e| e.name == CREDENTIALS_SECRET_ENV))
-        .and_then(|e| e.value.clone());
+    // The server has the credentials, or vLLM's init container that fetches
+    // the model for it.
+    let credentials_secret = template.spec.as_ref().and_then(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .filter_map(|c| c.env.as_ref())
+            .flatten()
+            .find(|e| e.name == CREDENTIALS_SECRET_ENV)
+            .and_then(|e| e.value.clone())
+    });
     Some(Model {
         artifact: llmops_crds::Artifact {
             uri: annotations.get(MODEL_URI_ANNOTATION)?.clone(),
@@ -384,11 +389,6 @@ fn build_deployment(
     revision: Revision,
 ) -> Deployment {
     let name = md.name_any();
-    let (mut volumes, mut mounts) = server_volumes(md, model);
-    let (adapters, adapters_mount) = super::adapters::volume(md);
-    volumes.push(adapters);
-    mounts.push(adapters_mount);
-    let container = server_container(md, model, config, mounts);
     let pod_meta = ObjectMeta {
         labels: Some({
             let mut labels = child_labels(md, SERVER_COMPONENT);
@@ -430,17 +430,26 @@ fn build_deployment(
             revision_history_limit: Some(3),
             template: PodTemplateSpec {
                 metadata: Some(pod_meta),
-                spec: Some(server_pod(
-                    md,
-                    container,
-                    volumes,
-                    &config.server_image_pull,
-                )),
+                spec: Some(pod_spec(md, model, config)),
             },
             ..DeploymentSpec::default()
         }),
         status: None,
     }
+}
+
+/// The serving pod of `spec.server.runtime`: the built-in server, or vLLM
+/// ([`super::vllm`]).
+fn pod_spec(md: &ModelDeployment, model: &Model, config: &OperatorConfig) -> PodSpec {
+    if md.spec.server.runtime == ServerRuntime::Vllm {
+        return super::vllm::pod(md, model, config);
+    }
+    let (mut volumes, mut mounts) = server_volumes(md, model);
+    let (adapters, adapters_mount) = super::adapters::volume(md);
+    volumes.push(adapters);
+    mounts.push(adapters_mount);
+    let container = server_container(md, model, config, mounts);
+    server_pod(md, container, volumes, &config.server_image_pull)
 }
 
 /// Scratch space (`/tmp`, `/work`: the root filesystem is read-only), each with
@@ -545,7 +554,7 @@ fn server_container(
 
 /// The serving pod: restricted, no API token, scheduled as the spec says, and
 /// given the time to drain.
-fn server_pod(
+pub(super) fn server_pod(
     md: &ModelDeployment,
     container: Container,
     volumes: Vec<Volume>,

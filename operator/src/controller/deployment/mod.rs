@@ -59,6 +59,7 @@ mod resolve;
 mod route;
 mod status;
 mod validate;
+pub mod vllm;
 
 pub use autoscale::parse_duration;
 pub use monitor::{Monitor, Monitoring};

@@ -13,10 +13,16 @@
 //!   LoadBalancer Service stalls naming `spec.auth`. An operator run with
 //!   `--require-auth` (chart value `requireAuth`) stalls every ModelDeployment
 //!   without it.
+//! - `spec.resources.gpus` above 1 with the built-in server stalls: it runs one
+//!   engine on one device and would leave the other GPUs idle; tensor
+//!   parallelism is `spec.server.runtime: vllm`, more throughput on one GPU
+//!   each is more replicas.
+//! - `spec.server.runtime: vllm` stalls without a GPU (the vLLM image is a CUDA
+//!   build) and with `spec.adapters` (served by the built-in server only).
 
 use kube::ResourceExt;
 use llmops_crds::ModelDeployment;
-use llmops_crds::deployment::ServiceType;
+use llmops_crds::deployment::{ServerRuntime, ServiceType};
 
 use super::resolve::Model;
 pub use crate::runtime::invalid::Invalid;
@@ -41,7 +47,36 @@ pub fn validate(md: &ModelDeployment, require_auth: bool) -> Result<(), Invalid>
             ),
         );
     }
+    runtime(md)?;
     access(md, require_auth)
+}
+
+/// What the chosen inference server can run: no idle GPUs, no adapters vLLM is
+/// not given.
+fn runtime(md: &ModelDeployment) -> Result<(), Invalid> {
+    let gpus = md.spec.resources.gpus;
+    match md.spec.server.runtime {
+        ServerRuntime::Builtin if gpus > 1 => invalid(
+            "spec.resources.gpus",
+            format!(
+                "the built-in server runs one engine on one GPU and would leave {} of the {gpus} GPUs idle: set spec.server.runtime: vllm for tensor parallelism over them, or spec.resources.gpus: 1 with more replicas",
+                gpus - 1
+            ),
+        ),
+        ServerRuntime::Vllm if gpus < 1 => invalid(
+            "spec.resources.gpus",
+            "spec.server.runtime: vllm runs on GPUs (the vLLM image is a CUDA build): set spec.resources.gpus to 1 or more, or use the built-in runtime on CPU",
+        ),
+        ServerRuntime::Vllm if !md.spec.adapters.is_empty() => invalid(
+            "spec.adapters",
+            "LoRA adapters are served by the built-in server only: remove spec.adapters, serve a merged model, or use spec.server.runtime: builtin",
+        ),
+        ServerRuntime::Vllm if md.spec.server.threads > 0 => invalid(
+            "spec.server.threads",
+            "spec.server.threads sets the built-in server's CPU threads; vLLM runs on the GPUs: remove it",
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Who may call a model without an API key: nobody outside the cluster.
