@@ -201,4 +201,18 @@ mod tests {
         let epochs = job(json!({"training": {"epochs": 1}}));
         assert!(plan(&epochs, &manifest(32), 1).is_err());
     }
+
+    #[test]
+    fn zero_stages_resolve_and_one_rank_trains_as_stage_0() {
+        let zero = |stage: i32| {
+            let mut j = job(json!({}));
+            j.spec.training.zero.stage = stage;
+            j
+        };
+        assert_eq!(plan(&zero(2), &manifest(32), 2).unwrap().zero_stage, 2);
+        assert_eq!(plan(&zero(1), &manifest(32), 2).unwrap().zero_stage, 1);
+        assert_eq!(plan(&zero(2), &manifest(32), 1).unwrap().zero_stage, 0);
+        let err = plan(&zero(3), &manifest(32), 2).unwrap_err().to_string();
+        assert!(err.contains("training.zero.stage is 3"), "{err}");
+    }
 }
