@@ -25,6 +25,11 @@
 //! - a pod SIGKILLed mid-stream ends that stream with an error event, and the
 //!   requests after it succeed on the other pod.
 //!
+//! `gateway_runs_on_the_charts_endpointslice_rbac_and_reads_no_other_secret`
+//! runs it in its default mode (EndpointSlices) on the chart's default RBAC:
+//! ready, models listed, 503 with `Retry-After` for a model without a ready
+//! endpoint after the queue timeout, and no Secret readable but its key Secret.
+//!
 //! `gateway_benchmark` (ignored; run with `--ignored --nocapture`) runs
 //! `gateway-bench` against the same setup: latency and throughput through the
 //! gateway against straight to a pod.
@@ -100,6 +105,8 @@ struct GatewayProcess {
     child: Child,
     log: PathBuf,
     address: SocketAddr,
+    /// Its ServiceAccount's kubeconfig.
+    kubeconfig: PathBuf,
 }
 
 impl GatewayProcess {
@@ -138,59 +145,9 @@ impl Setup {
         let name = ns.name().to_string();
 
         // The chart's gateway objects, in the restricted test namespace.
-        let chart = workspace_root().join("charts/llmops").display().to_string();
-        let keys = format!("gateway.keySecrets={{{KEYS_SECRET}}}");
-        cluster
-            .helm([
-                "upgrade",
-                &name,
-                &chart,
-                "-n",
-                &name,
-                "--reuse-values",
-                "--set",
-                "gateway.enabled=true",
-                "--set",
-                "gateway.endpoints=pods",
-                "--set",
-                &keys,
-                "--wait=watcher",
-                "--timeout=120s",
-            ])
-            .await?
-            .check()?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        let selector =
-            format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=gateway");
-        let found = accounts
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items;
-        let [account] = found.as_slice() else {
-            bail!(
-                "expected the chart's gateway ServiceAccount ({selector}), found {}",
-                found.len()
-            );
-        };
+        let account = enable_chart_gateway(cluster, &name, "pods").await?;
 
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &name);
-        let keys = json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": KEYS_SECRET},
-            "stringData": {
-                "all": format!("key: {KEY_ALL}\nmodels: ['*']\n"),
-                "alpha-only": format!("key: {KEY_ALPHA}\nmodels: [alpha]\n"),
-                "two-per-minute": format!("key: {KEY_RPM}\nmodels: [alpha]\nrequestsPerMinute: 2\n"),
-                "forty-tokens": format!("key: {KEY_TPM}\nmodels: [alpha]\ntokensPerMinute: 40\n"),
-            }
-        });
-        secrets
-            .patch(
-                KEYS_SECRET,
-                &PatchParams::apply(llmops_tests::FIELD_MANAGER).force(),
-                &Patch::Apply(keys),
-            )
-            .await
-            .context("creating the key Secret")?;
+        apply_key_secret(cluster, &name).await?;
 
         // Two tiny models of different families, one per deployment.
         let store = operator.store().join("models");
@@ -214,42 +171,7 @@ impl Setup {
         let pods = PodRunner::start(replayer, &name, "llmops.dev/modeldeployment");
 
         // The gateway as its ServiceAccount.
-        let dir = tempfile::Builder::new()
-            .prefix("llmops-gateway-")
-            .tempdir()?;
-        let kubeconfig = dir.path().join("kubeconfig");
-        write_token_kubeconfig(
-            &cluster.node().await?,
-            &name,
-            &account.name_any(),
-            &kubeconfig,
-        )
-        .await?;
-        let port = free_port()?;
-        let log = dir.path().join("gateway.log");
-        let output = std::fs::File::create(&log)?;
-        let child = Command::new(gateway_binary("gateway")?)
-            .args([
-                format!("--listen=127.0.0.1:{port}"),
-                format!("--namespaces={name}"),
-                "--endpoints=pods".into(),
-                format!("--keys-namespace={name}"),
-                format!("--key-secrets={KEYS_SECRET}"),
-                "--queue-timeout=60".into(),
-            ])
-            .env("KUBECONFIG", &kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env("RUST_LOG", "info,llmops_gateway=debug")
-            .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output)
-            .spawn()
-            .context("starting the gateway")?;
-        let gateway = GatewayProcess {
-            child,
-            log,
-            address: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        };
+        let (gateway, dir) = spawn_gateway(cluster, &name, &account, "pods", 60).await?;
         let setup = Setup {
             cluster,
             ns,
@@ -303,6 +225,118 @@ impl Setup {
         let Setup { cluster, ns, .. } = self;
         ns.delete(cluster).await
     }
+}
+
+/// The test's key Secret: a key for every model, one for `alpha` only, and two
+/// for `alpha` with limits.
+async fn apply_key_secret(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(cluster.client().await?, name);
+    let keys = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": KEYS_SECRET},
+        "stringData": {
+            "all": format!("key: {KEY_ALL}\nmodels: ['*']\n"),
+            "alpha-only": format!("key: {KEY_ALPHA}\nmodels: [alpha]\n"),
+            "two-per-minute": format!("key: {KEY_RPM}\nmodels: [alpha]\nrequestsPerMinute: 2\n"),
+            "forty-tokens": format!("key: {KEY_TPM}\nmodels: [alpha]\ntokensPerMinute: 40\n"),
+        }
+    });
+    secrets
+        .patch(
+            KEYS_SECRET,
+            &PatchParams::apply(llmops_tests::FIELD_MANAGER).force(),
+            &Patch::Apply(keys),
+        )
+        .await
+        .context("creating the key Secret")?;
+    Ok(())
+}
+
+/// Upgrades the test's release (named as its namespace) to deploy the gateway
+/// with `gateway.endpoints: <endpoints>` and the test's key Secret; returns the
+/// gateway's ServiceAccount.
+async fn enable_chart_gateway(
+    cluster: &Cluster,
+    name: &str,
+    endpoints: &str,
+) -> anyhow::Result<String> {
+    let chart = workspace_root().join("charts/llmops").display().to_string();
+    let keys = format!("gateway.keySecrets={{{KEYS_SECRET}}}");
+    let endpoints = format!("gateway.endpoints={endpoints}");
+    cluster
+        .helm([
+            "upgrade",
+            name,
+            &chart,
+            "-n",
+            name,
+            "--reuse-values",
+            "--set",
+            "gateway.enabled=true",
+            "--set",
+            &endpoints,
+            "--set",
+            &keys,
+            "--wait=watcher",
+            "--timeout=120s",
+        ])
+        .await?
+        .check()?;
+    let accounts: Api<ServiceAccount> = Api::namespaced(cluster.client().await?, name);
+    let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=gateway");
+    let found = accounts
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let [account] = found.as_slice() else {
+        bail!(
+            "expected the chart's gateway ServiceAccount ({selector}), found {}",
+            found.len()
+        );
+    };
+    Ok(account.name_any())
+}
+
+/// Starts the `gateway` binary as ServiceAccount `account` of namespace
+/// `name`, serving that namespace, its keys from the test's key Secret.
+async fn spawn_gateway(
+    cluster: &Cluster,
+    name: &str,
+    account: &str,
+    endpoints: &str,
+    queue_timeout: u64,
+) -> anyhow::Result<(GatewayProcess, tempfile::TempDir)> {
+    let dir = tempfile::Builder::new()
+        .prefix("llmops-gateway-")
+        .tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_token_kubeconfig(&cluster.node().await?, name, account, &kubeconfig).await?;
+    let port = free_port()?;
+    let log = dir.path().join("gateway.log");
+    let output = std::fs::File::create(&log)?;
+    let child = Command::new(gateway_binary("gateway")?)
+        .args([
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--namespaces={name}"),
+            format!("--endpoints={endpoints}"),
+            format!("--keys-namespace={name}"),
+            format!("--key-secrets={KEYS_SECRET}"),
+            format!("--queue-timeout={queue_timeout}"),
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("RUST_LOG", "info,llmops_gateway=debug")
+        .stdin(Stdio::null())
+        .stdout(output.try_clone()?)
+        .stderr(output)
+        .spawn()
+        .context("starting the gateway")?;
+    let gateway = GatewayProcess {
+        child,
+        log,
+        address: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        kubeconfig,
+    };
+    Ok((gateway, dir))
 }
 
 /// An HTTP answer: status, head and body (de-chunked).
@@ -877,6 +911,107 @@ async fn gateway_routes_by_model_limits_keys_and_survives_a_pod_kill() -> anyhow
         "the broken stream is not counted:\n{metrics}"
     );
     setup.finish().await
+}
+
+/// The chart's default gateway (EndpointSlices) on the real apiserver, as its
+/// ServiceAccount: it lists and watches ModelDeployments, EndpointSlices and
+/// its key Secret (by name) and turns ready; it may read no other Secret. No
+/// EndpointSlice controller runs here, so a ModelDeployment has no ready
+/// endpoint: a request for it waits out the queue timeout and gets 503 with
+/// `Retry-After`.
+#[tokio::test]
+async fn gateway_runs_on_the_charts_endpointslice_rbac_and_reads_no_other_secret()
+-> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let ns = TestNamespace::create(cluster, "e2e-gateway-rbac").await?;
+    let operator = Operator::start(cluster, &ns).await?;
+    let name = ns.name().to_string();
+    let account = enable_chart_gateway(cluster, &name, "endpointslices").await?;
+    apply_key_secret(cluster, &name).await?;
+    let client = cluster.client().await?;
+    let other: Api<Secret> = Api::namespaced(client.clone(), &name);
+    other
+        .patch(
+            "not-for-the-gateway",
+            &PatchParams::apply(llmops_tests::FIELD_MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "not-for-the-gateway"},
+                "stringData": {"token": "private"},
+            })),
+        )
+        .await?;
+    let deployments: Api<ModelDeployment> = Api::namespaced(client, &name);
+    let uri = format!("file://{}", operator.store().join("models/none").display());
+    deployments
+        .patch(
+            "idle",
+            &PatchParams::apply(llmops_tests::FIELD_MANAGER).force(),
+            &Patch::Apply(model_deployment("idle", &uri, 1)),
+        )
+        .await?;
+    let (gateway, _dir) = spawn_gateway(cluster, &name, &account, "endpointslices", 1).await?;
+    let gw = gateway.address;
+    let listed = eventually("the gateway to list idle", READY_TIMEOUT, || async move {
+        let ready = http(gw, "GET", "/readyz", None, None).await?;
+        ensure!(ready.status == 200, "{ready:?}");
+        let models = http(gw, "GET", "/v1/models", Some(KEY_ALL), None)
+            .await?
+            .json()?;
+        ensure!(models["data"][0]["id"] == "idle", "{models}");
+        Ok(())
+    })
+    .await;
+    if let Err(e) = listed {
+        bail!("{e:#}\ngateway log:\n{}", gateway.log_tail());
+    }
+    let refused = http(
+        gw,
+        "POST",
+        "/v1/completions",
+        Some(KEY_ALL),
+        Some(&completion("idle", "hi", 2)),
+    )
+    .await?;
+    ensure!(refused.status == 503, "{refused:?}");
+    ensure!(
+        refused.json()?["error"]["code"] == "model_unavailable",
+        "{refused:?}"
+    );
+    ensure!(refused.header("retry-after") == Some("1"), "{refused:?}");
+    let metrics = http(gw, "GET", "/metrics", None, None).await?.body;
+    for line in [
+        r#"llmops_gateway_ready_endpoints{model="idle"} 0"#,
+        r#"llmops_gateway_requests_total{model="idle",code="503"} 1"#,
+    ] {
+        ensure!(metrics.contains(line), "no `{line}` in\n{metrics}");
+    }
+
+    // What its ServiceAccount may read of Secrets: its key Secret, by name.
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&gateway.kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let as_gateway: Api<Secret> = Api::namespaced(kube::Client::try_from(config)?, &name);
+    as_gateway
+        .get(KEYS_SECRET)
+        .await
+        .context("the gateway cannot read its key Secret")?;
+    let forbidden = |result: Result<_, kube::Error>| matches!(result, Err(kube::Error::Api(status)) if status.code == 403);
+    ensure!(
+        forbidden(as_gateway.get("not-for-the-gateway").await.map(|_| ())),
+        "the gateway may read another Secret"
+    );
+    ensure!(
+        forbidden(as_gateway.list(&ListParams::default()).await.map(|_| ())),
+        "the gateway may list every Secret"
+    );
+    drop(gateway);
+    drop(operator);
+    ns.delete(cluster).await
 }
 
 /// Latency and throughput through the gateway against straight to a pod, in
