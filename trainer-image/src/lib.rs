@@ -8,10 +8,12 @@
 //! `finetune` continues a base model on a FineTune's dataset ([`finetune`]):
 //! both are thin commands on the training session in [`train`] (dataset, loop,
 //! checkpoints, data parallelism, export). [`text_overlap`] scores generated
-//! text against references for fine-tuning's evaluation.
+//! text against references for fine-tuning's evaluation. `fetch-model` puts a
+//! served model at a fixed path for vLLM ([`fetch`]).
 
 pub mod artifact;
 pub mod bench;
+pub mod fetch;
 pub mod finetune;
 pub mod prepare;
 pub mod pretrain;

@@ -90,6 +90,27 @@ enum Command {
         #[arg(long, env = env::RESOURCE, conflicts_with = "dataset")]
         resource: Option<PathBuf>,
     },
+    /// Put a served model at --dest for a server that reads only a directory
+    /// (vLLM): downloaded and checked against its manifest and --digest, or a
+    /// link to it in the model cache or on a mounted claim.
+    FetchModel {
+        /// Model URI: s3://, gs://, az://, file://, pvc:// or hf://.
+        #[arg(long)]
+        uri: String,
+        /// The `sha256:` digest the model must have (its manifest's).
+        #[arg(long)]
+        digest: Option<String>,
+        /// Where the model goes: a directory, or a link to one.
+        #[arg(long)]
+        dest: PathBuf,
+        /// Secret whose `LLMOPS_CRED_<SECRET>_*` variables hold the store's
+        /// credentials (default: the ambient identity).
+        #[arg(long, env = env::MODEL_CREDENTIALS_SECRET)]
+        credentials_secret: Option<String>,
+        /// The shared model cache to take the model from, or add it to.
+        #[arg(long, env = env::MODEL_CACHE_DIR)]
+        cache: Option<PathBuf>,
+    },
     /// Benchmarks against the Python reference implementations.
     Bench {
         #[command(subcommand)]
@@ -145,6 +166,7 @@ impl Command {
             Command::Pretrain { .. } => "pretrain",
             Command::Finetune { .. } => "finetune",
             Command::Clean { .. } => "clean",
+            Command::FetchModel { .. } => "fetch-model",
             Command::Bench { .. } => "bench",
         }
     }
@@ -173,6 +195,19 @@ fn run(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
             )),
             Err(message) => fail(&message),
         },
+        Command::FetchModel {
+            uri,
+            digest,
+            dest,
+            credentials_secret,
+            cache,
+        } => runtime.block_on(run_fetch_model(
+            &uri,
+            digest.as_deref().filter(|d| !d.is_empty()),
+            &dest,
+            credentials_secret.as_deref().filter(|s| !s.is_empty()),
+            cache.as_deref().filter(|c| !c.as_os_str().is_empty()),
+        )),
         Command::Bench {
             what: BenchCommand::Prepare(options),
         } => match bench::run(&options) {
@@ -423,6 +458,32 @@ async fn run_clean(
             ExitCode::from(exit::INVALID)
         }
         Err(e) => fail(&format!("cannot delete {uri}: {e}")),
+    }
+}
+
+async fn run_fetch_model(
+    uri: &str,
+    digest: Option<&str>,
+    dest: &std::path::Path,
+    credentials_secret: Option<&str>,
+    cache: Option<&std::path::Path>,
+) -> ExitCode {
+    let credentials = llmops_store::Credentials::from_secret(credentials_secret);
+    match llmops_trainer::fetch::fetch(uri, digest, dest, &credentials, cache).await {
+        Ok(fetched) => {
+            let line = match fetched {
+                llmops_trainer::fetch::Fetched::Downloaded => {
+                    format!("fetched {uri} into {}", dest.display())
+                }
+                llmops_trainer::fetch::Fetched::Linked { target, .. } => {
+                    format!("{} links to {uri} at {}", dest.display(), target.display())
+                }
+            };
+            println!("{line}");
+            termination::write(&line);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("cannot fetch {uri}: {e:#}")),
     }
 }
 
