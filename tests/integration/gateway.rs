@@ -14,7 +14,8 @@
 //!   count exactly the requests sent for it;
 //! - a key allowed one model never sees the other: not in `/v1/models`, and a
 //!   request for it gets the very 404 of a model that does not exist;
-//!   no key or a wrong key gets 401;
+//!   no key or a wrong key gets 401; a change to the key Secret applies
+//!   without a restart;
 //! - limits: a key's requests per minute end in 429 with `Retry-After`, its
 //!   tokens per minute too once a response's `usage` is counted; usage per key
 //!   name is in `/metrics`, and no key is;
@@ -649,6 +650,33 @@ async fn gateway_routes_by_model_limits_keys_and_survives_a_pod_kill() -> anyhow
         .await?;
         ensure!(refused.status == 401, "{key:?}: {refused:?}");
     }
+
+    // A key's models change with its Secret, without a restart.
+    let secrets: Api<Secret> = Api::namespaced(cluster.client().await?, setup.ns.name());
+    secrets
+        .patch(
+            KEYS_SECRET,
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "stringData": {"alpha-only": format!("key: {KEY_ALPHA}\nmodels: [alpha, beta]\n")},
+            })),
+        )
+        .await?;
+    eventually(
+        "the alpha-only key to see beta",
+        Duration::from_secs(30),
+        || async move {
+            let models = http(gw, "GET", "/v1/models", Some(KEY_ALPHA), None)
+                .await?
+                .json()?;
+            ensure!(
+                models["data"].as_array().map(Vec::len) == Some(2),
+                "{models}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
 
     // Requests per minute: the third of two is refused, with Retry-After.
     for i in 0..2 {

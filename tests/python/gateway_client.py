@@ -4,7 +4,7 @@
 
 With the key for every model: `/v1/models` lists `alpha` and `beta`, and each
 answers two completions and one streamed completion (3 per model: the caller
-counts them on the pods). With the key for `alpha` only: `beta` is neither
+counts them on the pods), and a chat completion. With the key for `alpha` only: `beta` is neither
 listed nor served (NotFoundError, code model_not_found). A wrong key is an
 AuthenticationError.
 """
@@ -42,6 +42,13 @@ for model in ["alpha", "beta"]:
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert len(chunks) >= 6 and text, (model, chunks)
     assert all(c.model == model for c in chunks), model
+
+    # Chat is routed alike (not counted: the caller counts completions).
+    chat = every.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=3,
+        temperature=0,
+    )
+    assert chat.model == model and chat.choices[0].message.role == "assistant", chat
 
 alpha_only = client(os.environ["GATEWAY_KEY_ALPHA"])
 assert [m.id for m in alpha_only.models.list()] == ["alpha"]
