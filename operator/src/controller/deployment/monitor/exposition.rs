@@ -1,5 +1,6 @@
 //! The Prometheus/OpenMetrics text a serving pod answers at `/metrics`, read
-//! into the figures the monitor keeps ([`Reading`]).
+//! into the figures the monitor keeps ([`Reading`]): the built-in server's, or
+//! vLLM's, told apart by their gauges and mapped in [`super::vllm`].
 
 use std::collections::BTreeMap;
 
@@ -157,7 +158,7 @@ pub struct Reading {
 
 /// Sums the buckets of `name` over the generation routes (or over all series of
 /// a histogram without a route label), by upper bound.
-fn buckets(samples: &[Sample], name: &str) -> Buckets {
+pub(super) fn buckets(samples: &[Sample], name: &str) -> Buckets {
     let mut by_bound: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.name == name) {
         if s.labels
@@ -180,10 +181,13 @@ fn buckets(samples: &[Sample], name: &str) -> Buckets {
 }
 
 /// Reads a server's metrics text. The in-flight gauge must be there (it is what
-/// tells a server's text from anything else); the rest may be missing (an older
-/// server) and reads as zero.
+/// tells a server's text from anything else), or vLLM's running-requests gauge;
+/// the rest may be missing (an older server) and reads as zero.
 pub fn read(text: &str) -> Result<Reading, ParseError> {
     let samples = samples(text)?;
+    if !samples.iter().any(|s| s.name == series::IN_FLIGHT) && super::vllm::is_vllm(&samples) {
+        return Ok(super::vllm::read(&samples));
+    }
     let sum = |name: &str, status: Option<&str>| -> f64 {
         samples
             .iter()

@@ -19,6 +19,7 @@
 
 pub mod exposition;
 pub mod quantile;
+pub mod vllm;
 pub mod window;
 
 use std::collections::{HashMap, VecDeque};
