@@ -193,12 +193,17 @@ async fn model(
 /// Counts a refusal for the key (the model label only for a model the key may
 /// use: a requested name is the client's to choose, and unbounded).
 fn refuse(gw: &Gateway, key: &str, model: &str, error: ApiError) -> Response {
-    let code = error.status.as_u16().to_string();
+    count(gw, key, model, &error.status.as_u16().to_string());
+    error.into_response()
+}
+
+/// Counts one answered request by model and by key name.
+fn count(gw: &Gateway, key: &str, model: &str, code: &str) {
     gw.metrics
         .requests
         .get_or_create(&ModelCode {
             model: model.to_string(),
-            code: code.clone(),
+            code: code.to_string(),
         })
         .inc();
     gw.metrics
@@ -206,10 +211,9 @@ fn refuse(gw: &Gateway, key: &str, model: &str, error: ApiError) -> Response {
         .get_or_create(&KeyModelCode {
             key: key.to_string(),
             model: model.to_string(),
-            code,
+            code: code.to_string(),
         })
         .inc();
-    error.into_response()
 }
 
 async fn generate(
@@ -276,7 +280,15 @@ async fn generate(
         admission,
         started,
     };
-    match forward(&call, upstream_path, body, key, accept).await {
+    // A client gone before the pod answers drops this future at the await;
+    // the guard still counts the request.
+    let waiting = Waiting {
+        call: &call,
+        armed: true,
+    };
+    let forwarded = forward(&call, upstream_path, body, key, accept).await;
+    waiting.disarm();
+    match forwarded {
         Ok((response, guard)) => relay(call, response, guard, in_flight),
         Err(error) => {
             gw.limiter.settle(&call.admission, Some(0), Instant::now());
@@ -307,6 +319,31 @@ impl ModelInFlight {
 impl Drop for ModelInFlight {
     fn drop(&mut self) {
         self.gauge.dec();
+    }
+}
+
+/// Counts a request whose client went away before its pod answered.
+struct Waiting<'a> {
+    call: &'a Call,
+    armed: bool,
+}
+
+impl Waiting<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            count(
+                &self.call.gw,
+                &self.call.key_name,
+                &self.call.model,
+                "client_closed",
+            );
+        }
     }
 }
 
@@ -465,21 +502,7 @@ impl Ending {
             .latency
             .get_or_create(&labels)
             .observe(call.started.elapsed().as_secs_f64());
-        gw.metrics
-            .requests
-            .get_or_create(&ModelCode {
-                model: call.model.clone(),
-                code: code.clone(),
-            })
-            .inc();
-        gw.metrics
-            .key_requests
-            .get_or_create(&KeyModelCode {
-                key: call.key_name.clone(),
-                model: call.model.clone(),
-                code,
-            })
-            .inc();
+        count(gw, &call.key_name, &call.model, &code);
     }
 }
 
