@@ -934,3 +934,49 @@ async fn chart_gateway_is_opt_in_restricted_and_least_privileged() -> anyhow::Re
     );
     ns.delete(cluster).await
 }
+
+#[tokio::test]
+async fn chart_vllm_image_reaches_the_operator_flag() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let values: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
+        workspace_root().join("charts/llmops/values.yaml"),
+    )?)?;
+    let pinned = format!(
+        "--vllm-image={}:{}",
+        values["vllmImage"]["repository"]
+            .as_str()
+            .context("repository")?,
+        values["vllmImage"]["tag"].as_str().context("tag")?
+    );
+    ensure!(
+        pinned == "--vllm-image=vllm/vllm-openai:v0.10.0",
+        "the default vLLM image changed to {pinned}: check its metric names (operator monitor::vllm) first"
+    );
+    let args = operator_args(&render(cluster, &[]).await?)?;
+    ensure!(args.contains(&pinned), "{pinned} not in {args:?}");
+
+    let args = operator_args(
+        &render(
+            cluster,
+            &[
+                "--set",
+                "vllmImage.repository=registry.example/vllm,vllmImage.tag=v0.10.0-mirror",
+            ],
+        )
+        .await?,
+    )?;
+    let want = "--vllm-image=registry.example/vllm:v0.10.0-mirror";
+    ensure!(args.iter().any(|a| a == want), "{want} not in {args:?}");
+
+    // An empty tag would pull `latest`, whose metric names may differ.
+    let refused = cluster
+        .helm(&["template", "rel", &chart_dir(), "--set", "vllmImage.tag="])
+        .await?;
+    ensure!(
+        refused.check().is_err(),
+        "an empty vllmImage.tag was rendered"
+    );
+    Ok(())
+}
