@@ -22,6 +22,7 @@ mod e2e_pipeline;
 mod e2e_pretrain;
 mod e2e_secrets;
 mod e2e_serving;
+mod e2e_vllm;
 mod examples;
 mod gateway;
 mod gitops;
