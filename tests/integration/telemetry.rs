@@ -265,6 +265,56 @@ async fn log_lines_are_json_naming_the_owner_unless_on_a_terminal_or_asked() {
     }
 }
 
+#[tokio::test]
+async fn the_trainer_s_log_lines_name_the_owner_too_and_a_bad_traceparent_is_only_logged() {
+    let binaries = Binaries::get().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gone = format!("file://{}/gone", dir.path().display());
+    let args = [
+        "clean",
+        "--uri",
+        &gone,
+        "--owner",
+        "FineTune/ml/qa",
+        "--uid",
+        "u1",
+    ];
+    let vars = [
+        ("LLMOPS_OWNER", "FineTune/ml/qa"),
+        ("TRACEPARENT", "00-not-a-trace-01"),
+    ];
+    let out = run(&binaries.trainer, &args, &vars).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty(), "no log line");
+    for line in &lines {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert_eq!(
+            value["resource"],
+            serde_json::json!({"kind": "FineTune", "namespace": "ml", "name": "qa"}),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"level\":\"WARN\"") && l.contains("invalid traceparent")),
+        "{stderr}"
+    );
+
+    let mut text = vars.to_vec();
+    text.push(("LLMOPS_LOG_FORMAT", "text"));
+    let out = run(&binaries.trainer, &args, &text).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.is_empty());
+    for line in stderr.lines() {
+        assert!(line.starts_with("FineTune ml/qa | "), "{line}");
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
