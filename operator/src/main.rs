@@ -367,5 +367,7 @@ mod tests {
         assert!(args.otlp_endpoint.is_none());
         assert!(args.trainer_image_pull_policy.is_none());
         assert!(args.image_pull_secrets.is_empty());
+        // The release whose metric names the monitor reads.
+        assert_eq!(args.vllm_image, "vllm/vllm-openai:v0.10.0");
     }
 }
