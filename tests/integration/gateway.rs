@@ -79,13 +79,20 @@ fn model_deployment(name: &str, uri: &str, replicas: i32) -> Value {
     })
 }
 
-/// The `gateway` binary beside the test executable.
+/// The `gateway` (or `gateway-bench`) binary beside the test executable, or
+/// in `LLMOPS_GATEWAY_BIN_DIR` (to benchmark a release build:
+/// `LLMOPS_GATEWAY_BIN_DIR=target/release`).
 fn gateway_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test executable is not in target/<profile>/deps")?;
+    let dir = match std::env::var_os("LLMOPS_GATEWAY_BIN_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => {
+            let exe = std::env::current_exe()?;
+            exe.parent()
+                .and_then(Path::parent)
+                .context("the test executable is not in target/<profile>/deps")?
+                .to_path_buf()
+        }
+    };
     let path = dir.join(name);
     ensure!(
         path.exists(),
