@@ -392,3 +392,35 @@ fn the_builtin_runtime_is_the_default_and_unchanged() {
         Some("ghcr.io/llmops-dev/server:test")
     );
 }
+
+#[test]
+fn a_new_model_rolls_vllm_pods_and_a_canary_runs_vllm_too() {
+    let md = fixture("{}");
+    let config = OperatorConfig::example();
+    let next = Model {
+        artifact: Artifact {
+            uri: "s3://models/big-v2".into(),
+            digest: "sha256:b17".into(),
+        },
+        credentials_secret: Some("model-store".into()),
+    };
+    let old = build::build(&md, &model(), &config).deployment;
+    let new = build::build(&md, &next, &config).deployment;
+    let template = |d: &k8s_openapi::api::apps::v1::Deployment| d.spec.clone().unwrap().template;
+    // Another template: the Deployment rolls its pods (maxUnavailable 0).
+    assert_ne!(template(&old), template(&new));
+    let pod = template(&new).spec.unwrap();
+    assert_eq!(
+        flag(containers(&pod).1.args.as_deref().unwrap(), "--uri"),
+        Some("s3://models/big-v2")
+    );
+    let canary = build::build_canary(&md, &next, &config, 1);
+    let pod = template(&canary).spec.unwrap();
+    let (server, fetch) = containers(&pod);
+    assert_eq!(server.image.as_deref(), Some("vllm/vllm-openai:test"));
+    assert_eq!(
+        flag(fetch.args.as_deref().unwrap(), "--digest"),
+        Some("sha256:b17")
+    );
+    assert_eq!(build::served_model(&canary), Some(next));
+}
