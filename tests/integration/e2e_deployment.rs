@@ -5,7 +5,10 @@
 //! serving pod is replayed with the real `server` binary (on tiny random models
 //! from `tests/python/tiny_model.py`), listening on its pod IP and made Ready by
 //! its readiness probe ([`PodRunner`]); a pod of the new model answers
-//! `/v1/models` with the API key from the Secret.
+//! `/v1/models` with the API key from the Secret. The servers' start spans
+//! reach a loopback OTLP receiver in the trace of the generation that rolled
+//! them out, and a new generation that changes nothing about the pods leaves
+//! the Deployment's template as it runs.
 //!
 //! Needs the `server` binary (`cargo build -p llmops-server`) and the project venv
 //! (`scripts/setup-venv`), or `LLMOPS_PYTHON` naming a Python with `torch`,
@@ -25,6 +28,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use llmops_crds::ModelDeployment;
 use llmops_tests::local::{http, tiny_model};
 use llmops_tests::operator::Operator;
+use llmops_tests::otlp::Receiver;
 use llmops_tests::runner::PodRunner;
 use llmops_tests::{Cluster, TestNamespace};
 use serde_json::{Value, json};
@@ -76,7 +80,9 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
         return Ok(());
     };
     let ns = TestNamespace::create(cluster, "e2e-deploy").await?;
-    let mut operator = Operator::start(cluster, &ns).await?;
+    let receiver = Receiver::start().await?;
+    let otlp = format!("--otlp-endpoint={}", receiver.grpc_endpoint());
+    let mut operator = Operator::start_with(cluster, &ns, &[&otlp]).await?;
     let client = cluster.client().await?;
     let namespace = ns.name().to_string();
     let first = format!("file://{}/models/chat-a", operator.store().display());
@@ -296,6 +302,79 @@ async fn model_deployment_serves_and_rolls_out_a_new_model() -> anyhow::Result<(
     );
     let (status, _) = http(address, "GET", "/v1/models", None, None)?;
     ensure!(status == 401, "/v1/models without a key answered {status}");
+
+    // Every pod of the second model started in the trace of the generation
+    // that rolled it out: the template's traceparent.
+    let traceparent = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get("llmops.dev/traceparent"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let rolled_out = traceparent(&apps.get("chat-server").await?);
+    let [_, trace_id, parent_id, _] = rolled_out.split('-').collect::<Vec<_>>()[..] else {
+        anyhow::bail!("the template's traceparent is {rolled_out:?}");
+    };
+    receiver
+        .wait_for(
+            "the servers' start spans",
+            Duration::from_secs(30),
+            |spans| {
+                spans
+                    .iter()
+                    .filter(|s| {
+                        s.name == "server.start"
+                            && s.trace_id == trace_id
+                            && s.parent_span_id == parent_id
+                            && s.service() == Some("llmops-server")
+                            && s.resource.get("llmops.owner.name").map(String::as_str) == Some(NAME)
+                    })
+                    .count()
+                    >= 2
+            },
+        )
+        .await?;
+
+    // A new generation that changes nothing about the pods (an analysis
+    // setting) leaves the template, its traceparent included, as it runs: no
+    // rollout.
+    let before = apps.get("chat-server").await?;
+    deployments
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rollout": {"analysis": {"maxErrorRate": 0.5}}}})),
+        )
+        .await?;
+    let generation = deployments.get(NAME).await?.metadata.generation;
+    wait_for(
+        &mut operator,
+        &deployments,
+        NAME,
+        "the new generation observed",
+        CHILD_TIMEOUT,
+        |md| {
+            ensure!(
+                md["status"]["observedGeneration"] == json!(generation),
+                "observedGeneration {}",
+                md["status"]["observedGeneration"]
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let after = apps.get("chat-server").await?;
+    ensure!(
+        after.metadata.generation == before.metadata.generation
+            && traceparent(&after) == rolled_out,
+        "the Deployment changed (generation {:?} → {:?}, traceparent {rolled_out} → {})",
+        before.metadata.generation,
+        after.metadata.generation,
+        traceparent(&after)
+    );
     serving_pods.stop().await;
     drop(operator);
     ns.delete(cluster).await
