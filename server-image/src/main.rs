@@ -100,6 +100,17 @@ struct Cli {
     adapters_file: Option<PathBuf>,
     #[arg(long, default_value_t = 5)]
     adapters_poll_seconds: u64,
+    /// `vllm`: `/metrics` under vLLM's metric names and `/health` as vLLM's
+    /// (200 once the model serves). For the local node's vLLM stand-in only.
+    #[arg(long, value_enum, default_value_t = MetricsNames::Llmops, hide = true)]
+    metrics_names: MetricsNames,
+}
+
+/// Whose metric names `/metrics` uses.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum MetricsNames {
+    Llmops,
+    Vllm,
 }
 
 /// The request limits, or why the flags are wrong.
@@ -246,6 +257,11 @@ fn main() -> ExitCode {
 
 async fn serve(cli: Cli, api_keys: Vec<String>, limits: api::Limits) -> ExitCode {
     let metrics = Arc::new(Metrics::new());
+    let vllm = cli.metrics_names == MetricsNames::Vllm;
+    if vllm {
+        let name = cli.served_model_name.clone();
+        metrics.use_vllm_names(&name.unwrap_or_else(|| default_name(&cli.model)));
+    }
     let state = Arc::new(AppState::new(api_keys, metrics.clone(), limits));
     let address = format!("{}:{}", cli.host, cli.port);
     let listener = match tokio::net::TcpListener::bind(&address).await {
@@ -322,7 +338,22 @@ async fn serve(cli: Cli, api_keys: Vec<String>, limits: api::Limits) -> ExitCode
     });
 
     let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel();
-    let server = axum::serve(listener, router(state.clone()))
+    let mut app = router(state.clone());
+    if vllm {
+        // vLLM's `/health`: 200 once the engine serves, whatever the draining.
+        let health = state.clone();
+        app = app.route(
+            "/health",
+            axum::routing::get(move || async move {
+                if health.served.get().is_some() {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            }),
+        );
+    }
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(drain(state.clone(), grace, deadline_tx))
         .into_future();
     // Connections still busy at the end of the grace period (a stream that

@@ -5,6 +5,12 @@
 //!
 //! Every series is prefixed `llmops_server_`; counters end in `_total`, and
 //! durations are histograms in seconds.
+//!
+//! With [`Metrics::use_vllm_names`] (the hidden `--metrics-names vllm`, which
+//! the local node's vLLM stand-in passes) `/metrics` shows the same figures
+//! under the names and label shapes of vLLM's OpenAI server instead
+//! ([`vllm_names`]), so that the operator's reading of vLLM pods is tested on a
+//! server that really answers.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,6 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+mod vllm_names;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -69,6 +77,8 @@ pub struct Metrics {
     /// Per adapter version asked for: 1 once it serves, 0 while it loads or
     /// after it failed to.
     pub adapter_loaded: Family<AdapterLabels, Gauge>,
+    /// The served model's name once `/metrics` uses vLLM's names.
+    vllm_model_name: std::sync::OnceLock<String>,
 }
 
 impl Default for Metrics {
@@ -169,7 +179,14 @@ impl Metrics {
             generated_tokens,
             ready,
             adapter_loaded,
+            vllm_model_name: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Render under vLLM's metric names from now on, labelled with
+    /// `model_name` as vLLM labels its series.
+    pub fn use_vllm_names(&self, model_name: &str) {
+        let _ = self.vllm_model_name.set(model_name.to_string());
     }
 
     /// Counts one answered request.
@@ -184,12 +201,16 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition (under vLLM's names after
+    /// [`Metrics::use_vllm_names`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        match self.vllm_model_name.get() {
+            Some(model) => vllm_names::render(&out, model),
+            None => out,
+        }
     }
 }
 
