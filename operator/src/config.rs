@@ -48,9 +48,10 @@ pub struct OperatorConfig {
     pub operator_namespace: Option<String>,
     /// Whether every ModelDeployment must set `spec.auth`.
     pub require_auth: bool,
-    /// The operator's `OTEL_*` export settings, which its trainer and serving
-    /// pods get too so that their spans reach the same collector
-    /// (`llmops_telemetry::otlp::export_env`).
+    /// Variables every trainer and serving pod gets from the operator: its
+    /// `OTEL_*` export settings, so that their spans reach the same collector
+    /// (`llmops_telemetry::otlp::export_env`), and `HF_ENDPOINT` when the
+    /// cluster reads `hf://` URIs from a Hub mirror (`--hf-endpoint`).
     pub pod_export_env: Vec<(String, String)>,
     /// Reconciles of one kind (in one namespace scope) run at once at most. The
     /// bound is what keeps memory flat with many objects: each reconcile in

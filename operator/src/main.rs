@@ -125,6 +125,31 @@ struct RunArgs {
     #[arg(long, default_value_t = llmops_operator::config::DEFAULT_RECONCILE_CONCURRENCY,
           value_parser = clap::value_parser!(u16).range(1..))]
     max_concurrent_reconciles: u16,
+    /// Base URL of the Hugging Face Hub (or a mirror of it) that trainer and
+    /// serving pods read `hf://` URIs from, as their `HF_ENDPOINT`. Unset, the
+    /// pods use the public Hub.
+    #[arg(long, value_name = "URL", value_parser = hub_endpoint)]
+    hf_endpoint: Option<String>,
+}
+
+/// An http(s) URL without a trailing slash, as the pods' `HF_ENDPOINT`.
+fn hub_endpoint(text: &str) -> Result<String, String> {
+    let url = text.trim_end_matches('/');
+    match url.split_once("://") {
+        Some(("http" | "https", host)) if !host.is_empty() => Ok(url.to_string()),
+        _ => Err(format!(
+            "{text:?} is not an http:// or https:// URL of a Hub, e.g. https://hub.internal"
+        )),
+    }
+}
+
+/// What every trainer and serving pod gets from the operator's own settings.
+fn pod_env(otlp_endpoint: Option<&str>, hf_endpoint: Option<String>) -> Vec<(String, String)> {
+    let mut vars = llmops_telemetry::otlp::export_env(otlp_endpoint);
+    if let Some(url) = hf_endpoint {
+        vars.push(("HF_ENDPOINT".into(), url));
+    }
+    vars
 }
 
 /// A duration as the CRDs spell them (`500ms`, `15s`, `1m30s`).
@@ -232,7 +257,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .ok()
                 .filter(|ns| !ns.is_empty()),
             require_auth: args.require_auth,
-            pod_export_env: llmops_telemetry::otlp::export_env(args.otlp_endpoint.as_deref()),
+            pod_export_env: pod_env(args.otlp_endpoint.as_deref(), args.hf_endpoint),
             reconcile_concurrency: args.max_concurrent_reconciles,
         },
         scope: Scope::new(
@@ -369,5 +394,58 @@ mod tests {
         assert!(args.image_pull_secrets.is_empty());
         // The release whose metric names the monitor reads.
         assert_eq!(args.vllm_image, "vllm/vllm-openai:v0.10.0");
+        assert_eq!(
+            args.max_concurrent_reconciles,
+            llmops_operator::config::DEFAULT_RECONCILE_CONCURRENCY
+        );
+        assert!(args.hf_endpoint.is_none());
+    }
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec![
+            "operator",
+            "run",
+            "--trainer-image=t",
+            "--server-image=s",
+            "--artifact-store=file:///tmp/store",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(*args),
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn a_reconcile_concurrency_of_zero_is_refused() {
+        let err = run_args(&["--max-concurrent-reconciles=0"]).err().unwrap();
+        assert!(
+            err.to_string().contains("max-concurrent-reconciles"),
+            "{err}"
+        );
+        assert_eq!(
+            run_args(&["--max-concurrent-reconciles=64"])
+                .unwrap()
+                .max_concurrent_reconciles,
+            64
+        );
+    }
+
+    #[test]
+    fn the_hub_endpoint_reaches_every_pod_as_hf_endpoint() {
+        let args = run_args(&["--hf-endpoint=https://hub.internal/"]).unwrap();
+        let vars = pod_env(None, args.hf_endpoint);
+        assert_eq!(
+            vars,
+            [(
+                "HF_ENDPOINT".to_string(),
+                "https://hub.internal".to_string()
+            )]
+        );
+        let err = run_args(&["--hf-endpoint=hub.internal"]).err().unwrap();
+        assert!(
+            err.to_string().contains("not an http:// or https:// URL"),
+            "{err}"
+        );
     }
 }

@@ -203,6 +203,46 @@ async fn chart_reconcile_concurrency_reaches_the_operator_flag() -> anyhow::Resu
     Ok(())
 }
 
+#[tokio::test]
+async fn chart_hub_endpoint_reaches_the_operator_flag() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let args = operator_args(&render(cluster, &[]).await?)?;
+    ensure!(
+        !args.iter().any(|a| a.starts_with("--hf-endpoint")),
+        "a Hub endpoint without huggingface.endpoint: {args:?}"
+    );
+    let args = operator_args(
+        &render(
+            cluster,
+            &["--set", "huggingface.endpoint=https://hub.internal"],
+        )
+        .await?,
+    )?;
+    ensure!(
+        args.iter()
+            .any(|a| a == "--hf-endpoint=https://hub.internal"),
+        "huggingface.endpoint did not reach the flag: {args:?}"
+    );
+    let chart = chart_dir();
+    let out = cluster
+        .helm(&[
+            "template",
+            "rel",
+            chart.as_str(),
+            "--set",
+            "huggingface.endpoint=hub.internal",
+        ])
+        .await?;
+    ensure!(
+        !out.success && out.stderr.contains("endpoint"),
+        "a Hub endpoint without a scheme was not refused: {}",
+        out.stderr
+    );
+    Ok(())
+}
+
 /// Metric names the operator and the server register (`registry.register("x", ..)`
 /// under their prefixes), with the suffixes Prometheus exposes.
 fn exported_metrics() -> anyhow::Result<BTreeSet<String>> {

@@ -233,6 +233,9 @@ fn fetch_container(
         vars.push(env(CREDENTIALS_SECRET_ENV, secret.clone()));
         vars.extend(credential_env([secret.as_str()]));
     }
+    // The Hub mirror (`HF_ENDPOINT`) and span export the other pods get: the
+    // telemetry stamp covers a template's containers, not its init containers.
+    vars.extend(config.pod_export_env.iter().map(|(k, v)| env(k, v.clone())));
     let mut resources = resource_requirements(md, config);
     for list in [&mut resources.requests, &mut resources.limits]
         .into_iter()

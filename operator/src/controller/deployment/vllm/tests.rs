@@ -424,3 +424,36 @@ fn a_new_model_rolls_vllm_pods_and_a_canary_runs_vllm_too() {
     );
     assert_eq!(build::served_model(&canary), Some(next));
 }
+
+#[test]
+fn the_fetch_gets_the_hub_mirror_and_span_export_the_operator_passes_on() {
+    let config = OperatorConfig {
+        pod_export_env: vec![
+            ("HF_ENDPOINT".into(), "https://hub.internal".into()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                "http://collector:4317".into(),
+            ),
+        ],
+        ..OperatorConfig::example()
+    };
+    let children = build::build(&fixture("{}"), &model(), &config);
+    let pod = children.deployment.spec.unwrap().template.spec.unwrap();
+    let (_, fetch) = containers(&pod);
+    let value = |name: &str| {
+        fetch
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        value("HF_ENDPOINT").as_deref(),
+        Some("https://hub.internal")
+    );
+    assert_eq!(
+        value("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        Some("http://collector:4317")
+    );
+}
