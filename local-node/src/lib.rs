@@ -3,7 +3,9 @@
 //!
 //! [`replay::Replayer`] runs one pod's container — the `trainer` or `server`
 //! binary its command names — with the pod's env, volumes, ServiceAccount token
-//! and termination message, and writes the pod's status as the kubelet would;
+//! and termination message, after its init containers ([`init`]), and writes
+//! the pod's status as the kubelet would; a container running vLLM's OpenAI
+//! server gets the `server` binary as a stand-in ([`vllm_standin`]);
 //! [`config_sync`] keeps its ConfigMap volumes current while it runs; [`probe`] is the kubelet's readiness prober for it; [`runner::PodRunner`] does
 //! this for every pod it is given (all of a namespace, or of a label selector)
 //! for as long as each lives, with restarts; [`services::ServiceProxy`] is
@@ -16,11 +18,13 @@
 //! range, so serving pods listen on this machine only).
 
 pub mod config_sync;
+pub mod init;
 pub mod probe;
 pub mod replay;
 pub mod runner;
 pub mod services;
 pub mod token;
+pub mod vllm_standin;
 
 use std::path::{Path, PathBuf};
 

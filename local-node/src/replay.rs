@@ -3,9 +3,13 @@
 //! local process of the `trainer` or `server` binary, and [`Replay::finish`]
 //! writes the pod's status afterwards as the kubelet would.
 //!
+//! The pod's init containers run first, in order, to completion ([`crate::init`]),
+//! once per pod, with the same volumes.
+//!
 //! What the process gets, from the pod spec:
 //! - the container's `command` and `args`, `trainer` and `server` being the binaries
-//!   the [`Programs`] name; a container that declares ports (`ports`) listens on the pod's
+//!   the [`Programs`] name (vLLM's OpenAI server runs as the `server` binary, a
+//!   stand-in with its flags translated: [`crate::vllm_standin`]); a container that declares ports (`ports`) listens on the pod's
 //!   own IP, which kwok gives from a loopback range (`--host 0.0.0.0` becomes
 //!   `status.podIP`), at the declared port, so the operator and its users reach it
 //!   at `podIP:port` exactly as in a cluster; [`Replay::address`] tells where
@@ -97,6 +101,7 @@ use kube::{Client, ResourceExt};
 use crate::config_sync::{self, SyncTask, Synced};
 use crate::probe::{Prober, Readiness, readiness_probe, write_ready, write_started};
 use crate::token::write_token_kubeconfig;
+use crate::vllm_standin;
 use crate::{Node, Programs};
 
 /// How long a pod's start waits for its addresses to be released by the
@@ -117,15 +122,56 @@ pub struct Replayer {
     /// The directory when it is a temporary one, removed on drop.
     _temporary: Option<tempfile::TempDir>,
     extra_env: Vec<(String, String)>,
+    /// The pods whose init containers have completed.
+    pub(crate) init: crate::init::Progress,
 }
 
 /// What materialising a pod's volumes needs.
-struct Volumes<'a> {
-    pod: &'a Pod,
-    namespace: &'a str,
-    root: &'a Path,
+pub(crate) struct Volumes<'a> {
+    pub pod: &'a Pod,
+    pub namespace: &'a str,
+    pub root: &'a Path,
     /// The ServiceAccount token, for projected token volumes.
-    token: Option<&'a str>,
+    pub token: Option<&'a str>,
+}
+
+/// A container's process, ready to start ([`Replayer::prepare`]).
+pub(crate) struct Prepared {
+    pub program: PathBuf,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: PathBuf,
+    /// A first line for the log: what runs instead of the container's command.
+    pub note: Option<String>,
+}
+
+/// Start `program` with only `env` (and the node's `PATH`), its output to `log`
+/// after `note`.
+pub(crate) fn spawn(
+    program: &Path,
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    working_dir: &Path,
+    log: &Path,
+    note: Option<&str>,
+) -> anyhow::Result<tokio::process::Child> {
+    let mut out = std::fs::File::create(log)?;
+    if let Some(note) = note {
+        use std::io::Write as _;
+        writeln!(out, "{note}")?;
+    }
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(argv)
+        .env_clear()
+        .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
+        .envs(env)
+        .current_dir(working_dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true);
+    Ok(command.spawn()?)
 }
 
 /// A replayed pod whose process runs (or ran).
@@ -200,6 +246,7 @@ impl Replayer {
             dir: dir.to_path_buf(),
             _temporary: None,
             extra_env: Vec::new(),
+            init: crate::init::Progress::default(),
         }
     }
 
@@ -300,70 +347,25 @@ impl Replayer {
             root: &root,
             token: token.as_deref(),
         };
-        let mounts = self.materialise_volumes(&volumes, container, &fs).await?;
-        let rewrite = |value: &str| rewrite_path(value, &mounts, &fs);
-
-        let command = container.command.clone().unwrap_or_default();
-        let args = container.args.clone().unwrap_or_default();
-        let mut argv: Vec<String> = command.into_iter().chain(args).collect();
-        if argv.is_empty() {
-            bail!(
-                "pod {name}: the container has no command or args (the image's entrypoint is unknown)"
-            );
+        // Init containers first, once per pod, as the kubelet runs them once
+        // per sandbox (a restarted main container does not run them again).
+        if spec.init_containers.iter().flatten().next().is_some() && !self.init.done(pod) {
+            crate::init::run(self, pod, &volumes, &fs, &env).await?;
         }
-        let program = match argv.remove(0).as_str() {
-            "trainer" => self.programs.trainer.clone(),
-            "server" => self.programs.server.clone(),
-            other => {
-                return Err(Unrunnable(format!(
-                    "pod {name} runs {other:?}; a local node runs only `trainer` and `server`"
-                ))
-                .into());
-            }
-        };
-        if !program.exists() {
-            return Err(Unrunnable(format!(
-                "pod {name} runs {}, which is not built (cargo build -p llmops-trainer -p llmops-server)",
-                program.display()
-            ))
-            .into());
-        }
-        let mut argv: Vec<String> = argv.iter().map(|a| rewrite(a)).collect();
+        let Prepared {
+            program,
+            mut argv,
+            env,
+            working_dir,
+            note,
+        } = self
+            .prepare(pod, container, &volumes, &fs, env, "termination-log")
+            .await?;
         let ports = pod_ports(pod, container, &mut argv)?;
         wait_until_free(&name, ports.values(), PORT_RELEASE_TIMEOUT).await;
 
-        for var in container.env.iter().flatten() {
-            if let Some(value) = self.env_value(pod, &namespace, var).await? {
-                env.insert(var.name.clone(), rewrite(&value));
-            }
-        }
-        let termination = root.join("termination-log");
-        std::fs::write(&termination, "")?;
-        env.entry(llmops_contract::env::TERMINATION_LOG.into())
-            .or_insert_with(|| termination.display().to_string());
-        env.extend(self.extra_env.iter().cloned());
-        let working_dir = container
-            .working_dir
-            .as_deref()
-            .map(|d| PathBuf::from(rewrite(d)))
-            .unwrap_or_else(|| fs.clone());
-        std::fs::create_dir_all(&working_dir)?;
-
         let log = root.join("container.log");
-        let out = std::fs::File::create(&log)?;
-        let mut command = tokio::process::Command::new(&program);
-        command
-            .args(&argv)
-            .env_clear()
-            .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
-            .envs(&env)
-            .current_dir(&working_dir)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true);
-        let child = command
-            .spawn()
+        let child = spawn(&program, &argv, &env, &working_dir, &log, note.as_deref())
             .with_context(|| format!("starting {} for pod {name}", program.display()))?;
         let started = Timestamp::now();
         // As the kubelet: a restarted container is running again, and one with a
@@ -405,6 +407,100 @@ impl Replayer {
                 == Some("FallbackToLogsOnError"),
             prober,
             config_sync,
+        })
+    }
+
+    /// What `container`'s process gets: its program (a vLLM command becomes
+    /// the [`vllm_standin`] server), its arguments and environment with paths
+    /// under `fs`, its volumes materialised, and a fresh termination message
+    /// file `<root>/<termination>`.
+    pub(crate) async fn prepare(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        volumes: &Volumes<'_>,
+        fs: &Path,
+        mut env: BTreeMap<String, String>,
+        termination: &str,
+    ) -> anyhow::Result<Prepared> {
+        let name = pod.name_any();
+        let mounts = self.materialise_volumes(volumes, container, fs).await?;
+        let rewrite = |value: &str| rewrite_path(value, &mounts, fs);
+
+        let command = container.command.clone().unwrap_or_default();
+        let args = container.args.clone().unwrap_or_default();
+        let mut argv: Vec<String> = command.into_iter().chain(args).collect();
+        if argv.is_empty() {
+            bail!(
+                "pod {name}: container {} has no command or args (the image's entrypoint is unknown)",
+                container.name
+            );
+        }
+        let mut stand_in = None;
+        let mut note = None;
+        let program = if let Some(vllm) = vllm_standin::vllm_args(&argv) {
+            let translated = vllm_standin::translate(&vllm, container)
+                .with_context(|| format!("pod {name}, container {}", container.name))?;
+            note = Some(format!(
+                "local-node: vLLM stand-in: `{}` runs as `server {}` (vLLM cannot run on a local node)",
+                argv.join(" "),
+                translated.args.join(" ")
+            ));
+            argv = translated.args.clone();
+            stand_in = Some(translated);
+            self.programs.server.clone()
+        } else {
+            match argv.remove(0).as_str() {
+                "trainer" => self.programs.trainer.clone(),
+                "server" => self.programs.server.clone(),
+                other => {
+                    return Err(Unrunnable(format!(
+                        "pod {name} runs {other:?}; a local node runs only `trainer` and `server` (and vLLM's OpenAI server as the `server` stand-in)"
+                    ))
+                    .into());
+                }
+            }
+        };
+        if !program.exists() {
+            return Err(Unrunnable(format!(
+                "pod {name} runs {}, which is not built (cargo build -p llmops-trainer -p llmops-server)",
+                program.display()
+            ))
+            .into());
+        }
+        let argv: Vec<String> = argv.iter().map(|a| rewrite(a)).collect();
+
+        let namespace = volumes.namespace;
+        for var in container.env.iter().flatten() {
+            if let Some(value) = self.env_value(pod, namespace, var).await? {
+                env.insert(var.name.clone(), rewrite(&value));
+            }
+        }
+        if let Some(stand_in) = stand_in {
+            for (vllm, server) in vllm_standin::ENV {
+                if let Some(value) = env.get(vllm).cloned() {
+                    env.insert(server.to_string(), value);
+                }
+            }
+            env.extend(stand_in.env);
+        }
+        let termination = volumes.root.join(termination);
+        std::fs::write(&termination, "")?;
+        env.entry(llmops_contract::env::TERMINATION_LOG.into())
+            .or_insert_with(|| termination.display().to_string());
+        env.extend(self.extra_env.iter().cloned());
+        let working_dir = container
+            .working_dir
+            .as_deref()
+            .map(|d| PathBuf::from(rewrite(d)))
+            .unwrap_or_else(|| fs.to_path_buf());
+        std::fs::create_dir_all(&working_dir)?;
+        Ok(Prepared {
+            program,
+            argv,
+            env,
+            working_dir,
+            note,
         })
     }
 
