@@ -64,6 +64,7 @@ pub(crate) fn build(vs: &nn::Path, cfg: &Config, init: Init) -> Result<Model> {
             bias: None,
             layout: WeightLayout::OutIn,
             lora: None,
+            quantized: None,
             served: Vec::new(),
         }
     } else {

@@ -6,6 +6,8 @@
 //!   tensors. [`Model::forward_t`] trains, [`Model::forward`] decodes with a [`KvCache`].
 //! - [`sampling`], [`stop`], [`generation`]: turning logits into text.
 //! - [`lora`]: low-rank adapters for fine-tuning, merged into the weights for export.
+//! - [`nf4`], [`qlora`]: the frozen base's projections in 4-bit NormalFloat with
+//!   double quantization, dequantized on the fly, under LoRA adapters (QLoRA).
 //! - [`multi_lora`]: several adapters served unmerged on one base, routed per batch row.
 //!
 //! Models load in `transformers` and `transformers` models load here; the parity
@@ -22,7 +24,9 @@ mod llama;
 pub mod lora;
 pub mod model;
 pub mod multi_lora;
+pub mod nf4;
 pub mod peft;
+pub mod qlora;
 pub mod sampling;
 pub mod stop;
 
@@ -34,5 +38,6 @@ pub use kv_cache::KvCache;
 pub use lora::LoraSettings;
 pub use model::{Block, Model};
 pub use multi_lora::{AdapterRoutes, PeftAdapter};
+pub use qlora::QuantizedBase;
 pub use sampling::{LogitsProcessor, Sampling};
 pub use stop::{StopMatch, StopSequences};

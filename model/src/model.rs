@@ -118,6 +118,7 @@ impl Init {
             bias,
             layout,
             lora: None,
+            quantized: None,
             served: Vec::new(),
         })
     }

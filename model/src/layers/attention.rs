@@ -7,6 +7,8 @@ use crate::error::Result;
 use crate::multi_lora::AdapterRoutes;
 
 /// How queries, keys and values are projected from the hidden states.
+// One per block, built once: boxing the split variant would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum QkvProjection {
     /// One projection producing `[q | k | v]` (GPT-2 `c_attn`).

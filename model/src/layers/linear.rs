@@ -4,6 +4,7 @@ use tch::Tensor;
 
 use crate::error::Result;
 use crate::multi_lora::AdapterRoutes;
+use crate::nf4::Nf4Tensor;
 
 /// How a projection's weight matrix is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,9 @@ pub struct Linear {
     pub layout: WeightLayout,
     /// A low-rank adapter added to the output (see [`crate::lora`]).
     pub lora: Option<LoraAdapter>,
+    /// The frozen weight in NF4 (QLoRA, see [`crate::qlora`]): `weight` is then
+    /// an empty placeholder and every forward dequantizes this one.
+    pub quantized: Option<Box<Nf4Tensor>>,
     /// Adapters kept apart for serving, each applied only to the rows of a
     /// batch routed to it (see [`crate::multi_lora`]).
     pub served: Vec<ServedAdapter>,
@@ -56,7 +60,7 @@ pub struct LoraAdapter {
 impl Linear {
     /// Input features.
     pub fn in_features(&self) -> i64 {
-        let size = self.weight.size();
+        let size = self.weight_shape();
         match self.layout {
             WeightLayout::OutIn => size[1],
             WeightLayout::InOut => size[0],
@@ -65,19 +69,39 @@ impl Linear {
 
     /// Output features.
     pub fn out_features(&self) -> i64 {
-        let size = self.weight.size();
+        let size = self.weight_shape();
         match self.layout {
             WeightLayout::OutIn => size[0],
             WeightLayout::InOut => size[1],
         }
     }
 
+    /// The weight's shape as stored (also when it is held in NF4).
+    pub fn weight_shape(&self) -> Vec<i64> {
+        match &self.quantized {
+            Some(q) => q.shape().to_vec(),
+            None => self.weight.size(),
+        }
+    }
+
+    /// The weight to multiply by: the variable itself, or the NF4 weight
+    /// dequantized for this call in the input's dtype (a temporary: no
+    /// full-precision copy outlives the call and its backward pass, and no
+    /// gradient reaches the frozen base).
+    pub fn effective_weight(&self, kind: tch::Kind) -> Result<Tensor> {
+        match &self.quantized {
+            Some(q) => q.dequantize(kind),
+            None => Ok(self.weight.shallow_clone()),
+        }
+    }
+
     /// Applies the projection to the last dimension of `xs`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let weight = self.effective_weight(xs.kind())?;
         let out = match self.layout {
-            WeightLayout::OutIn => xs.f_linear(&self.weight, self.bias.as_ref())?,
+            WeightLayout::OutIn => xs.f_linear(&weight, self.bias.as_ref())?,
             // A transposed view costs nothing; `linear` then runs a plain matmul.
-            WeightLayout::InOut => xs.f_linear(&self.weight.f_tr()?, self.bias.as_ref())?,
+            WeightLayout::InOut => xs.f_linear(&weight.f_tr()?, self.bias.as_ref())?,
         };
         let Some(lora) = &self.lora else {
             return Ok(out);
