@@ -38,6 +38,18 @@ struct Args {
     /// Hours one process may run before it is killed.
     #[arg(long, default_value_t = 24 * 7)]
     process_limit_hours: u64,
+    /// `NAME=VALUE` set in every pod's process over the pod's own value (may
+    /// repeat): what a cluster's nodes give every pod, such as `HF_ENDPOINT`
+    /// for the route to a Hub mirror.
+    #[arg(long = "env", value_parser = name_value)]
+    env: Vec<(String, String)>,
+}
+
+fn name_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("--env {text:?} is not NAME=VALUE")),
+    }
 }
 
 #[tokio::main]
@@ -48,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.pods_dir.display()))?;
     let programs = Programs::in_dir(&args.bin_dir);
     let _services = ServiceProxy::start(node.client().clone(), args.namespace.as_deref(), true);
-    let replayer = Replayer::in_dir(node, programs, &args.pods_dir);
+    let mut replayer = Replayer::in_dir(node, programs, &args.pods_dir);
+    for (name, value) in &args.env {
+        replayer = replayer.with_env(name, value);
+    }
     let options = Options {
         process_limit: Duration::from_secs(args.process_limit_hours * 3600),
         report: true,

@@ -251,7 +251,8 @@ impl Replayer {
     }
 
     /// Also set `name=value` in every replayed process, over the pod's own value:
-    /// for observing, such as `RUST_LOG`, never for changing what a pod does.
+    /// for observing, such as `RUST_LOG`, or for what a cluster's nodes give
+    /// every pod, such as `HF_ENDPOINT` for the route to a Hub mirror.
     pub fn with_env(mut self, name: &str, value: &str) -> Replayer {
         self.extra_env.push((name.to_string(), value.to_string()));
         self

@@ -27,6 +27,16 @@ pub struct LocalNode {
 impl LocalNode {
     /// Start `local-node` for the pods of `namespace`.
     pub fn start(cluster: &Cluster, namespace: &str) -> anyhow::Result<LocalNode> {
+        LocalNode::start_with_env(cluster, namespace, &[])
+    }
+
+    /// [`LocalNode::start`], every pod's process also getting `env`
+    /// (`local-node --env NAME=VALUE`).
+    pub fn start_with_env(
+        cluster: &Cluster,
+        namespace: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<LocalNode> {
         let binaries = Binaries::get()?;
         if !binaries.local_node.exists() || !binaries.server.exists() {
             bail!(
@@ -53,6 +63,10 @@ impl LocalNode {
             .arg("--pods-dir")
             .arg(&pods_dir)
             .args(["--namespace", namespace])
+            .args(
+                env.iter()
+                    .map(|(name, value)| format!("--env={name}={value}")),
+            )
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
