@@ -14,9 +14,12 @@
 //! back-off (1 s, doubling up to 10 s; a kubelet's starts at 10 s): its status
 //! meanwhile says `CrashLoopBackOff`, not ready, one more `restartCount`. A pod
 //! whose container names a program a local node does not run
-//! ([`Unrunnable`](crate::replay::Unrunnable)) is written waiting with reason
+//! ([`Unrunnable`]) is written waiting with reason
 //! `ErrImagePull` and the reason in its message, as the kubelet reports an image
-//! it cannot pull, and tried again after the back-off.
+//! it cannot pull, and tried again after the back-off. So is a pod whose init
+//! container failed ([`InitFailed`](crate::init::InitFailed)): its status says
+//! `Init:CrashLoopBackOff` meanwhile, and the init containers that had not
+//! completed run again.
 //!
 //! Callers read what happened from the records: [`PodRunner::pods`] (name,
 //! address, start, restarts, readiness, last exit), [`PodRunner::exits`],

@@ -2,7 +2,7 @@
 //! installed), so a container whose command is vLLM's OpenAI server
 //! (`python3 -m vllm.entrypoints.openai.api_server ...` or `vllm serve MODEL
 //! ...`) runs the project's `server` binary instead, with vLLM's flags
-//! translated by [`FLAGS`] and its API key by [`ENV`]. The server is told to
+//! translated by the table `FLAGS` and its API key by [`ENV`]. The server is told to
 //! show its `/metrics` under vLLM's metric names and to answer vLLM's
 //! `/health` (`--metrics-names vllm`), so the operator reads and probes it as
 //! it would vLLM. What is tested through it is the pod the operator builds and
