@@ -70,17 +70,20 @@ fn default_training() -> TrainingSpec {
     .expect("defaults deserialize")
 }
 
-/// How weights are adapted. LoRA settings are allowed only with `type: lora`.
+/// How weights are adapted. LoRA settings are allowed only with `type: lora`
+/// or `type: qlora`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.type == 'lora' || !has(self.lora)")
-    .message("lora settings need type: lora")
+#[x_kube(validation = Rule::new("self.type == 'lora' || self.type == 'qlora' || !has(self.lora)")
+    .message("lora settings need type: lora or qlora")
     .field_path(".lora"))]
 pub struct Method {
-    /// Full updates every weight; lora trains low-rank adapters on frozen weights.
+    /// Full updates every weight; lora trains low-rank adapters on frozen
+    /// weights; qlora does the same on a base whose block projections are held
+    /// in 4-bit NormalFloat (NF4) with double quantization.
     #[serde(rename = "type", default)]
     pub kind: MethodType,
-    /// LoRA settings (defaults apply when omitted with `type: lora`).
+    /// LoRA settings, for lora and qlora (defaults apply when omitted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraSpec>,
 }
@@ -96,6 +99,16 @@ pub enum MethodType {
     Full,
     /// Low-rank adapters.
     Lora,
+    /// Low-rank adapters on a base frozen in NF4 with double quantization
+    /// (QLoRA, Dettmers et al. 2023), dequantized on the fly.
+    Qlora,
+}
+
+impl MethodType {
+    /// Whether the method trains LoRA adapters (lora, qlora).
+    pub fn has_adapters(self) -> bool {
+        matches!(self, Self::Lora | Self::Qlora)
+    }
 }
 
 /// Low-rank adaptation.
@@ -328,7 +341,7 @@ pub struct FineTuneOutput {
     /// model. `false` exports the adapter alone in the PEFT layout
     /// (`adapter_config.json`, `adapter_model.safetensors`) with its base model's URI
     /// and digest in `llmops.json`; the server loads it onto that base. Needs
-    /// `method.type: lora`.
+    /// `method.type: lora` or `qlora`.
     #[serde(default = "merge_default")]
     pub merge_adapter: bool,
 }

@@ -130,11 +130,16 @@ async fn train(
         .len();
     let plan = plan::plan(ft, &base_config, &dataset.manifest, train_rows, world)?;
     let lora = plan::lora(ft);
+    let quantize = plan::quantize_base(ft);
     tracing::info!(
         rank,
         world,
         steps = plan.total_steps,
-        method = if lora.is_some() { "lora" } else { "full" },
+        method = match (&lora, quantize) {
+            (Some(_), true) => "qlora",
+            (Some(_), false) => "lora",
+            (None, _) => "full",
+        },
         "fine-tuning {} from {} on {}",
         r.name,
         r.base_uri,
@@ -164,6 +169,7 @@ async fn train(
     let base = BaseModel {
         dir: base_dir,
         lora,
+        quantize,
     };
     let (trained, dataset) = session::run_loop(
         &plan,
@@ -206,6 +212,8 @@ async fn evaluate_model(
         base_perplexity,
         ..
     } = run;
+    // QLoRA: the NF4 base dequantized to the compute dtype, then merged.
+    trained.model.dequantize_base(&trained.vs)?;
     trained.model.merge_lora()?;
     let tokenizer = tokenizers::Tokenizer::from_file(tokenizer_file).map_err(|e| {
         FineTuneError::Incompatible(format!("cannot load {}: {e}", tokenizer_file.display()))

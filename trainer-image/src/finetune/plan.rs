@@ -25,10 +25,10 @@ pub fn target_name(target: LoraTarget) -> &'static str {
     }
 }
 
-/// The adapters to train, or `None` for full fine-tuning.
+/// The adapters to train (lora and qlora), or `None` for full fine-tuning.
 pub fn lora(ft: &FineTune) -> Option<LoraSettings> {
     let method = &ft.spec.method;
-    if method.kind != MethodType::Lora {
+    if !method.kind.has_adapters() {
         return None;
     }
     let lora = method.lora.clone().unwrap_or_default();
@@ -44,6 +44,11 @@ pub fn lora(ft: &FineTune) -> Option<LoraSettings> {
     })
 }
 
+/// Whether the frozen base is held in NF4 under the adapters (qlora).
+pub fn quantize_base(ft: &FineTune) -> bool {
+    ft.spec.method.kind == MethodType::Qlora
+}
+
 /// Resolves `ft` for a base model of `base` config, a dataset described by
 /// `manifest` with `train_rows` training rows, and `world` ranks.
 pub fn plan(
@@ -56,9 +61,9 @@ pub fn plan(
     let spec = &ft.spec;
     let t = &spec.training;
     let invalid = |m: String| Err(FineTuneError::InvalidSpec(m));
-    if spec.method.kind != MethodType::Lora && !spec.output.merge_adapter {
+    if !spec.method.kind.has_adapters() && !spec.output.merge_adapter {
         return invalid(
-            "spec.output.mergeAdapter: false needs method.type lora (a full fine-tune has no adapter to keep apart)".into(),
+            "spec.output.mergeAdapter: false needs method.type lora or qlora (a full fine-tune has no adapter to keep apart)".into(),
         );
     }
     if manifest.vocab_size as i64 > base.vocab_size {
@@ -104,4 +109,34 @@ pub fn plan(
         min_delta: e.min_delta,
     });
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finetune(method: serde_json::Value) -> FineTune {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "llmops.dev/v1alpha1",
+            "kind": "FineTune",
+            "metadata": {"name": "ft"},
+            "spec": {"baseModel": {"uri": "file:///base"}, "datasetRef": {"name": "qa"},
+                     "method": method},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn qlora_trains_the_lora_settings_on_a_quantized_base() {
+        let ft = finetune(serde_json::json!({"type": "qlora", "lora": {"rank": 16}}));
+        let settings = lora(&ft).expect("qlora trains adapters");
+        assert_eq!(settings.rank, 16);
+        assert!(quantize_base(&ft));
+        let ft = finetune(serde_json::json!({"type": "lora"}));
+        assert!(lora(&ft).is_some());
+        assert!(!quantize_base(&ft));
+        let ft = finetune(serde_json::json!({"type": "full"}));
+        assert!(lora(&ft).is_none());
+        assert!(!quantize_base(&ft));
+    }
 }

@@ -46,6 +46,8 @@ pub struct BaseModel {
     pub dir: PathBuf,
     /// Train low-rank adapters on the frozen model instead of every weight.
     pub lora: Option<LoraSettings>,
+    /// Hold the frozen block projections in NF4 under the adapters (QLoRA).
+    pub quantize: bool,
 }
 
 /// Everything the loop needs.
@@ -203,6 +205,15 @@ fn build_model(s: &Inputs<'_>) -> Result<(nn::VarStore, Model), TrainError> {
                     adapters = adapted.len(),
                     rank = lora.rank,
                     "LoRA adapters added"
+                );
+            }
+            if base.quantize {
+                let q = model.quantize_base(&loaded.vs)?;
+                tracing::info!(
+                    layers = q.layers,
+                    fp32_bytes = q.fp32_bytes,
+                    nf4_bytes = q.nf4_bytes,
+                    "base projections quantized to NF4"
                 );
             }
             (loaded.vs, model)
