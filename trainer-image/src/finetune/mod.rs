@@ -1,9 +1,9 @@
 //! `trainer finetune`: continues training a base model (every weight, or LoRA
-//! adapters on the frozen model) on an instruction dataset with the training
-//! session of [`crate::train`] — checkpoints, resume, data parallelism and live
-//! progress included — then merges the adapters, evaluates the result on the
-//! held-out split, checks the gates and exports a servable Hugging Face model
-//! with `llmops.json`.
+//! adapters on the frozen model, its block projections held in NF4 for QLoRA)
+//! on an instruction dataset with the training session of [`crate::train`] —
+//! checkpoints, resume, data parallelism and live progress included — then
+//! merges the adapters, evaluates the result on the held-out split, checks the
+//! gates and exports a servable Hugging Face model with `llmops.json`.
 //!
 //! The steps: resolve and fetch the inputs (`inputs.rs`), check the tokenizer,
 //! plan ([`plan`]) and train, evaluate and gate ([`evaluate`]), export.
