@@ -283,7 +283,8 @@ async fn pretrain_lifecycle_with_preemption_and_suspend() -> anyhow::Result<()> 
         tail(&exit.log, 30)
     );
     ensure!(
-        exit.log.contains("rank=1 world=2"),
+        // Pods log JSON lines (text only on a terminal).
+        exit.log.contains(r#""rank":1,"world":2"#),
         "the pod did not run a second rank:\n{}",
         tail(&exit.log, 30)
     );

@@ -917,7 +917,11 @@ pub fn send(
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        // A signal to the test process (a child exiting) cut the
+                        // read short; nothing was lost, read again.
+                        | std::io::ErrorKind::Interrupted
                 ) =>
             {
                 remaining()?;
