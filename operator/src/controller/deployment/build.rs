@@ -514,27 +514,63 @@ fn server_container(
     config: &OperatorConfig,
     mounts: Vec<VolumeMount>,
 ) -> Container {
+    serving_container(
+        md,
+        config,
+        ServingProcess {
+            image: config.server_image.clone(),
+            command: vec!["server".into()],
+            args: server_args(md, model),
+            env: server_env(md, model),
+            // Started and ready once the model is loaded; alive as long as HTTP
+            // answers.
+            ready_path: "/readyz",
+            live_path: "/healthz",
+        },
+        mounts,
+    )
+}
+
+/// What the serving container of one runtime runs and where it is probed.
+pub(super) struct ServingProcess {
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<EnvVar>,
+    /// The startup and readiness probes' path.
+    pub ready_path: &'static str,
+    /// The liveness probe's path.
+    pub live_path: &'static str,
+}
+
+/// The serving container whatever the runtime: one named port, the probes'
+/// periods and the startup budget, the preStop sleep that lets endpoints drop
+/// the pod before it stops, the spec's resources, restricted security.
+pub(super) fn serving_container(
+    md: &ModelDeployment,
+    config: &OperatorConfig,
+    process: ServingProcess,
+    mounts: Vec<VolumeMount>,
+) -> Container {
     Container {
         name: SERVER_CONTAINER.into(),
-        image: Some(config.server_image.clone()),
-        command: Some(vec!["server".into()]),
-        args: Some(server_args(md, model)),
-        env: Some(server_env(md, model)),
+        image: Some(process.image),
+        command: Some(process.command),
+        args: Some(process.args),
+        env: Some(process.env),
         ports: Some(vec![ContainerPort {
             name: Some(PORT_NAME.into()),
             container_port: SERVER_PORT,
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        // Started and ready once the model is loaded; alive as long as HTTP
-        // answers.
         startup_probe: Some(http_probe(
-            "/readyz",
+            process.ready_path,
             STARTUP_PROBE_PERIOD_SECONDS,
             startup_probe_failures(md),
         )),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
-        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        readiness_probe: Some(http_probe(process.ready_path, 5, 3)),
+        liveness_probe: Some(http_probe(process.live_path, 10, 6)),
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {

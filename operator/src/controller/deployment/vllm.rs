@@ -24,18 +24,16 @@
 //! memory its tensor-parallel workers (NCCL) exchange through.
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, Lifecycle,
-    LifecycleHandler, PersistentVolumeClaimVolumeSource, PodSpec, ResourceRequirements,
-    SecretKeySelector, SleepAction, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PersistentVolumeClaimVolumeSource,
+    PodSpec, ResourceRequirements, SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use llmops_crds::ModelDeployment;
 
 use super::build::{
-    CREDENTIALS_SECRET_ENV, PORT_NAME, PRE_STOP_SLEEP_SECONDS, SERVER_CONTAINER, SERVER_PORT,
-    STARTUP_PROBE_PERIOD_SECONDS, dtype_arg, http_probe, resource_requirements,
-    startup_probe_failures,
+    CREDENTIALS_SECRET_ENV, SERVER_PORT, ServingProcess, dtype_arg, resource_requirements,
+    serving_container,
 };
 use super::resolve::Model;
 use crate::config::OperatorConfig;
@@ -136,45 +134,24 @@ fn server_container(
     config: &OperatorConfig,
     mounts: Vec<VolumeMount>,
 ) -> Container {
-    Container {
-        name: SERVER_CONTAINER.into(),
-        image: Some(config.vllm_image.clone()),
-        // The module, not the image's entrypoint, which differs between releases.
-        command: Some(vec![
-            "python3".into(),
-            "-m".into(),
-            "vllm.entrypoints.openai.api_server".into(),
-        ]),
-        args: Some(args(md)),
-        env: Some(server_env(md)),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.into()),
-            container_port: SERVER_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        startup_probe: Some(http_probe(
-            "/health",
-            STARTUP_PROBE_PERIOD_SECONDS,
-            startup_probe_failures(md),
-        )),
-        readiness_probe: Some(http_probe("/health", 5, 3)),
-        liveness_probe: Some(http_probe("/health", 10, 6)),
-        lifecycle: Some(Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                sleep: Some(SleepAction {
-                    seconds: PRE_STOP_SLEEP_SECONDS,
-                }),
-                ..LifecycleHandler::default()
-            }),
-            ..Lifecycle::default()
-        }),
-        resources: Some(resource_requirements(md, config)),
-        security_context: Some(container_security_context()),
-        volume_mounts: Some(mounts),
-        working_dir: Some("/work".into()),
-        ..Container::default()
-    }
+    serving_container(
+        md,
+        config,
+        ServingProcess {
+            image: config.vllm_image.clone(),
+            // The module, not the image's entrypoint, which differs between releases.
+            command: vec![
+                "python3".into(),
+                "-m".into(),
+                "vllm.entrypoints.openai.api_server".into(),
+            ],
+            args: args(md),
+            env: server_env(md),
+            ready_path: "/health",
+            live_path: "/health",
+        },
+        mounts,
+    )
 }
 
 /// vLLM's environment: writable home and scratch, no Hub and no usage reports
