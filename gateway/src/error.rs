@@ -98,6 +98,21 @@ impl ApiError {
         error
     }
 
+    /// The model's queue of requests waiting for a ready pod is full.
+    pub fn queue_full(model: &str, max: i64, retry_after: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!(
+                "The model `{model}` has no ready replica and {max} requests already wait for \
+                 one; retry later."
+            ),
+        );
+        error.code = Some("model_unavailable");
+        error.retry_after = Some(retry_after);
+        error
+    }
+
     /// The upstream pod failed before answering, twice.
     pub fn bad_gateway(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "server_error", message)

@@ -51,6 +51,10 @@ struct Cli {
     /// Seconds a request waits for its model to have a ready pod.
     #[arg(long, default_value_t = 10)]
     queue_timeout: u64,
+    /// Requests one model may have waiting for a ready pod; more get a 503
+    /// with Retry-After at once.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..))]
+    max_queued: i64,
     /// `max_tokens` counted against a token limit when a request sets none.
     #[arg(long, default_value_t = 256)]
     default_max_tokens: u32,
@@ -95,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         affinity_chars: cli.affinity_prefix_chars,
         affinity_bound: cli.affinity_bound,
         queue_timeout: Duration::from_secs(cli.queue_timeout),
+        max_queued: cli.max_queued,
         default_max_tokens: cli.default_max_tokens,
         ..Options::default()
     };

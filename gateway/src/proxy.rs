@@ -41,6 +41,9 @@ pub struct Options {
     pub affinity_bound: usize,
     /// How long a request waits for its model to have a ready pod.
     pub queue_timeout: Duration,
+    /// Requests one model may have waiting for a ready pod; more are refused
+    /// at once (503 with `Retry-After`) rather than held.
+    pub max_queued: i64,
     /// `max_tokens` counted against a token limit when a request sets none.
     pub default_max_tokens: u32,
     /// Largest request body, bytes.
@@ -55,6 +58,7 @@ impl Default for Options {
             affinity_chars: 256,
             affinity_bound: 4,
             queue_timeout: Duration::from_secs(10),
+            max_queued: 100,
             default_max_tokens: 256,
             max_body: 16 << 20,
             connect_timeout: Duration::from_secs(2),
@@ -367,7 +371,18 @@ async fn ready_backend(gw: &Gateway, model: &str) -> Result<Arc<Backend>, ApiErr
             Some(backend) if !backend.endpoints.is_empty() => return Ok(backend.clone()),
             Some(_) => {}
         }
-        queued.get_or_insert_with(|| Queued::new(gw, model));
+        if queued.is_none() {
+            let gauge = gw
+                .metrics
+                .queued
+                .get_or_create(&Metrics::model(model))
+                .clone();
+            let retry = gw.options.queue_timeout.as_secs().max(1);
+            queued = Some(
+                Queued::join(gauge, gw.options.max_queued)
+                    .ok_or_else(|| ApiError::queue_full(model, gw.options.max_queued, retry))?,
+            );
+        }
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => {}
             _ => {
@@ -384,14 +399,15 @@ struct Queued {
 }
 
 impl Queued {
-    fn new(gw: &Gateway, model: &str) -> Queued {
-        let gauge = gw
-            .metrics
-            .queued
-            .get_or_create(&Metrics::model(model))
-            .clone();
-        gauge.inc();
-        Queued { gauge }
+    /// A place in the queue `gauge` counts, unless `max` already wait. The
+    /// increment comes first so that concurrent requests cannot all pass a
+    /// check made before any of them counted.
+    fn join(gauge: prometheus_client::metrics::gauge::Gauge, max: i64) -> Option<Queued> {
+        if gauge.inc() >= max {
+            gauge.dec();
+            return None;
+        }
+        Some(Queued { gauge })
     }
 }
 
@@ -641,6 +657,31 @@ impl UsageScan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_queue_refuses_and_a_place_is_freed_when_its_request_leaves() {
+        let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        let first = Queued::join(gauge.clone(), 2).expect("room for the first");
+        let second = Queued::join(gauge.clone(), 2).expect("room for the second");
+        assert!(
+            Queued::join(gauge.clone(), 2).is_none(),
+            "a third past the bound"
+        );
+        assert_eq!(gauge.get(), 2, "a refused request is not counted");
+        drop(first);
+        assert_eq!(gauge.get(), 1);
+        let third = Queued::join(gauge.clone(), 2).expect("the freed place");
+        drop((second, third));
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_answers_503_with_retry_after_naming_the_model() {
+        let error = ApiError::queue_full("chat", 100, 10);
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.retry_after, Some(10));
+        assert!(error.message.contains("`chat`") && error.message.contains("100"));
+    }
 
     #[test]
     fn usage_is_read_from_bodies_and_streams() {

@@ -798,6 +798,7 @@ async fn chart_gateway_is_opt_in_restricted_and_least_privileged() -> anyhow::Re
         "--key-secrets=keys-a,keys-b",
         "--endpoints=endpointslices",
         "--listen=0.0.0.0:8080",
+        "--max-queued=100",
     ] {
         ensure!(args.contains(&arg), "{arg} not in {args:?}");
     }
