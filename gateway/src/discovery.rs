@@ -144,6 +144,13 @@ pub fn pod_endpoints<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<SocketA
 /// The routing table of `mds`, given the ready endpoints of each
 /// `(namespace, name)`; a ModelDeployment with its own `auth` is left out
 /// (its pods want a key the gateway does not hold), which the warnings say.
+///
+/// Each of a deployment's `spec.adapters` is a model of its own, named like a
+/// deployment (`<name>`, or `<namespace>/<name>`), routed to the deployment's
+/// pods under the adapter's name once its status says every ready pod has it
+/// loaded (or the deployment is scaled to zero: its pods load their adapters
+/// before they turn ready). An adapter named like a deployment of the same
+/// namespace is left out, which the warnings say.
 pub fn build_table(
     mds: &[Arc<ModelDeployment>],
     endpoints: &BTreeMap<(String, String), Vec<SocketAddr>>,
@@ -151,6 +158,7 @@ pub fn build_table(
 ) -> (Table, Vec<String>) {
     let mut table = Table::default();
     let mut warnings = Vec::new();
+    let mut adapters = Vec::new();
     for md in mds {
         let (namespace, name) = (md.namespace().unwrap_or_default(), md.name_any());
         if md.spec.auth.is_some() {
@@ -172,11 +180,56 @@ pub fn build_table(
                 .cloned()
                 .unwrap_or_default(),
             namespace,
+            deployment: name.clone(),
             served_name: name,
+            parent: None,
         };
+        for adapter in routable_adapters(md) {
+            adapters.push(Backend {
+                id: model_id(&backend.namespace, &adapter, single_namespace),
+                served_name: adapter,
+                parent: Some(id.clone()),
+                ..backend.clone()
+            });
+        }
         table.backends.insert(id, Arc::new(backend));
     }
+    for adapter in adapters {
+        if table.backends.contains_key(&adapter.id) {
+            warnings.push(format!(
+                "adapter {} of ModelDeployment {}/{} is named like a ModelDeployment: not served through the gateway",
+                adapter.served_name, adapter.namespace, adapter.deployment
+            ));
+            continue;
+        }
+        table.backends.insert(adapter.id.clone(), Arc::new(adapter));
+    }
     (table, warnings)
+}
+
+/// The names of `md`'s adapters that its pods serve: in the spec, and loaded
+/// on every ready pod by the status (any resolved one while at zero replicas).
+fn routable_adapters(md: &ModelDeployment) -> Vec<String> {
+    let Some(status) = &md.status else {
+        return Vec::new();
+    };
+    let at_zero = status
+        .operator
+        .replicas
+        .as_ref()
+        .is_some_and(|r| r.desired == 0);
+    md.spec
+        .adapters
+        .iter()
+        .filter(|a| {
+            status
+                .operator
+                .adapters
+                .iter()
+                .any(|s| s.name == a.name && !s.uri.is_empty() && (s.ready || at_zero))
+        })
+        .map(|a| a.name.clone())
+        .collect()
 }
 
 /// Forwards a reflector's events as change notices until the stream ends.
@@ -481,5 +534,64 @@ mod tests {
         assert!(warnings[0].contains("b/own"), "{warnings:?}");
         let (table, _) = build_table(&mds[..1], &endpoints, true);
         assert_eq!(table.backends.keys().collect::<Vec<_>>(), ["chat"]);
+    }
+
+    fn with_adapters(name: &str, adapters: &[(&str, bool)], desired: i32) -> Arc<ModelDeployment> {
+        let spec: Vec<serde_json::Value> = adapters
+            .iter()
+            .map(|(a, _)| serde_json::json!({"name": a, "uri": format!("file:///adapters/{a}")}))
+            .collect();
+        let status: Vec<serde_json::Value> = adapters
+            .iter()
+            .map(|(a, ready)| {
+                serde_json::json!({"name": a, "uri": format!("file:///adapters/{a}"), "ready": ready})
+            })
+            .collect();
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "llmops.dev/v1alpha1", "kind": "ModelDeployment",
+                "metadata": {"name": name, "namespace": "a"},
+                "spec": {"model": {"uri": "file:///m"}, "adapters": spec},
+                "status": {"adapters": status, "replicas": {"desired": desired, "ready": desired}},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn adapters_loaded_on_every_pod_are_models_routed_to_their_deployment() {
+        let mds = [
+            with_adapters(
+                "chat",
+                &[("support", true), ("legal", false), ("other", true)],
+                2,
+            ),
+            md("a", "other", false),
+        ];
+        let endpoints = BTreeMap::from([(
+            ("a".to_string(), "chat".to_string()),
+            vec!["127.0.0.1:8000".parse().unwrap()],
+        )]);
+        let (table, warnings) = build_table(&mds, &endpoints, true);
+        let ids: Vec<&String> = table.backends.keys().collect();
+        // `legal` is not loaded everywhere yet; `other` is a deployment's name.
+        assert_eq!(ids, ["chat", "other", "support"]);
+        let support = &table.backends["support"];
+        assert_eq!(
+            (support.served_name.as_str(), support.deployment.as_str()),
+            ("support", "chat")
+        );
+        assert_eq!(support.parent.as_deref(), Some("chat"));
+        assert_eq!(support.endpoints, table.backends["chat"].endpoints);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("adapter other"), "{warnings:?}");
+        // At zero replicas no pod has anything loaded: resolved adapters stay
+        // models, so that a request for one wakes the deployment.
+        let (asleep, _) = build_table(
+            &[with_adapters("chat", &[("legal", false)], 0)],
+            &endpoints,
+            true,
+        );
+        assert!(asleep.backends.contains_key("legal"));
     }
 }

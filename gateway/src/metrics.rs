@@ -1,7 +1,9 @@
 //! The gateway's `/metrics` (Prometheus text): requests by model and status,
-//! latency, requests in flight and queued per model (what an autoscaler reads
-//! to wake a model scaled to zero), ready endpoints per model, and usage per
-//! key — by the key's name, never the key.
+//! latency, requests in flight and queued per model, ready endpoints per
+//! model, and usage per key — by the key's name, never the key. The demand on
+//! each ModelDeployment (requests admitted, in flight and queued, labelled by
+//! namespace and name) is what the operator's autoscaler reads to keep a
+//! deployment scaled to zero while idle and to wake it on a request.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -28,6 +30,13 @@ pub struct KeyModelCode {
     pub code: String,
 }
 
+/// A ModelDeployment, as the operator names it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeploymentLabels {
+    pub namespace: String,
+    pub modeldeployment: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyModel {
     pub key: String,
@@ -35,6 +44,12 @@ pub struct KeyModel {
 }
 
 type Latency = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+fn queue_wait_histogram() -> Histogram {
+    Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    ])
+}
 
 fn latency_histogram() -> Histogram {
     Histogram::new([
@@ -56,6 +71,15 @@ pub struct Metrics {
     pub queued: Family<ModelLabels, Gauge>,
     /// Ready pods.
     pub endpoints: Family<ModelLabels, Gauge>,
+    /// Seconds a request waited for its model to have a ready pod (only the
+    /// requests that had to wait).
+    pub queue_wait: Latency,
+    /// Requests admitted per ModelDeployment.
+    pub deployment_requests: Family<DeploymentLabels, Counter>,
+    /// Requests admitted and not finished per ModelDeployment.
+    pub deployment_in_flight: Family<DeploymentLabels, Gauge>,
+    /// Requests waiting for a ready pod per ModelDeployment.
+    pub deployment_queued: Family<DeploymentLabels, Gauge>,
     /// Requests sent again to another pod after the first failed before
     /// answering.
     pub retries: Family<ModelLabels, Counter>,
@@ -82,6 +106,10 @@ impl Metrics {
             in_flight: Family::default(),
             queued: Family::default(),
             endpoints: Family::default(),
+            queue_wait: Family::new_with_constructor(queue_wait_histogram),
+            deployment_requests: Family::default(),
+            deployment_in_flight: Family::default(),
+            deployment_queued: Family::default(),
             retries: Family::default(),
             upstream_broken: Family::default(),
             key_requests: Family::default(),
@@ -114,6 +142,26 @@ impl Metrics {
             metrics.endpoints.clone(),
         );
         registry.register(
+            "llmops_gateway_queue_wait_seconds",
+            "Seconds a request waited for a ready serving pod (requests that waited)",
+            metrics.queue_wait.clone(),
+        );
+        registry.register(
+            "llmops_gateway_deployment_requests",
+            "Requests admitted per ModelDeployment",
+            metrics.deployment_requests.clone(),
+        );
+        registry.register(
+            "llmops_gateway_deployment_in_flight_requests",
+            "Requests admitted and not finished per ModelDeployment (queued ones included)",
+            metrics.deployment_in_flight.clone(),
+        );
+        registry.register(
+            "llmops_gateway_deployment_queued_requests",
+            "Requests waiting for a ready serving pod per ModelDeployment",
+            metrics.deployment_queued.clone(),
+        );
+        registry.register(
             "llmops_gateway_upstream_retries",
             "Requests sent to a second pod after the first failed before answering",
             metrics.retries.clone(),
@@ -142,6 +190,13 @@ impl Metrics {
     pub fn model(model: &str) -> ModelLabels {
         ModelLabels {
             model: model.to_string(),
+        }
+    }
+
+    pub fn deployment(backend: &crate::registry::Backend) -> DeploymentLabels {
+        DeploymentLabels {
+            namespace: backend.namespace.clone(),
+            modeldeployment: backend.deployment.clone(),
         }
     }
 

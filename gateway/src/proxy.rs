@@ -27,9 +27,10 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::keys::Grant;
 use crate::limits::{Admission, Limiter};
-use crate::metrics::{KeyModel, KeyModelCode, Metrics, ModelCode};
+use crate::metrics::{DeploymentLabels, KeyModel, KeyModelCode, Metrics, ModelCode};
 use crate::registry::{Backend, InFlight, Registry};
 use crate::route::{self, Key};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// How requests are handled.
 #[derive(Debug, Clone)]
@@ -159,7 +160,11 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Arc<Grant>, ApiErro
 }
 
 fn model_entry(backend: &Backend) -> Value {
-    json!({"id": backend.id, "object": "model", "created": backend.created, "owned_by": "llmops"})
+    let mut entry = json!({"id": backend.id, "object": "model", "created": backend.created, "owned_by": "llmops"});
+    if let Some(parent) = &backend.parent {
+        entry["parent"] = json!(parent);
+    }
+    entry
 }
 
 /// The models the key may use, and no other.
@@ -276,10 +281,16 @@ async fn generate(
         Key::Affinity,
     );
     let accept = headers.get(header::ACCEPT).cloned();
-    let in_flight = ModelInFlight::new(&gw, &model);
+    let deployment = Metrics::deployment(&backend);
+    gw.metrics
+        .deployment_requests
+        .get_or_create(&deployment)
+        .inc();
+    let in_flight = ModelInFlight::new(&gw, &model, &deployment);
     let call = Call {
         gw: gw.clone(),
         model,
+        deployment,
         key_name: grant.name.clone(),
         admission,
         started,
@@ -302,27 +313,36 @@ async fn generate(
     }
 }
 
-/// A request of the model in flight (waiting for a pod's answer or relaying
-/// it), until dropped.
+/// A request of the model in flight (queued, waiting for a pod's answer or
+/// relaying it), counted by model and by ModelDeployment until dropped.
 struct ModelInFlight {
-    gauge: prometheus_client::metrics::gauge::Gauge,
+    gauges: [Gauge; 2],
 }
 
 impl ModelInFlight {
-    fn new(gw: &Gateway, model: &str) -> ModelInFlight {
-        let gauge = gw
-            .metrics
-            .in_flight
-            .get_or_create(&Metrics::model(model))
-            .clone();
-        gauge.inc();
-        ModelInFlight { gauge }
+    fn new(gw: &Gateway, model: &str, deployment: &DeploymentLabels) -> ModelInFlight {
+        let gauges = [
+            gw.metrics
+                .in_flight
+                .get_or_create(&Metrics::model(model))
+                .clone(),
+            gw.metrics
+                .deployment_in_flight
+                .get_or_create(deployment)
+                .clone(),
+        ];
+        for gauge in &gauges {
+            gauge.inc();
+        }
+        ModelInFlight { gauges }
     }
 }
 
 impl Drop for ModelInFlight {
     fn drop(&mut self) {
-        self.gauge.dec();
+        for gauge in &self.gauges {
+            gauge.dec();
+        }
     }
 }
 
@@ -355,20 +375,36 @@ impl Drop for Waiting<'_> {
 struct Call {
     gw: Arc<Gateway>,
     model: String,
+    /// The ModelDeployment that serves `model`.
+    deployment: DeploymentLabels,
     key_name: String,
     admission: Admission,
     started: Instant,
 }
 
-/// Waits (up to the queue timeout) until the model has a ready pod.
-async fn ready_backend(gw: &Gateway, model: &str) -> Result<Arc<Backend>, ApiError> {
+/// Waits (up to the queue timeout) until the model has a ready pod. A
+/// deployment scaled to zero has none: the wait is counted in its queue, which
+/// the operator reads to scale it up.
+async fn ready_backend(
+    gw: &Gateway,
+    model: &str,
+    deployment: &DeploymentLabels,
+) -> Result<Arc<Backend>, ApiError> {
     let mut changes = gw.registry.subscribe();
     let deadline = tokio::time::Instant::now() + gw.options.queue_timeout;
     let mut queued: Option<Queued> = None;
     loop {
         match gw.registry.table().backends.get(model) {
             None => return Err(ApiError::model_not_found(model)),
-            Some(backend) if !backend.endpoints.is_empty() => return Ok(backend.clone()),
+            Some(backend) if !backend.endpoints.is_empty() => {
+                if let Some(queued) = &queued {
+                    gw.metrics
+                        .queue_wait
+                        .get_or_create(&Metrics::model(model))
+                        .observe(queued.since.elapsed().as_secs_f64());
+                }
+                return Ok(backend.clone());
+            }
             Some(_) => {}
         }
         if queued.is_none() {
@@ -377,9 +413,14 @@ async fn ready_backend(gw: &Gateway, model: &str) -> Result<Arc<Backend>, ApiErr
                 .queued
                 .get_or_create(&Metrics::model(model))
                 .clone();
+            let of_deployment = gw
+                .metrics
+                .deployment_queued
+                .get_or_create(deployment)
+                .clone();
             let retry = gw.options.queue_timeout.as_secs().max(1);
             queued = Some(
-                Queued::join(gauge, gw.options.max_queued)
+                Queued::join(gauge, of_deployment, gw.options.max_queued)
                     .ok_or_else(|| ApiError::queue_full(model, gw.options.max_queued, retry))?,
             );
         }
@@ -393,27 +434,36 @@ async fn ready_backend(gw: &Gateway, model: &str) -> Result<Arc<Backend>, ApiErr
     }
 }
 
-/// A request counted in the model's queue while it waits.
+/// A request counted in the model's queue (and its ModelDeployment's) while
+/// it waits.
 struct Queued {
-    gauge: prometheus_client::metrics::gauge::Gauge,
+    gauge: Gauge,
+    of_deployment: Gauge,
+    since: Instant,
 }
 
 impl Queued {
     /// A place in the queue `gauge` counts, unless `max` already wait. The
     /// increment comes first so that concurrent requests cannot all pass a
     /// check made before any of them counted.
-    fn join(gauge: prometheus_client::metrics::gauge::Gauge, max: i64) -> Option<Queued> {
+    fn join(gauge: Gauge, of_deployment: Gauge, max: i64) -> Option<Queued> {
         if gauge.inc() >= max {
             gauge.dec();
             return None;
         }
-        Some(Queued { gauge })
+        of_deployment.inc();
+        Some(Queued {
+            gauge,
+            of_deployment,
+            since: Instant::now(),
+        })
     }
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
         self.gauge.dec();
+        self.of_deployment.dec();
     }
 }
 
@@ -430,7 +480,7 @@ async fn forward(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error = String::new();
     for attempt in 0..2 {
-        let backend = ready_backend(gw, &call.model).await?;
+        let backend = ready_backend(gw, &call.model, &call.deployment).await?;
         let candidates = gw.registry.candidates(&backend, &tried);
         let Some(addr) = route::pick(&candidates, key, gw.options.affinity_bound) else {
             break;
@@ -660,19 +710,19 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_and_a_place_is_freed_when_its_request_leaves() {
-        let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
-        let first = Queued::join(gauge.clone(), 2).expect("room for the first");
-        let second = Queued::join(gauge.clone(), 2).expect("room for the second");
-        assert!(
-            Queued::join(gauge.clone(), 2).is_none(),
-            "a third past the bound"
-        );
+        let gauge = Gauge::<i64>::default();
+        let deployment = Gauge::<i64>::default();
+        let join = || Queued::join(gauge.clone(), deployment.clone(), 2);
+        let first = join().expect("room for the first");
+        let second = join().expect("room for the second");
+        assert!(join().is_none(), "a third past the bound");
         assert_eq!(gauge.get(), 2, "a refused request is not counted");
+        assert_eq!(deployment.get(), 2, "nor in its deployment's queue");
         drop(first);
-        assert_eq!(gauge.get(), 1);
-        let third = Queued::join(gauge.clone(), 2).expect("the freed place");
+        assert_eq!((gauge.get(), deployment.get()), (1, 1));
+        let third = join().expect("the freed place");
         drop((second, third));
-        assert_eq!(gauge.get(), 0);
+        assert_eq!((gauge.get(), deployment.get()), (0, 0));
     }
 
     #[test]

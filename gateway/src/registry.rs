@@ -13,15 +13,20 @@ use tokio::sync::watch;
 use crate::keys::KeySet;
 use crate::route::Candidate;
 
-/// One routable model: a ModelDeployment and its ready pods.
+/// One routable model — a ModelDeployment, or a LoRA adapter its pods serve
+/// beside its model — and the deployment's ready pods.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     /// The id clients send as `model` and `/v1/models` lists.
     pub id: String,
     pub namespace: String,
-    /// The ModelDeployment's name: the model name its pods serve
-    /// (`--served-model-name`), sent upstream as `model`.
+    /// The ModelDeployment's name.
+    pub deployment: String,
+    /// The model name its pods serve it under, sent upstream as `model`: the
+    /// deployment's name (`--served-model-name`), or the adapter's.
     pub served_name: String,
+    /// For an adapter, the id of the deployment's model it runs on.
+    pub parent: Option<String>,
     /// The ModelDeployment's creation time, seconds since the epoch.
     pub created: i64,
     /// The ready pods' serving addresses.
@@ -158,7 +163,9 @@ mod tests {
         let backend = Backend {
             id: "chat".into(),
             namespace: "ns".into(),
+            deployment: "chat".into(),
             served_name: "chat".into(),
+            parent: None,
             created: 0,
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
         };
