@@ -131,7 +131,8 @@ pub struct Autoscaling {
     #[serde(default = "default_window")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub stabilization_window: String,
-    /// Scale to zero after no requests for this long (needs `replicas.min: 0`).
+    /// Scale to zero after no requests for this long (needs `replicas.min: 0`,
+    /// and the gateway, which holds the first request while a pod starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub scale_to_zero_after: Option<String>,

@@ -59,6 +59,9 @@ pub struct OperatorConfig {
     /// and the client's pool keeps every connection it ever opened idle for a
     /// while, each with its TLS buffers.
     pub reconcile_concurrency: u16,
+    /// Where the gateway's demand per ModelDeployment is read, for scale to
+    /// zero (`--gateway-metrics-url`); none without a gateway.
+    pub gateway_metrics: Option<crate::controller::deployment::GatewayMetrics>,
 }
 
 /// Default of [`OperatorConfig::reconcile_concurrency`].
@@ -127,6 +130,7 @@ impl OperatorConfig {
             require_auth: false,
             pod_export_env: Vec::new(),
             reconcile_concurrency: DEFAULT_RECONCILE_CONCURRENCY,
+            gateway_metrics: None,
         }
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use llmops_operator::config::{OperatorConfig, TrainerResources, normalize_store_uri};
-use llmops_operator::controller::deployment::Monitoring;
 use llmops_operator::controller::deployment::vllm::DEFAULT_IMAGE as DEFAULT_VLLM_IMAGE;
+use llmops_operator::controller::deployment::{GatewayMetrics, Monitoring};
 use llmops_operator::runtime::controller::Scope;
 use llmops_operator::runtime::{LeaderElection, Settings};
 use llmops_operator::telemetry::{self, LogFormat};
@@ -130,6 +130,12 @@ struct RunArgs {
     /// pods use the public Hub.
     #[arg(long, value_name = "URL", value_parser = hub_endpoint)]
     hf_endpoint: Option<String>,
+    /// The gateway's `/metrics`, read for scale to zero: every address the
+    /// URL's host resolves to is a gateway replica (the chart's headless
+    /// Service of the gateway pods). Without it a ModelDeployment keeps at
+    /// least one replica.
+    #[arg(long, value_name = "URL", value_parser = GatewayMetrics::parse)]
+    gateway_metrics_url: Option<GatewayMetrics>,
 }
 
 /// An http(s) URL without a trailing slash, as the pods' `HF_ENDPOINT`.
@@ -259,6 +265,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             require_auth: args.require_auth,
             pod_export_env: pod_env(args.otlp_endpoint.as_deref(), args.hf_endpoint),
             reconcile_concurrency: args.max_concurrent_reconciles,
+            gateway_metrics: args.gateway_metrics_url,
         },
         scope: Scope::new(
             args.namespaces
@@ -355,6 +362,44 @@ mod tests {
             Cli::try_parse_from(["operator", "probe", "http://x/readyz", "--timeout=3s"]).unwrap();
         assert!(
             matches!(parsed.command, Command::Probe { timeout, .. } if timeout == Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn the_gateway_metrics_url_is_an_http_url() {
+        let run = |flag: &str| {
+            Cli::try_parse_from([
+                "operator",
+                "run",
+                "--trainer-image=t",
+                "--server-image=s",
+                "--artifact-store=file:///tmp/store",
+                flag,
+            ])
+        };
+        let Command::Run(args) = run(
+            "--gateway-metrics-url=http://rel-llmops-gateway-pods.llmops-system.svc:8080/metrics",
+        )
+        .unwrap()
+        .command
+        else {
+            panic!("not run");
+        };
+        let gateway = args.gateway_metrics_url.expect("parsed");
+        assert_eq!(
+            (gateway.host.as_str(), gateway.port, gateway.path.as_str()),
+            (
+                "rel-llmops-gateway-pods.llmops-system.svc",
+                8080,
+                "/metrics"
+            )
+        );
+        let Err(refused) = run("--gateway-metrics-url=rel-llmops-gateway-pods:8080") else {
+            panic!("a URL without http:// was taken");
+        };
+        assert!(
+            refused.to_string().contains("gateway's /metrics"),
+            "{refused}"
         );
     }
 

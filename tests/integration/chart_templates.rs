@@ -811,6 +811,40 @@ async fn chart_gateway_is_opt_in_restricted_and_least_privileged() -> anyhow::Re
     let service = find("Service")?;
     ensure!(service["spec"]["ports"][0]["port"] == 80);
     ensure!(service["spec"]["ports"][0]["targetPort"] == "http");
+    // The operator reads each gateway pod's demand (scale to zero) through a
+    // headless Service that resolves to every ready one.
+    let pods = gateway
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "rel-llmops-gateway-pods")
+        .context("no headless Service of the gateway pods")?;
+    ensure!(pods["spec"]["clusterIP"] == "None", "{pods}");
+    ensure!(pods["spec"]["ports"][0]["port"] == 8080, "{pods}");
+    let operator_args = |docs: &[Value]| -> Vec<String> {
+        docs.iter()
+            .filter(|d| d["kind"] == "Deployment" && !is_gateway(d))
+            .flat_map(|d| {
+                d.pointer("/spec/template/spec/containers/0/args")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect()
+    };
+    let flag =
+        "--gateway-metrics-url=http://rel-llmops-gateway-pods.llmops-system.svc:8080/metrics";
+    ensure!(
+        operator_args(&docs).iter().any(|a| a == flag),
+        "{flag} not in {:?}",
+        operator_args(&docs)
+    );
+    let off = render(cluster, &[]).await?;
+    ensure!(
+        !operator_args(&off)
+            .iter()
+            .any(|a| a.starts_with("--gateway-metrics-url")),
+        "the operator reads a gateway that is not deployed"
+    );
 
     // What the gateway may do: read, never write; Secrets only by name.
     let rules = |doc: &Value| -> Vec<(String, String, Vec<String>, Value)> {

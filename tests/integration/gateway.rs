@@ -26,6 +26,12 @@
 //! - a pod SIGKILLed mid-stream ends that stream with an error event, and the
 //!   requests after it succeed on the other pod.
 //!
+//! `an_idle_deployment_scales_to_zero_and_a_request_at_the_gateway_wakes_it`:
+//! a ModelDeployment with `replicas.min: 0` goes to no pods once idle for its
+//! `scaleToZeroAfter`, with the operator reading the gateway's demand
+//! (`--gateway-metrics-url`); a request sent then is held by the gateway,
+//! the operator scales the deployment up, and the request is answered.
+//!
 //! `gateway_runs_on_the_charts_endpointslice_rbac_and_reads_no_other_secret`
 //! runs it in its default mode (EndpointSlices) on the chart's default RBAC:
 //! ready, models listed, 503 with `Retry-After` for a model without a ready
@@ -313,12 +319,31 @@ async fn spawn_gateway(
     endpoints: &str,
     queue_timeout: u64,
 ) -> anyhow::Result<(GatewayProcess, tempfile::TempDir)> {
+    spawn_gateway_at(
+        cluster,
+        name,
+        account,
+        endpoints,
+        queue_timeout,
+        free_port()?,
+    )
+    .await
+}
+
+/// [`spawn_gateway`] listening on loopback port `port`.
+async fn spawn_gateway_at(
+    cluster: &Cluster,
+    name: &str,
+    account: &str,
+    endpoints: &str,
+    queue_timeout: u64,
+    port: u16,
+) -> anyhow::Result<(GatewayProcess, tempfile::TempDir)> {
     let dir = tempfile::Builder::new()
         .prefix("llmops-gateway-")
         .tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
     write_token_kubeconfig(&cluster.node().await?, name, account, &kubeconfig).await?;
-    let port = free_port()?;
     let log = dir.path().join("gateway.log");
     let output = std::fs::File::create(&log)?;
     let child = Command::new(gateway_binary("gateway")?)
@@ -946,6 +971,176 @@ async fn gateway_routes_by_model_limits_keys_and_survives_a_pod_kill() -> anyhow
         "the broken stream is not counted:\n{metrics}"
     );
     setup.finish().await
+}
+
+/// Scale to zero and back through the gateway (see the module's doc).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_deployment_scales_to_zero_and_a_request_at_the_gateway_wakes_it()
+-> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let ns = TestNamespace::create(cluster, "e2e-zero").await?;
+    let name = ns.name().to_string();
+    // The gateway's port is known before the operator that reads it starts.
+    let port = free_port()?;
+    let gateway_metrics = format!("--gateway-metrics-url=http://127.0.0.1:{port}/metrics");
+    let mut operator = Operator::start_with(
+        cluster,
+        &ns,
+        &[
+            "--metrics-interval=1s",
+            "--metrics-window=3s",
+            "--metrics-status-interval=1s",
+            &gateway_metrics,
+        ],
+    )
+    .await?;
+    let account = enable_chart_gateway(cluster, &name, "pods").await?;
+    apply_key_secret(cluster, &name).await?;
+    let model = operator.store().join("models/sleepy");
+    tiny_model(&model)?;
+    let client = cluster.client().await?;
+    let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), &name);
+    let mut md = model_deployment("sleepy", &format!("file://{}", model.display()), 1);
+    md["spec"]["replicas"] = json!({"min": 0, "max": 2});
+    md["spec"]["autoscaling"] = json!({
+        "metric": "inFlightRequests", "target": 4,
+        "stabilizationWindow": "2s", "scaleToZeroAfter": "5s",
+    });
+    deployments
+        .patch(
+            "sleepy",
+            &PatchParams::apply(llmops_tests::FIELD_MANAGER).force(),
+            &Patch::Apply(md),
+        )
+        .await
+        .context("applying ModelDeployment sleepy")?;
+    let replayer = Arc::new(cluster.replayer().await?);
+    let pods = PodRunner::start(replayer, &name, "llmops.dev/modeldeployment");
+    let (gateway, _dir) = spawn_gateway_at(cluster, &name, &account, "pods", 90, port).await?;
+    let gw = gateway.address;
+    pods.wait_ready(1, READY_TIMEOUT).await?;
+
+    let ask = |prompt: &'static str| async move {
+        http(
+            gw,
+            "POST",
+            "/v1/completions",
+            Some(KEY_ALL),
+            Some(&completion("sleepy", prompt, 2)),
+        )
+        .await
+    };
+    let first = eventually(
+        "a completion through the gateway",
+        READY_TIMEOUT,
+        || async {
+            let reply = ask("a cat").await?;
+            ensure!(reply.status == 200, "{reply:?}");
+            Ok(())
+        },
+    )
+    .await;
+    if let Err(e) = first {
+        bail!("{e:#}\ngateway log:\n{}", gateway.log_tail());
+    }
+
+    // Idle for scaleToZeroAfter: no pod, and the status says why.
+    let idle_since = std::time::Instant::now();
+    let scaled_down = eventually(
+        "the deployment to scale to zero",
+        Duration::from_secs(90),
+        || async {
+            let md = deployments.get("sleepy").await?;
+            let status = md.status.as_ref().context("no status")?;
+            let replicas = status.operator.replicas.as_ref().map(|r| r.desired);
+            let reason = status
+                .operator
+                .last_scale_reason
+                .clone()
+                .unwrap_or_default();
+            ensure!(
+                replicas == Some(0) && reason.contains("scaleToZeroAfter"),
+                "replicas {replicas:?}, last scale: {reason}"
+            );
+            ensure!(
+                pods.ready().is_empty(),
+                "pods still ready: {}",
+                pods.describe()
+            );
+            Ok(())
+        },
+    )
+    .await;
+    if let Err(e) = scaled_down {
+        bail!("{e:#}\noperator log:\n{}", operator.log_tail(60));
+    }
+    println!(
+        "scale to zero: no pod {:.1}s after the last request (scaleToZeroAfter 5s, metrics window 3s)",
+        idle_since.elapsed().as_secs_f64()
+    );
+    let md = deployments.get("sleepy").await?;
+    let ready = md
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .context("no Ready condition")?;
+    ensure!(
+        ready.status == "True" && ready.message.contains("scaled to zero"),
+        "{ready:?}"
+    );
+
+    // A request now is held until a pod is ready, then answered.
+    let waited = "llmops_gateway_queue_wait_seconds_count{model=\"sleepy\"}";
+    let waits_before = sample(&http(gw, "GET", "/metrics", None, None).await?.body, waited);
+    let sent = std::time::Instant::now();
+    let woke = ask("a dog").await?;
+    let held = sent.elapsed();
+    if woke.status != 200 {
+        bail!(
+            "{woke:?}\noperator log:\n{}\ngateway log:\n{}",
+            operator.log_tail(60),
+            gateway.log_tail()
+        );
+    }
+    println!(
+        "scale from zero: the first request answered {:.1}s after it was sent",
+        held.as_secs_f64()
+    );
+    let md = deployments.get("sleepy").await?;
+    let reason = md
+        .status
+        .as_ref()
+        .and_then(|s| s.operator.last_scale_reason.clone())
+        .unwrap_or_default();
+    ensure!(
+        reason.contains("held at the gateway: 0 → 1"),
+        "last scale: {reason}"
+    );
+    let metrics = http(gw, "GET", "/metrics", None, None).await?.body;
+    ensure!(
+        sample(&metrics, waited) == waits_before + 1.0,
+        "the held request is not in `{waited}` (was {waits_before}):\n{metrics}"
+    );
+    for series in [
+        "llmops_gateway_deployment_requests_total",
+        "llmops_gateway_deployment_queued_requests",
+    ] {
+        let line = format!("{series}{{namespace=\"{name}\",modeldeployment=\"sleepy\"}}");
+        ensure!(metrics.contains(&line), "no `{line}` in\n{metrics}");
+    }
+    drop(gateway);
+    ns.delete(cluster).await
+}
+
+/// The value of the sample `series` (name and labels as written) in a metrics
+/// text; 0 when it has none.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// The chart's default gateway (EndpointSlices) on the real apiserver, as its

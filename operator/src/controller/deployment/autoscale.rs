@@ -15,7 +15,8 @@
 //! - a scale-down also waits until every ready pod's metrics answered, and
 //!   nothing scales without data (no ready pod, none answered, no rate yet);
 //!   only the spec's bounds move the count then;
-//! - scale to zero (`scaleToZeroAfter`) is not active: the floor is one replica.
+//! - the floor is one replica: going to zero and back is [`super::zero`]'s part,
+//!   on top of the plan made here.
 //!
 //! Everything here is pure: [`plan`] takes the observation, the current count,
 //! the remembered recommendations and the clock.
@@ -33,8 +34,8 @@ pub fn active(md: &ModelDeployment) -> bool {
     md.spec.replicas.max > md.spec.replicas.min
 }
 
-/// The fewest replicas: `replicas.min`, at least one (scale to zero is not in
-/// this version).
+/// The fewest replicas the load decides: `replicas.min`, at least one (zero is
+/// decided by [`super::zero`]).
 pub fn floor(md: &ModelDeployment) -> i32 {
     md.spec.replicas.min.max(1)
 }

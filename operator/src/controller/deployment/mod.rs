@@ -19,8 +19,9 @@
 //!   `inFlightRequests`, `queueDepth` or `tokensPerSecond`: up at once, down to
 //!   the highest recommendation over `stabilizationWindow` (the HPA's rule),
 //!   never on missing metrics, and `lastScaleTime`/`lastScaleReason` record
-//!   each change. Scale to zero (`scaleToZeroAfter`) is not active; the floor
-//!   is one replica.
+//!   each change. With `replicas.min: 0` and `scaleToZeroAfter`, [`zero`]
+//!   takes an idle deployment to no pods and wakes it when the gateway holds a
+//!   request for it ([`wake`] polls the gateway for those at zero).
 //! - **Rollouts**: `RollingUpdate` is a Deployment rolling update
 //!   (`maxUnavailable: 0`, `maxSurge: 1`): a new pod takes traffic once
 //!   `/readyz` says its model is loaded, and an old pod goes only after.
@@ -60,8 +61,11 @@ mod route;
 mod status;
 mod validate;
 pub mod vllm;
+mod wake;
+mod zero;
 
 pub use autoscale::parse_duration;
+pub use monitor::gateway::GatewayMetrics;
 pub use monitor::{Monitor, Monitoring};
 
 #[cfg(test)]
@@ -192,7 +196,8 @@ pub fn controllers(ctx: &Arc<Context>, scope: &Scope, stop: &Stop) -> Vec<Contro
                     refs.extend(adapters::referrers(&deployments, &ft));
                     refs
                 },
-            );
+            )
+            .reconcile_on(wake::triggers(ctx.clone(), ns.map(String::from)));
         start(KIND, controller, ctx.clone(), stop.clone(), reconcile)
     })
 }
@@ -263,10 +268,12 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
 
     let live = Live::read(&md, &ctx.client).await?;
     let observation = monitor::observe(&md, &ctx.client, &ctx.monitor, &monitoring(&ctx)).await?;
-    let plan = autoscale_plan(&md, &ctx, &live, &observation);
+    let plan = autoscale_plan(&md, &ctx, &live, &observation).await;
     let replicas = plan
         .as_ref()
         .map_or_else(|| build::replicas(&md), |p| p.replicas);
+    ctx.monitor
+        .with(&md, |memory| memory.at_zero = replicas == 0);
     let rollout = rollout_pass(&md, &model, &live, &observation, replicas);
     let mut children =
         build::build_with_replicas(&md, &rollout.stable_model, &ctx.config, replicas);
@@ -317,8 +324,9 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
 }
 
 /// The autoscaler's plan when the spec gives a range, from the figures and the
-/// recommendations remembered for this ModelDeployment.
-fn autoscale_plan(
+/// recommendations remembered for this ModelDeployment, and scale to zero's
+/// part when the spec asks for it.
+async fn autoscale_plan(
     md: &ModelDeployment,
     ctx: &Context,
     live: &Live,
@@ -331,15 +339,31 @@ fn autoscale_plan(
         .stable
         .as_ref()
         .map(|d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
+    let gateway = match zero::after(md) {
+        Some(_) => gateway_demand(md, ctx).await,
+        None => zero::Gateway::Unconfigured,
+    };
+    let now = monitor::now();
     Some(ctx.monitor.with(md, |memory| {
-        autoscale::plan(
-            md,
-            current,
-            observation,
-            &mut memory.recommendations,
-            monitor::now(),
-        )
+        let scaling = autoscale::plan(md, current, observation, &mut memory.recommendations, now);
+        let idle = memory.idle.tick(observation, &gateway, now);
+        zero::plan(md, current, observation, &gateway, idle, scaling)
     }))
+}
+
+/// What the gateway says of `md`'s demand.
+async fn gateway_demand(md: &ModelDeployment, ctx: &Context) -> zero::Gateway {
+    let Some(gateway) = &ctx.config.gateway_metrics else {
+        return zero::Gateway::Unconfigured;
+    };
+    let timeout = ctx.config.monitoring.scrape_timeout;
+    match ctx.monitor.gateway.read(gateway, timeout).await {
+        Ok(demands) => {
+            let key = (md.namespace().unwrap_or_default(), md.name_any());
+            zero::Gateway::Read(demands.get(&key).copied().unwrap_or_default())
+        }
+        Err(why) => zero::Gateway::Unreadable(why),
+    }
 }
 
 /// Write the canary's weight (none outside a canary) on the HTTPRoute the spec
@@ -448,7 +472,9 @@ fn rollout_pass(
     let previous = md.status.as_ref().and_then(|s| s.operator.rollout.as_ref());
     let is_canary = md.spec.rollout.strategy == RolloutStrategy::Canary;
     match serving {
-        Some(serving) if is_canary && serving.artifact != model.artifact => {
+        // At zero replicas nothing serves to compare a canary with: the new
+        // model is taken as a rolling update would, by the next pod to start.
+        Some(serving) if is_canary && serving.artifact != model.artifact && stable_replicas > 0 => {
             if canary::refused(previous, &model.artifact, generation) {
                 let rollout = previous.cloned().unwrap_or_default();
                 let message = rollout.message.clone().unwrap_or_default();

@@ -145,8 +145,7 @@ pub fn deadline_exceeded(deployment: &Deployment) -> bool {
 }
 
 /// `serving <uri> with N replica(s)`, then what the autoscaler did (`note`, or
-/// why it did not run) when the spec asks for a range, and that scale to zero
-/// is not active when `replicas.min` is 0.
+/// why it did not run) when the spec asks for a range, scale to zero included.
 fn serving_message(
     md: &ModelDeployment,
     model: &Artifact,
@@ -159,9 +158,6 @@ fn serving_message(
         .or_else(|| autoscale::idle_note(md));
     if let Some(note) = note {
         text.push_str(&format!("; {note}"));
-    }
-    if md.spec.replicas.min == 0 {
-        text.push_str("; scale to zero is not active in this version");
     }
     if md.spec.auth.is_none() {
         text.push_str("; no API key (spec.auth unset): reachable inside the cluster only");

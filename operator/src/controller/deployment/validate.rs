@@ -3,8 +3,8 @@
 //! `InvalidSpec`); the Deployment of the last valid spec, if any, is left serving.
 //!
 //! Decided per field:
-//! - `autoscaling.scaleToZeroAfter` does not stall: the floor stays one replica
-//!   and the Ready message says scale to zero is not active.
+//! - `autoscaling.scaleToZeroAfter` does not stall without the gateway: the
+//!   floor stays one replica and the Ready message says why (`super::zero`).
 //! - `rollout.analysis` and `rollout.autoRollback` belong to Canary and are not
 //!   used by RollingUpdate; a new model that never becomes ready leaves the old
 //!   pods serving anyway (`maxUnavailable: 0`).

@@ -18,6 +18,7 @@
 //! scale-downs until it has a whole stabilization window of recommendations.
 
 pub mod exposition;
+pub mod gateway;
 pub mod quantile;
 pub mod vllm;
 pub mod window;
@@ -80,12 +81,19 @@ pub struct Memory {
     pub recommendations: VecDeque<(f64, i32)>,
     /// When `status.metrics` was last written.
     pub metrics_written: Option<f64>,
+    /// What scale to zero remembers.
+    pub idle: super::zero::IdleClock,
+    /// Whether the last pass left the deployment at zero replicas (the wake
+    /// loop looks for requests held at the gateway only for those).
+    pub at_zero: bool,
 }
 
-/// Every ModelDeployment's [`Memory`], by `namespace/name`.
+/// Every ModelDeployment's [`Memory`], by `namespace/name`, and the last
+/// reading of the gateway.
 #[derive(Debug, Default)]
 pub struct Monitor {
     memory: Mutex<HashMap<String, Memory>>,
+    pub gateway: gateway::Cache,
 }
 
 impl Monitor {
@@ -94,6 +102,15 @@ impl Monitor {
         let key = format!("{}/{}", md.namespace().unwrap_or_default(), md.name_any());
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         f(memory.entry(key).or_default())
+    }
+
+    /// Whether the last pass over ModelDeployment `namespace/name` left it at
+    /// zero replicas.
+    pub fn at_zero(&self, namespace: &str, name: &str) -> bool {
+        let memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        memory
+            .get(&format!("{namespace}/{name}"))
+            .is_some_and(|m| m.at_zero)
     }
 
     /// Forgets a ModelDeployment that no longer exists.
