@@ -304,6 +304,12 @@ pub struct TrainingSpec {
     /// ZeRO sharding of the optimizer over the data-parallel ranks.
     #[serde(default, skip_serializing_if = "ZeroSpec::is_off")]
     pub zero: ZeroSpec,
+    /// Keep only each transformer block's input from the forward pass and run
+    /// the block again when the backward pass reaches it: activation memory of
+    /// one hidden-state tensor per block instead of all its intermediates, for
+    /// about one more forward pass of compute per step. Not with ZeRO stage 2.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
 }
 
 /// ZeRO (Rajbhandari et al.): each data-parallel rank keeps only its shard of

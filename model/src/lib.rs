@@ -36,7 +36,7 @@ pub use generation::{FinishReason, Generation, GenerationConfig, generate};
 pub use io::LoadedModel;
 pub use kv_cache::KvCache;
 pub use lora::LoraSettings;
-pub use model::{Block, Model};
+pub use model::{Block, Model, segment_seed};
 pub use multi_lora::{AdapterRoutes, PeftAdapter};
 pub use qlora::QuantizedBase;
 pub use sampling::{LogitsProcessor, Sampling};

@@ -15,6 +15,9 @@ use crate::layers::{
 };
 use crate::multi_lora::AdapterRoutes;
 
+mod checkpointing;
+pub use checkpointing::segment_seed;
+
 /// One transformer block: pre-norm attention and pre-norm MLP, each residual.
 #[derive(Debug)]
 pub struct Block {
@@ -271,17 +274,11 @@ impl Model {
         routes: Option<&AdapterRoutes>,
     ) -> Result<Tensor> {
         let step = self.plan(ids, mask, cache.as_deref())?;
-        let mut xs = Tensor::f_embedding(&self.embed_tokens, &step.ids, -1, false, false)?;
-        if let Some(wpe) = &self.embed_positions {
-            xs = xs.f_add(&Tensor::f_embedding(
-                wpe,
-                &step.positions,
-                -1,
-                false,
-                false,
-            )?)?;
-        }
-        let mut xs = dropout(&xs, self.embd_dropout, train)?;
+        let mut xs = dropout(
+            &self.embed(&step.ids, &step.positions)?,
+            self.embd_dropout,
+            train,
+        )?;
         let rope = match &self.rope {
             Some(rope) => Some(rope.tables(&step.positions, xs.kind())?),
             None => None,
@@ -299,6 +296,15 @@ impl Model {
             c.set_valid(step.valid, step.new_padding);
         }
         self.final_norm.forward(&xs)
+    }
+
+    /// Token embeddings, plus learned positions where the family has them.
+    fn embed(&self, ids: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let xs = Tensor::f_embedding(&self.embed_tokens, ids, -1, false, false)?;
+        match &self.embed_positions {
+            Some(wpe) => Ok(xs.f_add(&Tensor::f_embedding(wpe, positions, -1, false, false)?)?),
+            None => Ok(xs),
+        }
     }
 
     /// Works out positions, the attention mask and slot validity for `ids` following

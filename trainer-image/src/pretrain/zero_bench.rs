@@ -1,7 +1,7 @@
 //! `trainer bench pretrain --zero-ranks N`: the same training step with
-//! `training.zero` stage 0, 1 and 2 over N ranks on loopback TCP, in one run:
-//! tokens/s, and per rank the optimizer state held and the peak resident
-//! memory. Each rank is a process of its own (this binary again, with the
+//! `training.zero` stage 0, 1 and 2 over N ranks on loopback TCP, and stages 0
+//! and 1 again with `training.activationCheckpointing`, in one run: tokens/s,
+//! and per rank the optimizer state held and the peak resident memory. Each rank is a process of its own (this binary again, with the
 //! hidden `--zero-child`), so its peak memory is its own. A benchmark, not a
 //! test.
 
@@ -59,7 +59,17 @@ pub fn compare(o: &Options, ranks: usize) -> anyhow::Result<()> {
         o.sequence_length,
         o.threads.map_or("default".into(), |t| t.to_string())
     );
-    for stage in 0..=2u8 {
+    // Stage 2 does not take activation checkpointing (see the plan).
+    let runs = [(0u8, false), (1, false), (2, false), (0, true), (1, true)];
+    for (stage, checkpointing) in runs {
+        let name = format!(
+            "ZeRO-{stage}{}",
+            if checkpointing {
+                " + checkpointing"
+            } else {
+                ""
+            }
+        );
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let children: Vec<_> = (0..ranks)
             .map(|rank| {
@@ -75,7 +85,10 @@ pub fn compare(o: &Options, ranks: usize) -> anyhow::Result<()> {
                     .args(["--steps", &o.steps.to_string()])
                     .args([
                         "--zero-child",
-                        &format!("{stage},{rank},{ranks},127.0.0.1:{port}"),
+                        &format!(
+                            "{stage},{rank},{ranks},127.0.0.1:{port},{}",
+                            u8::from(checkpointing)
+                        ),
                     ])
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
@@ -90,13 +103,13 @@ pub fn compare(o: &Options, ranks: usize) -> anyhow::Result<()> {
             let out: std::process::Output = child.wait_with_output()?;
             if !out.status.success() {
                 bail!(
-                    "a ZeRO-{stage} rank failed: {}",
+                    "a {name} rank failed: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
             let line = String::from_utf8_lossy(&out.stdout);
             let report: RankReport = serde_json::from_str(line.trim())
-                .with_context(|| format!("a ZeRO-{stage} rank printed {line:?}"))?;
+                .with_context(|| format!("a {name} rank printed {line:?}"))?;
             reports.push(report);
         }
         reports.sort_by_key(|r| r.rank);
@@ -114,7 +127,7 @@ pub fn compare(o: &Options, ranks: usize) -> anyhow::Result<()> {
             })
             .collect();
         println!(
-            "ZeRO-{stage}: {slowest:7.1} ms/step {:9.0} tokens/s | {}",
+            "{name:<24} {slowest:7.1} ms/step {:9.0} tokens/s | {}",
             tokens * 1000.0 / slowest,
             per_rank.join(" | ")
         );
@@ -128,14 +141,15 @@ enum Opt {
     Zero(ZeroAdamW),
 }
 
-/// One rank of [`compare`]: `spec` is `stage,rank,world,addr`. Prints its
-/// [`RankReport`] as one JSON line.
+/// One rank of [`compare`]: `spec` is `stage,rank,world,addr,checkpointing`
+/// (checkpointing 0 or 1). Prints its [`RankReport`] as one JSON line.
 pub fn child(o: &Options, spec: &str) -> anyhow::Result<()> {
     let parts: Vec<&str> = spec.split(',').collect();
-    let [stage, rank, world, addr] = parts.as_slice() else {
-        bail!("--zero-child {spec:?} is not stage,rank,world,addr");
+    let [stage, rank, world, addr, checkpointing] = parts.as_slice() else {
+        bail!("--zero-child {spec:?} is not stage,rank,world,addr,checkpointing");
     };
     let (stage, rank, world): (u8, usize, usize) = (stage.parse()?, rank.parse()?, world.parse()?);
+    let checkpointing = *checkpointing == "1";
     if let Some(t) = o.threads {
         tch::set_num_threads(t);
     }
@@ -169,20 +183,35 @@ pub fn child(o: &Options, spec: &str) -> anyhow::Result<()> {
     let mut elapsed = 0.0;
     for i in 0..WARMUP + o.steps {
         let started = Instant::now();
-        let logits = model.forward_t(&inputs, true)?;
-        let loss = summed_loss(&logits, &targets)?.f_div_scalar(count)?;
+        match &mut opt {
+            Opt::Full(opt) => opt.zero_grad(),
+            Opt::Zero(opt) => opt.zero_grad(),
+        }
+        // Forward and backward; the checkpointed step leaves its gradients in
+        // `.grad` as a stage 0 or 1 backward does.
+        let loss = |logits: &Tensor| -> llmops_model::Result<Tensor> {
+            Ok(summed_loss(logits, &targets)?.f_div_scalar(count)?)
+        };
+        let pending = if checkpointing {
+            let _ = model.checkpointed_backward(&inputs, i as i64, loss)?;
+            None
+        } else {
+            Some(loss(&model.forward_t(&inputs, true)?)?)
+        };
         match &mut opt {
             Opt::Full(opt) => {
-                opt.zero_grad();
-                loss.f_backward()?;
+                if let Some(loss) = &pending {
+                    loss.f_backward()?;
+                }
                 let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
                 c.all_reduce_mean(&grads)?;
                 opt.clip_grad_norm(1.0)?;
                 opt.update(3e-4)?;
             }
             Opt::Zero(opt) => {
-                opt.zero_grad();
-                opt.backward(&loss)?;
+                if let Some(loss) = &pending {
+                    opt.backward(loss)?;
+                }
                 let mut grad = opt.reduce_gradients(&mut c)?;
                 let sq = Tensor::f_from_slice(&[ZeroAdamW::norm_sq(&grad)? as f32])?;
                 c.all_reduce_mean(&[sq.shallow_clone()])?;

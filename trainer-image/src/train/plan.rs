@@ -36,6 +36,9 @@ pub struct Plan {
     /// ZeRO stage (`training.zero.stage`): 0, 1 or 2. With one rank it is
     /// 0 whatever the spec says, as there is nothing to shard over.
     pub zero_stage: u8,
+    /// Recompute each block in the backward pass instead of keeping its
+    /// intermediates (`training.activationCheckpointing`).
+    pub activation_checkpointing: bool,
 }
 
 /// Stop after `patience` evaluations in a row that did not lower the best
@@ -78,6 +81,13 @@ pub fn assemble(
             )));
         }
     };
+    if t.activation_checkpointing && zero_stage == 2 && world > 1 {
+        // Stage 2 takes each micro-step's gradients as values (run_backward),
+        // while the recomputed blocks leave theirs in `.grad`.
+        return Err(TrainError::InvalidSpec(
+            "training.activationCheckpointing cannot be combined with training.zero.stage 2 yet: use stage 1, or turn checkpointing off".into(),
+        ));
+    }
     if zero_stage > 0 && world == 1 {
         tracing::info!(
             stage = zero_stage,
@@ -116,5 +126,6 @@ pub fn assemble(
         precision: t.precision,
         early_stopping: None,
         zero_stage: if world > 1 { zero_stage } else { 0 },
+        activation_checkpointing: t.activation_checkpointing,
     })
 }

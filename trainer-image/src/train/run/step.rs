@@ -140,14 +140,33 @@ impl Loop<'_> {
         self.opt.zero_grad();
         let mut local_sum = 0.0;
         for (i, mb) in micro_batches.iter().enumerate() {
-            tch::manual_seed(micro_seed(plan.seed, step, i, rank));
-            let logits = self.model.forward_t(&mb.inputs, true)?;
-            let loss = summed_loss(&logits, &mb.targets)?;
-            let scaled = loss.f_mul_scalar(scale)?;
-            match &mut self.opt {
-                Optimizer::Zero(opt) => opt.backward(&scaled)?,
-                Optimizer::Full(_) => scaled.f_backward()?,
-            }
+            let seed = micro_seed(plan.seed, step, i, rank);
+            let loss = if plan.activation_checkpointing {
+                // Gradients land in `.grad` segment by segment (stage 0 and 1
+                // only: the plan refuses stage 2 with it).
+                let mut loss = None;
+                let _scaled = self
+                    .model
+                    .checkpointed_backward(&mb.inputs, seed, |logits| {
+                        let summed = summed_loss(logits, &mb.targets)?;
+                        let scaled = summed.f_mul_scalar(scale)?;
+                        loss = Some(summed.detach());
+                        Ok(scaled)
+                    })?;
+                loss.ok_or_else(|| {
+                    llmops_model::Error::InvalidInput("the checkpointed step took no loss".into())
+                })?
+            } else {
+                tch::manual_seed(seed);
+                let logits = self.model.forward_t(&mb.inputs, true)?;
+                let loss = summed_loss(&logits, &mb.targets)?;
+                let scaled = loss.f_mul_scalar(scale)?;
+                match &mut self.opt {
+                    Optimizer::Zero(opt) => opt.backward(&scaled)?,
+                    Optimizer::Full(_) => scaled.f_backward()?,
+                }
+                loss
+            };
             local_sum += loss.f_double_value(&[])?;
             // Several ranks stop together at the step's all-reduce instead.
             if world == 1 && self.s.interrupt.requested() && i + 1 < micro_batches.len() {
