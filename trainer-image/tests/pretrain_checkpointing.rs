@@ -76,28 +76,7 @@ fn zero_2_with_checkpointing_is_refused_naming_the_field() {
         json!({"maxSteps": 2, "batchSize": 4, "microBatchSize": 2}),
     ));
     job["spec"]["training"]["zero"] = json!({"stage": 2});
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
-    let children: Vec<_> = (0..2)
-        .map(|rank| {
-            command(tmp.path(), &job, &dataset, "refused")
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", "2")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .env(
-                    llmops_contract::env::TERMINATION_LOG,
-                    tmp.path().join(format!("refused-rank-{rank}.termination")),
-                )
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
+    for child in spawn_ranks(tmp.path(), &job, &dataset, "refused", 2) {
         let run = finish(child, tmp.path(), "refused");
         assert_ne!(run.code, 0, "ZeRO-2 with checkpointing ran");
         assert!(

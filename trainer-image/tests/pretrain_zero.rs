@@ -11,32 +11,9 @@ use std::path::Path;
 use pretrain_common::*;
 use serde_json::{Value, json};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `trainer pretrain` as `world` ranks on loopback, to the end.
 fn ranks(dir: &Path, job: &Value, dataset: &str, output: &str, world: usize) {
-    let port = free_port().to_string();
-    let children: Vec<_> = (0..world)
-        .map(|rank| {
-            command(dir, job, dataset, output)
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", world.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .env(
-                    llmops_contract::env::TERMINATION_LOG,
-                    dir.join(format!("{output}-rank-{rank}.termination")),
-                )
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children = spawn_ranks(dir, job, dataset, output, world);
     for (rank, child) in children.into_iter().enumerate() {
         let run = finish(child, dir, output);
         assert_eq!(

@@ -218,6 +218,42 @@ pub fn finish(child: Child, dir: &Path, output: &str) -> Run {
     }
 }
 
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `trainer pretrain` started as `world` data-parallel ranks on loopback TCP,
+/// each with its own termination log (`<output>-rank-<r>.termination`).
+pub fn spawn_ranks(
+    dir: &Path,
+    job: &Value,
+    dataset: &str,
+    output: &str,
+    world: usize,
+) -> Vec<Child> {
+    let port = free_port().to_string();
+    (0..world)
+        .map(|rank| {
+            command(dir, job, dataset, output)
+                .env("RANK", rank.to_string())
+                .env("WORLD_SIZE", world.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env(
+                    llmops_contract::env::TERMINATION_LOG,
+                    dir.join(format!("{output}-rank-{rank}.termination")),
+                )
+                .spawn()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// Runs `trainer pretrain` to the end.
 pub fn pretrain(dir: &Path, job: &Value, dataset: &str, output: &str) -> Run {
     let child = command(dir, job, dataset, output).spawn().unwrap();
