@@ -8,7 +8,11 @@ use llmops_tests::{
     Cluster, FIELD_MANAGER, TestNamespace, apply_crds, dynamic_api, workspace_root,
 };
 
-const DIRS: [&str; 2] = ["examples/quickstart", "examples/reference"];
+const DIRS: [&str; 3] = [
+    "examples/quickstart",
+    "examples/reference",
+    "examples/gateway",
+];
 
 #[tokio::test]
 async fn examples_pass_a_server_side_dry_run() -> anyhow::Result<()> {
