@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 
 use crate::keys::KeySet;
 use crate::metrics::Metrics;
-use crate::registry::{Backend, Registry, Table};
+use crate::registry::{Backend, CanarySplit, Registry, Table};
 
 /// The label naming an EndpointSlice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -39,6 +39,15 @@ pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 pub const SERVER_COMPONENT: &str = "server";
 /// The serving port's name, on the Service, the EndpointSlices and the pods.
 pub const PORT_NAME: &str = "http";
+/// A canary's pods carry `llmops.dev/revision: canary`, and while a canary
+/// runs the operator keeps a Service `<name>-canary` selecting them.
+pub const REVISION_LABEL: &str = "llmops.dev/revision";
+pub const CANARY: &str = "canary";
+
+/// The Service of a ModelDeployment's canary pods.
+pub fn canary_service_name(name: &str) -> String {
+    format!("{name}-canary")
+}
 
 /// Where the ready endpoints come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -179,6 +188,7 @@ pub fn build_table(
                 .get(&(namespace.clone(), name.clone()))
                 .cloned()
                 .unwrap_or_default(),
+            canary: canary_split(md, endpoints),
             namespace,
             deployment: name.clone(),
             served_name: name,
@@ -205,6 +215,38 @@ pub fn build_table(
         table.backends.insert(adapter.id.clone(), Arc::new(adapter));
     }
     (table, warnings)
+}
+
+/// The canary of `md` while one takes a step of traffic: the ready pods of its
+/// Service `<name>-canary` and the step's weight. None outside a canary step
+/// (after a promotion both revisions serve the new model; after a rollback
+/// the canary pods are gone).
+fn canary_split(
+    md: &ModelDeployment,
+    endpoints: &BTreeMap<(String, String), Vec<SocketAddr>>,
+) -> Option<CanarySplit> {
+    use llmops_crds::deployment::{RolloutPhase, RolloutStrategy};
+    if md.spec.rollout.strategy != RolloutStrategy::Canary {
+        return None;
+    }
+    let rollout = md.status.as_ref()?.operator.rollout.as_ref()?;
+    if !matches!(
+        rollout.phase,
+        RolloutPhase::Progressing | RolloutPhase::Paused
+    ) {
+        return None;
+    }
+    let step = usize::try_from(rollout.step).ok()?.checked_sub(1)?;
+    let weight = md.spec.rollout.canary.as_ref()?.steps.get(step)?.weight;
+    let key = (
+        md.namespace().unwrap_or_default(),
+        canary_service_name(&md.name_any()),
+    );
+    let pods = endpoints.get(&key).filter(|e| !e.is_empty())?;
+    Some(CanarySplit {
+        endpoints: pods.clone(),
+        weight: u32::try_from(weight).ok()?.clamp(1, 100),
+    })
 }
 
 /// The names of `md`'s adapters that its pods serve: in the spec, and loaded
@@ -268,8 +310,14 @@ impl Endpoints {
             Endpoints::Pods(stores) => {
                 for pod in stores.iter().flat_map(Store::state) {
                     if let Some(md) = pod.labels().get(MODEL_DEPLOYMENT_LABEL) {
-                        let key = (pod.namespace().unwrap_or_default(), md.clone());
-                        pods.entry(key).or_default().push(pod);
+                        let namespace = pod.namespace().unwrap_or_default();
+                        // A canary's pods also under its revision Service's name,
+                        // as its EndpointSlices would list them.
+                        if pod.labels().get(REVISION_LABEL).map(String::as_str) == Some(CANARY) {
+                            let key = (namespace.clone(), canary_service_name(md));
+                            pods.entry(key).or_default().push(pod.clone());
+                        }
+                        pods.entry((namespace, md.clone())).or_default().push(pod);
                     }
                 }
             }
@@ -556,6 +604,53 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    #[test]
+    fn a_canary_step_splits_by_its_weight_between_the_revisions() {
+        let canary = |phase: &str, step: i32| -> Arc<ModelDeployment> {
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "apiVersion": "llmops.dev/v1alpha1", "kind": "ModelDeployment",
+                    "metadata": {"name": "chat", "namespace": "a"},
+                    "spec": {"model": {"uri": "file:///m"}, "rollout": {
+                        "strategy": "Canary",
+                        "canary": {"steps": [{"weight": 25}, {"weight": 50}]}}},
+                    "status": {"rollout": {"phase": phase, "step": step, "weight": 33}},
+                }))
+                .unwrap(),
+            )
+        };
+        let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let endpoints = BTreeMap::from([
+            (
+                ("a".to_string(), "chat".to_string()),
+                vec![
+                    addr("127.0.0.1:8000"),
+                    addr("127.0.0.2:8000"),
+                    addr("127.0.0.3:8000"),
+                ],
+            ),
+            (
+                ("a".to_string(), "chat-canary".to_string()),
+                vec![addr("127.0.0.3:8000")],
+            ),
+        ]);
+        let split = |md| {
+            build_table(&[md], &endpoints, true).0.backends["chat"]
+                .canary
+                .clone()
+        };
+        let second = split(canary("Paused", 2)).expect("a split in step 2");
+        assert_eq!(
+            (second.weight, second.endpoints),
+            (50, vec![addr("127.0.0.3:8000")])
+        );
+        assert_eq!(split(canary("Progressing", 1)).map(|s| s.weight), Some(25));
+        // Outside a step: promoted, rolled back, or no rollout.
+        assert!(split(canary("Stable", 0)).is_none());
+        assert!(split(canary("RolledBack", 1)).is_none());
+        assert!(split(md("a", "chat", false)).is_none());
     }
 
     #[test]

@@ -481,7 +481,13 @@ async fn forward(
     let mut last_error = String::new();
     for attempt in 0..2 {
         let backend = ready_backend(gw, &call.model, &call.deployment).await?;
-        let candidates = gw.registry.candidates(&backend, &tried);
+        // A canary's share is decided per request, before the pod: the other
+        // revision's pods are left out of the first try (not of a retry).
+        let mut excluded = tried.clone();
+        if attempt == 0 {
+            excluded.extend(other_revision(gw, &backend));
+        }
+        let candidates = gw.registry.candidates(&backend, &excluded);
         let Some(addr) = route::pick(&candidates, key, gw.options.affinity_bound) else {
             break;
         };
@@ -514,6 +520,21 @@ async fn forward(
         "No serving pod of `{}` answered ({last_error}).",
         call.model
     )))
+}
+
+/// The pods this request does not go to on its first try: under a canary,
+/// those of the revision the split did not pick (none when that would leave
+/// no pod).
+fn other_revision(gw: &Gateway, backend: &Backend) -> Vec<SocketAddr> {
+    let Some(split) = &backend.canary else {
+        return Vec::new();
+    };
+    let to_canary = route::to_canary(gw.registry.next_split(&backend.id), split.weight);
+    let (picked, other): (Vec<SocketAddr>, Vec<SocketAddr>) = backend
+        .endpoints
+        .iter()
+        .partition(|addr| split.endpoints.contains(addr) == to_canary);
+    if picked.is_empty() { Vec::new() } else { other }
 }
 
 /// How a relayed response ended.

@@ -27,10 +27,21 @@ pub struct Backend {
     pub served_name: String,
     /// For an adapter, the id of the deployment's model it runs on.
     pub parent: Option<String>,
+    /// A canary running beside the stable pods: its ready pods and the share
+    /// of requests they get.
+    pub canary: Option<CanarySplit>,
     /// The ModelDeployment's creation time, seconds since the epoch.
     pub created: i64,
     /// The ready pods' serving addresses.
     pub endpoints: Vec<SocketAddr>,
+}
+
+/// A canary's ready pods (among [`Backend::endpoints`]) and its step's weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanarySplit {
+    pub endpoints: Vec<SocketAddr>,
+    /// Percent of the requests, 1 to 100.
+    pub weight: u32,
 }
 
 /// Every routable model by id.
@@ -45,6 +56,8 @@ pub struct Registry {
     table: RwLock<Arc<Table>>,
     keys: RwLock<Arc<KeySet>>,
     in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    /// Requests split between a canary and the stable pods so far, per model.
+    splits: Mutex<HashMap<String, u64>>,
     /// Bumped whenever the table changes, so that requests waiting for a
     /// ready pod look again.
     changed: watch::Sender<u64>,
@@ -57,6 +70,7 @@ impl Default for Registry {
             table: RwLock::default(),
             keys: RwLock::default(),
             in_flight: Mutex::default(),
+            splits: Mutex::default(),
             changed: watch::channel(0).0,
             synced: AtomicBool::new(false),
         }
@@ -135,6 +149,15 @@ impl Registry {
             .collect()
     }
 
+    /// The number of this request among those of model `id` that were split
+    /// between a canary and the stable pods (0 for the first).
+    pub fn next_split(&self, id: &str) -> u64 {
+        let mut splits = self.splits.lock().unwrap_or_else(|e| e.into_inner());
+        let n = splits.entry(id.to_string()).or_default();
+        *n += 1;
+        *n - 1
+    }
+
     /// Counts a request in flight to `addr` until the guard is dropped.
     pub fn start(&self, addr: SocketAddr) -> InFlight {
         let counter = self.counter(addr);
@@ -166,6 +189,7 @@ mod tests {
             deployment: "chat".into(),
             served_name: "chat".into(),
             parent: None,
+            canary: None,
             created: 0,
             endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
         };

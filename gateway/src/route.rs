@@ -39,6 +39,15 @@ fn score(addr: &SocketAddr, seed: u64) -> u64 {
     xxh3_64_with_seed(addr.to_string().as_bytes(), seed)
 }
 
+/// Whether request `n` (counted from 0) of a model goes to its canary at
+/// `weight` percent: exactly `weight` of every 100 consecutive requests do,
+/// spread evenly (request `n` goes when it moves `n * weight / 100` to the
+/// next whole number).
+pub fn to_canary(n: u64, weight: u32) -> bool {
+    let w = u64::from(weight.min(100));
+    (n + 1) * w / 100 > n * w / 100
+}
+
 /// The pod for a request, or `None` without candidates.
 pub fn pick(candidates: &[Candidate], key: Key, bound: usize) -> Option<SocketAddr> {
     let least = candidates.iter().map(|c| c.in_flight).min()?;
@@ -118,6 +127,22 @@ fn token_text(ids: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_canary_gets_exactly_its_weight_of_every_hundred_requests_spread_evenly() {
+        for weight in [1u32, 10, 25, 33, 50, 75, 100] {
+            let sent: Vec<bool> = (0..200).map(|n| to_canary(n, weight)).collect();
+            for hundred in sent.chunks(100) {
+                let got = hundred.iter().filter(|c| **c).count();
+                assert_eq!(got, weight as usize, "weight {weight}");
+            }
+        }
+        // 25%: every fourth request, not the first 25 of each hundred.
+        let quarter: Vec<u64> = (0..12).filter(|n| to_canary(*n, 25)).collect();
+        assert_eq!(quarter, [3, 7, 11]);
+        assert!(!(0..100).any(|n| to_canary(n, 0)));
+    }
+
     use serde_json::json;
 
     fn pods(in_flight: &[usize]) -> Vec<Candidate> {

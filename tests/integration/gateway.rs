@@ -32,6 +32,10 @@
 //! (`--gateway-metrics-url`); a request sent then is held by the gateway,
 //! the operator scales the deployment up, and the request is answered.
 //!
+//! `a_canary_gets_exactly_its_steps_weight_through_the_gateway`: while a
+//! canary holds a 25% step on one pod beside two stable ones, exactly one
+//! request in four through the gateway goes to it (a third would by pods).
+//!
 //! `gateway_runs_on_the_charts_endpointslice_rbac_and_reads_no_other_secret`
 //! runs it in its default mode (EndpointSlices) on the chart's default RBAC:
 //! ready, models listed, 503 with `Retry-After` for a model without a ready
@@ -1130,6 +1134,119 @@ async fn an_idle_deployment_scales_to_zero_and_a_request_at_the_gateway_wakes_it
         let line = format!("{series}{{namespace=\"{name}\",modeldeployment=\"sleepy\"}}");
         ensure!(metrics.contains(&line), "no `{line}` in\n{metrics}");
     }
+    drop(gateway);
+    ns.delete(cluster).await
+}
+
+/// Exact canary weights at the gateway: while a canary holds its 25% step
+/// (one canary pod beside two stable ones, a third of the pods), exactly one
+/// request in four through the gateway goes to the canary pod.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_gets_exactly_its_steps_weight_through_the_gateway() -> anyhow::Result<()> {
+    let Some(cluster) = Cluster::get()? else {
+        return Ok(());
+    };
+    let ns = TestNamespace::create(cluster, "e2e-gw-canary").await?;
+    let name = ns.name().to_string();
+    let operator = Operator::start_with(cluster, &ns, &["--metrics-interval=1s"]).await?;
+    let account = enable_chart_gateway(cluster, &name, "pods").await?;
+    apply_key_secret(cluster, &name).await?;
+    let (first, second) = (
+        operator.store().join("models/first"),
+        operator.store().join("models/second"),
+    );
+    tiny_model(&first)?;
+    llmops_tests::local::tiny_model_with(&second, &["--seed", "1"])?;
+    let client = cluster.client().await?;
+    let deployments: Api<ModelDeployment> = Api::namespaced(client.clone(), &name);
+    let apply = |model: &Path| {
+        let mut md = model_deployment("chat", &format!("file://{}", model.display()), 2);
+        md["spec"]["rollout"] = json!({
+            "strategy": "Canary",
+            "canary": {"steps": [{"weight": 25, "pause": "10m"}]},
+            "progressDeadlineSeconds": 120,
+        });
+        md
+    };
+    let params = PatchParams::apply(llmops_tests::FIELD_MANAGER).force();
+    deployments
+        .patch("chat", &params, &Patch::Apply(apply(&first)))
+        .await?;
+    let replayer = Arc::new(cluster.replayer().await?);
+    let pods = PodRunner::start(replayer, &name, "llmops.dev/modeldeployment");
+    let (gateway, _dir) = spawn_gateway(cluster, &name, &account, "pods", 60).await?;
+    let gw = gateway.address;
+    pods.wait_ready(2, READY_TIMEOUT).await?;
+
+    // The new model as a canary: its step of 25% holds for ten minutes.
+    deployments
+        .patch("chat", &params, &Patch::Apply(apply(&second)))
+        .await?;
+    pods.wait_ready(3, READY_TIMEOUT).await?;
+    let canary_pod = || {
+        pods.ready()
+            .into_iter()
+            .find(|p| p.name.starts_with("chat-canary-"))
+    };
+    let send = |n: usize| async move {
+        for i in 0..n {
+            let reply = http(
+                gw,
+                "POST",
+                "/v1/completions",
+                Some(KEY_ALL),
+                Some(&completion("chat", "a cat", 1)),
+            )
+            .await?;
+            ensure!(reply.status == 200, "request {i}: {reply:?}");
+        }
+        anyhow::Ok(())
+    };
+    // Once the gateway has seen the canary's step, every 20 requests in a row
+    // give it exactly 5.
+    let split = eventually(
+        "a split of 5 in 20 at the canary",
+        READY_TIMEOUT,
+        || async {
+            let canary = canary_pod().context("no ready canary pod")?;
+            let before = completions_served(&canary).await?;
+            send(20).await?;
+            let got = completions_served(&canary).await? - before;
+            ensure!(got == 5, "the canary served {got} of 20");
+            Ok(())
+        },
+    )
+    .await;
+    if let Err(e) = split {
+        bail!(
+            "{e:#}\ngateway log:\n{}\nserving pods:\n{}",
+            gateway.log_tail(),
+            pods.describe()
+        );
+    }
+    let canary = canary_pod().context("no ready canary pod")?;
+    let stable: Vec<ServedPod> = pods
+        .ready()
+        .into_iter()
+        .filter(|p| p.name != canary.name)
+        .collect();
+    let (canary_before, stable_before) = (
+        completions_served(&canary).await?,
+        served_by(&stable).await?,
+    );
+    send(40).await?;
+    let canary_got = completions_served(&canary).await? - canary_before;
+    let stable_got: u64 = served_by(&stable)
+        .await?
+        .iter()
+        .zip(&stable_before)
+        .map(|(after, before)| after - before)
+        .sum();
+    println!("canary at 25% through the gateway: {canary_got} of 40 requests (1 of its 3 pods)");
+    ensure!(
+        canary_got == 10 && stable_got == 30,
+        "canary {canary_got}, stable {stable_got} of 40"
+    );
     drop(gateway);
     ns.delete(cluster).await
 }

@@ -621,6 +621,13 @@ fn build_route_services(md: &ModelDeployment) -> Vec<Service> {
     if route::route_name(md).is_none() {
         return Vec::new();
     }
+    revision_services(md)
+}
+
+/// A Service per revision, `<name>-stable` and `<name>-canary`, each selecting
+/// that revision's pods: what an HTTPRoute weights, and where the gateway
+/// finds a canary's pods to give them exactly their step's share.
+pub fn revision_services(md: &ModelDeployment) -> Vec<Service> {
     let name = md.name_any();
     [
         (route::stable_service_name(&name), Revision::Stable),

@@ -280,6 +280,10 @@ async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action
     children.canary = rollout
         .canary_replicas
         .map(|n| build::build_canary(&md, &model, &ctx.config, n));
+    if children.canary.is_some() && children.route_services.is_empty() {
+        // The gateway reads a canary's pods from its own Service.
+        children.route_services = build::revision_services(&md);
+    }
     stamp_telemetry(&md, &mut children, &live, &ctx.config);
     let deployment = apply_children(&ctx.client, &children).await?;
     // Weights first: a canary goes only once the route no longer sends to it,
