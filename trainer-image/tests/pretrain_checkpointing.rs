@@ -4,8 +4,6 @@
 
 mod pretrain_common;
 
-use std::path::Path;
-
 use pretrain_common::*;
 use serde_json::{Value, json};
 
@@ -13,17 +11,6 @@ fn with_checkpointing(job: &Value) -> Value {
     let mut job = job.clone();
     job["spec"]["training"]["activationCheckpointing"] = json!(true);
     job
-}
-
-fn max_weight_diff(a: &Path, b: &Path) -> f64 {
-    let (a, b) = (
-        tensors(&model_dir(a).join("model.safetensors")),
-        tensors(&model_dir(b).join("model.safetensors")),
-    );
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    a.iter()
-        .map(|(name, t)| max_abs_diff(t, &b[name]))
-        .fold(0.0, f64::max)
 }
 
 #[test]

@@ -30,17 +30,6 @@ fn with_zero(job: &Value, stage: u8) -> Value {
     job
 }
 
-fn max_weight_diff(a: &Path, b: &Path) -> f64 {
-    let (a, b) = (
-        tensors(&model_dir(a).join("model.safetensors")),
-        tensors(&model_dir(b).join("model.safetensors")),
-    );
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    a.iter()
-        .map(|(name, t)| max_abs_diff(t, &b[name]))
-        .fold(0.0, f64::max)
-}
-
 fn max_loss_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter()

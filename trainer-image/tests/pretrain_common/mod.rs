@@ -254,6 +254,18 @@ pub fn spawn_ranks(
         .collect()
 }
 
+/// The largest difference between the exported weights of two outputs.
+pub fn max_weight_diff(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (
+        tensors(&model_dir(a).join("model.safetensors")),
+        tensors(&model_dir(b).join("model.safetensors")),
+    );
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .map(|(name, t)| max_abs_diff(t, &b[name]))
+        .fold(0.0, f64::max)
+}
+
 /// Runs `trainer pretrain` to the end.
 pub fn pretrain(dir: &Path, job: &Value, dataset: &str, output: &str) -> Run {
     let child = command(dir, job, dataset, output).spawn().unwrap();
